@@ -1,0 +1,60 @@
+"""A recipient's in-app inbox: pages newest first, unread and unseen counts, read marks."""
+
+from __future__ import annotations
+
+import msgspec
+
+from app import db
+from app.errors import Invalid
+from app.inbox import repo
+from app.inbox.schemas import InboxItem, InboxPage, MarkIn, MarkOut
+from app.pagination import decode_cursor, encode_cursor
+
+_NO_CURSOR = 2**63 - 1
+
+
+async def list_items(
+    pool: db.Pool,
+    external_id: str,
+    *,
+    cursor: str | None,
+    limit: int,
+    unread: bool,
+    archived: bool | None,
+    category: str | None,
+) -> InboxPage:
+    before = decode_cursor("i", cursor) or _NO_CURSOR
+    async with pool.connection() as conn:
+        recipient = await repo.recipient_id(conn, external_id)
+        if recipient is None:  # never notified yet: an empty inbox, not an error
+            return InboxPage(items=[], next_cursor=None, unread_count=0, unseen_count=0)
+        rows = await repo.page(
+            conn,
+            recipient_id=recipient,
+            before=before,
+            limit=limit + 1,
+            unread_only=unread,
+            archived=archived,
+            category=category,
+        )
+        unread_count, unseen_count = await repo.counts(conn, recipient)
+    items = [msgspec.convert(r, InboxItem) for r in rows[:limit]]
+    more = len(rows) > limit
+    return InboxPage(
+        items=items,
+        next_cursor=encode_cursor("i", items[-1].id) if more and items else None,
+        unread_count=unread_count,
+        unseen_count=unseen_count,
+    )
+
+
+async def mark_read(pool: db.Pool, external_id: str, data: MarkIn) -> MarkOut:
+    if not data.all and not data.ids:
+        raise Invalid("give 'ids' (a list of inbox item ids) or 'all': true", field="ids")
+    async with pool.connection() as conn:
+        recipient = await repo.recipient_id(conn, external_id)
+        if recipient is None:
+            return MarkOut(updated=0, unread_count=0, unseen_count=0)
+        updated = await repo.mark_read(conn, recipient, data.ids or [], data.all)
+        unread_count, unseen_count = await repo.counts(conn, recipient)
+    return MarkOut(updated=updated, unread_count=unread_count, unseen_count=unseen_count)

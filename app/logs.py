@@ -1,0 +1,92 @@
+"""structlog set-up: JSON lines in production, pretty lines in dev.
+
+Library loggers (procrastinate, uvicorn, psycopg) go through the same renderer. A
+last processor blanks values under keys that name secrets or message content, as a
+guard behind the rule that such values are never passed to a logger at all.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import MutableMapping
+from typing import Any
+
+import structlog
+
+_REDACTED_KEYS = frozenset(
+    {
+        "password",
+        "secret",
+        "token",
+        "authorization",
+        "api_key",
+        "key",
+        "body",
+        "message_body",
+        "html",
+        "text",
+        "args",
+    }
+)
+
+
+def _redact(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    for key in list(event):
+        if key.lower() in _REDACTED_KEYS:
+            event[key] = "[redacted]"
+    return event
+
+
+def _drop_job_args(record: logging.LogRecord) -> bool:
+    # procrastinate attaches the full job (arguments included) to its records.
+    # Our job arguments hold ids only, but the extra dicts are noise in JSON logs.
+    for attr in ("job", "worker", "job_result"):
+        if hasattr(record, attr):
+            delattr(record, attr)
+    return True
+
+
+def configure(*, fmt: str = "json", level: str = "info") -> None:
+    """Configure structlog and the standard library's logging once per process."""
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        _redact,
+    ]
+    renderer: Any
+    if fmt == "console":
+        renderer = structlog.dev.ConsoleRenderer(
+            colors=sys.stderr.isatty(), exception_formatter=structlog.dev.plain_traceback
+        )
+    else:
+        renderer = structlog.processors.JSONRenderer()
+
+    structlog.configure(
+        processors=[
+            *shared,
+            structlog.processors.format_exc_info,
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=True,
+    )
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=shared,
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(formatter)
+    handler.addFilter(_drop_job_args)
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    # Per-job lines from procrastinate at info would be one line per batch job;
+    # postbell logs its own outcome lines with counts instead.
+    logging.getLogger("procrastinate").setLevel(max(logging.WARNING, root.level))
+    logging.getLogger("uvicorn.access").disabled = True  # query strings may hold tokens
+    for noisy in ("psycopg.pool", "aiosmtplib", "asyncio", "httpx", "urllib3"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

@@ -1,0 +1,87 @@
+"""The Litestar application: ``create_app(settings)``. Nothing happens at import time."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+from litestar import Litestar
+from litestar.config.cors import CORSConfig
+from litestar.datastructures import State
+from litestar.middleware import DefineMiddleware
+from litestar.openapi import OpenAPIConfig
+
+from app import db, errors
+from app.auth import AuthMiddleware, KeyStore
+from app.inbox import routes as inbox
+from app.notifications import routes as notifications
+from app.ops import health
+from app.recipients import routes as recipients
+from app.settings import Settings
+
+#: Large enough for 10,000 recipient ids or a bulk upsert, small enough to refuse abuse.
+MAX_BODY_BYTES = 8 * 1024 * 1024
+
+
+def create_app(settings: Settings, *, pool: db.Pool | None = None) -> Litestar:
+    """The API. Opens its own pool on startup unless one is given (``postbell dev`` shares one)."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        own = pool is None
+        active = pool
+        if active is None:
+            assert settings.database_url, "DATABASE_URL is required"
+            active = db.create_pool(settings.database_url, max_size=settings.db_pool_size, name="postbell-api")
+            await active.open(wait=False)
+        app.state.pool = active
+        app.state.key_store = KeyStore(active, settings.admin_key)
+        try:
+            yield
+        finally:
+            if own:
+                await active.close()
+
+    cors = None
+    if settings.cors_origins:
+        cors = CORSConfig(
+            allow_origins=list(settings.cors_origins),
+            allow_methods=["GET", "POST", "PUT", "OPTIONS"],
+            allow_headers=["Authorization", "Content-Type", "Last-Event-ID"],
+            allow_credentials=False,
+        )
+
+    route_handlers: list[Any] = [
+        health.health,
+        health.ready,
+        notifications.send_notification,
+        notifications.get_notification,
+        recipients.put_recipient,
+        recipients.get_recipient,
+        recipients.delete_recipient,
+        inbox.get_inbox,
+        inbox.mark_read,
+    ]
+    return Litestar(
+        route_handlers=route_handlers,
+        lifespan=[lifespan],
+        middleware=[
+            DefineMiddleware(
+                AuthMiddleware,
+                exclude=["^/health", "^/ready", "^/schema", "^/api/callbacks/", "^/api/unsubscribe"],
+            )
+        ],
+        exception_handlers=errors.exception_handlers,
+        openapi_config=OpenAPIConfig(
+            title="postbell",
+            version="0.1.0",
+            description="Postgres-native notifications: inbox, email, push, SMS, webhooks.",
+            path="/schema",
+        ),
+        cors_config=cors,
+        request_max_body_size=MAX_BODY_BYTES,
+        state=State({"settings": settings}),
+        logging_config=None,
+        debug=False,
+    )

@@ -1,0 +1,42 @@
+"""HTTP for notifications: translate, call the service, answer."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Any
+
+from litestar import Request, Response, get, post
+from litestar.params import Parameter
+
+from app.auth import KeyPrincipal, require_role
+from app.notifications import service
+from app.notifications.schemas import NotificationAccepted, NotificationIn, NotificationOut
+from app.pagination import DEFAULT_LIMIT, MAX_LIMIT
+
+
+@post("/api/notifications", guards=[require_role("send")], status_code=202, tags=["notifications"])
+async def send_notification(
+    request: Request[KeyPrincipal, Any, Any],
+    data: NotificationIn,
+    idempotency_key: Annotated[str | None, Parameter(header="Idempotency-Key")] = None,
+) -> Response[NotificationAccepted]:
+    """Accept a notification: 202 with its id; an idempotent repeat answers 200 with the original."""
+    accepted, created = await service.accept(
+        request.app.state.pool,
+        request.app.state.settings,
+        data,
+        idempotency_scope=request.user.idempotency_scope,
+        idempotency_key=idempotency_key,
+    )
+    return Response(accepted, status_code=202 if created else 200)
+
+
+@get("/api/notifications/{notification_id:uuid}", guards=[require_role("send")], tags=["notifications"])
+async def get_notification(
+    request: Request[Any, Any, Any],
+    notification_id: uuid.UUID,
+    cursor: str | None = None,
+    limit: Annotated[int, Parameter(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
+) -> NotificationOut:
+    """The notification, its delivery counts by status, and a page of its deliveries."""
+    return await service.read(request.app.state.pool, notification_id, cursor=cursor, limit=limit)

@@ -1,0 +1,76 @@
+"""Payloads of /api/notifications (msgspec Structs: decoded, validated and documented)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+ChannelName = Literal["IN_APP", "EMAIL", "PUSH", "SMS", "WEBHOOK", "SLACK", "DISCORD"]
+Priority = Literal["low", "normal", "high", "urgent"]
+
+MAX_RECIPIENTS = 10_000
+MAX_BODY_CHARS = 20_000
+MAX_TITLE_CHARS = 300
+
+ExternalId = Annotated[str, msgspec.Meta(min_length=1, max_length=255)]
+Key = Annotated[str, msgspec.Meta(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")]
+Body = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_BODY_CHARS)]
+Title = Annotated[str, msgspec.Meta(max_length=MAX_TITLE_CHARS)]
+Url = Annotated[str, msgspec.Meta(max_length=2048)]
+
+
+class NotificationIn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """A notification to send. ``message`` is shorthand for ``body``."""
+
+    to: Annotated[list[ExternalId], msgspec.Meta(min_length=1, max_length=MAX_RECIPIENTS)] | None = None
+    message: Body | None = None
+    title: Title | None = None
+    body: Body | None = None
+    action_url: Url | None = None
+    channels: Annotated[list[ChannelName], msgspec.Meta(min_length=1)] | None = None
+    priority: Priority = "normal"
+    category: Key | None = None
+    send_at: dt.datetime | None = None
+    expires_at: dt.datetime | None = None
+    metadata: dict[str, Any] | None = None
+
+
+class NotificationAccepted(msgspec.Struct):
+    id: uuid.UUID
+    status: str
+
+
+class DeliveryOut(msgspec.Struct):
+    id: int
+    channel: str
+    recipient: str
+    status: str
+    reason: str | None
+    attempts: int
+    last_error: str | None
+    next_attempt_at: dt.datetime | None
+    sent_at: dt.datetime | None
+    created_at: dt.datetime
+
+
+class NotificationOut(msgspec.Struct):
+    id: uuid.UUID
+    status: str
+    priority: str
+    category: str | None
+    title: str | None
+    body: str
+    action_url: str | None
+    metadata: dict[str, Any]
+    channels: list[str] | None
+    recipient_count: int | None
+    send_at: dt.datetime | None
+    expires_at: dt.datetime | None
+    created_at: dt.datetime
+    routed_at: dt.datetime | None
+    delivery_counts: dict[str, int]
+    deliveries: list[DeliveryOut]
+    next_cursor: str | None

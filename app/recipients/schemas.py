@@ -1,0 +1,44 @@
+"""Payloads of /api/recipients."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, Any
+
+import msgspec
+from msgspec import UNSET, UnsetType
+
+Short = Annotated[str, msgspec.Meta(max_length=255)]
+Url = Annotated[str, msgspec.Meta(max_length=2048)]
+
+
+class RecipientIn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Fields to set on a recipient. A field left out keeps its value; null clears it."""
+
+    email: Short | None | UnsetType = UNSET
+    phone: Short | None | UnsetType = UNSET
+    name: Short | None | UnsetType = UNSET
+    locale: Annotated[str, msgspec.Meta(max_length=35)] | None | UnsetType = UNSET
+    timezone: Annotated[str, msgspec.Meta(max_length=64)] | None | UnsetType = UNSET
+    webhook_url: Url | None | UnsetType = UNSET
+    webhook_secret: Short | None | UnsetType = UNSET
+    slack_webhook_url: Url | None | UnsetType = UNSET
+    discord_webhook_url: Url | None | UnsetType = UNSET
+    metadata: dict[str, Any] | None | UnsetType = UNSET
+
+
+class RecipientOut(msgspec.Struct):
+    external_id: str
+    email: str | None
+    phone: str | None
+    name: str | None
+    locale: str | None
+    timezone: str | None
+    webhook_url: str | None
+    slack_webhook_url: str | None
+    discord_webhook_url: str | None
+    metadata: dict[str, Any]
+    email_inactive_at: dt.datetime | None
+    phone_inactive_at: dt.datetime | None
+    created_at: dt.datetime
+    updated_at: dt.datetime

@@ -1,0 +1,73 @@
+"""Recipients: the host app's users and their addresses."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from app import db, validation
+from app.errors import NotFound
+from app.recipients import repo
+from app.recipients.schemas import RecipientIn, RecipientOut
+
+MAX_METADATA_BYTES = 16_384
+MAX_EXTERNAL_ID = 255
+
+_CHECKS = {
+    "email": validation.email,
+    "phone": validation.phone,
+    "locale": validation.locale,
+    "timezone": validation.timezone,
+    "webhook_url": validation.http_url,
+    "slack_webhook_url": validation.http_url,
+    "discord_webhook_url": validation.http_url,
+}
+FIELDS = tuple(RecipientIn.__struct_fields__)
+
+
+def external_id(value: str) -> str:
+    if not value or len(value) > MAX_EXTERNAL_ID:
+        raise NotFound("no such recipient")
+    return value
+
+
+def _clean(payload: RecipientIn) -> tuple[dict[str, Any], set[str]]:
+    fields: dict[str, Any] = {}
+    present: set[str] = set()
+    for name in FIELDS:
+        value = getattr(payload, name)
+        if value is msgspec.UNSET:
+            fields[name] = None
+            continue
+        present.add(name)
+        if isinstance(value, str):
+            value = value.strip() or None
+        if value is not None and name in _CHECKS:
+            value = _CHECKS[name](value, name)
+        if name == "metadata" and value is not None:
+            validation.json_size(value, "metadata", MAX_METADATA_BYTES)
+        fields[name] = value
+    return fields, present
+
+
+async def put(pool: db.Pool, external: str, payload: RecipientIn) -> RecipientOut:
+    fields, present = _clean(payload)
+    async with pool.connection() as conn:
+        row = await repo.upsert(conn, external_id(external), fields, present)
+    return msgspec.convert(row, RecipientOut)
+
+
+async def get(pool: db.Pool, external: str) -> RecipientOut:
+    async with pool.connection() as conn:
+        row = await repo.get(conn, external_id(external))
+    if row is None:
+        raise NotFound(f"no recipient {external!r}")
+    return msgspec.convert(row, RecipientOut)
+
+
+async def delete(pool: db.Pool, external: str) -> None:
+    async with pool.connection() as conn, conn.transaction():
+        deleted = await repo.delete(conn, external_id(external))
+    if not deleted:
+        raise NotFound(f"no recipient {external!r}")

@@ -1,0 +1,51 @@
+-- name: maintenance_reconcile_deliveries
+-- Unsent deliveries well past their due time that no live deliver job carries (their
+-- job failed, was aborted or deleted): deferred again, in batches per channel.
+WITH stuck AS (
+    SELECT d.id, d.channel, job_priority(n.priority) AS priority
+      FROM deliveries AS d
+      JOIN notifications AS n ON n.id = d.notification_id
+     WHERE d.status IN ('pending', 'failed')
+       AND d.next_attempt_at < now() - make_interval(secs => %(grace_seconds)s)
+     ORDER BY d.next_attempt_at
+     LIMIT %(limit)s
+),
+carried AS (
+    SELECT (jsonb_array_elements_text(j.args -> 'ids'))::bigint AS id
+      FROM procrastinate_jobs AS j
+     WHERE j.task_name = 'postbell.deliver'
+       AND j.status IN ('todo', 'doing')
+       AND j.queue_name IN (SELECT DISTINCT lower(channel) FROM stuck)
+),
+orphans AS (
+    SELECT s.*, (row_number() OVER (PARTITION BY s.channel, s.priority ORDER BY s.id) - 1)
+                    / %(batch_size)s AS grp
+      FROM stuck AS s
+     WHERE NOT EXISTS (SELECT 1 FROM carried AS c WHERE c.id = s.id)
+),
+jobs AS (
+    SELECT procrastinate_defer_jobs_v1(ARRAY(
+               SELECT deliver_job(o.channel, jsonb_agg(o.id ORDER BY o.id), o.priority, NULL)
+                 FROM orphans AS o
+                GROUP BY o.channel, o.priority, o.grp)) AS job_ids
+)
+SELECT (SELECT count(*) FROM orphans) AS deliveries,
+       (SELECT coalesce(cardinality(job_ids), 0) FROM jobs) AS jobs
+
+-- name: maintenance_reconcile_notifications
+-- Notifications accepted but never routed because their routing job is gone:
+-- their routing job is deferred again.
+WITH stuck AS (
+    SELECT n.id, n.priority
+      FROM notifications AS n
+     WHERE n.status IN ('queued', 'scheduled')
+       AND coalesce(n.send_at, n.created_at) < now() - make_interval(secs => %(grace_seconds)s)
+       AND NOT EXISTS (
+               SELECT 1 FROM procrastinate_jobs AS j
+                WHERE j.task_name = 'postbell.route'
+                  AND j.status IN ('todo', 'doing')
+                  AND j.args ->> 'notification_id' = n.id::text)
+     LIMIT %(limit)s
+)
+SELECT coalesce(cardinality(procrastinate_defer_jobs_v1(ARRAY(
+           SELECT route_job(s.id, s.priority, NULL) FROM stuck AS s))), 0) AS jobs

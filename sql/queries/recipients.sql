@@ -1,0 +1,50 @@
+-- name: recipients_get
+SELECT external_id, email, phone, name, locale, timezone, webhook_url, slack_webhook_url,
+       discord_webhook_url, metadata, email_inactive_at, phone_inactive_at, created_at, updated_at
+  FROM recipients
+ WHERE external_id = %(external_id)s
+
+-- name: recipients_upsert
+-- A PUT changes only the fields it names (the *_set flags); a field set to null is
+-- cleared. A changed email or phone forgets that the old address bounced.
+INSERT INTO recipients AS r (external_id, email, phone, name, locale, timezone, webhook_url,
+                             webhook_secret, slack_webhook_url, discord_webhook_url, metadata)
+VALUES (%(external_id)s, %(email)s, %(phone)s, %(name)s, %(locale)s, %(timezone)s,
+        %(webhook_url)s, %(webhook_secret)s, %(slack_webhook_url)s, %(discord_webhook_url)s,
+        coalesce(%(metadata)s::jsonb, '{}'))
+ON CONFLICT (external_id) DO UPDATE SET
+    email = CASE WHEN %(email_set)s THEN excluded.email ELSE r.email END,
+    phone = CASE WHEN %(phone_set)s THEN excluded.phone ELSE r.phone END,
+    name = CASE WHEN %(name_set)s THEN excluded.name ELSE r.name END,
+    locale = CASE WHEN %(locale_set)s THEN excluded.locale ELSE r.locale END,
+    timezone = CASE WHEN %(timezone_set)s THEN excluded.timezone ELSE r.timezone END,
+    webhook_url = CASE WHEN %(webhook_url_set)s THEN excluded.webhook_url ELSE r.webhook_url END,
+    webhook_secret = CASE WHEN %(webhook_secret_set)s THEN excluded.webhook_secret ELSE r.webhook_secret END,
+    slack_webhook_url = CASE WHEN %(slack_webhook_url_set)s THEN excluded.slack_webhook_url ELSE r.slack_webhook_url END,
+    discord_webhook_url = CASE WHEN %(discord_webhook_url_set)s THEN excluded.discord_webhook_url ELSE r.discord_webhook_url END,
+    metadata = CASE WHEN %(metadata_set)s THEN excluded.metadata ELSE r.metadata END,
+    email_inactive_at = CASE WHEN %(email_set)s AND excluded.email IS DISTINCT FROM r.email
+                             THEN NULL ELSE r.email_inactive_at END,
+    phone_inactive_at = CASE WHEN %(phone_set)s AND excluded.phone IS DISTINCT FROM r.phone
+                             THEN NULL ELSE r.phone_inactive_at END,
+    updated_at = now()
+RETURNING external_id, email, phone, name, locale, timezone, webhook_url, slack_webhook_url,
+          discord_webhook_url, metadata, email_inactive_at, phone_inactive_at, created_at, updated_at
+
+-- name: recipients_delete
+-- A recipient's deliveries go with it (deliveries carry no foreign keys; see 0002).
+WITH r AS (DELETE FROM recipients WHERE external_id = %(external_id)s RETURNING id),
+     d AS (DELETE FROM deliveries WHERE recipient_id IN (SELECT id FROM r) RETURNING 1)
+SELECT (SELECT count(*) FROM r) AS recipients, (SELECT count(*) FROM d) AS deliveries
+
+-- name: recipients_mark_inactive
+-- A hard bounce, complaint or carrier opt-out: later deliveries to this address are
+-- skipped (address_inactive) until the address changes.
+UPDATE recipients AS r
+   SET email_inactive_at = CASE WHEN %(channel)s = 'EMAIL'
+                                THEN coalesce(r.email_inactive_at, now()) ELSE r.email_inactive_at END,
+       phone_inactive_at = CASE WHEN %(channel)s = 'SMS'
+                                THEN coalesce(r.phone_inactive_at, now()) ELSE r.phone_inactive_at END
+  FROM deliveries AS d
+ WHERE d.id = ANY(%(delivery_ids)s::bigint[])
+   AND r.id = d.recipient_id

@@ -1,0 +1,169 @@
+"""Channels: one module per channel behind one protocol, and the registry.
+
+A channel turns a batch of deliveries into one ``Outcome`` each, classifying every
+provider error once, here, as transient (``Outcome.retry``) or permanent
+(``Outcome.fail``). It knows its provider and nothing of HTTP routes or SQL.
+
+Adding a channel is one module implementing ``Channel`` plus one line in
+``REGISTRY``; the router and the deliver task need no change.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar, Protocol
+
+from app.settings import Settings
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Recipient:
+    external_id: str
+    email: str | None = None
+    phone: str | None = None
+    name: str | None = None
+    locale: str | None = None
+    timezone: str | None = None
+    webhook_url: str | None = None
+    webhook_secret: str | None = dataclasses.field(default=None, repr=False)
+    slack_webhook_url: str | None = None
+    discord_webhook_url: str | None = None
+    metadata: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Delivery:
+    """One message to one recipient on one channel, as a channel sees it."""
+
+    id: int
+    attempts: int  # attempts made before this one
+    notification_id: uuid.UUID
+    recipient: Recipient
+    body: str = dataclasses.field(repr=False)
+    title: str | None = dataclasses.field(default=None, repr=False)
+    action_url: str | None = None
+    category: str | None = None
+    priority: str = "normal"
+    metadata: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    @property
+    def subject(self) -> str:
+        """The title, or the first line of the body cut to a subject's length."""
+        if self.title:
+            return self.title
+        first = self.body.strip().splitlines()[0] if self.body.strip() else ""
+        return first if len(first) <= 78 else first[:75].rstrip() + "..."
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Outcome:
+    """What became of one delivery attempt.
+
+    kind: ``sent``; ``retry`` (transient: try again after a backoff, or after
+    ``retry_after`` seconds when the provider said so); ``fail`` (permanent: dead at
+    once); ``skip`` (deliberately not sent, with a reason).
+    """
+
+    kind: str
+    error: str | None = None
+    reason: str | None = None
+    retry_after: float | None = None
+    provider_message_id: str | None = None
+    address_inactive: bool = False
+
+    @classmethod
+    def sent(cls, provider_message_id: str | None = None) -> Outcome:
+        return cls("sent", provider_message_id=provider_message_id)
+
+    @classmethod
+    def retry(cls, error: str, retry_after: float | None = None) -> Outcome:
+        return cls("retry", error=error[:1000], retry_after=retry_after)
+
+    @classmethod
+    def fail(cls, error: str, reason: str = "permanent_error", *, address_inactive: bool = False) -> Outcome:
+        return cls("fail", error=error[:1000], reason=reason, address_inactive=address_inactive)
+
+    @classmethod
+    def skip(cls, reason: str) -> Outcome:
+        return cls("skip", reason=reason)
+
+
+class Channel(Protocol):
+    #: The channel's name in the API: "EMAIL", "PUSH", ...
+    name: ClassVar[str]
+    #: The recipient field holding this channel's address (None: needs none).
+    address_field: ClassVar[str | None]
+    #: The recipient field set when that address stopped working (None: never).
+    inactive_field: ClassVar[str | None]
+
+    async def send(self, deliveries: Sequence[Delivery]) -> list[Outcome]:
+        """Send each delivery; answer one outcome per delivery, in order. Never raises
+        for a provider error: classify it into the outcome instead."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class ChannelFactory(Protocol):
+    name: ClassVar[str]
+    address_field: ClassVar[str | None]
+    inactive_field: ClassVar[str | None]
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Channel | None:
+        """The configured channel, or None when its settings are absent."""
+        ...
+
+
+def _registry() -> dict[str, type[ChannelFactory]]:
+    from workers.channels.email import EmailChannel
+    from workers.channels.in_app import InAppChannel
+
+    return {
+        "IN_APP": InAppChannel,
+        "EMAIL": EmailChannel,
+    }
+
+
+REGISTRY: Mapping[str, type[ChannelFactory]] = _registry()
+
+
+@dataclasses.dataclass(slots=True)
+class Channels:
+    """The channels of one worker process: every registered one, configured or not."""
+
+    configured: dict[str, Channel]
+    settings: Settings
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Channels:
+        configured: dict[str, Channel] = {}
+        for name, factory in REGISTRY.items():
+            channel = factory.from_settings(settings)
+            if channel is not None:
+                configured[name] = channel
+        return cls(configured=configured, settings=settings)
+
+    @property
+    def unconfigured(self) -> list[str]:
+        return [name for name in REGISTRY if name not in self.configured]
+
+    def get(self, name: str) -> Channel | None:
+        return self.configured.get(name)
+
+    def routing_spec(self) -> dict[str, list[Any]]:
+        """The per-channel facts the routing statement decides with, as SQL arrays."""
+        names = list(REGISTRY)
+        return {
+            "ch_names": names,
+            "ch_address": [REGISTRY[n].address_field for n in names],
+            "ch_inactive": [REGISTRY[n].inactive_field for n in names],
+            "ch_configured": [n in self.configured for n in names],
+            "ch_batch": [self.settings.batch_size_for(n) for n in names],
+        }
+
+    async def close(self) -> None:
+        for channel in self.configured.values():
+            await channel.close()

@@ -1,0 +1,228 @@
+"""Sending: one deliver run = a batch of delivery ids of one channel.
+
+The run selects which of its deliveries are still unsent, sends only those through
+the channel, and records every outcome in one transaction: one set-based UPDATE, one
+new deliver job for exactly the transient failures (scheduled after their backoff),
+and the removal of the jobs it claimed. The job itself succeeds even when some
+deliveries failed; procrastinate's own retry (which would resend the successes) is
+never used.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import random
+import time
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+import structlog
+
+from app import db
+from app.settings import Settings
+from workers import claims
+from workers.channels import Delivery, Outcome, Recipient
+from workers.runtime import Runtime
+
+log = structlog.get_logger("postbell.deliver")
+
+
+def backoff_seconds(settings: Settings, attempts: int, retry_after: float | None = None) -> float:
+    """Delay before attempt ``attempts + 1``: exponential with equal jitter, capped.
+
+    A provider's Retry-After wins when it asks for longer.
+    """
+    ceiling = min(settings.retry_max_seconds, settings.retry_base_seconds * 2 ** max(attempts - 1, 0))
+    delay = ceiling / 2 + random.uniform(0, ceiling / 2)
+    if retry_after is not None:
+        delay = max(delay, min(retry_after, settings.retry_max_seconds))
+    return delay
+
+
+@dataclasses.dataclass(slots=True)
+class Plan:
+    """Every outcome of a run, as the columns of one UPDATE, and the retries to schedule."""
+
+    ids: list[int] = dataclasses.field(default_factory=list)
+    statuses: list[str] = dataclasses.field(default_factory=list)
+    reasons: list[str | None] = dataclasses.field(default_factory=list)
+    errors: list[str | None] = dataclasses.field(default_factory=list)
+    next_attempt_at: list[dt.datetime | None] = dataclasses.field(default_factory=list)
+    provider_message_ids: list[str | None] = dataclasses.field(default_factory=list)
+    attempted: list[bool] = dataclasses.field(default_factory=list)
+    retries: dict[tuple[int, dt.datetime], list[int]] = dataclasses.field(default_factory=dict)
+    inactive: list[int] = dataclasses.field(default_factory=list)
+
+    def add(
+        self,
+        delivery_id: int,
+        status: str,
+        *,
+        reason: str | None = None,
+        error: str | None = None,
+        next_attempt_at: dt.datetime | None = None,
+        provider_message_id: str | None = None,
+        attempted: bool = True,
+    ) -> None:
+        self.ids.append(delivery_id)
+        self.statuses.append(status)
+        self.reasons.append(reason)
+        self.errors.append(error)
+        self.next_attempt_at.append(next_attempt_at)
+        self.provider_message_ids.append(provider_message_id)
+        self.attempted.append(attempted)
+
+    def record_params(self) -> dict[str, Any]:
+        return {
+            "ids": self.ids,
+            "statuses": self.statuses,
+            "reasons": self.reasons,
+            "errors": self.errors,
+            "next_attempt_at": self.next_attempt_at,
+            "provider_message_ids": self.provider_message_ids,
+            "attempted": self.attempted,
+        }
+
+    def retry_groups(self) -> str:
+        return json.dumps(
+            [
+                {"ids": ids, "priority": priority, "run_at": run_at.isoformat()}
+                for (priority, run_at), ids in self.retries.items()
+            ]
+        )
+
+
+def plan_outcomes(
+    settings: Settings,
+    channel: str,
+    rows: Sequence[Any],
+    outcomes: Sequence[Outcome],
+    now: dt.datetime,
+) -> Plan:
+    """Decide each delivery's new state from its outcome (pure: no I/O)."""
+    plan = Plan()
+    max_attempts = settings.max_attempts(channel)
+    # One retry time per (priority, attempts) group: jitter spreads groups, and one
+    # job carries each group, instead of one job per delivery.
+    retry_at: dict[tuple[int, int], dt.datetime] = {}
+    for row, outcome in zip(rows, outcomes, strict=True):
+        attempts = row["attempts"] + 1
+        if outcome.kind == "sent":
+            plan.add(row["id"], "sent", provider_message_id=outcome.provider_message_id)
+        elif outcome.kind == "skip":
+            plan.add(row["id"], "skipped", reason=outcome.reason, attempted=False)
+        elif outcome.kind == "fail":
+            plan.add(row["id"], "dead", reason=outcome.reason, error=outcome.error)
+            if outcome.address_inactive:
+                plan.inactive.append(row["id"])
+        elif attempts >= max_attempts:
+            plan.add(row["id"], "dead", reason="retries_exhausted", error=outcome.error)
+        else:
+            key = (row["job_priority"], attempts)
+            if outcome.retry_after is not None:
+                when = now + dt.timedelta(seconds=backoff_seconds(settings, attempts, outcome.retry_after))
+            else:
+                if key not in retry_at:
+                    retry_at[key] = now + dt.timedelta(seconds=backoff_seconds(settings, attempts))
+                when = retry_at[key]
+            plan.add(row["id"], "failed", error=outcome.error, next_attempt_at=when)
+            plan.retries.setdefault((row["job_priority"], when), []).append(row["id"])
+    return plan
+
+
+def _delivery(row: Any) -> Delivery:
+    recipient = Recipient(
+        external_id=row["external_id"],
+        email=row["email"],
+        phone=row["phone"],
+        name=row["name"],
+        locale=row["locale"],
+        timezone=row["timezone"],
+        webhook_url=row["webhook_url"],
+        webhook_secret=row["webhook_secret"],
+        slack_webhook_url=row["slack_webhook_url"],
+        discord_webhook_url=row["discord_webhook_url"],
+        metadata=row["recipient_metadata"] or {},
+    )
+    return Delivery(
+        id=row["id"],
+        attempts=row["attempts"],
+        notification_id=row["notification_id"],
+        recipient=recipient,
+        body=row["body"],
+        title=row["title"],
+        action_url=row["action_url"],
+        category=row["category"],
+        priority=row["priority"],
+        metadata=row["metadata"] or {},
+    )
+
+
+async def _send(runtime: Runtime, channel_name: str, rows: Sequence[Any], now: dt.datetime) -> list[Outcome]:
+    channel = runtime.channels.get(channel_name)
+    outcomes: list[Outcome | None] = [None] * len(rows)
+    to_send: list[int] = []
+    for index, row in enumerate(rows):
+        if row["expires_at"] is not None and row["expires_at"] <= now:
+            outcomes[index] = Outcome.skip("expired")
+        elif channel is None:
+            outcomes[index] = Outcome.skip("channel_not_configured")
+        else:
+            to_send.append(index)
+    if channel is not None and to_send:
+        try:
+            sent = await channel.send([_delivery(rows[i]) for i in to_send])
+            if len(sent) != len(to_send):
+                raise RuntimeError(f"{channel_name} answered {len(sent)} outcomes for {len(to_send)}")
+        except Exception as exc:  # a bug in a channel must not lose the batch: retry it
+            log.error("channel_error", channel=channel_name, exc_info=exc)
+            sent = [Outcome.retry(f"internal error in {channel_name}: {type(exc).__name__}")] * len(to_send)
+        for index, outcome in zip(to_send, sent, strict=True):
+            outcomes[index] = outcome
+    return [o if o is not None else Outcome.retry("not attempted") for o in outcomes]
+
+
+async def deliver(runtime: Runtime, job: Any, channel_name: str, ids: Sequence[int]) -> None:
+    """Send the deliveries of ``job`` (topped up with more claimed jobs) and record them."""
+    started = time.perf_counter()
+    batch = runtime.settings.batch_size_for(channel_name)
+    claimed = await claims.claim_more(
+        runtime.pool, job, limit=batch, max_items=max(batch - len(ids), 0)
+    )
+    try:
+        all_ids = list(dict.fromkeys([*ids, *(i for a in claimed.args for i in a.get("ids", []))]))
+        async with runtime.pool.connection() as conn:
+            rows = await db.fetch_all(
+                conn, "deliveries_load_sendable", {"ids": all_ids, "channel": channel_name}
+            )
+        now = dt.datetime.now(dt.UTC)
+        outcomes = await _send(runtime, channel_name, rows, now)
+        plan = plan_outcomes(runtime.settings, channel_name, rows, outcomes, now)
+        async with runtime.pool.connection() as conn, conn.transaction():
+            if plan.ids:
+                await db.execute(conn, "deliveries_record", plan.record_params())
+            if plan.retries:
+                await db.execute(
+                    conn, "jobs_defer_deliver", {"channel": channel_name, "groups": plan.retry_groups()}
+                )
+            if plan.inactive:
+                await db.execute(
+                    conn, "recipients_mark_inactive", {"delivery_ids": plan.inactive, "channel": channel_name}
+                )
+            await claims.finish(conn, claimed)
+    except BaseException:
+        await claims.release_shielded(runtime.pool, claimed)
+        raise
+    tally = Counter(plan.statuses)
+    log.info(
+        "delivered",
+        channel=channel_name,
+        jobs=1 + len(claimed.job_ids),
+        deliveries=len(all_ids),
+        unsent=len(rows),
+        **{status: tally[status] for status in sorted(tally)},
+        ms=round((time.perf_counter() - started) * 1000, 1),
+    )

@@ -1,0 +1,109 @@
+"""Periodic upkeep that keeps "nothing lost" true when processes die.
+
+It runs as a loop beside each worker (not as queued jobs, which a full queue could
+hold back); an advisory lock lets one process at a time do each round.
+
+* ``reap_stalled``: jobs left 'doing' by a worker whose heartbeat stopped (SIGKILL,
+  OOM, a lost machine) go back to the queue. Deliveries those jobs had already sent
+  are recorded ``sent`` or will be re-sent once (at least once; receivers dedupe by
+  delivery id), never lost.
+* ``reconcile``: unsent deliveries and unrouted notifications that no live job
+  carries (the job failed, was aborted or deleted) get a new job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+import structlog
+
+from app import db
+from workers.runtime import Runtime
+
+log = structlog.get_logger("postbell.maintenance")
+
+#: A worker that has not written a heartbeat for this long is considered dead.
+#: procrastinate writes one every 10 s.
+STALLED_AFTER_SECONDS = 30.0
+#: How long past its due time unsent work must be before the reconciler acts.
+RECONCILE_GRACE_SECONDS = 120.0
+RECONCILE_LIMIT = 10_000
+REAP_EVERY_SECONDS = 15.0
+RECONCILE_EVERY_SECONDS = 60.0
+_LOCK_KEY = 7_415_100_002  # pg_try_advisory_lock key owned by the maintenance loop
+
+
+async def reap_stalled(job_manager: Any) -> int:
+    """Requeue the jobs of dead workers; answer how many."""
+    stalled = list(await job_manager.get_stalled_jobs(seconds_since_heartbeat=STALLED_AFTER_SECONDS))
+    for job in stalled:
+        await job_manager.retry_job(job)
+    await job_manager.prune_stalled_workers(STALLED_AFTER_SECONDS)
+    if stalled:
+        log.warning(
+            "stalled_jobs_requeued",
+            jobs=len(stalled),
+            queues=sorted({job.queue for job in stalled}),
+        )
+    return len(stalled)
+
+
+async def reconcile(runtime: Runtime, *, grace_seconds: float = RECONCILE_GRACE_SECONDS) -> dict[str, int]:
+    async with runtime.pool.connection() as conn:
+        deliveries = await db.fetch_one(
+            conn,
+            "maintenance_reconcile_deliveries",
+            {
+                "grace_seconds": grace_seconds,
+                "limit": RECONCILE_LIMIT,
+                "batch_size": runtime.settings.batch_size,
+            },
+        )
+        notifications = await db.fetch_one(
+            conn,
+            "maintenance_reconcile_notifications",
+            {"grace_seconds": grace_seconds, "limit": RECONCILE_LIMIT},
+        )
+    assert deliveries is not None and notifications is not None
+    result = {
+        "deliveries": int(deliveries["deliveries"]),
+        "delivery_jobs": int(deliveries["jobs"]),
+        "route_jobs": int(notifications["jobs"]),
+    }
+    if any(result.values()):
+        log.warning("orphaned_work_requeued", **result)
+    return result
+
+
+async def loop(
+    runtime: Runtime,
+    job_manager: Any,
+    stop: asyncio.Event,
+    *,
+    reap_every: float = REAP_EVERY_SECONDS,
+    reconcile_every: float = RECONCILE_EVERY_SECONDS,
+) -> None:
+    """Reap and reconcile until ``stop``; errors are logged and the loop goes on."""
+    next_reconcile = asyncio.get_running_loop().time() + reconcile_every
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=reap_every)
+        if stop.is_set():
+            return
+        try:
+            async with runtime.pool.connection() as conn:
+                cursor = await conn.execute("SELECT pg_try_advisory_lock(%s) AS got", (_LOCK_KEY,))
+                row = await cursor.fetchone()
+                if not row or not row["got"]:
+                    continue
+                try:
+                    await reap_stalled(job_manager)
+                    if asyncio.get_running_loop().time() >= next_reconcile:
+                        next_reconcile = asyncio.get_running_loop().time() + reconcile_every
+                        await reconcile(runtime)
+                finally:
+                    await conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_KEY,))
+        except Exception as exc:
+            log.warning("maintenance_failed", error=f"{type(exc).__name__}: {exc}")

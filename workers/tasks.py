@@ -1,0 +1,39 @@
+"""Every procrastinate task postbell runs, each with an explicit, stable name.
+
+The SQL side defers ``postbell.route`` and ``postbell.deliver`` jobs (route_job() and
+deliver_job() in sql/migrations/0002_core.sql); the names here must match them.
+Upkeep (stalled jobs, orphaned work) is not a task: workers/maintenance.py runs it
+beside the worker, so a full queue cannot hold it back.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from workers import delivery, router
+from workers.claims import claim_more, release_shielded
+from workers.procrastinate_app import ROUTE_QUEUE, app
+from workers.runtime import Runtime
+
+#: Notifications routed per transaction, at most.
+ROUTE_BATCH = 200
+
+
+@app.task(name="postbell.route", queue=ROUTE_QUEUE, pass_context=True)
+async def route(context: Any, notification_id: str) -> None:
+    runtime = Runtime.of(context)
+    claimed = await claim_more(
+        runtime.pool, context.job, limit=ROUTE_BATCH - 1, max_items=ROUTE_BATCH - 1
+    )
+    ids = [notification_id, *(a["notification_id"] for a in claimed.args)]
+    try:
+        await router.route(runtime, ids, claimed)
+    except BaseException:
+        await release_shielded(runtime.pool, claimed)
+        raise
+
+
+# The queue is the channel's (deliver_job() sets it); this default is never used.
+@app.task(name="postbell.deliver", queue="deliver", pass_context=True)
+async def deliver(context: Any, channel: str, ids: list[int]) -> None:
+    await delivery.deliver(Runtime.of(context), context.job, channel, ids)

@@ -157,7 +157,9 @@ async def create_key(conn: db.Conn, role: Role, name: str | None = None) -> tupl
 class AuthMiddleware(AbstractAuthenticationMiddleware):
     """Puts the caller's principal on ``request.user``; 401 without a usable credential."""
 
-    async def authenticate_request(self, connection: ASGIConnection[Any, Any, Any, Any]) -> AuthenticationResult:
+    async def authenticate_request(
+        self, connection: ASGIConnection[Any, Any, Any, Any]
+    ) -> AuthenticationResult:
         credential = _credential(connection)
         if not credential:
             raise Unauthorized("missing credential: send 'Authorization: Bearer <key>'")
@@ -198,9 +200,7 @@ def require_role(role: Role) -> Any:
     return guard
 
 
-def recipient_guard(
-    connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler
-) -> None:
+def recipient_guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
     """Guard for ``/api/inbox/{recipient}`` and a recipient's preferences.
 
     API keys pass; a recipient token passes only for the recipient in the path.

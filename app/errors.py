@@ -97,7 +97,9 @@ def _validation_error(_: Request[Any, Any, Any], exc: ValidationException) -> Re
     problems = exc.extra if isinstance(exc.extra, list) else []
     if not problems:
         # Litestar raises this for bodies msgspec could not parse as JSON at all.
-        return error_response(400, "malformed_json", f"the request body is not valid JSON: {exc.detail}")
+        return error_response(
+            400, "malformed_json", f"the request body is not valid JSON: {exc.detail}"
+        )
     first = problems[0] if isinstance(problems[0], dict) else {}
     message = str(first.get("message", exc.detail))
     key = first.get("key")
@@ -106,6 +108,8 @@ def _validation_error(_: Request[Any, Any, Any], exc: ValidationException) -> Re
         named = _FIELD_NAMED_RE.search(message)
         field = named.group(1) if named else None
     source = first.get("source")
+    if source == "body" and message == "'data'":  # Litestar's wording for "no body at all"
+        return error_response(400, "missing_body", "the request needs a JSON body")
     if source in ("query", "path", "header"):
         return error_response(400, "invalid_parameter", message, field)
     return error_response(422, "validation_error", message, field)
@@ -117,7 +121,9 @@ def _http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response
         return _internal_error(request, exc)
     detail = str(exc.detail)
     if status == 400 and ("JSON" in detail or "truncated" in detail or "malformed" in detail):
-        return error_response(400, "malformed_json", f"the request body is not valid JSON: {detail}")
+        return error_response(
+            400, "malformed_json", f"the request body is not valid JSON: {detail}"
+        )
     if status == 404 and detail == "Not Found":
         detail = f"no route for {request.method} {request.url.path}"
     if status == 405:

@@ -33,7 +33,9 @@ def create_app(settings: Settings, *, pool: db.Pool | None = None) -> Litestar:
         active = pool
         if active is None:
             assert settings.database_url, "DATABASE_URL is required"
-            active = db.create_pool(settings.database_url, max_size=settings.db_pool_size, name="postbell-api")
+            active = db.create_pool(
+                settings.database_url, max_size=settings.db_pool_size, name="postbell-api"
+            )
             await active.open(wait=False)
         app.state.pool = active
         app.state.key_store = KeyStore(active, settings.admin_key)
@@ -69,7 +71,13 @@ def create_app(settings: Settings, *, pool: db.Pool | None = None) -> Litestar:
         middleware=[
             DefineMiddleware(
                 AuthMiddleware,
-                exclude=["^/health", "^/ready", "^/schema", "^/api/callbacks/", "^/api/unsubscribe"],
+                exclude=[
+                    "^/health",
+                    "^/ready",
+                    "^/schema",
+                    "^/api/callbacks/",
+                    "^/api/unsubscribe",
+                ],
             )
         ],
         exception_handlers=errors.exception_handlers,

@@ -67,8 +67,8 @@ async def pending(conn: db.Conn) -> list[Migration]:
     return [m for m in available() if m.version not in done]
 
 
-async def migrate(database_url: str) -> list[Migration]:
-    """Apply every pending migration; answer the ones applied (empty when up to date)."""
+async def migrate(database_url: str, *, target: int | None = None) -> list[Migration]:
+    """Apply every pending migration (up to ``target``, when given); answer the ones applied."""
     applied: list[Migration] = []
     async with await db.connect(database_url, name="postbell-migrate") as conn:
         await conn.execute("SELECT pg_advisory_lock(%s)", (_LOCK_KEY,))
@@ -86,6 +86,8 @@ async def migrate(database_url: str) -> list[Migration]:
             )
             done = await applied_versions(conn)
             for migration in available():
+                if target is not None and migration.version > target:
+                    break
                 if migration.version in done:
                     if done[migration.version] != migration.checksum:
                         log.warning(

@@ -83,7 +83,7 @@ class Settings:
             raise ConfigError("POSTBELL_EMAIL_PROVIDER=smtp needs SMTP_HOST to be set")
         log_format = env.choice("POSTBELL_LOG_FORMAT", ("json", "console"), None)
         return cls(
-            database_url=env.url("DATABASE_URL", schemes=("postgres", "postgresql")),
+            database_url=env.database_url("DATABASE_URL"),
             port=env.integer("PORT", 8000, minimum=0, maximum=65535),
             host=env.text("POSTBELL_HOST") or ("127.0.0.1" if dev else "0.0.0.0"),
             admin_key=env.secret("POSTBELL_ADMIN_KEY", min_length=16),
@@ -227,9 +227,28 @@ class _Env:
         except ValueError:
             raise ConfigError(f"{name} is not a valid URL") from None
         if parts.scheme not in schemes:
-            raise ConfigError(f"{name} must be a {'/'.join(schemes)} URL, got scheme {parts.scheme!r}")
+            raise ConfigError(
+                f"{name} must be a {'/'.join(schemes)} URL, got scheme {parts.scheme!r}"
+            )
         if parts.scheme.startswith("http") and not parts.hostname:
             raise ConfigError(f"{name} has no host name")
+        return raw
+
+    def database_url(self, name: str) -> str | None:
+        """A postgres:// URL or a libpq "key=value" connection string."""
+        raw = self.text(name)
+        if raw is None:
+            return None
+        if "://" in raw:
+            return self.url(name, schemes=("postgres", "postgresql"))
+        from psycopg.conninfo import conninfo_to_dict
+
+        try:
+            conninfo_to_dict(raw)
+        except Exception:
+            raise ConfigError(
+                f"{name} is neither a postgres:// URL nor a libpq connection string"
+            ) from None
         return raw
 
     def per_channel(self, prefix: str) -> dict[str, int]:

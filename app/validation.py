@@ -12,7 +12,9 @@ import msgspec
 
 from app.errors import Invalid
 
-_EMAIL_RE = re.compile(r"^[^@\s<>(),;:\"\[\]]+@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)+$")
+_EMAIL_RE = re.compile(
+    r"^[^@\s<>(),;:\"\[\]]+@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)+$"
+)
 _E164_RE = re.compile(r"^\+[1-9]\d{6,14}$")
 _LOCALE_RE = re.compile(r"^[A-Za-z]{2,3}(?:[-_][A-Za-z0-9]{2,8})*$")
 
@@ -56,7 +58,9 @@ def http_url(value: str, field: str) -> str:
 
 def aware(value: dt.datetime, field: str) -> dt.datetime:
     if value.tzinfo is None or value.utcoffset() is None:
-        raise Invalid(f"{field}: give a time zone offset (RFC 3339, like 2030-01-01T09:00:00Z)", field=field)
+        raise Invalid(
+            f"{field}: give a time zone offset (RFC 3339, like 2030-01-01T09:00:00Z)", field=field
+        )
     return value
 
 

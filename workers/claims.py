@@ -31,9 +31,7 @@ class Claimed:
         return cls(worker_id=None, job_ids=[], args=[])
 
 
-async def claim_more(
-    pool: db.Pool, job: Any, *, limit: int, max_items: int
-) -> Claimed:
+async def claim_more(pool: db.Pool, job: Any, *, limit: int, max_items: int) -> Claimed:
     """Claim up to ``limit`` more due jobs like ``job`` holding at most ``max_items`` items."""
     if job.worker_id is None or limit <= 0 or max_items <= 0:
         return Claimed.none()

@@ -35,7 +35,8 @@ def backoff_seconds(settings: Settings, attempts: int, retry_after: float | None
 
     A provider's Retry-After wins when it asks for longer.
     """
-    ceiling = min(settings.retry_max_seconds, settings.retry_base_seconds * 2 ** max(attempts - 1, 0))
+    growth = 2.0 ** max(attempts - 1, 0)
+    ceiling = min(settings.retry_max_seconds, settings.retry_base_seconds * growth)
     delay = ceiling / 2 + random.uniform(0, ceiling / 2)
     if retry_after is not None:
         delay = max(delay, min(retry_after, settings.retry_max_seconds))
@@ -123,7 +124,9 @@ def plan_outcomes(
         else:
             key = (row["job_priority"], attempts)
             if outcome.retry_after is not None:
-                when = now + dt.timedelta(seconds=backoff_seconds(settings, attempts, outcome.retry_after))
+                when = now + dt.timedelta(
+                    seconds=backoff_seconds(settings, attempts, outcome.retry_after)
+                )
             else:
                 if key not in retry_at:
                     retry_at[key] = now + dt.timedelta(seconds=backoff_seconds(settings, attempts))
@@ -161,7 +164,9 @@ def _delivery(row: Any) -> Delivery:
     )
 
 
-async def _send(runtime: Runtime, channel_name: str, rows: Sequence[Any], now: dt.datetime) -> list[Outcome]:
+async def _send(
+    runtime: Runtime, channel_name: str, rows: Sequence[Any], now: dt.datetime
+) -> list[Outcome]:
     channel = runtime.channels.get(channel_name)
     outcomes: list[Outcome | None] = [None] * len(rows)
     to_send: list[int] = []
@@ -176,10 +181,14 @@ async def _send(runtime: Runtime, channel_name: str, rows: Sequence[Any], now: d
         try:
             sent = await channel.send([_delivery(rows[i]) for i in to_send])
             if len(sent) != len(to_send):
-                raise RuntimeError(f"{channel_name} answered {len(sent)} outcomes for {len(to_send)}")
+                raise RuntimeError(
+                    f"{channel_name} answered {len(sent)} outcomes for {len(to_send)}"
+                )
         except Exception as exc:  # a bug in a channel must not lose the batch: retry it
             log.error("channel_error", channel=channel_name, exc_info=exc)
-            sent = [Outcome.retry(f"internal error in {channel_name}: {type(exc).__name__}")] * len(to_send)
+            sent = [Outcome.retry(f"internal error in {channel_name}: {type(exc).__name__}")] * len(
+                to_send
+            )
         for index, outcome in zip(to_send, sent, strict=True):
             outcomes[index] = outcome
     return [o if o is not None else Outcome.retry("not attempted") for o in outcomes]
@@ -206,11 +215,15 @@ async def deliver(runtime: Runtime, job: Any, channel_name: str, ids: Sequence[i
                 await db.execute(conn, "deliveries_record", plan.record_params())
             if plan.retries:
                 await db.execute(
-                    conn, "jobs_defer_deliver", {"channel": channel_name, "groups": plan.retry_groups()}
+                    conn,
+                    "jobs_defer_deliver",
+                    {"channel": channel_name, "groups": plan.retry_groups()},
                 )
             if plan.inactive:
                 await db.execute(
-                    conn, "recipients_mark_inactive", {"delivery_ids": plan.inactive, "channel": channel_name}
+                    conn,
+                    "recipients_mark_inactive",
+                    {"delivery_ids": plan.inactive, "channel": channel_name},
                 )
             await claims.finish(conn, claimed)
     except BaseException:

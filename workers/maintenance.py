@@ -37,7 +37,9 @@ _LOCK_KEY = 7_415_100_002  # pg_try_advisory_lock key owned by the maintenance l
 
 async def reap_stalled(job_manager: Any) -> int:
     """Requeue the jobs of dead workers; answer how many."""
-    stalled = list(await job_manager.get_stalled_jobs(seconds_since_heartbeat=STALLED_AFTER_SECONDS))
+    stalled = list(
+        await job_manager.get_stalled_jobs(seconds_since_heartbeat=STALLED_AFTER_SECONDS)
+    )
     for job in stalled:
         await job_manager.retry_job(job)
     await job_manager.prune_stalled_workers(STALLED_AFTER_SECONDS)
@@ -50,7 +52,9 @@ async def reap_stalled(job_manager: Any) -> int:
     return len(stalled)
 
 
-async def reconcile(runtime: Runtime, *, grace_seconds: float = RECONCILE_GRACE_SECONDS) -> dict[str, int]:
+async def reconcile(
+    runtime: Runtime, *, grace_seconds: float = RECONCILE_GRACE_SECONDS
+) -> dict[str, int]:
     async with runtime.pool.connection() as conn:
         deliveries = await db.fetch_one(
             conn,

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import structlog
 from procrastinate import PsycopgConnector
@@ -46,7 +47,9 @@ async def run(
     own_pool = pool is None
     if pool is None:
         assert settings.database_url
-        pool = db.create_pool(settings.database_url, max_size=settings.db_pool_size, name="postbell-worker")
+        pool = db.create_pool(
+            settings.database_url, max_size=settings.db_pool_size, name="postbell-worker"
+        )
         await pool.open(wait=False)
     channels = Channels.from_settings(settings)
     for name in channels.unconfigured:
@@ -57,24 +60,23 @@ async def run(
     app = procrastinate_app.app.with_connector(PsycopgConnector())
     await app.open_async(pool=pool)
     listen = worker_queues(queues)
+    options: dict[str, Any] = {
+        "queues": listen,
+        "concurrency": concurrency or settings.worker_concurrency,
+        "name": "postbell",
+        "fetch_job_polling_interval": settings.poll_interval,
+        "delete_jobs": "successful",
+        "install_signal_handlers": False,
+        "shutdown_graceful_timeout": GRACEFUL_SECONDS,
+        "additional_context": {"runtime": runtime},
+    }
     upkeep = asyncio.create_task(maintenance.loop(runtime, app.job_manager, stop))
     delay = 1.0
     try:
         while not stop.is_set():
             started = time.monotonic()
-            worker = asyncio.create_task(
-                app.run_worker_async(
-                    queues=listen,
-                    concurrency=concurrency or settings.worker_concurrency,
-                    name="postbell",
-                    fetch_job_polling_interval=settings.poll_interval,
-                    delete_jobs="successful",
-                    install_signal_handlers=False,
-                    shutdown_graceful_timeout=GRACEFUL_SECONDS,
-                    additional_context={"runtime": runtime},
-                )
-            )
-            log.info("worker_started", queues=listen or "all", concurrency=concurrency or settings.worker_concurrency)
+            worker = asyncio.create_task(app.run_worker_async(**options))
+            log.info("worker_started", queues=listen or "all", concurrency=options["concurrency"])
             stopping = asyncio.create_task(stop.wait())
             done, _ = await asyncio.wait({worker, stopping}, return_when=asyncio.FIRST_COMPLETED)
             if stopping in done:

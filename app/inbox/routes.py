@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from litestar import Request, get, post
-from litestar.params import Parameter
+from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
 from app.auth import recipient_guard
 from app.inbox import service
@@ -18,14 +18,14 @@ _INBOX = [recipient_guard]
 @get("/api/inbox/{recipient:str}", guards=_INBOX, tags=["inbox"])
 async def get_inbox(
     request: Request[Any, Any, Any],
-    recipient: str,
-    cursor: str | None = None,
-    limit: Annotated[int, Parameter(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
-    unread: bool = False,
-    archived: bool | None = False,
-    category: str | None = None,
+    recipient: FromPath[str],
+    cursor: FromQuery[str | None] = None,
+    limit: Annotated[int, QueryParameter(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
+    unread: FromQuery[bool] = False,
+    archived: FromQuery[bool | None] = False,
+    category: FromQuery[str | None] = None,
 ) -> InboxPage:
-    """The inbox, newest first. ``archived=true`` lists archived items only; leave it out for the rest."""
+    """The inbox, newest first, without archived items (``archived=true``: only those)."""
     return await service.list_items(
         request.app.state.pool,
         recipient,
@@ -38,6 +38,8 @@ async def get_inbox(
 
 
 @post("/api/inbox/{recipient:str}/read", guards=_INBOX, tags=["inbox"], status_code=200)
-async def mark_read(request: Request[Any, Any, Any], recipient: str, data: MarkIn) -> MarkOut:
+async def mark_read(
+    request: Request[Any, Any, Any], recipient: FromPath[str], data: JSONBody[MarkIn]
+) -> MarkOut:
     """Mark items read (and seen): ``{"ids": [...]}`` or ``{"all": true}``."""
     return await service.mark_read(request.app.state.pool, recipient, data)

@@ -6,7 +6,7 @@ import uuid
 from typing import Annotated, Any
 
 from litestar import Request, Response, get, post
-from litestar.params import Parameter
+from litestar.params import FromPath, FromQuery, HeaderParameter, JSONBody, QueryParameter
 
 from app.auth import KeyPrincipal, require_role
 from app.notifications import service
@@ -17,10 +17,10 @@ from app.pagination import DEFAULT_LIMIT, MAX_LIMIT
 @post("/api/notifications", guards=[require_role("send")], status_code=202, tags=["notifications"])
 async def send_notification(
     request: Request[KeyPrincipal, Any, Any],
-    data: NotificationIn,
-    idempotency_key: Annotated[str | None, Parameter(header="Idempotency-Key")] = None,
+    data: JSONBody[NotificationIn],
+    idempotency_key: Annotated[str | None, HeaderParameter(name="Idempotency-Key")] = None,
 ) -> Response[NotificationAccepted]:
-    """Accept a notification: 202 with its id; an idempotent repeat answers 200 with the original."""
+    """Accept a notification: 202 with its id; an idempotent repeat answers 200, the original."""
     accepted, created = await service.accept(
         request.app.state.pool,
         request.app.state.settings,
@@ -31,12 +31,16 @@ async def send_notification(
     return Response(accepted, status_code=202 if created else 200)
 
 
-@get("/api/notifications/{notification_id:uuid}", guards=[require_role("send")], tags=["notifications"])
+@get(
+    "/api/notifications/{notification_id:uuid}",
+    guards=[require_role("send")],
+    tags=["notifications"],
+)
 async def get_notification(
     request: Request[Any, Any, Any],
-    notification_id: uuid.UUID,
-    cursor: str | None = None,
-    limit: Annotated[int, Parameter(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
+    notification_id: FromPath[uuid.UUID],
+    cursor: FromQuery[str | None] = None,
+    limit: Annotated[int, QueryParameter(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
 ) -> NotificationOut:
     """The notification, its delivery counts by status, and a page of its deliveries."""
     return await service.read(request.app.state.pool, notification_id, cursor=cursor, limit=limit)

@@ -16,7 +16,9 @@ MAX_BODY_CHARS = 20_000
 MAX_TITLE_CHARS = 300
 
 ExternalId = Annotated[str, msgspec.Meta(min_length=1, max_length=255)]
-Key = Annotated[str, msgspec.Meta(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")]
+Key = Annotated[
+    str, msgspec.Meta(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")
+]
 Body = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_BODY_CHARS)]
 Title = Annotated[str, msgspec.Meta(max_length=MAX_TITLE_CHARS)]
 Url = Annotated[str, msgspec.Meta(max_length=2048)]
@@ -25,7 +27,9 @@ Url = Annotated[str, msgspec.Meta(max_length=2048)]
 class NotificationIn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """A notification to send. ``message`` is shorthand for ``body``."""
 
-    to: Annotated[list[ExternalId], msgspec.Meta(min_length=1, max_length=MAX_RECIPIENTS)] | None = None
+    to: (
+        Annotated[list[ExternalId], msgspec.Meta(min_length=1, max_length=MAX_RECIPIENTS)] | None
+    ) = None
     message: Body | None = None
     title: Title | None = None
     body: Body | None = None

@@ -11,7 +11,12 @@ import msgspec
 from app import db, validation
 from app.errors import Invalid, NotFound
 from app.notifications import repo
-from app.notifications.schemas import DeliveryOut, NotificationAccepted, NotificationIn, NotificationOut
+from app.notifications.schemas import (
+    DeliveryOut,
+    NotificationAccepted,
+    NotificationIn,
+    NotificationOut,
+)
 from app.pagination import decode_cursor, encode_cursor
 from app.settings import Settings
 

@@ -31,5 +31,7 @@ async def ready(request: Request[Any, Any, Any]) -> Response[Any]:
         return error_response(503, "not_ready", f"database unreachable ({type(exc).__name__})")
     if waiting:
         names = ", ".join(f"{m.version:04d}_{m.name}" for m in waiting)
-        return error_response(503, "not_ready", f"migrations pending: {names}; run 'postbell migrate'")
+        return error_response(
+            503, "not_ready", f"migrations pending: {names}; run 'postbell migrate'"
+        )
     return Response(Health(status="ready"))

@@ -14,7 +14,9 @@ async def get(conn: db.Conn, external_id: str) -> DictRow | None:
     return await db.fetch_one(conn, "recipients_get", {"external_id": external_id})
 
 
-async def upsert(conn: db.Conn, external_id: str, fields: dict[str, Any], present: set[str]) -> DictRow:
+async def upsert(
+    conn: db.Conn, external_id: str, fields: dict[str, Any], present: set[str]
+) -> DictRow:
     params: dict[str, Any] = {"external_id": external_id}
     for name, value in fields.items():
         params[name] = Jsonb(value) if name == "metadata" and value is not None else value

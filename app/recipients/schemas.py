@@ -15,16 +15,16 @@ Url = Annotated[str, msgspec.Meta(max_length=2048)]
 class RecipientIn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Fields to set on a recipient. A field left out keeps its value; null clears it."""
 
-    email: Short | None | UnsetType = UNSET
-    phone: Short | None | UnsetType = UNSET
-    name: Short | None | UnsetType = UNSET
-    locale: Annotated[str, msgspec.Meta(max_length=35)] | None | UnsetType = UNSET
-    timezone: Annotated[str, msgspec.Meta(max_length=64)] | None | UnsetType = UNSET
-    webhook_url: Url | None | UnsetType = UNSET
-    webhook_secret: Short | None | UnsetType = UNSET
-    slack_webhook_url: Url | None | UnsetType = UNSET
-    discord_webhook_url: Url | None | UnsetType = UNSET
-    metadata: dict[str, Any] | None | UnsetType = UNSET
+    email: Short | UnsetType | None = UNSET
+    phone: Short | UnsetType | None = UNSET
+    name: Short | UnsetType | None = UNSET
+    locale: Annotated[str, msgspec.Meta(max_length=35)] | UnsetType | None = UNSET
+    timezone: Annotated[str, msgspec.Meta(max_length=64)] | UnsetType | None = UNSET
+    webhook_url: Url | UnsetType | None = UNSET
+    webhook_secret: Short | UnsetType | None = UNSET
+    slack_webhook_url: Url | UnsetType | None = UNSET
+    discord_webhook_url: Url | UnsetType | None = UNSET
+    metadata: dict[str, Any] | UnsetType | None = UNSET
 
 
 class RecipientOut(msgspec.Struct):

@@ -82,7 +82,9 @@ class Outcome:
         return cls("retry", error=error[:1000], retry_after=retry_after)
 
     @classmethod
-    def fail(cls, error: str, reason: str = "permanent_error", *, address_inactive: bool = False) -> Outcome:
+    def fail(
+        cls, error: str, reason: str = "permanent_error", *, address_inactive: bool = False
+    ) -> Outcome:
         return cls("fail", error=error[:1000], reason=reason, address_inactive=address_inactive)
 
     @classmethod

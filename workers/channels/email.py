@@ -166,7 +166,9 @@ class SmtpTransport:
                     outcomes[index] = outcome
                     if not client.is_connected or isinstance(exc, (OSError, asyncio.TimeoutError)):
                         client.close()
-                        if isinstance(exc, (aiosmtplib.SMTPConnectError, OSError, asyncio.TimeoutError)):
+                        if isinstance(
+                            exc, (aiosmtplib.SMTPConnectError, OSError, asyncio.TimeoutError)
+                        ):
                             broken = outcome
                     else:
                         await _reset(client)

@@ -1,0 +1,207 @@
+"""Shared fixtures: a real Postgres, a migrated template cloned per session, the API
+in-process over ASGI, a real worker in the test's event loop, a real SMTP server.
+
+Postgres: the machine's server on 127.0.0.1:5432 when it answers (or
+POSTBELL_TEST_ADMIN_URL), else the embedded one started under a temporary folder.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from litestar.testing import AsyncTestClient
+from psycopg import sql
+
+from app import db, embedded, logs, migrations
+from app.main import create_app
+from app.settings import Settings
+from tests.peers.smtp import SmtpPeer
+
+ADMIN_KEY = "test-admin-key-0123456789abcdef"
+INBOX_SECRET = "test-inbox-secret"
+LOCAL_ADMIN_URL = "postgresql://root@127.0.0.1:5432/postgres"
+RUN = f"{os.getpid()}_{uuid.uuid4().hex[:6]}"
+
+
+def _reachable(url: str) -> bool:
+    try:
+        with psycopg.connect(url, connect_timeout=2):
+            return True
+    except psycopg.Error:
+        return False
+
+
+@pytest.fixture(scope="session")
+def admin_url() -> Iterator[str]:
+    """A URL with the right to create databases."""
+    explicit = os.environ.get("POSTBELL_TEST_ADMIN_URL")
+    if explicit:
+        yield explicit
+        return
+    if _reachable(LOCAL_ADMIN_URL):
+        yield LOCAL_ADMIN_URL
+        return
+    folder = Path(tempfile.mkdtemp(prefix="postbell-test-pg-"))
+    url = embedded.start(folder / "pg")
+    yield url.replace(f"/{embedded.DATABASE}?", "/postgres?")
+    embedded.stop(folder / "pg")
+
+
+def _url_for(admin_url: str, database: str) -> str:
+    params = psycopg.conninfo.conninfo_to_dict(admin_url)
+    params["dbname"] = database
+    return psycopg.conninfo.make_conninfo("", **params)
+
+
+def create_database(admin_url: str, name: str, template: str | None = None) -> str:
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        query = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
+        if template:
+            query = sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
+                sql.Identifier(name), sql.Identifier(template)
+            )
+        conn.execute(query)
+    return _url_for(admin_url, name)
+
+
+def drop_database(admin_url: str, name: str) -> None:
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
+
+
+@pytest.fixture(scope="session")
+def template_db(admin_url: str) -> Iterator[str]:
+    """A migrated database to clone (CREATE DATABASE ... TEMPLATE needs it idle)."""
+    name = f"pbtest_tpl_{RUN}"
+    url = create_database(admin_url, name)
+    asyncio.run(migrations.migrate(url))
+    yield name
+    drop_database(admin_url, name)
+
+
+@pytest.fixture(scope="session")
+def database_url(admin_url: str, template_db: str) -> Iterator[str]:
+    """The session's database, cloned from the migrated template."""
+    name = f"pbtest_{RUN}"
+    url = create_database(admin_url, name, template=template_db)
+    yield url
+    drop_database(admin_url, name)
+
+
+@pytest.fixture
+def fresh_database_url(admin_url: str, template_db: str) -> Iterator[str]:
+    """A database of the test's own, for tests that count everything in it."""
+    name = f"pbtest_{RUN}_{uuid.uuid4().hex[:8]}"
+    url = create_database(admin_url, name, template=template_db)
+    yield url
+    drop_database(admin_url, name)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _logging() -> None:
+    logs.configure(fmt="console", level=os.environ.get("POSTBELL_TEST_LOG_LEVEL", "warning"))
+
+
+def make_settings(database_url: str, **env: str) -> Settings:
+    base = {
+        "DATABASE_URL": database_url,
+        "POSTBELL_ADMIN_KEY": ADMIN_KEY,
+        "POSTBELL_INBOX_SECRET": INBOX_SECRET,
+        "POSTBELL_RETRY_BASE_SECONDS": "0.2",
+        "POSTBELL_RETRY_MAX_SECONDS": "2",
+        "POSTBELL_POLL_INTERVAL": "0.2",
+        "POSTBELL_LOG_FORMAT": "console",
+    }
+    base.update(env)
+    return Settings.from_env(base)
+
+
+@pytest.fixture(scope="session")
+def smtp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SmtpPeer]:
+    peer = SmtpPeer(tmp_path_factory.mktemp("smtp")).start()
+    yield peer
+    peer.stop()
+
+
+@pytest.fixture(scope="session")
+def settings(database_url: str, smtp: SmtpPeer) -> Settings:
+    return make_settings(database_url, **smtp.env())
+
+
+@pytest.fixture(scope="session")
+async def pool(settings: Settings) -> AsyncIterator[db.Pool]:
+    assert settings.database_url
+    p = db.create_pool(settings.database_url, max_size=10, name="postbell-test")
+    await p.open(wait=True)
+    yield p
+    await p.close()
+
+
+@pytest.fixture(scope="session")
+async def api(settings: Settings, pool: db.Pool) -> AsyncIterator[AsyncTestClient[Any]]:
+    """The real API over ASGI (no network), sharing the session pool."""
+    async with AsyncTestClient(app=create_app(settings, pool=pool)) as client:
+        yield client
+
+
+ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
+
+
+@contextlib.asynccontextmanager
+async def running_worker(
+    settings: Settings, pool: db.Pool | None = None, **kwargs: Any
+) -> AsyncIterator[None]:
+    """A real worker (procrastinate + our tasks) in this event loop, stopped on exit."""
+    from workers import runner
+
+    stop = asyncio.Event()
+    task = asyncio.create_task(runner.run(settings, stop, pool=pool, **kwargs))
+    await asyncio.sleep(0.1)
+    try:
+        yield
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, timeout=40)
+
+
+@pytest.fixture(scope="session")
+async def worker(settings: Settings, pool: db.Pool) -> AsyncIterator[None]:
+    """One worker for the whole session, on the session database."""
+    async with running_worker(settings, pool):
+        yield
+
+
+async def wait_until(
+    check: Callable[[], Awaitable[Any]], *, timeout: float = 15.0, interval: float = 0.05
+) -> Any:
+    """Poll ``check`` until it returns something truthy; fail with its last value."""
+    deadline = time.monotonic() + timeout
+    value = None
+    while time.monotonic() < deadline:
+        value = await check()
+        if value:
+            return value
+        await asyncio.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout}s (last value: {value!r})")
+
+
+async def query(pool: db.Pool, text: str, params: Any = None) -> list[dict[str, Any]]:
+    async with pool.connection() as conn:
+        cursor = await conn.execute(text.encode(), params)
+        return list(await cursor.fetchall()) if cursor.description else []
+
+
+def unique(prefix: str = "u") -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"

@@ -1,0 +1,61 @@
+"""How outcomes become delivery states (pure logic of workers/delivery.py)."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from app.settings import Settings
+from workers.channels import Outcome
+from workers.delivery import backoff_seconds, plan_outcomes
+
+NOW = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
+SETTINGS = Settings.from_env(
+    {
+        "POSTBELL_RETRY_BASE_SECONDS": "10",
+        "POSTBELL_RETRY_MAX_SECONDS": "3600",
+        "POSTBELL_RETRY_MAX_ATTEMPTS_EMAIL": "3",
+    }
+)
+
+
+def row(delivery_id: int, attempts: int = 0, priority: int = 10) -> dict[str, int]:
+    return {"id": delivery_id, "attempts": attempts, "job_priority": priority}
+
+
+def test_each_kind_of_outcome() -> None:
+    plan = plan_outcomes(
+        SETTINGS,
+        "EMAIL",
+        [row(1), row(2), row(3), row(4), row(5, attempts=2)],
+        [
+            Outcome.sent("m-1"),
+            Outcome.skip("no_address"),
+            Outcome.fail("SMTP 550 no such user", "invalid_address", address_inactive=True),
+            Outcome.retry("SMTP 451 later"),
+            Outcome.retry("SMTP 451 later"),  # third attempt of three: exhausted
+        ],
+        NOW,
+    )
+    assert plan.statuses == ["sent", "skipped", "dead", "failed", "dead"]
+    assert plan.reasons == [None, "no_address", "invalid_address", None, "retries_exhausted"]
+    assert plan.attempted == [True, False, True, True, True]
+    assert plan.inactive == [3]
+    assert [ids for ids in plan.retries.values()] == [[4]]
+    when = plan.next_attempt_at[3]
+    assert when is not None and NOW + dt.timedelta(seconds=5) <= when <= NOW + dt.timedelta(
+        seconds=10
+    )
+
+
+def test_transient_failures_share_one_retry_job_per_priority_and_attempt() -> None:
+    plan = plan_outcomes(
+        SETTINGS, "EMAIL", [row(1), row(2), row(3, priority=30)], [Outcome.retry("x")] * 3, NOW
+    )
+    assert sorted(plan.retries.values()) == [[1, 2], [3]]
+
+
+def test_backoff_grows_is_capped_and_honours_retry_after() -> None:
+    delays = [backoff_seconds(SETTINGS, n) for n in (1, 2, 3, 20)]
+    assert 5 <= delays[0] <= 10 and 10 <= delays[1] <= 20 and 20 <= delays[2] <= 40
+    assert 1800 <= delays[3] <= 3600
+    assert backoff_seconds(SETTINGS, 1, retry_after=120) >= 120

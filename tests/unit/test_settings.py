@@ -1,0 +1,71 @@
+"""Configuration is read once; a bad value fails with one line naming the variable."""
+
+from __future__ import annotations
+
+import pytest
+
+from app.settings import ConfigError, Settings
+
+
+def test_defaults_without_any_variable() -> None:
+    """An empty environment is valid: dev-friendly defaults, no channel configured but IN_APP."""
+    settings = Settings.from_env({})
+    assert (settings.port, settings.db_pool_size, settings.retry_max_attempts) == (8000, 10, 8)
+    assert settings.email_provider is None
+    assert settings.log_format == "json"
+
+
+def test_dev_defaults_to_console_email_and_pretty_logs() -> None:
+    settings = Settings.from_env({}, dev=True)
+    assert (settings.email_provider, settings.log_format, settings.host) == (
+        "console",
+        "console",
+        "127.0.0.1",
+    )
+
+
+def test_smtp_host_selects_smtp_provider() -> None:
+    settings = Settings.from_env({"SMTP_HOST": "mail.example.org", "SMTP_PASSWORD": "pw"})
+    assert settings.email_provider == "smtp"
+    assert settings.smtp is not None and settings.smtp.port == 587 and settings.smtp.starttls
+    assert "pw" not in repr(settings)
+
+
+@pytest.mark.parametrize(
+    ("env", "variable"),
+    [
+        ({"PORT": "eighty"}, "PORT"),
+        ({"PORT": "70000"}, "PORT"),
+        ({"DATABASE_URL": "mysql://x/y"}, "DATABASE_URL"),
+        ({"POSTBELL_PUBLIC_URL": "ftp://example.org"}, "POSTBELL_PUBLIC_URL"),
+        ({"POSTBELL_DB_POOL_SIZE": "0"}, "POSTBELL_DB_POOL_SIZE"),
+        ({"POSTBELL_EMAIL_PROVIDER": "pigeon"}, "POSTBELL_EMAIL_PROVIDER"),
+        ({"POSTBELL_EMAIL_PROVIDER": "smtp"}, "POSTBELL_EMAIL_PROVIDER"),
+        ({"SMTP_HOST": "h", "SMTP_STARTTLS": "maybe"}, "SMTP_STARTTLS"),
+        ({"SMTP_HOST": "h", "SMTP_CA_FILE": "/nonexistent.pem"}, "SMTP_CA_FILE"),
+        ({"POSTBELL_PROVIDER_RATE_SMS": "fast"}, "POSTBELL_PROVIDER_RATE_SMS"),
+        ({"POSTBELL_RETRY_MAX_ATTEMPTS_EMAIL": "-1"}, "POSTBELL_RETRY_MAX_ATTEMPTS_EMAIL"),
+        ({"POSTBELL_ADMIN_KEY": "short"}, "POSTBELL_ADMIN_KEY"),
+        ({"POSTBELL_LOG_FORMAT": "xml"}, "POSTBELL_LOG_FORMAT"),
+    ],
+)
+def test_bad_value_names_the_variable(env: dict[str, str], variable: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        Settings.from_env(env)
+    message = str(raised.value)
+    assert variable in message
+    assert "\n" not in message
+
+
+def test_rates_and_per_channel_overrides() -> None:
+    settings = Settings.from_env(
+        {
+            "POSTBELL_PROVIDER_RATE_SMS": "1/s",
+            "POSTBELL_PROVIDER_RATE_EMAIL": "120/min",
+            "POSTBELL_RETRY_MAX_ATTEMPTS_EMAIL": "3",
+            "POSTBELL_BATCH_SIZE_PUSH": "900",
+        }
+    )
+    assert settings.provider_rates == {"SMS": 1.0, "EMAIL": 2.0}
+    assert (settings.max_attempts("EMAIL"), settings.max_attempts("SMS")) == (3, 8)
+    assert settings.batch_size_for("PUSH") == 500  # FCM's limit wins

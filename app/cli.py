@@ -330,6 +330,71 @@ def cmd_keys(args: argparse.Namespace) -> int:
     return _run(keys())
 
 
+def cmd_dead_letters(args: argparse.Namespace) -> int:
+    from app.errors import PostbellError
+    from app.ops import dead_letters
+
+    settings = _with_database(_settings())
+
+    async def run() -> int:
+        assert settings.database_url
+        pool = db.create_pool(settings.database_url, max_size=2, name="postbell-cli")
+        await pool.open(wait=True)
+        try:
+            if args.retry or args.retry_all:
+                count = await dead_letters.requeue(
+                    pool,
+                    settings,
+                    ids=args.retry or None,
+                    channel=args.channel,
+                    reason=args.reason,
+                    older_than=args.older_than,
+                )
+                print(f"requeued {count} dead deliver{'y' if count == 1 else 'ies'}")
+                return 0
+            page = await dead_letters.list_page(
+                pool,
+                channel=args.channel,
+                reason=args.reason,
+                older_than=args.older_than,
+                cursor=None,
+                limit=args.limit,
+            )
+        except PostbellError as exc:
+            raise UsageError(exc.detail) from None
+        finally:
+            await pool.close()
+        _print_table(
+            ["id", "channel", "recipient", "reason", "attempts", "died", "last error"],
+            [
+                [
+                    d.id,
+                    d.channel,
+                    d.recipient,
+                    d.reason or "",
+                    d.attempts,
+                    d.died_at.strftime("%Y-%m-%d %H:%M:%S"),
+                    (d.last_error or "")[:60],
+                ]
+                for d in page.items
+            ],
+        )
+        print(
+            f"{page.total} dead in all"
+            + (f", {len(page.items)} shown" if page.total > len(page.items) else "")
+        )
+        return 0
+
+    return _run(run())
+
+
+def _print_table(headers: list[str], rows: list[list[Any]]) -> None:
+    cells = [headers, *[[str(c) for c in row] for row in rows]]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    for row in cells:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+
+
 def cmd_db(args: argparse.Namespace) -> int:
     settings = Settings.from_env(dev=True)
     pgdata = _pgdata(settings)
@@ -448,6 +513,25 @@ def _parser() -> argparse.ArgumentParser:
         "revoke", help="revoke a key", description="Revoke an API key by id."
     )
     revoke.add_argument("id", type=int)
+
+    dead = command(
+        "dead-letters",
+        cmd_dead_letters,
+        "list and requeue dead deliveries",
+        "List dead deliveries (the dead-letter queue), or requeue them: --retry ID (repeatable) "
+        "or --retry-all with the same filters as the list.",
+    )
+    dead.add_argument("--channel", help="only this channel (EMAIL, PUSH, ...)")
+    dead.add_argument("--reason", help="only this reason (retries_exhausted, invalid_address, ...)")
+    dead.add_argument("--older-than", metavar="AGE", help="only those dead for longer: 30m, 2h, 7d")
+    dead.add_argument("--limit", type=int, default=50, help="rows to list (default 50)")
+    action = dead.add_mutually_exclusive_group()
+    action.add_argument(
+        "--retry", type=int, action="append", metavar="ID", help="requeue this delivery"
+    )
+    action.add_argument(
+        "--retry-all", action="store_true", help="requeue every dead delivery matching the filters"
+    )
 
     dbp = command(
         "db",

@@ -88,5 +88,8 @@ def configure(*, fmt: str = "json", level: str = "info") -> None:
     # postbell logs its own outcome lines with counts instead.
     logging.getLogger("procrastinate").setLevel(max(logging.WARNING, root.level))
     logging.getLogger("uvicorn.access").disabled = True  # query strings may hold tokens
-    for noisy in ("psycopg.pool", "aiosmtplib", "asyncio", "httpx", "urllib3"):
-        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+    # twilio's HTTP client logs whole requests (message bodies included) at INFO.
+    noisy = ("psycopg.pool", "aiosmtplib", "asyncio", "httpx", "httpcore", "urllib3", "twilio",
+             "firebase_admin", "google", "botocore", "aiohttp")
+    for noisy_logger in noisy:
+        logging.getLogger(noisy_logger).setLevel(max(logging.WARNING, root.level))

@@ -17,6 +17,7 @@ from app.auth import AuthMiddleware, KeyStore
 from app.inbox import routes as inbox
 from app.notifications import routes as notifications
 from app.ops import health
+from app.ops import routes as ops
 from app.recipients import routes as recipients
 from app.settings import Settings
 
@@ -62,8 +63,14 @@ def create_app(settings: Settings, *, pool: db.Pool | None = None) -> Litestar:
         recipients.put_recipient,
         recipients.get_recipient,
         recipients.delete_recipient,
+        recipients.add_device,
+        recipients.list_devices,
+        recipients.remove_device,
         inbox.get_inbox,
         inbox.mark_read,
+        ops.list_dead_letters,
+        ops.retry_dead_letter,
+        ops.retry_dead_letters,
     ]
     return Litestar(
         route_handlers=route_handlers,

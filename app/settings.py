@@ -8,11 +8,12 @@ names the variable; the CLI prints it and exits with status 2.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 LogFormat = Literal["json", "console"]
@@ -40,6 +41,39 @@ class SmtpSettings:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class SendGridSettings:
+    api_key: str = dataclasses.field(repr=False)
+    api_url: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SesSettings:
+    region: str
+    access_key_id: str
+    secret_access_key: str = dataclasses.field(repr=False)
+    endpoint_url: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class FcmSettings:
+    credentials: Mapping[str, Any] = dataclasses.field(repr=False)  # the service-account JSON
+    api_url: str | None  # overrides https://fcm.googleapis.com (emulators, tests)
+
+    @property
+    def project_id(self) -> str:
+        return str(self.credentials["project_id"])
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class TwilioSettings:
+    account_sid: str
+    auth_token: str = dataclasses.field(repr=False)
+    from_number: str | None
+    messaging_service_sid: str | None
+    api_url: str | None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class Settings:
     database_url: str | None
     port: int
@@ -54,6 +88,13 @@ class Settings:
     email_provider: EmailProvider | None
     email_from: str
     smtp: SmtpSettings | None
+    sendgrid: SendGridSettings | None
+    ses: SesSettings | None
+    fcm: FcmSettings | None
+    twilio: TwilioSettings | None
+    webhook_signing_secret: str | None = dataclasses.field(repr=False)
+    webhook_allow_private: bool
+    http_timeout: float
     retry_max_attempts: int
     retry_max_attempts_by_channel: Mapping[str, int]
     retry_base_seconds: float
@@ -66,6 +107,7 @@ class Settings:
     retention_days: int | None
     poll_interval: float
     worker_concurrency: int
+    heartbeat_seconds: float
     data_dir: Path
     dev: bool
 
@@ -74,13 +116,23 @@ class Settings:
         """Read and validate every variable; raise ``ConfigError`` naming the first bad one."""
         env = _Env(os.environ if environ is None else environ)
         smtp = _smtp_from_env(env)
+        sendgrid = _sendgrid_from_env(env)
+        ses = _ses_from_env(env)
         email_provider = env.choice(
             "POSTBELL_EMAIL_PROVIDER", ("smtp", "sendgrid", "ses", "console"), None
         )
         if email_provider is None:
-            email_provider = "smtp" if smtp else ("console" if dev else None)
-        if email_provider == "smtp" and smtp is None:
-            raise ConfigError("POSTBELL_EMAIL_PROVIDER=smtp needs SMTP_HOST to be set")
+            email_provider = (
+                "smtp" if smtp else "sendgrid" if sendgrid else "console" if dev else None
+            )
+        needs: dict[str, tuple[object, str]] = {
+            "smtp": (smtp, "SMTP_HOST"),
+            "sendgrid": (sendgrid, "SENDGRID_API_KEY"),
+            "ses": (ses, "AWS_REGION, AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"),
+        }
+        if email_provider in needs and needs[email_provider][0] is None:
+            missing = needs[email_provider][1]
+            raise ConfigError(f"POSTBELL_EMAIL_PROVIDER={email_provider} needs {missing} to be set")
         log_format = env.choice("POSTBELL_LOG_FORMAT", ("json", "console"), None)
         return cls(
             database_url=env.database_url("DATABASE_URL"),
@@ -99,6 +151,13 @@ class Settings:
             email_provider=email_provider,  # type: ignore[arg-type]
             email_from=env.text("EMAIL_FROM") or "postbell@localhost",
             smtp=smtp,
+            sendgrid=sendgrid,
+            ses=ses,
+            fcm=_fcm_from_env(env),
+            twilio=_twilio_from_env(env),
+            webhook_signing_secret=env.text("WEBHOOK_SIGNING_SECRET"),
+            webhook_allow_private=env.boolean("POSTBELL_WEBHOOK_ALLOW_PRIVATE", False),
+            http_timeout=env.number("POSTBELL_HTTP_TIMEOUT", 15.0, minimum=0.1, maximum=300),
             retry_max_attempts=env.integer("POSTBELL_RETRY_MAX_ATTEMPTS", 8, minimum=1),
             retry_max_attempts_by_channel=env.per_channel("POSTBELL_RETRY_MAX_ATTEMPTS"),
             retry_base_seconds=env.number("POSTBELL_RETRY_BASE_SECONDS", 10.0, minimum=0.01),
@@ -111,6 +170,7 @@ class Settings:
             retention_days=env.integer_or_none("POSTBELL_RETENTION_DAYS", minimum=1),
             poll_interval=env.number("POSTBELL_POLL_INTERVAL", 1.0, minimum=0.05, maximum=60),
             worker_concurrency=env.integer("POSTBELL_WORKER_CONCURRENCY", 8, minimum=1),
+            heartbeat_seconds=env.number("POSTBELL_HEARTBEAT_SECONDS", 10.0, minimum=0.2),
             data_dir=Path(env.text("POSTBELL_DATA_DIR") or ".data"),
             dev=dev,
         )
@@ -140,6 +200,67 @@ def _smtp_from_env(env: _Env) -> SmtpSettings | None:
         ca_file=ca_file,
         timeout=env.number("SMTP_TIMEOUT", 30.0, minimum=0.1),
     )
+
+
+def _sendgrid_from_env(env: _Env) -> SendGridSettings | None:
+    key = env.text("SENDGRID_API_KEY")
+    url = env.url("SENDGRID_API_URL", schemes=("http", "https"))
+    if not key:
+        return None
+    return SendGridSettings(api_key=key, api_url=(url or "https://api.sendgrid.com").rstrip("/"))
+
+
+def _ses_from_env(env: _Env) -> SesSettings | None:
+    region = env.text("AWS_REGION")
+    key_id = env.text("AWS_ACCESS_KEY_ID")
+    secret = env.text("AWS_SECRET_ACCESS_KEY")
+    url = env.url("SES_ENDPOINT_URL", schemes=("http", "https"))
+    if not (region and key_id and secret):
+        return None
+    endpoint = url or f"https://email.{region}.amazonaws.com"
+    return SesSettings(region, key_id, secret, endpoint.rstrip("/"))
+
+
+def _fcm_from_env(env: _Env) -> FcmSettings | None:
+    raw = env.text("FCM_CREDENTIALS_JSON")
+    name = "FCM_CREDENTIALS_JSON"
+    path = env.text("GOOGLE_APPLICATION_CREDENTIALS")
+    if raw is None and path is not None:
+        name = "GOOGLE_APPLICATION_CREDENTIALS"
+        try:
+            raw = Path(path).read_text()
+        except OSError as exc:
+            raise ConfigError(f"{name}: cannot read {path!r} ({exc.strerror})") from None
+    if raw is None:
+        return None
+    try:
+        credentials = json.loads(raw)
+    except ValueError:
+        raise ConfigError(f"{name} is not valid JSON") from None
+    if not isinstance(credentials, dict) or credentials.get("type") != "service_account":
+        raise ConfigError(f"{name} is not a service-account key (type must be service_account)")
+    for field in ("project_id", "private_key", "client_email"):
+        if not credentials.get(field):
+            raise ConfigError(f"{name} has no {field}")
+    url = env.url("FCM_API_URL", schemes=("http", "https"))
+    return FcmSettings(credentials=credentials, api_url=url.rstrip("/") if url else None)
+
+
+def _twilio_from_env(env: _Env) -> TwilioSettings | None:
+    sid = env.text("TWILIO_ACCOUNT_SID")
+    token = env.text("TWILIO_AUTH_TOKEN")
+    sender = env.text("TWILIO_FROM_NUMBER")
+    service = env.text("TWILIO_MESSAGING_SERVICE_SID")
+    url = env.url("TWILIO_API_URL", schemes=("http", "https"))
+    if not (sid or token):
+        return None
+    if not (sid and token):
+        raise ConfigError("TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN must be set together")
+    if not (sender or service):
+        raise ConfigError("TWILIO_FROM_NUMBER (or TWILIO_MESSAGING_SERVICE_SID) must be set")
+    if sender and not re.match(r"^\+[1-9]\d{6,14}$", sender):
+        raise ConfigError(f"TWILIO_FROM_NUMBER must be an E.164 number, got {sender!r}")
+    return TwilioSettings(sid, token, sender, service, url.rstrip("/") if url else None)
 
 
 class _Env:

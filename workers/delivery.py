@@ -56,6 +56,9 @@ class Plan:
     attempted: list[bool] = dataclasses.field(default_factory=list)
     retries: dict[tuple[int, dt.datetime], list[int]] = dataclasses.field(default_factory=dict)
     inactive: list[int] = dataclasses.field(default_factory=list)
+    disable_tokens: list[str] = dataclasses.field(default_factory=list)
+    #: deliveries now dead or without device/address: a fallback channel may take over
+    fallback_candidates: list[int] = dataclasses.field(default_factory=list)
 
     def add(
         self,
@@ -111,16 +114,21 @@ def plan_outcomes(
     retry_at: dict[tuple[int, int], dt.datetime] = {}
     for row, outcome in zip(rows, outcomes, strict=True):
         attempts = row["attempts"] + 1
+        plan.disable_tokens.extend(outcome.disable_tokens)
         if outcome.kind == "sent":
             plan.add(row["id"], "sent", provider_message_id=outcome.provider_message_id)
         elif outcome.kind == "skip":
             plan.add(row["id"], "skipped", reason=outcome.reason, attempted=False)
+            if outcome.reason in ("no_device", "no_address"):
+                plan.fallback_candidates.append(row["id"])
         elif outcome.kind == "fail":
             plan.add(row["id"], "dead", reason=outcome.reason, error=outcome.error)
+            plan.fallback_candidates.append(row["id"])
             if outcome.address_inactive:
                 plan.inactive.append(row["id"])
         elif attempts >= max_attempts:
             plan.add(row["id"], "dead", reason="retries_exhausted", error=outcome.error)
+            plan.fallback_candidates.append(row["id"])
         else:
             key = (row["job_priority"], attempts)
             if outcome.retry_after is not None:
@@ -149,6 +157,7 @@ def _delivery(row: Any) -> Delivery:
         slack_webhook_url=row["slack_webhook_url"],
         discord_webhook_url=row["discord_webhook_url"],
         metadata=row["recipient_metadata"] or {},
+        devices=row["devices"] or (),
     )
     return Delivery(
         id=row["id"],
@@ -195,7 +204,33 @@ async def _send(
 
 
 async def deliver(runtime: Runtime, job: Any, channel_name: str, ids: Sequence[int]) -> None:
-    """Send the deliveries of ``job`` (topped up with more claimed jobs) and record them."""
+    """Send the deliveries of ``job`` (topped up with more claimed jobs) and record them.
+
+    When this process already runs ``runtime.channel_cap`` runs of the channel (its
+    provider is slow or hanging), the job is put back for a moment instead, so the
+    other channels keep their share of the worker.
+    """
+    if runtime.inflight[channel_name] >= runtime.channel_cap:
+        await _postpone(runtime, channel_name, ids, job.priority)
+        return
+    runtime.inflight[channel_name] += 1
+    try:
+        await _deliver(runtime, job, channel_name, ids)
+    finally:
+        runtime.inflight[channel_name] -= 1
+
+
+async def _postpone(runtime: Runtime, channel_name: str, ids: Sequence[int], priority: int) -> None:
+    run_at = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=random.uniform(1.0, 2.0))
+    groups = json.dumps([{"ids": list(ids), "priority": priority, "run_at": run_at.isoformat()}])
+    async with runtime.pool.connection() as conn:
+        await db.execute(
+            conn, "deliveries_defer_retries", {"channel": channel_name, "groups": groups}
+        )
+    log.info("deliver_postponed", channel=channel_name, deliveries=len(ids), reason="channel_busy")
+
+
+async def _deliver(runtime: Runtime, job: Any, channel_name: str, ids: Sequence[int]) -> None:
     started = time.perf_counter()
     batch = runtime.settings.batch_size_for(channel_name)
     claimed = await claims.claim_more(
@@ -211,20 +246,7 @@ async def deliver(runtime: Runtime, job: Any, channel_name: str, ids: Sequence[i
         outcomes = await _send(runtime, channel_name, rows, now)
         plan = plan_outcomes(runtime.settings, channel_name, rows, outcomes, now)
         async with runtime.pool.connection() as conn, conn.transaction():
-            if plan.ids:
-                await db.execute(conn, "deliveries_record", plan.record_params())
-            if plan.retries:
-                await db.execute(
-                    conn,
-                    "jobs_defer_deliver",
-                    {"channel": channel_name, "groups": plan.retry_groups()},
-                )
-            if plan.inactive:
-                await db.execute(
-                    conn,
-                    "recipients_mark_inactive",
-                    {"delivery_ids": plan.inactive, "channel": channel_name},
-                )
+            await _record(conn, runtime, channel_name, plan)
             await claims.finish(conn, claimed)
     except BaseException:
         await claims.release_shielded(runtime.pool, claimed)
@@ -239,3 +261,31 @@ async def deliver(runtime: Runtime, job: Any, channel_name: str, ids: Sequence[i
         **{status: tally[status] for status in sorted(tally)},
         ms=round((time.perf_counter() - started) * 1000, 1),
     )
+
+
+async def _record(conn: db.Conn, runtime: Runtime, channel_name: str, plan: Plan) -> None:
+    """Everything a run learned, in the caller's transaction."""
+    if plan.ids:
+        await db.execute(conn, "deliveries_record", plan.record_params())
+    if plan.retries:
+        await db.execute(
+            conn,
+            "deliveries_defer_retries",
+            {"channel": channel_name, "groups": plan.retry_groups()},
+        )
+    if plan.inactive:
+        await db.execute(
+            conn,
+            "recipients_mark_inactive",
+            {"delivery_ids": plan.inactive, "channel": channel_name},
+        )
+    if plan.disable_tokens:
+        await db.execute(
+            conn, "devices_disable", {"tokens": plan.disable_tokens, "reason": "unregistered"}
+        )
+    if plan.fallback_candidates:
+        await db.execute(
+            conn,
+            "deliveries_add_fallbacks",
+            {"ids": plan.fallback_candidates, **runtime.channels.routing_spec()},
+        )

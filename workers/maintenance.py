@@ -20,13 +20,17 @@ from typing import Any
 import structlog
 
 from app import db
+from app.settings import Settings
 from workers.runtime import Runtime
 
 log = structlog.get_logger("postbell.maintenance")
 
-#: A worker that has not written a heartbeat for this long is considered dead.
-#: procrastinate writes one every 10 s.
-STALLED_AFTER_SECONDS = 30.0
+
+def stalled_after(settings: Settings) -> float:
+    """A worker silent for three heartbeats (30 s by default) is considered dead."""
+    return 3 * settings.heartbeat_seconds
+
+
 #: How long past its due time unsent work must be before the reconciler acts.
 RECONCILE_GRACE_SECONDS = 120.0
 RECONCILE_LIMIT = 10_000
@@ -35,14 +39,12 @@ RECONCILE_EVERY_SECONDS = 60.0
 _LOCK_KEY = 7_415_100_002  # pg_try_advisory_lock key owned by the maintenance loop
 
 
-async def reap_stalled(job_manager: Any) -> int:
-    """Requeue the jobs of dead workers; answer how many."""
-    stalled = list(
-        await job_manager.get_stalled_jobs(seconds_since_heartbeat=STALLED_AFTER_SECONDS)
-    )
+async def reap_stalled(job_manager: Any, seconds: float) -> int:
+    """Requeue the jobs of workers silent for ``seconds``; answer how many."""
+    stalled = list(await job_manager.get_stalled_jobs(seconds_since_heartbeat=seconds))
     for job in stalled:
         await job_manager.retry_job(job)
-    await job_manager.prune_stalled_workers(STALLED_AFTER_SECONDS)
+    await job_manager.prune_stalled_workers(seconds)
     if stalled:
         log.warning(
             "stalled_jobs_requeued",
@@ -62,7 +64,7 @@ async def reconcile(
             {
                 "grace_seconds": grace_seconds,
                 "limit": RECONCILE_LIMIT,
-                "batch_size": runtime.settings.batch_size,
+                "batch_sizes": runtime.channels.batch_sizes(),
             },
         )
         notifications = await db.fetch_one(
@@ -86,10 +88,12 @@ async def loop(
     job_manager: Any,
     stop: asyncio.Event,
     *,
-    reap_every: float = REAP_EVERY_SECONDS,
+    reap_every: float | None = None,
     reconcile_every: float = RECONCILE_EVERY_SECONDS,
 ) -> None:
     """Reap and reconcile until ``stop``; errors are logged and the loop goes on."""
+    if reap_every is None:
+        reap_every = min(REAP_EVERY_SECONDS, stalled_after(runtime.settings) / 2)
     next_reconcile = asyncio.get_running_loop().time() + reconcile_every
     while not stop.is_set():
         with contextlib.suppress(TimeoutError):
@@ -103,7 +107,7 @@ async def loop(
                 if not row or not row["got"]:
                     continue
                 try:
-                    await reap_stalled(job_manager)
+                    await reap_stalled(job_manager, stalled_after(runtime.settings))
                     if asyncio.get_running_loop().time() >= next_reconcile:
                         next_reconcile = asyncio.get_running_loop().time() + reconcile_every
                         await reconcile(runtime)

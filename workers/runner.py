@@ -54,7 +54,12 @@ async def run(
     channels = Channels.from_settings(settings)
     for name in channels.unconfigured:
         log.warning("channel_not_configured", channel=name, effect="its deliveries are skipped")
-    runtime = Runtime(settings=settings, pool=pool, channels=channels)
+    runtime = Runtime(
+        settings=settings,
+        pool=pool,
+        channels=channels,
+        concurrency=concurrency or settings.worker_concurrency,
+    )
     # A copy of the App with its own connector on this pool: tasks and periodic
     # schedules are shared, so several workers can run in one process (tests, dev).
     app = procrastinate_app.app.with_connector(PsycopgConnector())
@@ -62,13 +67,15 @@ async def run(
     listen = worker_queues(queues)
     options: dict[str, Any] = {
         "queues": listen,
-        "concurrency": concurrency or settings.worker_concurrency,
+        "concurrency": runtime.concurrency,
         "name": "postbell",
         "fetch_job_polling_interval": settings.poll_interval,
         "delete_jobs": "successful",
         "install_signal_handlers": False,
         "shutdown_graceful_timeout": GRACEFUL_SECONDS,
         "additional_context": {"runtime": runtime},
+        "update_heartbeat_interval": settings.heartbeat_seconds,
+        "stalled_worker_timeout": maintenance.stalled_after(settings),
     }
     upkeep = asyncio.create_task(maintenance.loop(runtime, app.job_manager, stop))
     delay = 1.0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
 from typing import Any
 
 from app import db
@@ -15,6 +16,16 @@ class Runtime:
     settings: Settings
     pool: db.Pool
     channels: Channels
+    #: deliver runs in flight per channel in this process (see delivery.deliver)
+    inflight: Counter[str] = dataclasses.field(default_factory=Counter)
+    #: jobs this worker runs at once
+    concurrency: int = 8
+
+    @property
+    def channel_cap(self) -> int:
+        """Deliver runs one channel may hold at once: the rest stay free for the others,
+        so a provider that hangs cannot take every slot of the worker."""
+        return max(1, self.concurrency - 2)
 
     @classmethod
     def of(cls, context: Any) -> Runtime:

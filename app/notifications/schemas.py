@@ -40,6 +40,9 @@ class NotificationIn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     send_at: dt.datetime | None = None
     expires_at: dt.datetime | None = None
     metadata: dict[str, Any] | None = None
+    #: When the first channel ends dead or has no device/address, send on the second:
+    #: {"PUSH": "SMS"}.
+    fallback: dict[ChannelName, ChannelName] | None = None
 
 
 class NotificationAccepted(msgspec.Struct):
@@ -58,6 +61,8 @@ class DeliveryOut(msgspec.Struct):
     next_attempt_at: dt.datetime | None
     sent_at: dt.datetime | None
     created_at: dt.datetime
+    fallback_for: int | None = None
+    fallback_reason: str | None = None
 
 
 class NotificationOut(msgspec.Struct):
@@ -70,6 +75,7 @@ class NotificationOut(msgspec.Struct):
     action_url: str | None
     metadata: dict[str, Any]
     channels: list[str] | None
+    fallback: dict[str, str] | None
     recipient_count: int | None
     send_at: dt.datetime | None
     expires_at: dt.datetime | None

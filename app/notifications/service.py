@@ -55,6 +55,16 @@ def _check(settings: Settings, payload: NotificationIn, now: dt.datetime) -> tup
             raise Invalid(
                 f"send_at is more than {settings.send_at_horizon_days} days ahead", field="send_at"
             )
+    for first, second in (payload.fallback or {}).items():
+        if first == second:
+            raise Invalid(
+                f"fallback.{first}: a channel cannot fall back to itself", field=f"fallback.{first}"
+            )
+        if payload.channels and first not in payload.channels:
+            raise Invalid(
+                f"fallback.{first}: {first} is not one of the notification's channels",
+                field=f"fallback.{first}",
+            )
     if payload.expires_at is not None:
         validation.aware(payload.expires_at, "expires_at")
         if payload.expires_at <= (payload.send_at or now):
@@ -91,7 +101,7 @@ async def accept(
             channels=list(dict.fromkeys(payload.channels)) if payload.channels else None,
             priority=payload.priority,
             category=payload.category,
-            fallback=None,
+            fallback=payload.fallback,
             send_at=payload.send_at,
             expires_at=payload.expires_at,
             idempotency_scope=idempotency_scope if idempotency_key else None,
@@ -127,6 +137,7 @@ async def read(
         action_url=row["action_url"],
         metadata=row["metadata"],
         channels=row["channels"],
+        fallback=row["fallback"],
         recipient_count=row["recipient_count"],
         send_at=row["send_at"],
         expires_at=row["expires_at"],

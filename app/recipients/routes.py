@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from litestar import Request, delete, get, put
+from litestar import Request, delete, get, post, put
 from litestar.params import FromPath, JSONBody
 
 from app.auth import require_role
-from app.recipients import service
+from app.recipients import devices, service
 from app.recipients.schemas import RecipientIn, RecipientOut
 
 _SEND = [require_role("send")]
@@ -19,7 +19,7 @@ async def put_recipient(
     request: Request[Any, Any, Any], recipient: FromPath[str], data: JSONBody[RecipientIn]
 ) -> RecipientOut:
     """Create or update a recipient; fields left out keep their values."""
-    return await service.put(request.app.state.pool, recipient, data)
+    return await service.put(request.app.state.pool, request.app.state.settings, recipient, data)
 
 
 @get("/api/recipients/{recipient:str}", guards=_SEND, tags=["recipients"])
@@ -31,3 +31,31 @@ async def get_recipient(request: Request[Any, Any, Any], recipient: FromPath[str
 async def delete_recipient(request: Request[Any, Any, Any], recipient: FromPath[str]) -> None:
     """Delete a recipient with its deliveries and inbox."""
     await service.delete(request.app.state.pool, recipient)
+
+
+@post("/api/recipients/{recipient:str}/devices", guards=_SEND, tags=["recipients"], status_code=201)
+async def add_device(
+    request: Request[Any, Any, Any], recipient: FromPath[str], data: JSONBody[devices.DeviceIn]
+) -> devices.DeviceOut:
+    """Register a push device (FCM token); an unknown recipient is created."""
+    return await devices.register(request.app.state.pool, recipient, data)
+
+
+@get("/api/recipients/{recipient:str}/devices", guards=_SEND, tags=["recipients"])
+async def list_devices(
+    request: Request[Any, Any, Any], recipient: FromPath[str]
+) -> devices.DeviceList:
+    """The recipient's devices, disabled ones included (with why)."""
+    return await devices.list_devices(request.app.state.pool, recipient)
+
+
+@delete(
+    "/api/recipients/{recipient:str}/devices/{token:str}",
+    guards=_SEND,
+    tags=["recipients"],
+    status_code=204,
+)
+async def remove_device(
+    request: Request[Any, Any, Any], recipient: FromPath[str], token: FromPath[str]
+) -> None:
+    await devices.remove(request.app.state.pool, recipient, token)

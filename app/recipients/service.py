@@ -10,6 +10,7 @@ from app import db, validation
 from app.errors import NotFound
 from app.recipients import repo
 from app.recipients.schemas import RecipientIn, RecipientOut
+from app.settings import Settings
 
 MAX_METADATA_BYTES = 16_384
 MAX_EXTERNAL_ID = 255
@@ -19,10 +20,8 @@ _CHECKS = {
     "phone": validation.phone,
     "locale": validation.locale,
     "timezone": validation.timezone,
-    "webhook_url": validation.http_url,
-    "slack_webhook_url": validation.http_url,
-    "discord_webhook_url": validation.http_url,
 }
+_URLS = ("webhook_url", "slack_webhook_url", "discord_webhook_url")
 FIELDS = tuple(RecipientIn.__struct_fields__)
 
 
@@ -32,7 +31,7 @@ def external_id(value: str) -> str:
     return value
 
 
-def _clean(payload: RecipientIn) -> tuple[dict[str, Any], set[str]]:
+def _clean(payload: RecipientIn, *, allow_private: bool) -> tuple[dict[str, Any], set[str]]:
     fields: dict[str, Any] = {}
     present: set[str] = set()
     for name in FIELDS:
@@ -45,14 +44,18 @@ def _clean(payload: RecipientIn) -> tuple[dict[str, Any], set[str]]:
             value = value.strip() or None
         if value is not None and name in _CHECKS:
             value = _CHECKS[name](value, name)
+        if value is not None and name in _URLS:
+            value = validation.webhook_url(value, name, allow_private=allow_private)
         if name == "metadata" and value is not None:
             validation.json_size(value, "metadata", MAX_METADATA_BYTES)
         fields[name] = value
     return fields, present
 
 
-async def put(pool: db.Pool, external: str, payload: RecipientIn) -> RecipientOut:
-    fields, present = _clean(payload)
+async def put(
+    pool: db.Pool, settings: Settings, external: str, payload: RecipientIn
+) -> RecipientOut:
+    fields, present = _clean(payload, allow_private=settings.webhook_allow_private)
     async with pool.connection() as conn:
         row = await repo.upsert(conn, external_id(external), fields, present)
     return msgspec.convert(row, RecipientOut)

@@ -1,11 +1,17 @@
 -- name: deliveries_load_sendable
 -- What a deliver job needs to send: its deliveries that are still unsent, with the
--- notification's content and the recipient's addresses.
+-- notification's content and the recipient's addresses (and, for PUSH, devices).
 SELECT d.id, d.attempts, d.notification_id, job_priority(n.priority) AS job_priority,
        n.title, n.body, n.action_url, n.metadata, n.category, n.priority, n.expires_at,
        r.external_id, r.email, r.phone, r.name, r.locale, r.timezone, r.webhook_url,
        r.webhook_secret, r.slack_webhook_url, r.discord_webhook_url,
-       r.metadata AS recipient_metadata
+       r.metadata AS recipient_metadata,
+       CASE WHEN d.channel = 'PUSH' THEN
+           (SELECT coalesce(jsonb_agg(jsonb_build_object('token', v.token, 'platform', v.platform)
+                                      ORDER BY v.id), '[]')
+              FROM devices AS v
+             WHERE v.recipient_id = r.id AND v.disabled_at IS NULL)
+       END AS devices
   FROM deliveries AS d
   JOIN notifications AS n ON n.id = d.notification_id
   JOIN recipients AS r ON r.id = d.recipient_id
@@ -32,3 +38,111 @@ UPDATE deliveries AS d
        AS o(id, status, reason, error, next_attempt_at, provider_message_id, attempted)
  WHERE d.id = o.id
    AND d.status IN ('pending', 'failed')
+
+-- name: deliveries_defer_retries
+-- One deliver job per group of transient failures: [{"ids": [...], "priority": 10,
+-- "run_at": "..."}], in the transaction that records them.
+SELECT procrastinate_defer_jobs_v1(ARRAY(
+           SELECT deliver_job(%(channel)s, g -> 'ids', (g ->> 'priority')::integer,
+                              (g ->> 'run_at')::timestamptz)
+             FROM jsonb_array_elements(%(groups)s::jsonb) AS g)) AS job_ids
+
+-- name: deliveries_add_fallbacks
+-- Deliveries that just ended dead (or found no device or address) on a channel their
+-- notification names a fallback for: the fallback delivery, decided like routing
+-- decides, with its job.
+WITH spec AS (
+    SELECT *
+      FROM unnest(%(ch_names)s::text[], %(ch_address)s::text[], %(ch_inactive)s::text[],
+                  %(ch_configured)s::boolean[])
+           AS s(channel, address_field, inactive_field, configured)
+),
+f AS (
+    SELECT d.notification_id, r AS recipient, n.fallback ->> d.channel AS channel,
+           job_priority(n.priority) AS priority, d.id AS fallback_for,
+           d.channel || ' ' || CASE WHEN d.status = 'dead' THEN 'dead' ELSE d.reason END
+               AS fallback_reason,
+           delivery_skip_reason(n.fallback ->> d.channel, s.configured, s.address_field,
+                                s.inactive_field, n.expires_at, r) AS reason
+      FROM deliveries AS d
+      JOIN notifications AS n ON n.id = d.notification_id
+      JOIN recipients AS r ON r.id = d.recipient_id
+      LEFT JOIN spec AS s ON s.channel = n.fallback ->> d.channel
+     WHERE d.id = ANY(%(ids)s::bigint[])
+       AND (d.status = 'dead' OR (d.status = 'skipped' AND d.reason IN ('no_device', 'no_address')))
+       AND d.fallback_for IS NULL          -- one level: a fallback has no fallback
+       AND n.fallback ? d.channel
+),
+ins AS (
+    INSERT INTO deliveries (notification_id, recipient_id, channel, status, reason,
+                            next_attempt_at, fallback_for, fallback_reason)
+    SELECT notification_id, (recipient).id, channel,
+           CASE WHEN reason IS NULL THEN 'pending' ELSE 'skipped' END, reason,
+           CASE WHEN reason IS NULL THEN now() END, fallback_for, fallback_reason
+      FROM f
+        ON CONFLICT DO NOTHING
+    RETURNING id, channel, status, fallback_for
+)
+SELECT (SELECT count(*) FROM ins) AS deliveries,
+       defer_deliveries(array_agg(i.id), array_agg(i.channel), array_agg(f.priority),
+                        array_agg(NULL::timestamptz), %(batch_sizes)s::jsonb) AS jobs
+  FROM ins AS i
+  JOIN f ON f.fallback_for = i.fallback_for
+ WHERE i.status = 'pending'
+
+-- name: deliveries_requeue_dead
+-- Dead letters back to pending, with fresh attempts and their jobs. Either the ids
+-- given, or every dead delivery matching the filters (channel, reason, older than).
+WITH picked AS (
+    SELECT d.id
+      FROM deliveries AS d
+     WHERE d.status = 'dead'
+       AND (%(ids)s::bigint[] IS NULL OR d.id = ANY(%(ids)s::bigint[]))
+       AND (%(channel)s::text IS NULL OR d.channel = %(channel)s)
+       AND (%(reason)s::text IS NULL OR d.reason = %(reason)s)
+       AND (%(older_than)s::timestamptz IS NULL OR d.updated_at < %(older_than)s)
+     ORDER BY d.id
+     LIMIT %(limit)s
+       FOR UPDATE
+),
+requeued AS (
+    UPDATE deliveries AS d
+       SET status = 'pending', reason = NULL, attempts = 0, next_attempt_at = now(),
+           updated_at = now()
+      FROM picked
+     WHERE d.id = picked.id
+    RETURNING d.id, d.channel, d.notification_id
+)
+SELECT count(*) AS deliveries,
+       defer_deliveries(array_agg(q.id), array_agg(q.channel), array_agg(job_priority(n.priority)),
+                        array_agg(NULL::timestamptz), %(batch_sizes)s::jsonb) AS jobs
+  FROM requeued AS q
+  JOIN notifications AS n ON n.id = q.notification_id
+
+-- name: deliveries_dead_page
+SELECT d.id, d.notification_id, d.channel, r.external_id AS recipient, d.reason, d.last_error,
+       d.attempts, d.created_at, d.updated_at AS died_at
+  FROM deliveries AS d
+  JOIN recipients AS r ON r.id = d.recipient_id
+ WHERE d.status = 'dead'
+   AND d.id > %(after)s
+   AND (%(channel)s::text IS NULL OR d.channel = %(channel)s)
+   AND (%(reason)s::text IS NULL OR d.reason = %(reason)s)
+   AND (%(older_than)s::timestamptz IS NULL OR d.updated_at < %(older_than)s)
+ ORDER BY d.id
+ LIMIT %(limit)s
+
+-- name: deliveries_dead_count
+SELECT count(*) AS total
+  FROM deliveries AS d
+ WHERE d.status = 'dead'
+   AND (%(channel)s::text IS NULL OR d.channel = %(channel)s)
+   AND (%(reason)s::text IS NULL OR d.reason = %(reason)s)
+   AND (%(older_than)s::timestamptz IS NULL OR d.updated_at < %(older_than)s)
+
+-- name: devices_disable
+-- Push tokens FCM called unregistered or invalid: never used again.
+UPDATE devices
+   SET disabled_at = now(), disabled_reason = %(reason)s
+ WHERE token = ANY(%(tokens)s::text[])
+   AND disabled_at IS NULL

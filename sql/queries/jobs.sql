@@ -36,10 +36,3 @@ DELETE FROM procrastinate_jobs
 UPDATE procrastinate_jobs
    SET status = 'todo', worker_id = NULL
  WHERE id = ANY(%(ids)s::bigint[]) AND status = 'doing' AND worker_id = %(worker_id)s
-
--- name: jobs_defer_deliver
--- One deliver job per group: [{"ids": [...], "priority": 10, "run_at": "..."}].
-SELECT procrastinate_defer_jobs_v1(ARRAY(
-           SELECT deliver_job(%(channel)s, g -> 'ids', (g ->> 'priority')::integer,
-                              (g ->> 'run_at')::timestamptz)
-             FROM jsonb_array_elements(%(groups)s::jsonb) AS g)) AS job_ids

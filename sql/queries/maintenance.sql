@@ -18,19 +18,12 @@ carried AS (
        AND j.queue_name IN (SELECT DISTINCT lower(channel) FROM stuck)
 ),
 orphans AS (
-    SELECT s.*, (row_number() OVER (PARTITION BY s.channel, s.priority ORDER BY s.id) - 1)
-                    / %(batch_size)s AS grp
-      FROM stuck AS s
-     WHERE NOT EXISTS (SELECT 1 FROM carried AS c WHERE c.id = s.id)
-),
-jobs AS (
-    SELECT procrastinate_defer_jobs_v1(ARRAY(
-               SELECT deliver_job(o.channel, jsonb_agg(o.id ORDER BY o.id), o.priority, NULL)
-                 FROM orphans AS o
-                GROUP BY o.channel, o.priority, o.grp)) AS job_ids
+    SELECT s.* FROM stuck AS s WHERE NOT EXISTS (SELECT 1 FROM carried AS c WHERE c.id = s.id)
 )
-SELECT (SELECT count(*) FROM orphans) AS deliveries,
-       (SELECT coalesce(cardinality(job_ids), 0) FROM jobs) AS jobs
+SELECT count(*) AS deliveries,
+       defer_deliveries(array_agg(id), array_agg(channel), array_agg(priority),
+                        array_agg(NULL::timestamptz), %(batch_sizes)s::jsonb) AS jobs
+  FROM orphans
 
 -- name: maintenance_reconcile_notifications
 -- Notifications accepted but never routed because their routing job is gone:

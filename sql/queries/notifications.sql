@@ -21,7 +21,7 @@ SELECT status, count(*) AS n
 
 -- name: notifications_deliveries_page
 SELECT d.id, d.channel, r.external_id AS recipient, d.status, d.reason, d.attempts,
-       d.last_error, d.next_attempt_at, d.sent_at, d.created_at
+       d.last_error, d.next_attempt_at, d.sent_at, d.created_at, d.fallback_for, d.fallback_reason
   FROM deliveries d
   JOIN recipients r ON r.id = d.recipient_id
  WHERE d.notification_id = %(id)s

@@ -15,6 +15,8 @@ import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Protocol
 
+from psycopg.types.json import Jsonb
+
 from app.settings import Settings
 
 
@@ -31,6 +33,8 @@ class Recipient:
     slack_webhook_url: str | None = None
     discord_webhook_url: str | None = None
     metadata: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    #: Active push devices, [{"token": ..., "platform": "android|ios|web"}] (PUSH only).
+    devices: Sequence[Mapping[str, str]] = ()
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -72,6 +76,8 @@ class Outcome:
     retry_after: float | None = None
     provider_message_id: str | None = None
     address_inactive: bool = False
+    #: Push tokens the provider called dead: disabled, never used again.
+    disable_tokens: tuple[str, ...] = ()
 
     @classmethod
     def sent(cls, provider_message_id: str | None = None) -> Outcome:
@@ -120,12 +126,22 @@ class ChannelFactory(Protocol):
 
 
 def _registry() -> dict[str, type[ChannelFactory]]:
+    from workers.channels.discord import DiscordChannel
     from workers.channels.email import EmailChannel
     from workers.channels.in_app import InAppChannel
+    from workers.channels.push import PushChannel
+    from workers.channels.slack import SlackChannel
+    from workers.channels.sms import SmsChannel
+    from workers.channels.webhook import WebhookChannel
 
     return {
         "IN_APP": InAppChannel,
         "EMAIL": EmailChannel,
+        "PUSH": PushChannel,
+        "SMS": SmsChannel,
+        "WEBHOOK": WebhookChannel,
+        "SLACK": SlackChannel,
+        "DISCORD": DiscordChannel,
     }
 
 
@@ -155,16 +171,19 @@ class Channels:
     def get(self, name: str) -> Channel | None:
         return self.configured.get(name)
 
-    def routing_spec(self) -> dict[str, list[Any]]:
-        """The per-channel facts the routing statement decides with, as SQL arrays."""
+    def routing_spec(self) -> dict[str, Any]:
+        """The per-channel facts routing decides with: SQL arrays plus batch sizes."""
         names = list(REGISTRY)
         return {
             "ch_names": names,
             "ch_address": [REGISTRY[n].address_field for n in names],
             "ch_inactive": [REGISTRY[n].inactive_field for n in names],
             "ch_configured": [n in self.configured for n in names],
-            "ch_batch": [self.settings.batch_size_for(n) for n in names],
+            "batch_sizes": self.batch_sizes(),
         }
+
+    def batch_sizes(self) -> Jsonb:
+        return Jsonb({n: self.settings.batch_size_for(n) for n in REGISTRY})
 
     async def close(self) -> None:
         for channel in self.configured.values():

@@ -2,6 +2,7 @@
 
 * ``smtp``: aiosmtplib over a small set of reused connections (STARTTLS, AUTH);
   works for any relay, Gmail's SMTP and Amazon SES's SMTP interface.
+* ``sendgrid`` and ``ses``: their HTTP APIs (workers/channels/email_http.py).
 * ``console``: the ``dev`` default when no SMTP is configured; logs one line per
   message (ids and the recipient's domain, never the content) instead of sending.
 
@@ -50,9 +51,15 @@ class EmailChannel:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Channel | None:
+        from workers.channels.email_http import SendGridTransport, SesTransport
+
         transport: EmailTransport
         if settings.email_provider == "smtp" and settings.smtp is not None:
             transport = SmtpTransport(settings.smtp)
+        elif settings.email_provider == "sendgrid" and settings.sendgrid is not None:
+            transport = SendGridTransport(settings.sendgrid, timeout=settings.http_timeout)
+        elif settings.email_provider == "ses" and settings.ses is not None:
+            transport = SesTransport(settings.ses, timeout=settings.http_timeout)
         elif settings.email_provider == "console":
             transport = ConsoleTransport()
         else:

@@ -89,7 +89,18 @@ def configure(*, fmt: str = "json", level: str = "info") -> None:
     logging.getLogger("procrastinate").setLevel(max(logging.WARNING, root.level))
     logging.getLogger("uvicorn.access").disabled = True  # query strings may hold tokens
     # twilio's HTTP client logs whole requests (message bodies included) at INFO.
-    noisy = ("psycopg.pool", "aiosmtplib", "asyncio", "httpx", "httpcore", "urllib3", "twilio",
-             "firebase_admin", "google", "botocore", "aiohttp")
+    noisy = (
+        "psycopg.pool",
+        "aiosmtplib",
+        "asyncio",
+        "httpx",
+        "httpcore",
+        "urllib3",
+        "twilio",
+        "firebase_admin",
+        "google",
+        "botocore",
+        "aiohttp",
+    )
     for noisy_logger in noisy:
         logging.getLogger(noisy_logger).setLevel(max(logging.WARNING, root.level))

@@ -14,12 +14,14 @@ from litestar.openapi import OpenAPIConfig
 
 from app import db, errors
 from app.auth import AuthMiddleware, KeyStore
+from app.categories import routes as categories
 from app.inbox import routes as inbox
 from app.notifications import routes as notifications
 from app.ops import health
 from app.ops import routes as ops
 from app.recipients import routes as recipients
 from app.settings import Settings
+from app.topics import routes as topics
 
 #: Large enough for 10,000 recipient ids or a bulk upsert, small enough to refuse abuse.
 MAX_BODY_BYTES = 8 * 1024 * 1024
@@ -60,6 +62,16 @@ def create_app(settings: Settings, *, pool: db.Pool | None = None) -> Litestar:
         health.ready,
         notifications.send_notification,
         notifications.get_notification,
+        notifications.cancel_notification,
+        recipients.bulk_recipients,
+        recipients.get_preferences,
+        recipients.put_preferences,
+        categories.list_categories,
+        categories.get_category,
+        categories.put_category,
+        topics.subscribe,
+        topics.unsubscribe,
+        topics.list_subscribers,
         recipients.put_recipient,
         recipients.get_recipient,
         recipients.delete_recipient,

@@ -121,6 +121,16 @@ def plan_outcomes(
             plan.add(row["id"], "skipped", reason=outcome.reason, attempted=False)
             if outcome.reason in ("no_device", "no_address"):
                 plan.fallback_candidates.append(row["id"])
+        elif outcome.kind == "wait":
+            assert outcome.until is not None
+            plan.add(
+                row["id"],
+                "pending",
+                reason=outcome.reason,
+                next_attempt_at=outcome.until,
+                attempted=False,
+            )
+            plan.retries.setdefault((row["job_priority"], outcome.until), []).append(row["id"])
         elif outcome.kind == "fail":
             plan.add(row["id"], "dead", reason=outcome.reason, error=outcome.error)
             plan.fallback_candidates.append(row["id"])
@@ -176,16 +186,17 @@ def _delivery(row: Any) -> Delivery:
 async def _send(
     runtime: Runtime, channel_name: str, rows: Sequence[Any], now: dt.datetime
 ) -> list[Outcome]:
+    """One outcome per row: held back (expired, unconfigured, rate limit, pacing) or sent."""
     channel = runtime.channels.get(channel_name)
     outcomes: list[Outcome | None] = [None] * len(rows)
-    to_send: list[int] = []
     for index, row in enumerate(rows):
         if row["expires_at"] is not None and row["expires_at"] <= now:
             outcomes[index] = Outcome.skip("expired")
         elif channel is None:
             outcomes[index] = Outcome.skip("channel_not_configured")
-        else:
-            to_send.append(index)
+    await _apply_rate_limits(runtime, channel_name, rows, outcomes, now)
+    to_send = [i for i, o in enumerate(outcomes) if o is None]
+    to_send = await _apply_pacing(runtime, channel_name, to_send, outcomes, now)
     if channel is not None and to_send:
         try:
             sent = await channel.send([_delivery(rows[i]) for i in to_send])
@@ -195,12 +206,87 @@ async def _send(
                 )
         except Exception as exc:  # a bug in a channel must not lose the batch: retry it
             log.error("channel_error", channel=channel_name, exc_info=exc)
-            sent = [Outcome.retry(f"internal error in {channel_name}: {type(exc).__name__}")] * len(
-                to_send
-            )
+            error = f"internal error in {channel_name}: {type(exc).__name__}"
+            sent = [Outcome.retry(error)] * len(to_send)
         for index, outcome in zip(to_send, sent, strict=True):
             outcomes[index] = outcome
     return [o if o is not None else Outcome.retry("not attempted") for o in outcomes]
+
+
+async def _apply_rate_limits(
+    runtime: Runtime,
+    channel_name: str,
+    rows: Sequence[Any],
+    outcomes: list[Outcome | None],
+    now: dt.datetime,
+) -> None:
+    """Per recipient x channel limits of the notification's category, counted on what
+    was sent in the window: over it, skipped or held until the oldest send ages out."""
+    limited = [i for i, row in enumerate(rows) if outcomes[i] is None and row["rate_limit"]]
+    if not limited:
+        return
+    keys = {
+        (rows[i]["recipient_id"], rows[i]["category"]): float(rows[i]["rate_limit"]["per_seconds"])
+        for i in limited
+    }
+    async with runtime.pool.connection() as conn:
+        found = await db.fetch_all(
+            conn,
+            "deliveries_recent_sends",
+            {
+                "channel": channel_name,
+                "recipient_ids": [k[0] for k in keys],
+                "categories": [k[1] for k in keys],
+                "windows": list(keys.values()),
+            },
+        )
+    used = {(r["recipient_id"], r["category"]): int(r["sent"]) for r in found}
+    oldest = {(r["recipient_id"], r["category"]): r["oldest"] for r in found}
+    for index in limited:
+        row = rows[index]
+        rule = row["rate_limit"]
+        key = (row["recipient_id"], row["category"])
+        if used.get(key, 0) < int(rule["limit"]):
+            used[key] = used.get(key, 0) + 1
+            continue
+        if rule.get("policy") == "skip":
+            outcomes[index] = Outcome.skip("rate_limited")
+        else:
+            frees_at = (oldest.get(key) or now) + dt.timedelta(seconds=float(rule["per_seconds"]))
+            outcomes[index] = Outcome.wait(
+                "rate_limited", max(frees_at, now + dt.timedelta(seconds=1))
+            )
+
+
+async def _apply_pacing(
+    runtime: Runtime,
+    channel_name: str,
+    to_send: list[int],
+    outcomes: list[Outcome | None],
+    now: dt.datetime,
+) -> list[int]:
+    """The provider's pace (POSTBELL_PROVIDER_RATE_<CHANNEL>), one token bucket in
+    Postgres for every worker: what gets no token waits for the next ones."""
+    rate = runtime.settings.provider_rates.get(channel_name)
+    if not rate or not to_send:
+        return to_send
+    burst = max(1.0, rate)
+    async with runtime.pool.connection() as conn:
+        await db.execute(conn, "buckets_ensure", {"channel": channel_name, "burst": burst})
+        row = await db.fetch_one(
+            conn,
+            "buckets_take",
+            {"channel": channel_name, "want": len(to_send), "rate": rate, "burst": burst},
+        )
+    granted = int(row["granted"]) if row else 0
+    rest = to_send[granted:]
+    if rest:
+        left = (float(row["available"]) - granted) if row else 0.0
+        delay = max(0.05, (min(burst, len(rest)) - left) / rate)
+        until = now + dt.timedelta(seconds=delay)
+        for index in rest:
+            outcomes[index] = Outcome.wait("provider_pacing", until)
+    return to_send[:granted]
 
 
 async def deliver(runtime: Runtime, job: Any, channel_name: str, ids: Sequence[int]) -> None:

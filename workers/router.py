@@ -1,12 +1,18 @@
-"""Routing: notifications -> deliveries, set-based, in one transaction per batch.
+"""Routing: notifications -> deliveries, set-based.
 
-A batch of queued notifications becomes, in one statement, every notification x
-recipient x channel row of ``deliveries`` — IN_APP ones already ``sent`` (visible
-in the inbox at commit, with one NOTIFY for live inboxes), undeliverable ones
-``skipped`` with their reason, the rest ``pending`` — plus the deliver jobs that
-carry the pending ids, in batches per channel and priority. The same transaction
-marks the notifications ``routed`` and removes the routing jobs it handled, so a
-crash anywhere leaves either all of it or none, and a rerun is a no-op.
+A batch of notifications with recipient lists becomes, in one statement and one
+transaction, every notification x recipient x channel row of ``deliveries`` — IN_APP
+ones already ``sent`` (visible in the inbox at commit, with one NOTIFY for live
+inboxes), undeliverable ones ``skipped`` with their reason, the rest ``pending`` —
+plus the deliver jobs that carry the pending ids. The same transaction marks the
+notifications ``routed`` and removes the routing jobs it handled: a crash leaves all
+of it or none, and a rerun is a no-op.
+
+A topic notification fans out in chunks of ``TOPIC_CHUNK`` subscribers, one
+transaction each, walking the subscribers in recipient-id order, so a 100,000-member
+community never sits in Python's memory and never holds one huge transaction. The
+notification records how far it got; its routing job is removed with the last
+chunk, so a crash mid-way resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Sequence
+from typing import Any
 
 import structlog
 
@@ -23,8 +30,10 @@ from workers.runtime import Runtime
 
 log = structlog.get_logger("postbell.router")
 
-#: Channels for a notification that names none and has no category defaults.
+#: Channels for a notification that names none and whose category has no defaults.
 DEFAULT_CHANNELS = ["IN_APP"]
+#: Subscribers per routing transaction of a topic notification.
+TOPIC_CHUNK = 50_000
 
 
 async def route(runtime: Runtime, notification_ids: Sequence[str], claimed: claims.Claimed) -> int:
@@ -46,35 +55,98 @@ async def route(runtime: Runtime, notification_ids: Sequence[str], claimed: clai
     return await _route_batch(runtime, ids[:1], claims.Claimed.none())
 
 
+def _params(
+    runtime: Runtime, ids: list[uuid.UUID], *, after: int = 0, chunk: int = 0
+) -> dict[str, Any]:
+    return {
+        "ids": ids,
+        "after": after,
+        "chunk": chunk,
+        "default_channels": DEFAULT_CHANNELS,
+        **runtime.channels.routing_spec(),
+    }
+
+
 async def _route_batch(runtime: Runtime, ids: list[uuid.UUID], claimed: claims.Claimed) -> int:
     started = time.perf_counter()
+    job_of = {
+        uuid.UUID(a["notification_id"]): job_id
+        for job_id, a in zip(claimed.job_ids, claimed.args, strict=True)
+    }
     async with runtime.pool.connection() as conn, conn.transaction():
         rows = await db.fetch_all(conn, "route_lock_notifications", {"ids": ids})
-        direct = [r["id"] for r in rows if not r["is_topic"]]
-        counts = {"deliveries": 0, "pending": 0, "jobs": 0}
+        direct = [r["id"] for r in rows if r["topic"] is None]
+        topics = [r["id"] for r in rows if r["topic"] is not None]
+        counts: dict[str, int] = {}
         if direct:
             await db.execute(conn, "route_ensure_recipients", {"ids": direct})
-            result = await db.fetch_one(
-                conn,
-                "route_direct",
-                {
-                    "ids": direct,
-                    "default_channels": DEFAULT_CHANNELS,
-                    **runtime.channels.routing_spec(),
-                },
-            )
+            result = await db.fetch_one(conn, "route_deliveries", _params(runtime, direct))
             assert result is not None
-            counts = {k: int(result[k]) for k in counts}
+            counts = {k: int(result[k]) for k in ("deliveries", "pending", "jobs")}
             await db.execute(conn, "route_mark_routed", {"ids": direct})
-        await claims.finish(conn, claimed)
-    if rows:
+        # Jobs of topic notifications stay until their last chunk is routed.
+        await claims.finish(
+            conn,
+            claims.Claimed(
+                claimed.worker_id, [j for n, j in job_of.items() if n not in topics], []
+            ),
+        )
+    if direct:
         log.info(
             "routed",
-            notifications=len(rows),
+            notifications=len(direct),
             **counts,
             ms=round((time.perf_counter() - started) * 1000, 1),
         )
+    for notification_id in topics:
+        job = job_of.get(notification_id)
+        await _route_topic(
+            runtime, notification_id, claims.Claimed(claimed.worker_id, [job] if job else [], [])
+        )
     return len(rows)
+
+
+async def _route_topic(
+    runtime: Runtime, notification_id: uuid.UUID, claimed: claims.Claimed
+) -> None:
+    started = time.perf_counter()
+    totals = {"deliveries": 0, "pending": 0, "jobs": 0, "chunks": 0}
+    while True:
+        async with runtime.pool.connection() as conn, conn.transaction():
+            locked = await db.fetch_all(
+                conn, "route_lock_notifications", {"ids": [notification_id]}
+            )
+            if not locked:  # routed meanwhile by another run, or cancelled
+                await claims.finish(conn, claimed)
+                return
+            after = int(locked[0]["routed_through"])
+            result = await db.fetch_one(
+                conn,
+                "route_deliveries",
+                _params(runtime, [notification_id], after=after, chunk=TOPIC_CHUNK),
+            )
+            assert result is not None
+            for key in ("deliveries", "pending", "jobs"):
+                totals[key] += int(result[key])
+            totals["chunks"] += 1
+            done = int(result["members"]) < TOPIC_CHUNK
+            if done:
+                await db.execute(conn, "route_mark_routed", {"ids": [notification_id]})
+                await claims.finish(conn, claimed)
+            else:
+                await db.execute(
+                    conn,
+                    "route_mark_progress",
+                    {"id": notification_id, "through": int(result["last_recipient"])},
+                )
+        if done:
+            break
+    log.info(
+        "routed_topic",
+        notification_id=str(notification_id),
+        **totals,
+        ms=round((time.perf_counter() - started) * 1000, 1),
+    )
 
 
 def _is_connection_error(exc: BaseException) -> bool:

@@ -37,3 +37,25 @@ async def deliveries_page(
         "notifications_deliveries_page",
         {"id": notification_id, "after": after, "limit": limit},
     )
+
+
+async def target_check(conn: db.Conn, *, category: str | None, topic: str | None) -> DictRow:
+    row = await db.fetch_one(
+        conn, "notifications_target_check", {"category": category, "topic": topic}
+    )
+    assert row is not None
+    return row
+
+
+async def lock(conn: db.Conn, notification_id: uuid.UUID) -> DictRow | None:
+    return await db.fetch_one(conn, "notifications_lock", {"id": notification_id})
+
+
+async def cancel_unrouted(conn: db.Conn, notification_id: uuid.UUID) -> int:
+    row = await db.fetch_one(conn, "notifications_cancel_unrouted", {"id": notification_id})
+    return int(row["deliveries"] or 0) if row else 0
+
+
+async def cancel_routed(conn: db.Conn, notification_id: uuid.UUID) -> int:
+    row = await db.fetch_one(conn, "notifications_cancel_routed", {"id": notification_id})
+    return int(row["deliveries"]) if row else 0

@@ -10,7 +10,12 @@ from litestar.params import FromPath, FromQuery, HeaderParameter, JSONBody, Quer
 
 from app.auth import KeyPrincipal, require_role
 from app.notifications import service
-from app.notifications.schemas import NotificationAccepted, NotificationIn, NotificationOut
+from app.notifications.schemas import (
+    Cancelled,
+    NotificationAccepted,
+    NotificationIn,
+    NotificationOut,
+)
 from app.pagination import DEFAULT_LIMIT, MAX_LIMIT
 
 
@@ -44,3 +49,16 @@ async def get_notification(
 ) -> NotificationOut:
     """The notification, its delivery counts by status, and a page of its deliveries."""
     return await service.read(request.app.state.pool, notification_id, cursor=cursor, limit=limit)
+
+
+@post(
+    "/api/notifications/{notification_id:uuid}/cancel",
+    guards=[require_role("send")],
+    status_code=200,
+    tags=["notifications"],
+)
+async def cancel_notification(
+    request: Request[Any, Any, Any], notification_id: FromPath[uuid.UUID]
+) -> Cancelled:
+    """Cancel every delivery not yet sent; 409 when nothing is left to cancel."""
+    return await service.cancel(request.app.state.pool, notification_id)

@@ -30,6 +30,7 @@ class NotificationIn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     to: (
         Annotated[list[ExternalId], msgspec.Meta(min_length=1, max_length=MAX_RECIPIENTS)] | None
     ) = None
+    topic: Key | None = None
     message: Body | None = None
     title: Title | None = None
     body: Body | None = None
@@ -48,6 +49,14 @@ class NotificationIn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 class NotificationAccepted(msgspec.Struct):
     id: uuid.UUID
     status: str
+
+
+class Cancelled(msgspec.Struct):
+    id: uuid.UUID
+    status: str
+    #: deliveries cancelled (for a notification not yet routed: the deliveries it
+    #: would have made, recorded as cancelled shortly after)
+    cancelled: int
 
 
 class DeliveryOut(msgspec.Struct):
@@ -76,6 +85,7 @@ class NotificationOut(msgspec.Struct):
     metadata: dict[str, Any]
     channels: list[str] | None
     fallback: dict[str, str] | None
+    topic: str | None
     recipient_count: int | None
     send_at: dt.datetime | None
     expires_at: dt.datetime | None

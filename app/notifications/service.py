@@ -9,9 +9,10 @@ import uuid
 import msgspec
 
 from app import db, validation
-from app.errors import Invalid, NotFound
+from app.errors import Conflict, Invalid, NotFound
 from app.notifications import repo
 from app.notifications.schemas import (
+    Cancelled,
     DeliveryOut,
     NotificationAccepted,
     NotificationIn,
@@ -34,15 +35,19 @@ def request_hash(payload: NotificationIn) -> bytes:
     return hashlib.sha256(canonical).digest()
 
 
-def _check(settings: Settings, payload: NotificationIn, now: dt.datetime) -> tuple[str, list[str]]:
+def _check(
+    settings: Settings, payload: NotificationIn, now: dt.datetime
+) -> tuple[str, list[str] | None]:
     """Rules beyond the types; answer the body text and the de-duplicated recipients."""
     if payload.message is not None and payload.body is not None:
         raise Invalid("give either 'message' or 'body', not both", field="body")
     text = payload.message if payload.message is not None else payload.body
     if text is None or not text.strip():
         raise Invalid("the notification needs a 'message' (or 'body')", field="message")
-    if payload.to is None:
-        raise Invalid("the notification needs 'to': a list of recipient ids", field="to")
+    if payload.to is not None and payload.topic is not None:
+        raise Invalid("give either 'to' or 'topic', not both", field="topic")
+    if payload.to is None and payload.topic is None:
+        raise Invalid("the notification needs 'to' (recipient ids) or 'topic'", field="to")
     if payload.action_url is not None:
         validation.http_url(payload.action_url, "action_url")
     if payload.metadata is not None:
@@ -69,7 +74,7 @@ def _check(settings: Settings, payload: NotificationIn, now: dt.datetime) -> tup
         validation.aware(payload.expires_at, "expires_at")
         if payload.expires_at <= (payload.send_at or now):
             raise Invalid("expires_at must be after the send time", field="expires_at")
-    return text, list(dict.fromkeys(payload.to))
+    return text, list(dict.fromkeys(payload.to)) if payload.to is not None else None
 
 
 async def accept(
@@ -90,10 +95,11 @@ async def accept(
     text, recipients = _check(settings, payload, dt.datetime.now(dt.UTC))
     digest = request_hash(payload)
     async with pool.connection() as conn:
+        await _check_targets(conn, payload)
         row = await repo.enqueue(
             conn,
             recipients=recipients,
-            topic=None,
+            topic=payload.topic,
             title=payload.title,
             body=text,
             action_url=payload.action_url,
@@ -107,12 +113,47 @@ async def accept(
             idempotency_scope=idempotency_scope if idempotency_key else None,
             idempotency_key=idempotency_key,
             request_hash=digest if idempotency_key else None,
+            idempotency_ttl_hours=settings.idempotency_ttl_hours,
         )
     if not row["created"] and bytes(row["request_hash"] or b"") != digest:
         raise IdempotencyConflict(
             "this Idempotency-Key was used with a different request", field="Idempotency-Key"
         )
     return NotificationAccepted(id=row["id"], status=row["status"]), bool(row["created"])
+
+
+async def _check_targets(conn: db.Conn, payload: NotificationIn) -> None:
+    if payload.category is None and payload.topic is None:
+        return
+    found = await repo.target_check(conn, category=payload.category, topic=payload.topic)
+    if not found["category_ok"]:
+        raise Invalid(
+            f"unknown category {payload.category!r}; create it with PUT /api/categories/{{key}}",
+            field="category",
+        )
+    if not found["topic_ok"]:
+        raise Invalid(
+            f"unknown topic {payload.topic!r}; subscribe recipients to it first", field="topic"
+        )
+
+
+async def cancel(pool: db.Pool, notification_id: uuid.UUID) -> Cancelled:
+    """Cancel what has not been sent; Conflict when nothing is left to cancel."""
+    async with pool.connection() as conn, conn.transaction():
+        # The lock waits for a router working on it, so the deliveries it is writing
+        # are seen (and cancelled) by the statements below.
+        row = await repo.lock(conn, notification_id)
+        if row is None:
+            raise NotFound(f"no notification {notification_id}")
+        if row["status"] == "cancelled":
+            raise Conflict("the notification is already cancelled")
+        if row["routed_at"] is None:
+            count = await repo.cancel_unrouted(conn, notification_id)
+        else:
+            count = await repo.cancel_routed(conn, notification_id)
+            if not count:
+                raise Conflict("nothing left to cancel: every delivery has been sent or has ended")
+    return Cancelled(id=notification_id, status="cancelled", cancelled=count)
 
 
 async def read(
@@ -138,6 +179,7 @@ async def read(
         metadata=row["metadata"],
         channels=row["channels"],
         fallback=row["fallback"],
+        topic=row["topic"],
         recipient_count=row["recipient_count"],
         send_at=row["send_at"],
         expires_at=row["expires_at"],

@@ -7,9 +7,9 @@ from typing import Any
 from litestar import Request, delete, get, post, put
 from litestar.params import FromPath, JSONBody
 
-from app.auth import require_role
-from app.recipients import devices, service
-from app.recipients.schemas import RecipientIn, RecipientOut
+from app.auth import recipient_guard, require_role
+from app.recipients import devices, preferences, service
+from app.recipients.schemas import BulkIn, BulkOut, RecipientIn, RecipientOut
 
 _SEND = [require_role("send")]
 
@@ -59,3 +59,27 @@ async def remove_device(
     request: Request[Any, Any, Any], recipient: FromPath[str], token: FromPath[str]
 ) -> None:
     await devices.remove(request.app.state.pool, recipient, token)
+
+
+@post("/api/recipients/bulk", guards=_SEND, tags=["recipients"], status_code=200)
+async def bulk_recipients(request: Request[Any, Any, Any], data: JSONBody[BulkIn]) -> BulkOut:
+    """Create or update up to 10,000 recipients in one statement."""
+    return await service.bulk(request.app.state.pool, request.app.state.settings, data)
+
+
+@get("/api/recipients/{recipient:str}/preferences", guards=[recipient_guard], tags=["preferences"])
+async def get_preferences(
+    request: Request[Any, Any, Any], recipient: FromPath[str]
+) -> preferences.PreferencesOut:
+    """The recipient's preferences (also with the recipient's own token)."""
+    return await preferences.get(request.app.state.pool, recipient)
+
+
+@put("/api/recipients/{recipient:str}/preferences", guards=[recipient_guard], tags=["preferences"])
+async def put_preferences(
+    request: Request[Any, Any, Any],
+    recipient: FromPath[str],
+    data: JSONBody[preferences.PreferencesIn],
+) -> preferences.PreferencesOut:
+    """Change what is named: channel switches, category switches, quiet hours (null clears)."""
+    return await preferences.put(request.app.state.pool, recipient, data)

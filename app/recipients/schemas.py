@@ -42,3 +42,16 @@ class RecipientOut(msgspec.Struct):
     phone_inactive_at: dt.datetime | None
     created_at: dt.datetime
     updated_at: dt.datetime
+
+
+class BulkRecipient(RecipientIn, forbid_unknown_fields=True, kw_only=True):
+    external_id: Annotated[str, msgspec.Meta(min_length=1, max_length=255)]
+
+
+class BulkIn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    recipients: Annotated[list[BulkRecipient], msgspec.Meta(min_length=1, max_length=10_000)]
+
+
+class BulkOut(msgspec.Struct):
+    created: int
+    updated: int

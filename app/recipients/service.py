@@ -5,11 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 import msgspec
+from psycopg.types.json import Jsonb
 
 from app import db, validation
-from app.errors import NotFound
+from app.errors import Invalid, NotFound
 from app.recipients import repo
-from app.recipients.schemas import RecipientIn, RecipientOut
+from app.recipients.schemas import BulkIn, BulkOut, RecipientIn, RecipientOut
 from app.settings import Settings
 
 MAX_METADATA_BYTES = 16_384
@@ -31,7 +32,9 @@ def external_id(value: str) -> str:
     return value
 
 
-def _clean(payload: RecipientIn, *, allow_private: bool) -> tuple[dict[str, Any], set[str]]:
+def _clean(
+    payload: RecipientIn, *, allow_private: bool, prefix: str = ""
+) -> tuple[dict[str, Any], set[str]]:
     fields: dict[str, Any] = {}
     present: set[str] = set()
     for name in FIELDS:
@@ -42,12 +45,13 @@ def _clean(payload: RecipientIn, *, allow_private: bool) -> tuple[dict[str, Any]
         present.add(name)
         if isinstance(value, str):
             value = value.strip() or None
+        field = f"{prefix}{name}"
         if value is not None and name in _CHECKS:
-            value = _CHECKS[name](value, name)
+            value = _CHECKS[name](value, field)
         if value is not None and name in _URLS:
-            value = validation.webhook_url(value, name, allow_private=allow_private)
+            value = validation.webhook_url(value, field, allow_private=allow_private)
         if name == "metadata" and value is not None:
-            validation.json_size(value, "metadata", MAX_METADATA_BYTES)
+            validation.json_size(value, field, MAX_METADATA_BYTES)
         fields[name] = value
     return fields, present
 
@@ -74,3 +78,23 @@ async def delete(pool: db.Pool, external: str) -> None:
         deleted = await repo.delete(conn, external_id(external))
     if not deleted:
         raise NotFound(f"no recipient {external!r}")
+
+
+async def bulk(pool: db.Pool, settings: Settings, payload: BulkIn) -> BulkOut:
+    """Upsert up to 10,000 recipients in one statement, with PUT's rules per row."""
+    rows: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    for index, item in enumerate(payload.recipients):
+        prefix = f"recipients[{index}]."
+        if item.external_id in seen:
+            raise Invalid(
+                f"{prefix}external_id {item.external_id!r} appears twice",
+                field=f"{prefix}external_id",
+            )
+        seen.add(item.external_id)
+        fields, present = _clean(item, allow_private=settings.webhook_allow_private, prefix=prefix)
+        rows.append({"external_id": item.external_id, **{k: fields[k] for k in present}})
+    async with pool.connection() as conn:
+        row = await db.fetch_one(conn, "recipients_bulk_upsert", {"rows": Jsonb(rows)})
+    assert row is not None
+    return BulkOut(created=int(row["created"]), updated=int(row["updated"]))

@@ -1,8 +1,9 @@
 -- name: deliveries_load_sendable
 -- What a deliver job needs to send: its deliveries that are still unsent, with the
 -- notification's content and the recipient's addresses (and, for PUSH, devices).
-SELECT d.id, d.attempts, d.notification_id, job_priority(n.priority) AS job_priority,
+SELECT d.id, d.attempts, d.notification_id, d.recipient_id, job_priority(n.priority) AS job_priority,
        n.title, n.body, n.action_url, n.metadata, n.category, n.priority, n.expires_at,
+       c.rate_limits -> d.channel AS rate_limit,
        r.external_id, r.email, r.phone, r.name, r.locale, r.timezone, r.webhook_url,
        r.webhook_secret, r.slack_webhook_url, r.discord_webhook_url,
        r.metadata AS recipient_metadata,
@@ -14,6 +15,7 @@ SELECT d.id, d.attempts, d.notification_id, job_priority(n.priority) AS job_prio
        END AS devices
   FROM deliveries AS d
   JOIN notifications AS n ON n.id = d.notification_id
+  LEFT JOIN categories AS c ON c.key = n.category
   JOIN recipients AS r ON r.id = d.recipient_id
  WHERE d.id = ANY(%(ids)s::bigint[])
    AND d.channel = %(channel)s
@@ -49,8 +51,8 @@ SELECT procrastinate_defer_jobs_v1(ARRAY(
 
 -- name: deliveries_add_fallbacks
 -- Deliveries that just ended dead (or found no device or address) on a channel their
--- notification names a fallback for: the fallback delivery, decided like routing
--- decides, with its job.
+-- notification (or its category) names a fallback for: the fallback delivery,
+-- decided like routing decides, with its job.
 WITH spec AS (
     SELECT *
       FROM unnest(%(ch_names)s::text[], %(ch_address)s::text[], %(ch_inactive)s::text[],
@@ -58,25 +60,28 @@ WITH spec AS (
            AS s(channel, address_field, inactive_field, configured)
 ),
 f AS (
-    SELECT d.notification_id, r AS recipient, n.fallback ->> d.channel AS channel,
+    SELECT d.notification_id, r.id AS recipient_id, fb.channel,
            job_priority(n.priority) AS priority, d.id AS fallback_for,
            d.channel || ' ' || CASE WHEN d.status = 'dead' THEN 'dead' ELSE d.reason END
                AS fallback_reason,
-           delivery_skip_reason(n.fallback ->> d.channel, s.configured, s.address_field,
-                                s.inactive_field, n.expires_at, r) AS reason
+           delivery_skip_reason(fb.channel, s.configured, s.address_field, s.inactive_field,
+                                n.expires_at, r, p, n.category, coalesce(c.required, false)) AS reason
       FROM deliveries AS d
       JOIN notifications AS n ON n.id = d.notification_id
+      LEFT JOIN categories AS c ON c.key = n.category
       JOIN recipients AS r ON r.id = d.recipient_id
-      LEFT JOIN spec AS s ON s.channel = n.fallback ->> d.channel
+      LEFT JOIN preferences AS p ON p.recipient_id = r.id
+     CROSS JOIN LATERAL (SELECT coalesce(n.fallback, c.fallback) ->> d.channel AS channel) AS fb
+      LEFT JOIN spec AS s ON s.channel = fb.channel
      WHERE d.id = ANY(%(ids)s::bigint[])
        AND (d.status = 'dead' OR (d.status = 'skipped' AND d.reason IN ('no_device', 'no_address')))
        AND d.fallback_for IS NULL          -- one level: a fallback has no fallback
-       AND n.fallback ? d.channel
+       AND fb.channel IS NOT NULL
 ),
 ins AS (
     INSERT INTO deliveries (notification_id, recipient_id, channel, status, reason,
                             next_attempt_at, fallback_for, fallback_reason)
-    SELECT notification_id, (recipient).id, channel,
+    SELECT notification_id, recipient_id, channel,
            CASE WHEN reason IS NULL THEN 'pending' ELSE 'skipped' END, reason,
            CASE WHEN reason IS NULL THEN now() END, fallback_for, fallback_reason
       FROM f
@@ -146,3 +151,17 @@ UPDATE devices
    SET disabled_at = now(), disabled_reason = %(reason)s
  WHERE token = ANY(%(tokens)s::text[])
    AND disabled_at IS NULL
+
+-- name: deliveries_recent_sends
+-- For rate limits: what each (recipient, category) got on this channel within its
+-- window, and when the oldest of those was sent.
+SELECT w.recipient_id, w.category, count(d.id) AS sent, min(d.sent_at) AS oldest
+  FROM unnest(%(recipient_ids)s::bigint[], %(categories)s::text[], %(windows)s::double precision[])
+       AS w(recipient_id, category, seconds)
+  LEFT JOIN deliveries AS d
+    ON d.recipient_id = w.recipient_id
+   AND d.channel = %(channel)s
+   AND d.sent_at IS NOT NULL
+   AND d.sent_at > now() - make_interval(secs => w.seconds)
+   AND EXISTS (SELECT 1 FROM notifications AS n WHERE n.id = d.notification_id AND n.category = w.category)
+ GROUP BY w.recipient_id, w.category

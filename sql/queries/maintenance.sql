@@ -26,12 +26,12 @@ SELECT count(*) AS deliveries,
   FROM orphans
 
 -- name: maintenance_reconcile_notifications
--- Notifications accepted but never routed because their routing job is gone:
--- their routing job is deferred again.
+-- Notifications accepted but never routed (routed_at is set when routing ends, for
+-- cancelled ones too) because their routing job is gone: deferred again.
 WITH stuck AS (
     SELECT n.id, n.priority
       FROM notifications AS n
-     WHERE n.status IN ('queued', 'scheduled')
+     WHERE n.routed_at IS NULL
        AND coalesce(n.send_at, n.created_at) < now() - make_interval(secs => %(grace_seconds)s)
        AND NOT EXISTS (
                SELECT 1 FROM procrastinate_jobs AS j

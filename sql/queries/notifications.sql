@@ -4,7 +4,8 @@ SELECT id, status, created, request_hash
         %(recipients)s::text[], %(topic)s, %(title)s, %(body)s, %(action_url)s,
         %(metadata)s::jsonb, %(channels)s::text[], %(priority)s, %(category)s,
         %(fallback)s::jsonb, %(send_at)s::timestamptz, %(expires_at)s::timestamptz,
-        %(idempotency_scope)s, %(idempotency_key)s, %(request_hash)s::bytea)
+        %(idempotency_scope)s, %(idempotency_key)s, %(request_hash)s::bytea,
+        make_interval(hours => %(idempotency_ttl_hours)s))
 
 -- name: notifications_get
 SELECT id, status, priority, category, title, body, action_url, metadata, channels, topic,
@@ -28,3 +29,49 @@ SELECT d.id, d.channel, r.external_id AS recipient, d.status, d.reason, d.attemp
    AND d.id > %(after)s
  ORDER BY d.id
  LIMIT %(limit)s
+
+-- name: notifications_lock
+SELECT id, status, routed_at FROM notifications WHERE id = %(id)s FOR UPDATE
+
+-- name: notifications_cancel_unrouted
+-- Cancelled before routing: its routing job runs now (in cancel mode, recording every
+-- delivery as cancelled). Answers how many deliveries that will be.
+WITH n AS (
+    UPDATE notifications SET status = 'cancelled' WHERE id = %(id)s
+    RETURNING id, recipients, topic, channels, category
+),
+job AS (
+    UPDATE procrastinate_jobs
+       SET scheduled_at = NULL
+     WHERE task_name = 'postbell.route'
+       AND status = 'todo'
+       AND args ->> 'notification_id' = %(id)s::text
+    RETURNING 1
+)
+SELECT coalesce(cardinality(n.recipients),
+                (SELECT count(*) FROM topic_subscribers AS s WHERE s.topic_key = n.topic))
+       * cardinality(coalesce(n.channels, c.default_channels, ARRAY['IN_APP'])) AS deliveries,
+       (SELECT count(*) FROM job) AS jobs
+  FROM n
+  LEFT JOIN categories AS c ON c.key = n.category
+
+-- name: notifications_cancel_routed
+-- Every not-yet-sent delivery of a routed notification: cancelled. Jobs that carry
+-- them find nothing left to send.
+WITH d AS (
+    UPDATE deliveries
+       SET status = 'cancelled', next_attempt_at = NULL, updated_at = now()
+     WHERE notification_id = %(id)s AND status IN ('pending', 'failed')
+    RETURNING 1
+),
+n AS (
+    UPDATE notifications SET status = 'cancelled'
+     WHERE id = %(id)s AND EXISTS (SELECT 1 FROM d)
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM d) AS deliveries, (SELECT count(*) FROM n) AS notifications
+
+-- name: notifications_target_check
+SELECT (%(category)s::text IS NULL OR EXISTS (SELECT 1 FROM categories WHERE key = %(category)s))
+           AS category_ok,
+       (%(topic)s::text IS NULL OR EXISTS (SELECT 1 FROM topics WHERE key = %(topic)s)) AS topic_ok

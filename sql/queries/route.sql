@@ -1,10 +1,12 @@
 -- name: route_lock_notifications
 -- The notifications of a routing batch that still need routing, locked for this
 -- transaction. A duplicate routing job (a stalled one retried) finds them routed.
-SELECT id, topic IS NOT NULL AS is_topic, priority
+-- One cancelled before it was routed is routed too, every delivery 'cancelled', so
+-- that it ends with a recorded state per delivery like any other.
+SELECT id, topic, priority, coalesce(routed_through, 0) AS routed_through
   FROM notifications
  WHERE id = ANY(%(ids)s::uuid[])
-   AND status IN ('queued', 'scheduled')
+   AND (status IN ('queued', 'scheduled') OR (status = 'cancelled' AND routed_at IS NULL))
  ORDER BY id
    FOR UPDATE
 
@@ -19,13 +21,17 @@ SELECT DISTINCT x
  ORDER BY x
     ON CONFLICT (external_id) DO NOTHING
 
--- name: route_direct
--- Fan a batch of notifications with explicit recipient lists out to deliveries, in
--- one statement: notification x recipient x channel, each decided by
--- delivery_skip_reason() (sent for IN_APP, skipped with a reason, or pending); a
--- fallback delivery where the notification names one for a channel that has no
--- device or address; deliver jobs for every pending id; one NOTIFY for the live
--- inboxes. ON CONFLICT makes a second run of the same batch a no-op.
+-- name: route_deliveries
+-- Fan notifications out to deliveries, in one statement. Targets are each direct
+-- notification's recipient list, or one chunk of a topic notification's subscribers
+-- (recipient_id > %(after)s, %(chunk)s of them, in id order). For every target x
+-- channel (the notification's, else its category's defaults, else IN_APP),
+-- delivery_skip_reason() decides: skipped with a reason (expired, opted out, no
+-- address ...), or sent at once for IN_APP, or pending — held to the end of the
+-- recipient's quiet hours unless urgent. A fallback delivery is added where the
+-- notification (or its category) names one for a channel without device or address.
+-- Then deliver jobs for every pending id, and one NOTIFY for the live inboxes.
+-- ON CONFLICT makes a second run of the same batch or chunk a no-op.
 WITH spec AS (
     SELECT *
       FROM unnest(%(ch_names)s::text[], %(ch_address)s::text[], %(ch_inactive)s::text[],
@@ -33,48 +39,80 @@ WITH spec AS (
            AS s(channel, address_field, inactive_field, configured)
 ),
 n AS (
-    SELECT id, recipients, coalesce(channels, %(default_channels)s::text[]) AS channels,
-           priority, expires_at, coalesce(fallback, '{}') AS fallback
-      FROM notifications
-     WHERE id = ANY(%(ids)s::uuid[])
+    SELECT n.id, n.recipients, n.topic, n.priority, n.expires_at, n.category,
+           n.status = 'cancelled' AS cancelled,
+           coalesce(n.channels, c.default_channels, %(default_channels)s::text[]) AS channels,
+           coalesce(n.fallback, c.fallback, '{}') AS fallback,
+           coalesce(c.required, false) AS required
+      FROM notifications AS n
+      LEFT JOIN categories AS c ON c.key = n.category
+     WHERE n.id = ANY(%(ids)s::uuid[])
 ),
-targets AS (
-    SELECT n.id AS notification_id, n.expires_at, n.fallback, n.channels, r AS recipient
+members AS (
+    SELECT n.id AS notification_id, r.id AS recipient_id
       FROM n
      CROSS JOIN LATERAL unnest(n.recipients) AS x(external_id)
       JOIN recipients AS r ON r.external_id = x.external_id
+     WHERE n.topic IS NULL
+    UNION ALL
+    (SELECT n.id, s.recipient_id
+       FROM n
+       JOIN topic_subscribers AS s ON s.topic_key = n.topic
+      WHERE n.topic IS NOT NULL
+        AND s.recipient_id > %(after)s
+      ORDER BY s.recipient_id
+      LIMIT %(chunk)s)
+),
+targets AS (
+    SELECT m.notification_id, n.priority, n.expires_at, n.category, n.channels, n.fallback,
+           n.required, n.cancelled, r AS recipient, p AS preferences
+      FROM members AS m
+      JOIN n ON n.id = m.notification_id
+      JOIN recipients AS r ON r.id = m.recipient_id
+      LEFT JOIN preferences AS p ON p.recipient_id = m.recipient_id
+),
+decided AS (
+    SELECT t.notification_id, (t.recipient).id AS recipient_id, c.channel, t.cancelled,
+           delivery_skip_reason(c.channel, s.configured, s.address_field, s.inactive_field,
+                                t.expires_at, t.recipient, t.preferences, t.category,
+                                t.required) AS reason,
+           CASE WHEN c.channel <> 'IN_APP' AND t.priority <> 'urgent'
+                THEN quiet_hours_end((t.preferences).quiet_hours, (t.recipient).timezone, now())
+           END AS quiet_until
+      FROM targets AS t
+     CROSS JOIN LATERAL unnest(t.channels) AS c(channel)
+      LEFT JOIN spec AS s ON s.channel = c.channel
 ),
 ins AS (
     INSERT INTO deliveries (notification_id, recipient_id, channel, status, reason, sent_at,
                             next_attempt_at)
-    SELECT d.notification_id, (d.recipient).id, d.channel,
-           CASE WHEN d.reason IS NOT NULL THEN 'skipped'
-                WHEN d.channel = 'IN_APP' THEN 'sent'
+    SELECT notification_id, recipient_id, channel,
+           CASE WHEN cancelled THEN 'cancelled'
+                WHEN reason IS NOT NULL THEN 'skipped'
+                WHEN channel = 'IN_APP' THEN 'sent'
                 ELSE 'pending' END,
-           d.reason,
-           CASE WHEN d.reason IS NULL AND d.channel = 'IN_APP' THEN now() END,
-           CASE WHEN d.reason IS NULL AND d.channel <> 'IN_APP' THEN now() END
-      FROM (SELECT t.notification_id, t.recipient, c.channel,
-                   delivery_skip_reason(c.channel, s.configured, s.address_field,
-                                        s.inactive_field, t.expires_at, t.recipient) AS reason
-              FROM targets AS t
-             CROSS JOIN LATERAL unnest(t.channels) AS c(channel)
-              LEFT JOIN spec AS s ON s.channel = c.channel) AS d
+           CASE WHEN NOT cancelled
+                THEN coalesce(reason, CASE WHEN quiet_until IS NOT NULL THEN 'quiet_hours' END) END,
+           CASE WHEN NOT cancelled AND reason IS NULL AND channel = 'IN_APP' THEN now() END,
+           CASE WHEN NOT cancelled AND reason IS NULL AND channel <> 'IN_APP'
+                THEN coalesce(quiet_until, now()) END
+      FROM decided
         ON CONFLICT DO NOTHING
-    RETURNING id, notification_id, recipient_id, channel, status, reason
+    RETURNING id, notification_id, recipient_id, channel, status, reason, next_attempt_at
 ),
 fallback AS (
     INSERT INTO deliveries (notification_id, recipient_id, channel, status, reason,
                             next_attempt_at, fallback_for, fallback_reason)
-    SELECT f.notification_id, (f.recipient).id, f.channel,
+    SELECT f.notification_id, f.recipient_id, f.channel,
            CASE WHEN f.reason IS NULL THEN 'pending' ELSE 'skipped' END,
            f.reason,
            CASE WHEN f.reason IS NULL THEN now() END,
            f.fallback_for, f.fallback_reason
-      FROM (SELECT i.notification_id, t.recipient, t.fallback ->> i.channel AS channel,
+      FROM (SELECT i.notification_id, i.recipient_id, t.fallback ->> i.channel AS channel,
                    i.id AS fallback_for, i.channel || ' ' || i.reason AS fallback_reason,
                    delivery_skip_reason(t.fallback ->> i.channel, s.configured, s.address_field,
-                                        s.inactive_field, t.expires_at, t.recipient) AS reason
+                                        s.inactive_field, t.expires_at, t.recipient,
+                                        t.preferences, t.category, t.required) AS reason
               FROM ins AS i
               JOIN targets AS t
                 ON t.notification_id = i.notification_id AND (t.recipient).id = i.recipient_id
@@ -84,19 +122,20 @@ fallback AS (
                AND t.fallback ? i.channel
                AND NOT (t.fallback ->> i.channel = ANY(t.channels))) AS f
         ON CONFLICT DO NOTHING
-    RETURNING id, notification_id, channel, status
+    RETURNING id, notification_id, channel, status, next_attempt_at
 ),
 pending AS (
-    SELECT p.id, p.channel, job_priority(n.priority) AS priority
-      FROM (SELECT id, notification_id, channel, status FROM ins
+    SELECT p.id, p.channel, job_priority(n.priority) AS priority,
+           CASE WHEN p.next_attempt_at > now() THEN p.next_attempt_at END AS run_at
+      FROM (SELECT id, notification_id, channel, status, next_attempt_at FROM ins
             UNION ALL
-            SELECT id, notification_id, channel, status FROM fallback) AS p
+            SELECT id, notification_id, channel, status, next_attempt_at FROM fallback) AS p
       JOIN n ON n.id = p.notification_id
      WHERE p.status = 'pending'
 ),
 jobs AS (
     SELECT defer_deliveries(array_agg(id), array_agg(channel), array_agg(priority),
-                            array_agg(NULL::timestamptz), %(batch_sizes)s::jsonb) AS n
+                            array_agg(run_at), %(batch_sizes)s::jsonb) AS n
       FROM pending
 ),
 inbox AS (
@@ -108,7 +147,14 @@ inbox AS (
 SELECT (SELECT count(*) FROM ins) + (SELECT count(*) FROM fallback) AS deliveries,
        (SELECT count(*) FROM pending) AS pending,
        (SELECT n FROM jobs) AS jobs,
-       (SELECT count(*) FROM inbox) AS inbox_notifies
+       (SELECT count(*) FROM inbox) AS inbox_notifies,
+       (SELECT count(*) FROM members) AS members,
+       (SELECT max(recipient_id) FROM members) AS last_recipient
 
 -- name: route_mark_routed
-UPDATE notifications SET status = 'routed', routed_at = now() WHERE id = ANY(%(ids)s::uuid[])
+UPDATE notifications
+   SET status = CASE WHEN status = 'cancelled' THEN 'cancelled' ELSE 'routed' END, routed_at = now()
+ WHERE id = ANY(%(ids)s::uuid[])
+
+-- name: route_mark_progress
+UPDATE notifications SET routed_through = %(through)s WHERE id = %(id)s

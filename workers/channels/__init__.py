@@ -11,6 +11,7 @@ Adding a channel is one module implementing ``Channel`` plus one line in
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Protocol
@@ -67,7 +68,8 @@ class Outcome:
 
     kind: ``sent``; ``retry`` (transient: try again after a backoff, or after
     ``retry_after`` seconds when the provider said so); ``fail`` (permanent: dead at
-    once); ``skip`` (deliberately not sent, with a reason).
+    once); ``skip`` (deliberately not sent, with a reason); ``wait`` (not attempted:
+    held until ``until`` by a rate limit or provider pacing, with a reason).
     """
 
     kind: str
@@ -78,6 +80,7 @@ class Outcome:
     address_inactive: bool = False
     #: Push tokens the provider called dead: disabled, never used again.
     disable_tokens: tuple[str, ...] = ()
+    until: dt.datetime | None = None
 
     @classmethod
     def sent(cls, provider_message_id: str | None = None) -> Outcome:
@@ -96,6 +99,10 @@ class Outcome:
     @classmethod
     def skip(cls, reason: str) -> Outcome:
         return cls("skip", reason=reason)
+
+    @classmethod
+    def wait(cls, reason: str, until: dt.datetime) -> Outcome:
+        return cls("wait", reason=reason, until=until)
 
 
 class Channel(Protocol):

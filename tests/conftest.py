@@ -17,9 +17,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psycopg
 import pytest
-from litestar.testing import AsyncTestClient
+from litestar import Litestar
 from psycopg import sql
 
 from app import db, embedded, logs, migrations
@@ -149,10 +150,39 @@ async def pool(settings: Settings) -> AsyncIterator[db.Pool]:
     await p.close()
 
 
+@contextlib.asynccontextmanager
+async def api_client(app: Litestar) -> AsyncIterator[httpx.AsyncClient]:
+    """The app over ASGI in this event loop (no network), with its lifespan.
+
+    Not Litestar's AsyncTestClient: that one runs the app on another thread's event
+    loop and blocks this one during each request, which freezes an in-process worker
+    and breaks a pool shared between them. The lifespan is entered and left by one
+    task of its own (it holds an anyio task group, which must exit where it entered,
+    and session fixtures tear down in another task).
+    """
+    ready, stop = asyncio.Event(), asyncio.Event()
+
+    async def hold() -> None:
+        async with app.lifespan():
+            ready.set()
+            await stop.wait()
+
+    holder = asyncio.create_task(hold())
+    await ready.wait()
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    client = httpx.AsyncClient(transport=transport, base_url="http://testserver", timeout=60)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+        stop.set()
+        await holder
+
+
 @pytest.fixture(scope="session")
-async def api(settings: Settings, pool: db.Pool) -> AsyncIterator[AsyncTestClient[Any]]:
+async def api(settings: Settings, pool: db.Pool) -> AsyncIterator[httpx.AsyncClient]:
     """The real API over ASGI (no network), sharing the session pool."""
-    async with AsyncTestClient(app=create_app(settings, pool=pool)) as client:
+    async with api_client(create_app(settings, pool=pool)) as client:
         yield client
 
 

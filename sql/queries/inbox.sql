@@ -9,6 +9,7 @@ SELECT d.id, d.notification_id, n.title, n.body, n.action_url, n.category, n.met
   JOIN notifications n ON n.id = d.notification_id
  WHERE d.recipient_id = %(recipient_id)s
    AND d.channel = 'IN_APP'
+   AND d.status = 'sent'               -- not the skipped (opted out) or cancelled ones
    AND d.id < %(before)s
    AND (NOT %(unread_only)s OR d.read_at IS NULL)
    AND (%(archived)s::boolean IS NULL OR (d.archived_at IS NOT NULL) = %(archived)s)
@@ -22,6 +23,7 @@ SELECT count(*) FILTER (WHERE read_at IS NULL) AS unread_count,
   FROM deliveries
  WHERE recipient_id = %(recipient_id)s
    AND channel = 'IN_APP'
+   AND status = 'sent'
    AND archived_at IS NULL
 
 -- name: inbox_mark_read
@@ -29,6 +31,7 @@ UPDATE deliveries
    SET read_at = now(), seen_at = coalesce(seen_at, now()), updated_at = now()
  WHERE recipient_id = %(recipient_id)s
    AND channel = 'IN_APP'
+   AND status = 'sent'
    AND read_at IS NULL
    AND (%(all)s OR id = ANY(%(ids)s::bigint[]))
 RETURNING id

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from litestar.testing import AsyncTestClient
+import httpx
 
 from app.main import create_app
-from tests.conftest import ADMIN, create_database, drop_database, make_settings, unique
+from tests.conftest import ADMIN, api_client, create_database, drop_database, make_settings, unique
 
 
-async def test_health_and_ready_need_no_credential(api: AsyncTestClient[Any]) -> None:
+async def test_health_and_ready_need_no_credential(api: httpx.AsyncClient) -> None:
     assert (await api.get("/health")).json() == {"status": "ok"}
     ready = await api.get("/ready")
     assert (ready.status_code, ready.json()) == (200, {"status": "ready"})
@@ -20,7 +20,7 @@ async def test_ready_reports_pending_migrations(admin_url: str) -> None:
     name = unique("pbtest_empty").replace("-", "_")
     url = create_database(admin_url, name)
     try:
-        async with AsyncTestClient(app=create_app(make_settings(url))) as client:
+        async with api_client(create_app(make_settings(url))) as client:
             response = await client.get("/ready")
         assert response.status_code == 503
         body = response.json()
@@ -29,13 +29,13 @@ async def test_ready_reports_pending_migrations(admin_url: str) -> None:
         drop_database(admin_url, name)
 
 
-async def test_openapi_schema_is_served(api: AsyncTestClient[Any]) -> None:
+async def test_openapi_schema_is_served(api: httpx.AsyncClient) -> None:
     schema = (await api.get("/schema/openapi.json")).json()
     assert "/api/notifications" in schema["paths"]
     assert "/api/inbox/{recipient}" in schema["paths"]
 
 
-async def test_missing_or_wrong_key_is_401(api: AsyncTestClient[Any]) -> None:
+async def test_missing_or_wrong_key_is_401(api: httpx.AsyncClient) -> None:
     for headers in (
         {},
         {"Authorization": "Bearer nope"},
@@ -47,7 +47,7 @@ async def test_missing_or_wrong_key_is_401(api: AsyncTestClient[Any]) -> None:
         assert response.json()["error"] == "unauthorized"
 
 
-async def test_every_error_has_one_shape(api: AsyncTestClient[Any]) -> None:
+async def test_every_error_has_one_shape(api: httpx.AsyncClient) -> None:
     cases = [
         (await api.get("/nowhere"), 404),
         (await api.delete("/health"), 405),
@@ -66,9 +66,7 @@ async def test_every_error_has_one_shape(api: AsyncTestClient[Any]) -> None:
         assert isinstance(body["detail"], str) and body["detail"]
 
 
-async def test_api_key_from_the_cli_store_authenticates(
-    api: AsyncTestClient[Any], pool: Any
-) -> None:
+async def test_api_key_from_the_cli_store_authenticates(api: httpx.AsyncClient, pool: Any) -> None:
     """Keys are stored hashed; a created key works, a revoked one does not (after the cache)."""
     from app import auth, db
 

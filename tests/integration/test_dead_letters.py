@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from litestar.testing import AsyncTestClient
+import httpx
 
 from tests.conftest import ADMIN, unique
 from tests.integration.test_delivery_flow import send, settled
@@ -12,7 +12,7 @@ from tests.peers.smtp import SmtpPeer
 
 
 async def make_dead(
-    api: AsyncTestClient[Any], smtp: SmtpPeer, *, code: str = "550 5.1.1 No such user"
+    api: httpx.AsyncClient, smtp: SmtpPeer, *, code: str = "550 5.1.1 No such user"
 ) -> tuple[str, str, int]:
     rid = unique("dl")
     address = f"{rid}@example.org"
@@ -23,7 +23,7 @@ async def make_dead(
     return rid, nid, int(delivery["id"])
 
 
-async def test_list_and_retry_one(api: AsyncTestClient[Any], worker: None, smtp: SmtpPeer) -> None:
+async def test_list_and_retry_one(api: httpx.AsyncClient, worker: None, smtp: SmtpPeer) -> None:
     rid, nid, delivery_id = await make_dead(api, smtp, code="554 5.7.1 Message refused")
     page = (
         await api.get("/api/dead-letters", headers=ADMIN, params={"channel": "EMAIL", "limit": 500})
@@ -51,7 +51,7 @@ async def test_list_and_retry_one(api: AsyncTestClient[Any], worker: None, smtp:
 
 
 async def test_bulk_retry_by_ids_and_filters(
-    api: AsyncTestClient[Any], worker: None, smtp: SmtpPeer
+    api: httpx.AsyncClient, worker: None, smtp: SmtpPeer
 ) -> None:
     made = [await make_dead(api, smtp, code="554 5.7.1 Refused") for _ in range(3)]
     ids = [d for _, _, d in made]
@@ -68,7 +68,7 @@ async def test_bulk_retry_by_ids_and_filters(
     await settled(api, made[2][1], {"sent": 1})
 
 
-async def test_filters_and_bad_input(api: AsyncTestClient[Any]) -> None:
+async def test_filters_and_bad_input(api: httpx.AsyncClient) -> None:
     ok = await api.get(
         "/api/dead-letters", headers=ADMIN, params={"older_than": "2h", "reason": "nope"}
     )
@@ -83,7 +83,7 @@ async def test_filters_and_bad_input(api: AsyncTestClient[Any]) -> None:
     assert (empty.status_code, empty.json()["field"]) == (422, "ids")
 
 
-async def test_dead_letters_need_an_admin_key(api: AsyncTestClient[Any], pool: Any) -> None:
+async def test_dead_letters_need_an_admin_key(api: httpx.AsyncClient, pool: Any) -> None:
     from app import auth
 
     async with pool.connection() as conn:
@@ -93,7 +93,7 @@ async def test_dead_letters_need_an_admin_key(api: AsyncTestClient[Any], pool: A
 
 
 async def test_cli_lists_and_requeues(
-    api: AsyncTestClient[Any], worker: None, smtp: SmtpPeer, database_url: str
+    api: httpx.AsyncClient, worker: None, smtp: SmtpPeer, database_url: str
 ) -> None:
     import asyncio
 

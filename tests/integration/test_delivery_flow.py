@@ -8,21 +8,21 @@ from __future__ import annotations
 
 from typing import Any
 
-from litestar.testing import AsyncTestClient
+import httpx
 
 from app import db
 from tests.conftest import ADMIN, unique, wait_until
 from tests.peers.smtp import USERNAME, SmtpPeer
 
 
-async def send(api: AsyncTestClient[Any], **body: Any) -> str:
+async def send(api: httpx.AsyncClient, **body: Any) -> str:
     response = await api.post("/api/notifications", headers=ADMIN, json=body)
     assert response.status_code == 202, response.text
     return str(response.json()["id"])
 
 
 async def settled(
-    api: AsyncTestClient[Any], notification_id: str, expected: dict[str, int]
+    api: httpx.AsyncClient, notification_id: str, expected: dict[str, int]
 ) -> dict[str, Any]:
     """Wait until the notification's delivery counts are ``expected``; answer the notification."""
 
@@ -34,7 +34,7 @@ async def settled(
     return result
 
 
-async def test_in_app_and_email(api: AsyncTestClient[Any], worker: None, smtp: SmtpPeer) -> None:
+async def test_in_app_and_email(api: httpx.AsyncClient, worker: None, smtp: SmtpPeer) -> None:
     rid = unique("ada")
     address = f"{rid}@example.org"
     await api.put(
@@ -94,7 +94,7 @@ async def test_in_app_and_email(api: AsyncTestClient[Any], worker: None, smtp: S
 
 
 async def test_unknown_recipient_gets_an_inbox_and_no_email(
-    api: AsyncTestClient[Any], worker: None
+    api: httpx.AsyncClient, worker: None
 ) -> None:
     """A recipient the host app never registered is created bare: inbox yes, email no_address."""
     rid = unique("newcomer")
@@ -106,7 +106,7 @@ async def test_unknown_recipient_gets_an_inbox_and_no_email(
 
 
 async def test_transient_smtp_failure_is_retried(
-    api: AsyncTestClient[Any], worker: None, smtp: SmtpPeer
+    api: httpx.AsyncClient, worker: None, smtp: SmtpPeer
 ) -> None:
     rid = unique("retry")
     address = f"{rid}@example.org"
@@ -121,7 +121,7 @@ async def test_transient_smtp_failure_is_retried(
 
 
 async def test_hard_bounce_is_dead_and_marks_the_address_inactive(
-    api: AsyncTestClient[Any], pool: db.Pool, worker: None, smtp: SmtpPeer
+    api: httpx.AsyncClient, pool: db.Pool, worker: None, smtp: SmtpPeer
 ) -> None:
     rid = unique("bounce")
     address = f"{rid}@example.org"

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
-
+import httpx
 import pytest
-from litestar.testing import AsyncTestClient
 
 from app.main import create_app
-from tests.conftest import ADMIN, make_settings, unique
+from tests.conftest import ADMIN, api_client, make_settings, unique
 
 
-async def test_register_list_move_and_remove(api: AsyncTestClient[Any]) -> None:
+async def test_register_list_move_and_remove(api: httpx.AsyncClient) -> None:
     alice, bob = unique("alice"), unique("bob")
     token = unique("fcm-token")
     created = await api.post(
@@ -53,9 +51,7 @@ async def test_register_list_move_and_remove(api: AsyncTestClient[Any]) -> None:
         ({"token": "t"}, "platform"),
     ],
 )
-async def test_bad_device_is_422(
-    api: AsyncTestClient[Any], body: dict[str, str], field: str
-) -> None:
+async def test_bad_device_is_422(api: httpx.AsyncClient, body: dict[str, str], field: str) -> None:
     response = await api.post(f"/api/recipients/{unique()}/devices", headers=ADMIN, json=body)
     assert (response.status_code, response.json()["field"]) == (422, field)
 
@@ -75,7 +71,7 @@ async def test_bad_device_is_422(
 async def test_private_webhook_urls_are_refused(database_url: str, url: str) -> None:
     """Without POSTBELL_WEBHOOK_ALLOW_PRIVATE, webhook URLs may not point inside the network."""
     settings = make_settings(database_url)
-    async with AsyncTestClient(app=create_app(settings)) as client:
+    async with api_client(create_app(settings)) as client:
         for field in ("webhook_url", "slack_webhook_url", "discord_webhook_url"):
             response = await client.put(
                 f"/api/recipients/{unique()}", headers=ADMIN, json={field: url}

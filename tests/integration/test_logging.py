@@ -5,11 +5,10 @@ from __future__ import annotations
 import io
 import logging
 from collections.abc import Iterator
-from typing import Any
 
+import httpx
 import pytest
 import structlog
-from litestar.testing import AsyncTestClient
 
 from tests.conftest import ADMIN, ADMIN_KEY, unique, wait_until
 from tests.peers.smtp import PASSWORD, SmtpPeer
@@ -43,7 +42,7 @@ def log_text() -> Iterator[io.StringIO]:
 
 
 async def test_a_delivery_logs_ids_not_content(
-    api: AsyncTestClient[Any], worker: None, smtp: SmtpPeer, log_text: io.StringIO
+    api: httpx.AsyncClient, worker: None, smtp: SmtpPeer, log_text: io.StringIO
 ) -> None:
     rid = unique("private")
     secret_title, secret_body = "Title-" + unique("t"), "Body-" + unique("b")

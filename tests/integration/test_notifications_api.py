@@ -5,13 +5,13 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
+import httpx
 import psycopg
 import pytest
-from litestar.testing import AsyncTestClient
 
 from app import db
 from app.main import create_app
-from tests.conftest import ADMIN, make_settings, query, unique
+from tests.conftest import ADMIN, api_client, make_settings, query, unique
 
 
 async def count_notifications(pool: db.Pool) -> int:
@@ -89,7 +89,7 @@ BAD_REQUESTS: list[tuple[str, Any, int, str | None]] = [
     ("case", "body", "status", "field"), BAD_REQUESTS, ids=[c[0] for c in BAD_REQUESTS]
 )
 async def test_bad_request_is_4xx_naming_the_field_and_writes_nothing(
-    api: AsyncTestClient[Any], pool: db.Pool, case: str, body: Any, status: int, field: str | None
+    api: httpx.AsyncClient, pool: db.Pool, case: str, body: Any, status: int, field: str | None
 ) -> None:
     before = await count_notifications(pool)
     response = await api.post("/api/notifications", headers=ADMIN, json=body)
@@ -108,7 +108,7 @@ async def test_bad_request_is_4xx_naming_the_field_and_writes_nothing(
     ],
 )
 async def test_malformed_json_is_400(
-    api: AsyncTestClient[Any], pool: db.Pool, raw: bytes, error: str
+    api: httpx.AsyncClient, pool: db.Pool, raw: bytes, error: str
 ) -> None:
     before = await count_notifications(pool)
     response = await api.post("/api/notifications", headers=ADMIN, content=raw)
@@ -117,7 +117,7 @@ async def test_malformed_json_is_400(
     assert await count_notifications(pool) == before
 
 
-async def test_huge_body_is_413(api: AsyncTestClient[Any]) -> None:
+async def test_huge_body_is_413(api: httpx.AsyncClient) -> None:
     response = await api.post("/api/notifications", headers=ADMIN, content=b"x" * (9 * 1024 * 1024))
     assert (response.status_code, response.json()["error"]) == (413, "body_too_large")
 
@@ -125,7 +125,7 @@ async def test_huge_body_is_413(api: AsyncTestClient[Any]) -> None:
 async def test_accepted_notification_has_its_route_job(fresh_database_url: str) -> None:
     """The outbox: the notification and its routing job exist together (no worker here)."""
     settings = make_settings(fresh_database_url)
-    async with AsyncTestClient(app=create_app(settings)) as client:
+    async with api_client(create_app(settings)) as client:
         ids = []
         for n in range(5):
             response = await client.post(
@@ -155,7 +155,7 @@ async def test_failed_enqueue_leaves_no_notification(fresh_database_url: str) ->
             " CREATE TRIGGER refuse BEFORE INSERT ON postbell.procrastinate_jobs"
             " FOR EACH ROW EXECUTE FUNCTION postbell.refuse()"
         )
-    async with AsyncTestClient(app=create_app(make_settings(fresh_database_url))) as client:
+    async with api_client(create_app(make_settings(fresh_database_url))) as client:
         response = await client.post(
             "/api/notifications", headers=ADMIN, json={"to": ["a"], "message": "hi"}
         )
@@ -205,7 +205,7 @@ async def test_rollback_of_the_callers_transaction_leaves_nothing(pool: db.Pool)
     )
 
 
-async def test_get_unknown_notification_is_404(api: AsyncTestClient[Any]) -> None:
+async def test_get_unknown_notification_is_404(api: httpx.AsyncClient) -> None:
     response = await api.get(
         "/api/notifications/6f1c2f53-3b2e-4c54-9a53-0c4bb6f2a111", headers=ADMIN
     )

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import httpx
 import pytest
-from litestar.testing import AsyncTestClient
 
 from tests.conftest import ADMIN, query, unique
 
 
-async def test_put_creates_then_merges(api: AsyncTestClient[Any]) -> None:
+async def test_put_creates_then_merges(api: httpx.AsyncClient) -> None:
     rid = unique("user")
     first = await api.put(
         f"/api/recipients/{rid}", headers=ADMIN, json={"email": "ada@example.org", "name": "Ada"}
@@ -30,7 +30,7 @@ async def test_put_creates_then_merges(api: AsyncTestClient[Any]) -> None:
     assert got.json() == body
 
 
-async def test_delete_removes_recipient_and_inbox(api: AsyncTestClient[Any], pool: Any) -> None:
+async def test_delete_removes_recipient_and_inbox(api: httpx.AsyncClient, pool: Any) -> None:
     rid = unique("user")
     await api.put(f"/api/recipients/{rid}", headers=ADMIN, json={"email": "x@example.org"})
     assert (await api.delete(f"/api/recipients/{rid}", headers=ADMIN)).status_code == 204
@@ -53,7 +53,7 @@ async def test_delete_removes_recipient_and_inbox(api: AsyncTestClient[Any], poo
     ],
 )
 async def test_bad_recipient_is_422_and_writes_nothing(
-    api: AsyncTestClient[Any], pool: Any, body: dict[str, Any], field: str
+    api: httpx.AsyncClient, pool: Any, body: dict[str, Any], field: str
 ) -> None:
     rid = unique("user")
     response = await api.put(f"/api/recipients/{rid}", headers=ADMIN, json=body)
@@ -62,6 +62,6 @@ async def test_bad_recipient_is_422_and_writes_nothing(
     assert await query(pool, "SELECT 1 FROM recipients WHERE external_id = %s", (rid,)) == []
 
 
-async def test_malformed_json_is_400(api: AsyncTestClient[Any]) -> None:
+async def test_malformed_json_is_400(api: httpx.AsyncClient) -> None:
     response = await api.put("/api/recipients/x", headers=ADMIN, content=b"{email:")
     assert (response.status_code, response.json()["error"]) == (400, "malformed_json")

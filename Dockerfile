@@ -10,6 +10,7 @@ WORKDIR /srv/postbell
 COPY pyproject.toml README.md ./
 COPY app ./app
 COPY workers ./workers
+COPY postbell ./postbell
 COPY sql ./sql
 # The embedded Postgres (postbell[embedded]) is for development machines; a
 # deployment talks to its database through DATABASE_URL.

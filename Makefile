@@ -20,8 +20,8 @@ test: $(STAMP)
 	$(BIN)/pytest
 
 lint: $(STAMP)
-	$(BIN)/ruff check app workers tests bench
-	$(BIN)/ruff format --check app workers tests bench
+	$(BIN)/ruff check app workers postbell tests bench
+	$(BIN)/ruff format --check app workers postbell tests bench
 	$(BIN)/mypy
 
 bench: $(STAMP)

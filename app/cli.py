@@ -330,6 +330,65 @@ def cmd_keys(args: argparse.Namespace) -> int:
     return _run(keys())
 
 
+def cmd_queues(args: argparse.Namespace) -> int:
+    settings = _with_database(_settings())
+
+    async def show() -> None:
+        assert settings.database_url
+        async with await db.connect(settings.database_url, name="postbell-cli") as conn:
+            depth = await db.fetch_all(conn, "console_queue_depth")
+            waiting = await db.fetch_all(conn, "console_waiting")
+            totals = await db.fetch_one(conn, "console_totals")
+        assert totals is not None
+        if args.watch:
+            print("\033[2J\033[H", end="")
+        print("jobs (postbell.queue_depth)")
+        _print_table(
+            ["queue", "status", "jobs", "deliveries", "oldest", "scheduled later"],
+            [
+                [
+                    r["queue"],
+                    r["status"],
+                    r["jobs"],
+                    r["items"],
+                    _age(r["oldest_age"]),
+                    r["scheduled_later"],
+                ]
+                for r in depth
+            ]
+            or [["(empty)", "", "", "", "", ""]],
+        )
+        print("\nunsent deliveries")
+        _print_table(
+            ["channel", "status", "reason", "deliveries", "oldest due"],
+            [
+                [
+                    r["channel"],
+                    r["status"],
+                    r["reason"] or "",
+                    r["deliveries"],
+                    _age(r["oldest_due"]),
+                ]
+                for r in waiting
+            ]
+            or [["(none)", "", "", "", ""]],
+        )
+        print(
+            f"\nsent in the last minute: {totals['sent_last_minute']}"
+            f"   live workers: {totals['live_workers']}"
+            f"   dead letters: {totals['dead']}   stalled jobs: {totals['stalled']}"
+        )
+
+    async def run() -> int:
+        while True:
+            await show()
+            if not args.watch:
+                return 0
+            await asyncio.sleep(args.interval)
+
+    return _run(run())
+
+
 def cmd_dead_letters(args: argparse.Namespace) -> int:
     from app.errors import PostbellError
     from app.ops import dead_letters
@@ -386,6 +445,10 @@ def cmd_dead_letters(args: argparse.Namespace) -> int:
         return 0
 
     return _run(run())
+
+
+def _age(value: Any) -> str:
+    return "" if value is None else str(value)
 
 
 def _print_table(headers: list[str], rows: list[list[Any]]) -> None:
@@ -514,6 +577,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     revoke.add_argument("id", type=int)
 
+    queues = command(
+        "queues",
+        cmd_queues,
+        "show queue depth, unsent deliveries, dead letters",
+        "Queue depth per queue and status, unsent deliveries per channel, throughput, dead "
+        "letters and stalled jobs: the same data as the SQL views in schema postbell.",
+    )
+    queues.add_argument("--watch", action="store_true", help="refresh until interrupted")
+    queues.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes (2)")
     dead = command(
         "dead-letters",
         cmd_dead_letters,

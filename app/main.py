@@ -16,6 +16,7 @@ from app import db, errors
 from app.auth import AuthMiddleware, KeyStore
 from app.categories import routes as categories
 from app.inbox import routes as inbox
+from app.inbox.live import InboxHub
 from app.notifications import routes as notifications
 from app.ops import health
 from app.ops import routes as ops
@@ -42,9 +43,13 @@ def create_app(settings: Settings, *, pool: db.Pool | None = None) -> Litestar:
             await active.open(wait=False)
         app.state.pool = active
         app.state.key_store = KeyStore(active, settings.admin_key)
+        assert settings.database_url
+        app.state.inbox_hub = InboxHub(settings.database_url, active)
+        await app.state.inbox_hub.start()
         try:
             yield
         finally:
+            await app.state.inbox_hub.stop()
             if own:
                 await active.close()
 
@@ -79,7 +84,8 @@ def create_app(settings: Settings, *, pool: db.Pool | None = None) -> Litestar:
         recipients.list_devices,
         recipients.remove_device,
         inbox.get_inbox,
-        inbox.mark_read,
+        inbox.stream,
+        inbox.mark,
         ops.list_dead_letters,
         ops.retry_dead_letter,
         ops.retry_dead_letters,

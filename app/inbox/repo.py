@@ -24,8 +24,10 @@ async def counts(conn: db.Conn, recipient: int) -> tuple[int, int]:
     return int(row["unread_count"]), int(row["unseen_count"])
 
 
-async def mark_read(conn: db.Conn, recipient: int, ids: list[int], everything: bool) -> int:
-    rows = await db.fetch_all(
-        conn, "inbox_mark_read", {"recipient_id": recipient, "ids": ids, "all": everything}
+async def mark(conn: db.Conn, recipient: int, action: str, ids: list[int], everything: bool) -> int:
+    row = await db.fetch_one(
+        conn,
+        "inbox_mark",
+        {"recipient_id": recipient, "action": action, "ids": ids, "all": everything},
     )
-    return len(rows)
+    return int(row["updated"]) if row else 0

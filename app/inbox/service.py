@@ -48,13 +48,30 @@ async def list_items(
     )
 
 
-async def mark_read(pool: db.Pool, external_id: str, data: MarkIn) -> MarkOut:
+ACTIONS = ("read", "unread", "seen", "archive", "unarchive")
+
+
+async def mark(pool: db.Pool, external_id: str, action: str, data: MarkIn) -> MarkOut:
+    """Apply ``action`` to the items named (or all); answer how many changed and the counts."""
     if not data.all and not data.ids:
         raise Invalid("give 'ids' (a list of inbox item ids) or 'all': true", field="ids")
     async with pool.connection() as conn:
         recipient = await repo.recipient_id(conn, external_id)
         if recipient is None:
             return MarkOut(updated=0, unread_count=0, unseen_count=0)
-        updated = await repo.mark_read(conn, recipient, data.ids or [], data.all)
+        updated = await repo.mark(conn, recipient, action, data.ids or [], data.all)
         unread_count, unseen_count = await repo.counts(conn, recipient)
     return MarkOut(updated=updated, unread_count=unread_count, unseen_count=unseen_count)
+
+
+async def ensure_recipient(pool: db.Pool, external_id: str) -> int:
+    """The recipient's id, creating the recipient bare if it is new (a stream may open
+    before the first notification)."""
+    async with pool.connection() as conn:
+        found = await repo.recipient_id(conn, external_id)
+        if found is not None:
+            return found
+        await db.execute(conn, "devices_ensure_recipient", {"external_id": external_id})
+        created = await repo.recipient_id(conn, external_id)
+    assert created is not None
+    return created

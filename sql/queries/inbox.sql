@@ -26,12 +26,80 @@ SELECT count(*) FILTER (WHERE read_at IS NULL) AS unread_count,
    AND status = 'sent'
    AND archived_at IS NULL
 
--- name: inbox_mark_read
-UPDATE deliveries
-   SET read_at = now(), seen_at = coalesce(seen_at, now()), updated_at = now()
- WHERE recipient_id = %(recipient_id)s
-   AND channel = 'IN_APP'
-   AND status = 'sent'
-   AND read_at IS NULL
-   AND (%(all)s OR id = ANY(%(ids)s::bigint[]))
-RETURNING id
+-- name: inbox_mark
+-- read, unread, seen, archive or unarchive some (ids) or all of a recipient's inbox
+-- items; updated_at and the *_at columns are in no index, so these are HOT updates.
+-- One NOTIFY tells the live inboxes (ids only, none when many: clients refetch).
+WITH changed AS (
+    UPDATE deliveries
+       SET read_at = CASE %(action)s WHEN 'read' THEN coalesce(read_at, now())
+                                     WHEN 'unread' THEN NULL ELSE read_at END,
+           seen_at = CASE WHEN %(action)s IN ('read', 'seen') THEN coalesce(seen_at, now())
+                          ELSE seen_at END,
+           archived_at = CASE %(action)s WHEN 'archive' THEN coalesce(archived_at, now())
+                                         WHEN 'unarchive' THEN NULL ELSE archived_at END,
+           updated_at = now()
+     WHERE recipient_id = %(recipient_id)s
+       AND channel = 'IN_APP'
+       AND status = 'sent'
+       AND (%(all)s OR id = ANY(%(ids)s::bigint[]))
+       AND CASE %(action)s WHEN 'read' THEN read_at IS NULL
+                           WHEN 'unread' THEN read_at IS NOT NULL
+                           WHEN 'seen' THEN seen_at IS NULL
+                           WHEN 'archive' THEN archived_at IS NULL
+                           WHEN 'unarchive' THEN archived_at IS NOT NULL END
+    RETURNING id
+),
+notified AS (
+    SELECT pg_notify('postbell_inbox', json_build_object(
+               'r', %(recipient_id)s::bigint, 'u', %(action)s,
+               'ids', CASE WHEN count(*) <= 200 THEN array_agg(id ORDER BY id) END)::text)
+      FROM changed
+    HAVING count(*) > 0
+)
+SELECT (SELECT count(*) FROM changed) AS updated, (SELECT count(*) FROM notified) AS notified
+
+-- name: inbox_live_items
+-- New inbox items of connected recipients within the id ranges routers announced.
+-- Driven by the (recipient_id, channel, id) index: one short range scan per
+-- connected recipient, however many items the fan-out wrote for others.
+SELECT d.id, d.recipient_id, d.notification_id, n.title, n.body, n.action_url, n.category,
+       n.metadata, n.priority, d.created_at, d.read_at, d.seen_at, d.archived_at
+  FROM deliveries AS d
+  JOIN notifications AS n ON n.id = d.notification_id
+ WHERE d.recipient_id = ANY(%(recipient_ids)s::bigint[])
+   AND d.channel = 'IN_APP'
+   AND d.status = 'sent'
+   AND d.id BETWEEN (SELECT min(x) FROM unnest(%(los)s::bigint[]) AS x)
+                AND (SELECT max(x) FROM unnest(%(his)s::bigint[]) AS x)
+   AND EXISTS (SELECT 1 FROM unnest(%(los)s::bigint[], %(his)s::bigint[]) AS g(lo, hi)
+                WHERE d.id BETWEEN g.lo AND g.hi)
+ ORDER BY d.id
+
+-- name: inbox_live_counts
+SELECT x.recipient_id,
+       count(d.id) FILTER (WHERE d.read_at IS NULL) AS unread_count,
+       count(d.id) FILTER (WHERE d.seen_at IS NULL) AS unseen_count
+  FROM unnest(%(recipient_ids)s::bigint[]) AS x(recipient_id)
+  LEFT JOIN deliveries AS d
+    ON d.recipient_id = x.recipient_id AND d.channel = 'IN_APP' AND d.status = 'sent'
+   AND d.archived_at IS NULL
+ GROUP BY x.recipient_id
+
+-- name: inbox_replay
+-- What a reconnecting stream missed: items after its Last-Event-ID, oldest first.
+SELECT d.id, d.recipient_id, d.notification_id, n.title, n.body, n.action_url, n.category,
+       n.metadata, n.priority, d.created_at, d.read_at, d.seen_at, d.archived_at
+  FROM deliveries AS d
+  JOIN notifications AS n ON n.id = d.notification_id
+ WHERE d.recipient_id = %(recipient_id)s
+   AND d.channel = 'IN_APP'
+   AND d.status = 'sent'
+   AND d.id > %(after)s
+ ORDER BY d.id
+ LIMIT %(limit)s
+
+-- name: inbox_last_id
+SELECT coalesce(max(id), 0) AS last_id
+  FROM deliveries
+ WHERE recipient_id = %(recipient_id)s AND channel = 'IN_APP' AND status = 'sent'

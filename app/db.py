@@ -37,7 +37,12 @@ def conninfo(database_url: str, *, application_name: str = "postbell") -> str:
 
 
 def create_pool(
-    database_url: str, *, max_size: int, min_size: int = 1, name: str = "postbell"
+    database_url: str,
+    *,
+    max_size: int,
+    min_size: int = 1,
+    name: str = "postbell",
+    timeout: float = 30.0,
 ) -> Pool:
     """An unopened async pool of autocommit connections returning dict rows.
 
@@ -55,6 +60,8 @@ def create_pool(
         open=False,
         name=name,
         check=psycopg_pool.AsyncConnectionPool.check_connection,
+        # How long a caller waits for a connection: the API answers 503 after it.
+        timeout=timeout,
         reconnect_timeout=3600,
     )
 

@@ -79,8 +79,13 @@ def start(pgdata: Path) -> str:
     pgdata.parent.mkdir(parents=True, exist_ok=True)
     if pgdata.exists():
         clean_stale_state(pgdata)
+    pgserver = _pgserver()
+    if url(pgdata) is None:
+        # pgserver caches one handle per data folder and returns it without checking
+        # that its server still runs: forget a stale one so that it starts again.
+        pgserver.PostgresServer._instances.pop(pgdata, None)
     try:
-        server = _pgserver().get_server(pgdata, cleanup_mode=None)
+        server = pgserver.get_server(pgdata, cleanup_mode=None)
         admin_url = server.get_uri()
         with psycopg.connect(admin_url, autocommit=True, connect_timeout=10) as conn:
             exists = conn.execute(

@@ -24,6 +24,8 @@ from app.recipients import routes as recipients
 from app.settings import Settings
 from app.topics import routes as topics
 
+#: Seconds a request waits for a database connection before it answers 503.
+API_POOL_TIMEOUT = 5.0
 #: Large enough for 10,000 recipient ids or a bulk upsert, small enough to refuse abuse.
 MAX_BODY_BYTES = 8 * 1024 * 1024
 
@@ -38,7 +40,10 @@ def create_app(settings: Settings, *, pool: db.Pool | None = None) -> Litestar:
         if active is None:
             assert settings.database_url, "DATABASE_URL is required"
             active = db.create_pool(
-                settings.database_url, max_size=settings.db_pool_size, name="postbell-api"
+                settings.database_url,
+                max_size=settings.db_pool_size,
+                name="postbell-api",
+                timeout=API_POOL_TIMEOUT,
             )
             await active.open(wait=False)
         app.state.pool = active

@@ -16,7 +16,7 @@ import json
 import random
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import structlog
@@ -289,7 +289,13 @@ async def _apply_pacing(
     return to_send[:granted]
 
 
-async def deliver(runtime: Runtime, job: Any, channel_name: str, ids: Sequence[int]) -> None:
+async def deliver(
+    runtime: Runtime,
+    job: Any,
+    channel_name: str,
+    ids: Sequence[int],
+    track: Callable[[Sequence[int]], None] = lambda ids: None,
+) -> None:
     """Send the deliveries of ``job`` (topped up with more claimed jobs) and record them.
 
     When this process already runs ``runtime.channel_cap`` runs of the channel (its
@@ -301,7 +307,7 @@ async def deliver(runtime: Runtime, job: Any, channel_name: str, ids: Sequence[i
         return
     runtime.inflight[channel_name] += 1
     try:
-        await _deliver(runtime, job, channel_name, ids)
+        await _deliver(runtime, job, channel_name, ids, track)
     finally:
         runtime.inflight[channel_name] -= 1
 
@@ -316,12 +322,19 @@ async def _postpone(runtime: Runtime, channel_name: str, ids: Sequence[int], pri
     log.info("deliver_postponed", channel=channel_name, deliveries=len(ids), reason="channel_busy")
 
 
-async def _deliver(runtime: Runtime, job: Any, channel_name: str, ids: Sequence[int]) -> None:
+async def _deliver(
+    runtime: Runtime,
+    job: Any,
+    channel_name: str,
+    ids: Sequence[int],
+    track: Callable[[Sequence[int]], None],
+) -> None:
     started = time.perf_counter()
     batch = runtime.settings.batch_size_for(channel_name)
     claimed = await claims.claim_more(
         runtime.pool, job, limit=batch, max_items=max(batch - len(ids), 0)
     )
+    track(claimed.job_ids)
     try:
         all_ids = list(dict.fromkeys([*ids, *(i for a in claimed.args for i in a.get("ids", []))]))
         async with runtime.pool.connection() as conn:

@@ -9,6 +9,10 @@ hold back); an advisory lock lets one process at a time do each round.
   delivery id), never lost.
 * ``reconcile``: unsent deliveries and unrouted notifications that no live job
   carries (the job failed, was aborted or deleted) get a new job.
+* ``requeue_orphans``: jobs this process's live worker holds 'doing' but none of
+  its tasks runs (a run lost the database while recording its end), seen so on two
+  rounds in a row, go back to the queue. The heartbeat cannot catch these: the
+  worker is alive.
 """
 
 from __future__ import annotations
@@ -83,6 +87,22 @@ async def reconcile(
     return result
 
 
+async def requeue_orphans(runtime: Runtime, suspects: set[int]) -> set[int]:
+    """Requeue jobs that were orphaned last round and still are; answer this round's."""
+    if not runtime.worker_ids:
+        return set()
+    async with runtime.pool.connection() as conn:
+        rows = await db.fetch_all(
+            conn, "maintenance_doing_jobs", {"worker_ids": list(runtime.worker_ids)}
+        )
+        now = {r["id"] for r in rows} - runtime.active_jobs
+        orphans = now & suspects
+        if orphans:
+            await db.execute(conn, "maintenance_requeue_jobs", {"ids": list(orphans)})
+            log.warning("orphaned_jobs_requeued", jobs=len(orphans))
+    return now - orphans
+
+
 async def loop(
     runtime: Runtime,
     job_manager: Any,
@@ -95,11 +115,16 @@ async def loop(
     if reap_every is None:
         reap_every = min(REAP_EVERY_SECONDS, stalled_after(runtime.settings) / 2)
     next_reconcile = asyncio.get_running_loop().time() + reconcile_every
+    suspects: set[int] = set()
     while not stop.is_set():
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=reap_every)
         if stop.is_set():
             return
+        try:
+            suspects = await requeue_orphans(runtime, suspects)
+        except Exception as exc:
+            log.warning("maintenance_failed", error=f"{type(exc).__name__}: {exc}")
         try:
             async with runtime.pool.connection() as conn:
                 cursor = await conn.execute("SELECT pg_try_advisory_lock(%s) AS got", (_LOCK_KEY,))

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from app import db
@@ -20,6 +22,29 @@ class Runtime:
     inflight: Counter[str] = dataclasses.field(default_factory=Counter)
     #: jobs this worker runs at once
     concurrency: int = 8
+    #: procrastinate jobs our tasks are running now (each run's own and those it
+    #: claimed), and the procrastinate worker ids they ran under: the maintenance loop
+    #: requeues jobs left 'doing' under these ids that no task is running any more
+    active_jobs: set[int] = dataclasses.field(default_factory=set)
+    worker_ids: set[int] = dataclasses.field(default_factory=set)
+
+    @contextlib.contextmanager
+    def running(self, job: Any) -> Iterator[Callable[[Sequence[int]], None]]:
+        """Mark ``job`` as running for the block; the callable it gives adds the jobs
+        the run claims."""
+        mine = {job.id}
+        if job.worker_id is not None:
+            self.worker_ids.add(job.worker_id)
+        self.active_jobs.add(job.id)
+
+        def track(ids: Sequence[int]) -> None:
+            mine.update(ids)
+            self.active_jobs.update(ids)
+
+        try:
+            yield track
+        finally:
+            self.active_jobs -= mine
 
     @property
     def channel_cap(self) -> int:

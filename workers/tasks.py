@@ -10,6 +10,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import psycopg
+import psycopg_pool
+from procrastinate import RetryStrategy
+
 from workers import delivery, router
 from workers.claims import claim_more, release_shielded
 from workers.procrastinate_app import ROUTE_QUEUE, app
@@ -18,22 +22,36 @@ from workers.runtime import Runtime
 #: Notifications routed per transaction, at most.
 ROUTE_BATCH = 200
 
+#: A job that lost its database connection (a restart, a failover) runs again once it
+#: is back. Provider errors never get here: deliver runs classify and record them
+#: per delivery, and re-defer only the transient ones. A deliver run cut off between
+#: sending and recording resends that batch once: at least once, never lost.
+DATABASE_RETRY = RetryStrategy(
+    max_attempts=20,
+    exponential_wait=1,
+    retry_exceptions={psycopg.OperationalError, psycopg_pool.PoolTimeout},
+)
 
-@app.task(name="postbell.route", queue=ROUTE_QUEUE, pass_context=True)
+
+@app.task(name="postbell.route", queue=ROUTE_QUEUE, pass_context=True, retry=DATABASE_RETRY)
 async def route(context: Any, notification_id: str) -> None:
     runtime = Runtime.of(context)
-    claimed = await claim_more(
-        runtime.pool, context.job, limit=ROUTE_BATCH - 1, max_items=ROUTE_BATCH - 1
-    )
-    ids = [notification_id, *(a["notification_id"] for a in claimed.args)]
-    try:
-        await router.route(runtime, ids, claimed)
-    except BaseException:
-        await release_shielded(runtime.pool, claimed)
-        raise
+    with runtime.running(context.job) as track:
+        claimed = await claim_more(
+            runtime.pool, context.job, limit=ROUTE_BATCH - 1, max_items=ROUTE_BATCH - 1
+        )
+        track(claimed.job_ids)
+        ids = [notification_id, *(a["notification_id"] for a in claimed.args)]
+        try:
+            await router.route(runtime, ids, claimed)
+        except BaseException:
+            await release_shielded(runtime.pool, claimed)
+            raise
 
 
 # The queue is the channel's (deliver_job() sets it); this default is never used.
-@app.task(name="postbell.deliver", queue="deliver", pass_context=True)
+@app.task(name="postbell.deliver", queue="deliver", pass_context=True, retry=DATABASE_RETRY)
 async def deliver(context: Any, channel: str, ids: list[int]) -> None:
-    await delivery.deliver(Runtime.of(context), context.job, channel, ids)
+    runtime = Runtime.of(context)
+    with runtime.running(context.job) as track:
+        await delivery.deliver(runtime, context.job, channel, ids, track)

@@ -42,3 +42,14 @@ WITH stuck AS (
 )
 SELECT coalesce(cardinality(procrastinate_defer_jobs_v1(ARRAY(
            SELECT route_job(s.id, s.priority, NULL) FROM stuck AS s))), 0) AS jobs
+
+-- name: maintenance_doing_jobs
+-- Jobs 'doing' under this process's worker ids (compared with what its tasks run).
+SELECT id FROM procrastinate_jobs
+ WHERE status = 'doing' AND worker_id = ANY(%(worker_ids)s::bigint[])
+
+-- name: maintenance_requeue_jobs
+-- Jobs a live worker holds but no task runs (their run lost the database while
+-- finishing): back to the queue.
+UPDATE procrastinate_jobs SET status = 'todo', worker_id = NULL
+ WHERE id = ANY(%(ids)s::bigint[]) AND status = 'doing'

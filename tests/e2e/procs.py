@@ -6,10 +6,12 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -39,22 +41,42 @@ def run(
     )
 
 
+class Proc(subprocess.Popen[str]):
+    """A postbell process whose output goes to a file (a pipe nobody reads would fill
+    up and block it): ``output()`` reads what it wrote so far."""
+
+    log: Any
+    captured: str | None = None
+
+    def output(self) -> str:
+        if self.captured is not None:  # the process has ended and its log is closed
+            return self.captured
+        self.log.flush()
+        self.log.seek(0)
+        return str(self.log.read())
+
+
 @contextmanager
-def background(*args: str, environ: dict[str, str]) -> Iterator[subprocess.Popen[str]]:
+def background(*args: str, environ: dict[str, str]) -> Iterator[Proc]:
     """A postbell process for the duration of the block; SIGTERM and wait on exit."""
-    proc = subprocess.Popen(
-        [POSTBELL, *args], env=environ, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-    try:
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=40)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+    with tempfile.TemporaryFile(mode="w+") as log:
+        proc = Proc([POSTBELL, *args], env=environ, stdout=log, stderr=subprocess.STDOUT, text=True)
+        proc.log = log
+        try:
+            yield proc
+        finally:
+            _stop(proc)
+            proc.captured = proc.output()
+
+
+def _stop(proc: Proc) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=40)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def wait_http(url: str, timeout: float = 30) -> None:

@@ -26,7 +26,19 @@ COMMANDS = [
     ["db", "start"],
     ["db", "stop"],
     ["db", "url"],
+    ["dead-letters"],
+    ["queues"],
 ]
+
+
+def test_every_subcommand_is_listed_here() -> None:
+    """A new CLI command must be added to COMMANDS (and so get its --help checked)."""
+    from app.cli import _parser
+
+    parser = _parser()
+    actions = [a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction"]
+    names = set(actions[0].choices)  # type: ignore[attr-defined]
+    assert names == {c[0] for c in COMMANDS if c}
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "postbell")
@@ -88,6 +100,6 @@ def test_worker_stops_gracefully_on_sigterm(fresh_database_url: str) -> None:
         started = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
-        output = proc.stdout.read() if proc.stdout else ""
+        output = proc.output()
     assert time.monotonic() - started < 15
     assert '"worker_stopped"' in output

@@ -101,7 +101,7 @@ def test_dev_runs_everything_on_an_embedded_postgres(tmp_path: Path) -> None:
                 assert counts
                 assert client.get("/api/inbox/user-1").json()["unread_count"] == 1
                 assert client.get("/schema/openapi.json").status_code == 200
-        output = proc.stdout.read() if proc.stdout else ""
+        output = proc.output()
         assert f"admin key  {key}" in output
         assert f"{base}/schema" in output
         assert "Test" not in "".join(line for line in output.splitlines() if line.startswith("{"))

@@ -8,6 +8,7 @@ outage on the same port.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import email
 import email.policy
@@ -49,6 +50,8 @@ class _Handler:
         return "250 OK"
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        if self.peer.delay:
+            await asyncio.sleep(self.peer.delay)  # a slow relay (in the peer's own loop)
         message = email.message_from_bytes(envelope.content, policy=email.policy.default)
         auth = session.auth_data
         with self.peer._lock:
@@ -79,6 +82,7 @@ class SmtpPeer:
         self.port = free_port()
         self.received: list[Received] = []
         self.script: dict[str, list[str]] = {}
+        self.delay = 0.0
         self._lock = threading.Lock()
         self._controller: Controller | None = None
 

@@ -1,0 +1,170 @@
+"""Nothing lost: a worker killed with SIGKILL mid-batch, a Postgres restart, an SMTP
+outage. Each may delay deliveries; none may drop one."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections import Counter
+from pathlib import Path
+
+import httpx
+import psycopg
+
+from app import embedded
+from tests.conftest import ADMIN_KEY
+from tests.e2e.procs import background, env, wait_http
+from tests.e2e.test_processes import poll
+from tests.peers.net import free_port
+from tests.peers.smtp import SmtpPeer
+
+HEADERS = {"Authorization": f"Bearer {ADMIN_KEY}"}
+
+
+def counts(url: str) -> dict[str, int]:
+    with psycopg.connect(url) as conn:
+        rows = conn.execute(
+            "SELECT status, count(*) FROM postbell.deliveries GROUP BY status"
+        ).fetchall()
+    return dict(rows)
+
+
+def test_sigkill_mid_batch_loses_nothing(fresh_database_url: str, smtp: SmtpPeer) -> None:
+    """A worker killed while a batch is at the relay: its jobs are reaped once its
+    heartbeat stops, another worker finishes them; a resent email keeps its Message-ID."""
+    environ = env(
+        DATABASE_URL=fresh_database_url,
+        POSTBELL_HEARTBEAT_SECONDS="0.5",  # stalled after 1.5 s
+        POSTBELL_POLL_INTERVAL="0.2",
+        POSTBELL_LOG_FORMAT="json",
+        **smtp.env(),
+    )
+    domain = f"kill{os.getpid()}.example.org"
+    with psycopg.connect(fresh_database_url, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO postbell.recipients (external_id, email)"
+            " SELECT 'k' || i, 'k' || i || %s FROM generate_series(1, 40) AS i",
+            ("@" + domain,),
+        )
+        conn.execute(
+            "SELECT postbell.notify((SELECT array_agg('k' || i) FROM generate_series(1, 40) AS i),"
+            " '{\"message\": \"survive\"}', ARRAY['EMAIL'])"
+        )
+    smtp.delay = 0.5
+    try:
+        with background("worker", environ=environ) as victim:
+            poll(
+                lambda: any(r.rcpt_tos[0].endswith(domain) for r in list(smtp.received)), timeout=20
+            )
+            os.kill(victim.pid, signal.SIGKILL)
+            victim.wait(10)
+        assert counts(fresh_database_url).get("pending", 0) > 0  # it died mid-batch
+        smtp.delay = 0.0
+        with background("worker", environ=environ):
+            poll(lambda: counts(fresh_database_url) == {"sent": 40}, timeout=60)
+    finally:
+        smtp.delay = 0.0
+    received = [r for r in smtp.received if r.rcpt_tos[0].endswith(domain)]
+    per_address = Counter(r.rcpt_tos[0] for r in received)
+    assert len(per_address) == 40  # everyone got it (some twice: at least once)
+    ids_per_address: dict[str, set[str]] = {}
+    for r in received:
+        ids_per_address.setdefault(r.rcpt_tos[0], set()).add(str(r.message["Message-ID"]))
+    assert all(len(ids) == 1 for ids in ids_per_address.values())  # duplicates share the id
+
+
+def test_smtp_outage_delays_only_email(fresh_database_url: str, smtp: SmtpPeer) -> None:
+    """The relay is down: IN_APP is delivered at once, email after the relay returns."""
+    environ = env(
+        DATABASE_URL=fresh_database_url,
+        POSTBELL_POLL_INTERVAL="0.2",
+        POSTBELL_RETRY_BASE_SECONDS="0.3",
+        POSTBELL_RETRY_MAX_SECONDS="1",
+        POSTBELL_RETRY_MAX_ATTEMPTS="30",
+        **smtp.env(),
+    )
+    with psycopg.connect(fresh_database_url, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO postbell.recipients (external_id, email) VALUES ('o1', 'o1@outage.example.org')"
+        )
+        conn.execute(
+            "SELECT postbell.notify(ARRAY['o1'], '{\"message\": \"outage\"}', ARRAY['IN_APP', 'EMAIL'])"
+        )
+    smtp.stop()
+    try:
+        with background("worker", environ=environ):
+            poll(lambda: counts(fresh_database_url) == {"sent": 1, "failed": 1}, timeout=20)
+            with psycopg.connect(fresh_database_url) as conn:
+                (error,) = conn.execute(
+                    "SELECT last_error FROM postbell.deliveries WHERE channel = 'EMAIL'"
+                ).fetchone()
+            assert "SMTP connection" in error
+            smtp.start()
+            poll(lambda: counts(fresh_database_url) == {"sent": 2}, timeout=30)
+    finally:
+        if smtp._controller is None:
+            smtp.start()
+    assert len(smtp.to("o1@outage.example.org")) == 1
+
+
+def test_postgres_restart_loses_nothing(tmp_path: Path) -> None:
+    """The database restarts under a running API and worker: requests fail with 503
+    meanwhile, every accepted notification is delivered, the worker carries on."""
+    pgdata = tmp_path / "pg"
+    url = embedded.start(pgdata)
+    port = free_port()
+    environ = env(
+        DATABASE_URL=url,
+        PORT=str(port),
+        POSTBELL_HOST="127.0.0.1",
+        POSTBELL_ADMIN_KEY=ADMIN_KEY,
+        POSTBELL_POLL_INTERVAL="0.2",
+        POSTBELL_LOG_FORMAT="json",
+    )
+    base = f"http://127.0.0.1:{port}"
+    from tests.e2e.procs import run
+
+    assert run("migrate", environ=environ).returncode == 0
+    accepted: list[str] = []
+    try:
+        with background("serve", environ=environ), background("worker", environ=environ) as worker:
+            wait_http(f"{base}/health")
+            with httpx.Client(base_url=base, headers=HEADERS, timeout=10) as client:
+                for n in range(5):
+                    accepted.append(
+                        client.post(
+                            "/api/notifications", json={"to": [f"r{n}"], "message": "before"}
+                        ).json()["id"]
+                    )
+                embedded.stop(pgdata)
+                down = client.post("/api/notifications", json={"to": ["r"], "message": "during"})
+                assert (down.status_code, down.json()["error"]) == (503, "database_unavailable")
+                assert client.get("/ready").status_code == 503
+                embedded.start(pgdata)
+                poll(lambda: client.get("/ready").status_code == 200, timeout=30)
+                for n in range(5):
+                    response = poll(lambda n=n: _post(client, n), timeout=30)
+                    accepted.append(response)
+
+                def all_sent() -> bool:
+                    states = [
+                        client.get(f"/api/notifications/{i}").json()["delivery_counts"]
+                        for i in accepted
+                    ]
+                    return all(s == {"sent": 1} for s in states)
+
+                try:
+                    poll(all_sent, timeout=60)
+                except AssertionError:
+                    states = [client.get(f"/api/notifications/{i}").json() for i in accepted]
+                    print("STATES", [(st["status"], st["delivery_counts"]) for st in states])
+                    print("WORKER", worker.output()[-6000:])
+                    raise
+            assert worker.poll() is None  # still running
+    finally:
+        embedded.stop(pgdata)
+
+
+def _post(client: httpx.Client, n: int) -> str | None:
+    response = client.post("/api/notifications", json={"to": [f"after{n}"], "message": "after"})
+    return str(response.json()["id"]) if response.status_code == 202 else None

@@ -26,7 +26,10 @@ from psycopg import sql
 from app import db, embedded, logs, migrations
 from app.main import create_app
 from app.settings import Settings
+from tests.peers.fake_fcm import FcmPeer
+from tests.peers.fake_twilio import TwilioPeer
 from tests.peers.smtp import SmtpPeer
+from tests.peers.webhooks import WebhookReceiver
 
 ADMIN_KEY = "test-admin-key-0123456789abcdef"
 INBOX_SECRET = "test-inbox-secret"
@@ -137,8 +140,41 @@ def smtp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SmtpPeer]:
 
 
 @pytest.fixture(scope="session")
-def settings(database_url: str, smtp: SmtpPeer) -> Settings:
-    return make_settings(database_url, **smtp.env())
+def fcm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FcmPeer]:
+    peer = FcmPeer(tmp_path_factory.mktemp("fcm")).start()
+    yield peer
+    peer.stop()
+
+
+@pytest.fixture(scope="session")
+def twilio() -> Iterator[TwilioPeer]:
+    peer = TwilioPeer().start()
+    yield peer
+    peer.stop()
+
+
+@pytest.fixture(scope="session")
+def receiver() -> Iterator[WebhookReceiver]:
+    peer = WebhookReceiver().start()
+    yield peer
+    peer.stop()
+
+
+WEBHOOK_SECRET = "test-webhook-signing-secret"
+
+
+@pytest.fixture(scope="session")
+def settings(database_url: str, smtp: SmtpPeer, fcm: FcmPeer, twilio: TwilioPeer) -> Settings:
+    """The session's settings: every channel configured against its local peer."""
+    return make_settings(
+        database_url,
+        **smtp.env(),
+        **fcm.env(),
+        **twilio.env(),
+        WEBHOOK_SIGNING_SECRET=WEBHOOK_SECRET,
+        POSTBELL_WEBHOOK_ALLOW_PRIVATE="1",
+        POSTBELL_PUBLIC_URL="https://postbell.example.org",
+    )
 
 
 @pytest.fixture(scope="session")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import warnings
 from collections.abc import Sequence
 from typing import ClassVar
 
@@ -76,7 +77,11 @@ def build_message(delivery: Delivery, token: str, platform: str) -> messaging.Me
     notification = messaging.Notification(
         title=delivery.title or delivery.subject, body=delivery.body
     )
-    message = messaging.Message(token=token, notification=notification, data=data)
+    with warnings.catch_warnings():
+        # firebase-admin 7.7 deprecates `token` for `fid` (Firebase installation ids);
+        # devices register FCM registration tokens, which FCM v1 still takes as `token`.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        message = messaging.Message(token=token, notification=notification, data=data)
     if platform == "android":
         message.android = messaging.AndroidConfig(priority="high" if urgent else "normal")
     elif platform == "ios":

@@ -88,7 +88,8 @@ class SmsChannel:
         else:
             options["from_"] = self.twilio.from_number
         if self.status_callback:
-            options["status_callback"] = self.status_callback
+            # The delivery id rides in the URL, which Twilio's signature covers.
+            options["status_callback"] = f"{self.status_callback}?d={delivery.id}"
         async with self._limit:
             try:
                 message = await self.client.messages.create_async(**options)

@@ -1,0 +1,146 @@
+"""EMAIL through SendGrid's v3 API and Amazon SES v2 (AWS Signature V4), against
+local endpoints that check keys and signatures."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+
+from app.main import create_app
+from tests.conftest import ADMIN, api_client, make_settings, running_worker, wait_until
+from tests.peers.email_apis import SendGridPeer, SesPeer
+
+
+@pytest.fixture
+async def sendgrid() -> AsyncIterator[SendGridPeer]:
+    peer = SendGridPeer().start()
+    yield peer
+    peer.stop()
+
+
+@pytest.fixture
+async def ses() -> AsyncIterator[SesPeer]:
+    peer = SesPeer().start()
+    yield peer
+    peer.stop()
+
+
+async def run_emails(
+    database_url: str, env: dict[str, str], addresses: list[str]
+) -> dict[str, dict[str, Any]]:
+    """Send one email to each address through a worker with ``env``; answer each one's delivery."""
+    settings = make_settings(database_url, **env)
+    async with api_client(create_app(settings)) as client, running_worker(settings):
+        ids = {}
+        for n, address in enumerate(addresses):
+            await client.put(
+                f"/api/recipients/r{n}",
+                headers=ADMIN,
+                json={"email": address, "name": f"Reader {n}"},
+            )
+            response = await client.post(
+                "/api/notifications",
+                headers=ADMIN,
+                json={
+                    "to": [f"r{n}"],
+                    "title": "Hello",
+                    "message": "Line one\n\nLine two",
+                    "channels": ["EMAIL"],
+                },
+            )
+            ids[address] = response.json()["id"]
+
+        async def final() -> dict[str, dict[str, Any]] | None:
+            out = {}
+            for address, nid in ids.items():
+                (delivery,) = (await client.get(f"/api/notifications/{nid}", headers=ADMIN)).json()[
+                    "deliveries"
+                ] or [None]
+                if delivery is None or delivery["status"] not in ("sent", "dead"):
+                    return None
+                out[address] = delivery
+            return out
+
+        result: dict[str, dict[str, Any]] = await wait_until(final, timeout=20)
+        return result
+
+
+async def test_sendgrid(fresh_database_url: str, sendgrid: SendGridPeer) -> None:
+    sendgrid.script("busy@example.org", [429, 503])
+    sendgrid.script("bad@example.org", [400])
+    out = await run_emails(
+        fresh_database_url,
+        sendgrid.env(),
+        ["ada@example.org", "busy@example.org", "bad@example.org"],
+    )
+    assert (out["ada@example.org"]["status"], out["busy@example.org"]["status"]) == ("sent", "sent")
+    assert out["busy@example.org"]["attempts"] == 3
+    assert (out["bad@example.org"]["status"], out["bad@example.org"]["reason"]) == (
+        "dead",
+        "permanent_error",
+    )
+    (mail,) = sendgrid.to("ada@example.org")
+    delivery_id = str(out["ada@example.org"]["id"])
+    assert (
+        mail["subject"] == "Hello"
+        and "Line two" in mail["text"]
+        and "<p>Line one</p>" in mail["html"]
+    )
+    assert mail["custom_args"] == {"postbell_delivery_id": delivery_id}
+    assert mail["headers"]["Message-ID"] == f"<{delivery_id}@postbell.test>"
+    assert mail["from"] == {"email": "notify@postbell.test", "name": "Postbell"}
+
+
+async def test_sendgrid_wrong_key_is_retried_not_dead(
+    fresh_database_url: str, sendgrid: SendGridPeer
+) -> None:
+    env = {**sendgrid.env(), "SENDGRID_API_KEY": "SG.wrong", "POSTBELL_RETRY_MAX_ATTEMPTS": "2"}
+    out = await run_emails(fresh_database_url, env, ["ada@example.org"])
+    delivery = out["ada@example.org"]
+    assert (delivery["status"], delivery["reason"]) == ("dead", "retries_exhausted")
+    assert "refused our credentials" in delivery["last_error"]
+
+
+async def test_ses_signed_requests(fresh_database_url: str, ses: SesPeer) -> None:
+    ses.script("throttled@example.org", [429])
+    ses.script("rejected@example.org", [400])
+    out = await run_emails(
+        fresh_database_url,
+        ses.env(),
+        ["ada@example.org", "throttled@example.org", "rejected@example.org"],
+    )
+    assert out["ada@example.org"]["status"] == "sent"
+    assert (out["throttled@example.org"]["status"], out["throttled@example.org"]["attempts"]) == (
+        "sent",
+        2,
+    )
+    rejected = out["rejected@example.org"]
+    assert (rejected["status"], rejected["reason"]) == ("dead", "permanent_error")
+    assert "MessageRejected" in rejected["last_error"]
+    (mail,) = ses.to("ada@example.org")
+    delivery_id = str(out["ada@example.org"]["id"])
+    assert mail["message_id"] == f"<{delivery_id}@postbell.test>"
+    assert mail["tags"] == {"postbell_delivery_id": delivery_id}
+    assert mail["mime"]["To"] == "Reader 0 <ada@example.org>"
+
+
+async def test_ses_bad_signature_is_refused(fresh_database_url: str, ses: SesPeer) -> None:
+    env = {
+        **ses.env(),
+        "AWS_SECRET_ACCESS_KEY": "not-the-secret",
+        "POSTBELL_RETRY_MAX_ATTEMPTS": "1",
+    }
+    out = await run_emails(fresh_database_url, env, ["ada@example.org"])
+    assert "SignatureDoesNotMatch" in out["ada@example.org"]["last_error"]
+    assert ses.accepted == []
+
+
+async def test_http_peer_accepts_only_its_key(sendgrid: SendGridPeer) -> None:
+    async with httpx.AsyncClient() as client:
+        response = await client.post(
+            f"{sendgrid.url}/v3/mail/send", json={}, headers={"Authorization": "Bearer nope"}
+        )
+    assert response.status_code == 401

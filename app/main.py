@@ -14,6 +14,7 @@ from litestar.openapi import OpenAPIConfig
 
 from app import db, errors
 from app.auth import AuthMiddleware, KeyStore
+from app.callbacks import routes as callbacks
 from app.categories import routes as categories
 from app.inbox import routes as inbox
 from app.inbox.live import InboxHub
@@ -94,6 +95,9 @@ def create_app(settings: Settings, *, pool: db.Pool | None = None) -> Litestar:
         ops.list_dead_letters,
         ops.retry_dead_letter,
         ops.retry_dead_letters,
+        callbacks.sendgrid,
+        callbacks.ses,
+        callbacks.twilio,
     ]
     return Litestar(
         route_handlers=route_handlers,

@@ -93,6 +93,9 @@ class Settings:
     fcm: FcmSettings | None
     twilio: TwilioSettings | None
     webhook_signing_secret: str | None = dataclasses.field(repr=False)
+    sendgrid_webhook_key: str | None  # the Event Webhook's public verification key
+    sns_cert_url_prefixes: tuple[str, ...]  # extra allowed SigningCertURL prefixes (emulators)
+    sns_topic_arns: tuple[str, ...]  # when set, only these SNS topics are accepted
     webhook_allow_private: bool
     http_timeout: float
     retry_max_attempts: int
@@ -156,6 +159,9 @@ class Settings:
             fcm=_fcm_from_env(env),
             twilio=_twilio_from_env(env),
             webhook_signing_secret=env.text("WEBHOOK_SIGNING_SECRET"),
+            sendgrid_webhook_key=env.text("SENDGRID_WEBHOOK_PUBLIC_KEY"),
+            sns_cert_url_prefixes=env.csv("SNS_CERT_URL_PREFIXES"),
+            sns_topic_arns=env.csv("SNS_TOPIC_ARNS"),
             webhook_allow_private=env.boolean("POSTBELL_WEBHOOK_ALLOW_PRIVATE", False),
             http_timeout=env.number("POSTBELL_HTTP_TIMEOUT", 15.0, minimum=0.1, maximum=300),
             retry_max_attempts=env.integer("POSTBELL_RETRY_MAX_ATTEMPTS", 8, minimum=1),

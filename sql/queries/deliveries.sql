@@ -165,3 +165,15 @@ SELECT w.recipient_id, w.category, count(d.id) AS sent, min(d.sent_at) AS oldest
    AND d.sent_at > now() - make_interval(secs => w.seconds)
    AND EXISTS (SELECT 1 FROM notifications AS n WHERE n.id = d.notification_id AND n.category = w.category)
  GROUP BY w.recipient_id, w.category
+
+-- name: deliveries_feedback
+-- What a provider reported after 'sent': delivered, bounced, complained, undelivered.
+-- A delivery only moves forward: from sent, or from delivered to a bounce or a
+-- complaint (both can arrive after the delivery report).
+UPDATE deliveries AS d
+   SET status = f.status, reason = f.reason, updated_at = now()
+  FROM unnest(%(ids)s::bigint[], %(statuses)s::text[], %(reasons)s::text[]) AS f(id, status, reason)
+ WHERE d.id = f.id
+   AND d.channel = %(channel)s
+   AND (d.status = 'sent' OR (d.status = 'delivered' AND f.status IN ('bounced', 'complained')))
+RETURNING d.id

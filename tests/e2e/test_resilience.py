@@ -17,6 +17,7 @@ from tests.e2e.procs import background, env, wait_http
 from tests.e2e.test_processes import poll
 from tests.peers.net import free_port
 from tests.peers.smtp import SmtpPeer
+from tests.peers.webhooks import WebhookReceiver
 
 HEADERS = {"Authorization": f"Bearer {ADMIN_KEY}"}
 
@@ -73,34 +74,42 @@ def test_sigkill_mid_batch_loses_nothing(fresh_database_url: str, smtp: SmtpPeer
     assert all(len(ids) == 1 for ids in ids_per_address.values())  # duplicates share the id
 
 
-def test_smtp_outage_delays_only_email(fresh_database_url: str, smtp: SmtpPeer) -> None:
-    """The relay is down: IN_APP is delivered at once, email after the relay returns."""
+def test_smtp_outage_delays_only_email(
+    fresh_database_url: str, smtp: SmtpPeer, receiver: WebhookReceiver
+) -> None:
+    """The relay is down: IN_APP and WEBHOOK are delivered at once, email after the
+    relay returns; nothing is lost."""
     environ = env(
         DATABASE_URL=fresh_database_url,
         POSTBELL_POLL_INTERVAL="0.2",
         POSTBELL_RETRY_BASE_SECONDS="0.3",
         POSTBELL_RETRY_MAX_SECONDS="1",
         POSTBELL_RETRY_MAX_ATTEMPTS="30",
+        POSTBELL_WEBHOOK_ALLOW_PRIVATE="1",
         **smtp.env(),
     )
+    path = f"/outage/{os.getpid()}"
     with psycopg.connect(fresh_database_url, autocommit=True) as conn:
         conn.execute(
-            "INSERT INTO postbell.recipients (external_id, email) VALUES ('o1', 'o1@outage.example.org')"
+            "INSERT INTO postbell.recipients (external_id, email, webhook_url)"
+            " VALUES ('o1', 'o1@outage.example.org', %s)",
+            (receiver.url_for(path),),
         )
         conn.execute(
-            "SELECT postbell.notify(ARRAY['o1'], '{\"message\": \"outage\"}', ARRAY['IN_APP', 'EMAIL'])"
+            "SELECT postbell.notify(ARRAY['o1'], '{\"message\": \"outage\"}', ARRAY['IN_APP', 'EMAIL', 'WEBHOOK'])"
         )
     smtp.stop()
     try:
         with background("worker", environ=environ):
-            poll(lambda: counts(fresh_database_url) == {"sent": 1, "failed": 1}, timeout=20)
+            poll(lambda: counts(fresh_database_url) == {"sent": 2, "failed": 1}, timeout=20)
+            assert len(receiver.at(path)) == 1
             with psycopg.connect(fresh_database_url) as conn:
                 (error,) = conn.execute(
                     "SELECT last_error FROM postbell.deliveries WHERE channel = 'EMAIL'"
                 ).fetchone()
             assert "SMTP connection" in error
             smtp.start()
-            poll(lambda: counts(fresh_database_url) == {"sent": 2}, timeout=30)
+            poll(lambda: counts(fresh_database_url) == {"sent": 3}, timeout=30)
     finally:
         if smtp._controller is None:
             smtp.start()

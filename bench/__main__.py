@@ -1,0 +1,168 @@
+"""``make bench``: baselines and workloads W1-W5 on a fresh database, with progress
+bars; writes bench/results/<timestamp>.json and the table in bench/README.md.
+
+    python -m bench                 # full size
+    python -m bench --only W1,W2    # some workloads
+    python -m bench --scale 0.1     # everything at a tenth of its size
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import logging
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from bench import workloads
+from bench.env import Database, admin_url, machine
+
+HERE = Path(__file__).parent
+SIZES = {"baseline_jobs": 5000, "W1": 100_000, "W2": 10_000, "W3": 5_000, "W4_seconds": 10, "W5": 10_000}
+GOALS = {
+    "W1": "≥ 50,000 deliveries/s (≥ 100× a)",
+    "W2": "≥ 3,000 deliveries/s (≥ 6× a)",
+    "W3": "≥ 1,000 emails/s",
+    "W4": "≥ 2,000 accepted/s; p99 in-app ≤ 50 ms, webhook ≤ 100 ms at half rate",
+    "W5": "urgent p99 ≤ 250 ms behind 10,000",
+    "memory": "worker ≤ 200 MB RSS through W1",
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", default="W1,W2,W3,W4,W5", help="workloads to run (comma-separated)")
+    parser.add_argument("--scale", type=float, default=1.0, help="multiply every size by this")
+    parser.add_argument("--no-readme", action="store_true", help="do not rewrite bench/README.md")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    chosen = {w.strip().upper() for w in args.only.split(",") if w.strip()}
+    size = {k: max(1, int(v * args.scale)) for k, v in SIZES.items()}
+    console = Console()
+    admin, where = admin_url()
+    results: dict[str, Any] = {
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "command": "make bench" if args.scale == 1 and len(chosen) == 5 else "python -m bench " + " ".join(argv or sys.argv[1:]),
+        "database": where,
+        "machine": machine(),
+        "sizes": size,
+    }
+    with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=console) as progress:
+        def step(name: str, run: Any) -> Any:
+            task = progress.add_task(name, total=1.0)
+            started = time.perf_counter()
+            value = run(lambda fraction: progress.update(task, completed=min(fraction, 1.0)))
+            progress.update(task, completed=1.0, description=f"{name} ({time.perf_counter() - started:.1f} s)")
+            return value
+
+        results["baseline_a"] = step("baseline (a) raw procrastinate", lambda _t: workloads.baseline_procrastinate(admin, size["baseline_jobs"]))
+        for name, run in (
+            ("W1", lambda t: workloads.w1_inapp_fanout(fresh(admin), size["W1"], t)),
+            ("W2", lambda t: workloads.w2_webhook_fanout(fresh(admin), size["W2"], t)),
+            ("W3", lambda t: workloads.w3_email_fanout(fresh(admin), size["W3"], t)),
+            ("W4", lambda t: workloads.w4_api_stream(fresh(admin), size["W4_seconds"], tick=t)),
+            ("W5", lambda t: workloads.w5_priority(fresh(admin), size["W5"], tick=t)),
+        ):
+            if name in chosen:
+                results[name] = step(name, run)
+        database = fresh(admin)
+        results["baseline_b"] = step("baseline (b) single-row inserts", lambda _t: workloads.baseline_inserts(database))
+        database.drop()
+    base = results["baseline_a"]["jobs_per_s"]
+    for name in ("W1", "W2", "W3"):
+        if name in results:
+            results[name]["ratio_to_a"] = round(results[name]["per_second"] / base, 1)
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    out = HERE / "results" / f"{stamp}.json"
+    out.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    console.print(table(results))
+    console.print(f"results: {out}")
+    if not args.no_readme:
+        write_readme(results, out.name)
+    return 0
+
+
+_DATABASES: list[Database] = []
+
+
+def fresh(admin: str) -> Database:
+    """A new migrated database per workload, dropped at exit."""
+    database = Database.create(admin)
+    database.migrate()
+    _DATABASES.append(database)
+    return database
+
+
+def rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    """(workload, measured, ratio to baseline a, goal) rows for the table."""
+    out = []
+    a = results["baseline_a"]["jobs_per_s"]
+    out.append(("baseline (a) raw procrastinate, 1 no-op job per delivery", f"{a:,.0f} jobs/s", "1×", ""))
+    if "baseline_b" in results:
+        out.append(("baseline (b) single-row INSERT tx (8 connections)", f"{results['baseline_b']['tx_per_s']:,.0f} tx/s", "", ""))
+    labels = {"W1": "W1 topic fan-out, IN_APP", "W2": "W2 webhook fan-out", "W3": "W3 email fan-out (SMTP)"}
+    for name, label in labels.items():
+        if name in results:
+            r = results[name]
+            out.append((f"{label}, {r['deliveries']:,}", f"{r['per_second']:,.0f} deliveries/s ({r['seconds']} s)",
+                        f"{r['ratio_to_a']}×", GOALS[name]))
+    if "W4" in results:
+        sat, fixed = results["W4"]["saturation"], results["W4"]["fixed_rate"]
+        out.append(("W4 API saturation (32 connections)", f"{sat['accepted_per_s']:,.0f} accepted/s", "", GOALS["W4"]))
+        out.append((f"W4 at {fixed['rate']:,.0f}/s: POST → in-app p50/p95/p99",
+                    "/".join(f"{fixed['post_to_in_app_ms'][p]}" for p in ("p50", "p95", "p99")) + " ms", "", ""))
+        out.append((f"W4 at {fixed['rate']:,.0f}/s: POST → webhook p50/p95/p99",
+                    "/".join(f"{fixed['post_to_webhook_ms'][p]}" for p in ("p50", "p95", "p99")) + " ms", "", ""))
+    if "W5" in results:
+        r = results["W5"]
+        out.append((f"W5 urgent behind {r['backlog']:,} low: p50/p99",
+                    f"{r['urgent_ms']['p50']}/{r['urgent_ms']['p99']} ms", "", GOALS["W5"]))
+    for name in ("W1", "W2"):
+        if name in results:
+            rss = results[name]["peak_rss_mb"]
+            out.append((f"peak RSS during {name}", f"worker {rss['worker']} MB, API {rss['api']} MB", "",
+                        GOALS["memory"] if name == "W1" else ""))
+    return out
+
+
+def table(results: dict[str, Any]) -> Table:
+    t = Table(title=f"postbell benchmarks — {results['date']}")
+    for column in ("workload", "measured", "vs (a)", "goal"):
+        t.add_column(column)
+    for row in rows(results):
+        t.add_row(*row)
+    return t
+
+
+def write_readme(results: dict[str, Any], filename: str) -> None:
+    readme = HERE / "README.md"
+    text = readme.read_text() if readme.exists() else "<!-- results:start -->\n<!-- results:end -->\n"
+    m = results["machine"]
+    lines = [
+        "<!-- results:start -->",
+        f"Latest run: {results['date']}, `{results['command']}`, {results['database']}, "
+        f"{m['cpus']} CPUs, {m['memory_gb']} GiB, Python {m['python']} ({filename}).",
+        "",
+        "| workload | measured | vs (a) | goal |",
+        "|---|---|---|---|",
+        *(f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows(results)),
+        "<!-- results:end -->",
+    ]
+    text = re.sub(r"<!-- results:start -->.*<!-- results:end -->", "\n".join(lines), text, flags=re.S)
+    readme.write_text(text)
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    finally:
+        for database in _DATABASES:
+            database.drop()

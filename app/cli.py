@@ -530,7 +530,7 @@ def _parser() -> argparse.ArgumentParser:
         "--concurrency",
         type=int,
         default=None,
-        help="jobs run at once (default: POSTBELL_WORKER_CONCURRENCY or 8)",
+        help="jobs run at once (default: POSTBELL_WORKER_CONCURRENCY or 16)",
     )
     command(
         "migrate",

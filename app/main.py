@@ -77,6 +77,8 @@ def create_app(settings: Settings, *, pool: db.Pool | None = None) -> Litestar:
         recipients.bulk_recipients,
         recipients.get_preferences,
         recipients.put_preferences,
+        recipients.unsubscribe_page,
+        recipients.unsubscribe,
         categories.list_categories,
         categories.get_category,
         categories.put_category,

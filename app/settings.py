@@ -175,7 +175,7 @@ class Settings:
             idempotency_ttl_hours=env.integer("POSTBELL_IDEMPOTENCY_TTL_HOURS", 24, minimum=1),
             retention_days=env.integer_or_none("POSTBELL_RETENTION_DAYS", minimum=1),
             poll_interval=env.number("POSTBELL_POLL_INTERVAL", 1.0, minimum=0.05, maximum=60),
-            worker_concurrency=env.integer("POSTBELL_WORKER_CONCURRENCY", 8, minimum=1),
+            worker_concurrency=env.integer("POSTBELL_WORKER_CONCURRENCY", 16, minimum=1),
             heartbeat_seconds=env.number("POSTBELL_HEARTBEAT_SECONDS", 10.0, minimum=0.2),
             data_dir=Path(env.text("POSTBELL_DATA_DIR") or ".data"),
             dev=dev,

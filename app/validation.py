@@ -24,6 +24,9 @@ def email(value: str, field: str) -> str:
     value = value.strip()
     if len(value) > 320 or not _EMAIL_RE.match(value):
         raise Invalid(f"{field}: not an email address", field=field)
+    if not value.isascii():
+        # Non-ASCII mailboxes need SMTPUTF8, which few relays and APIs accept.
+        raise Invalid(f"{field}: only ASCII addresses (write an IDN domain in punycode)", field=field)
     return value
 
 

@@ -10,6 +10,7 @@ never used.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime as dt
 import json
@@ -28,6 +29,9 @@ from workers.channels import Delivery, Outcome, Recipient
 from workers.runtime import Runtime
 
 log = structlog.get_logger("postbell.deliver")
+
+#: How long a run waits for one of its channel's slots before it is postponed.
+SLOT_WAIT_SECONDS = 1.0
 
 
 def backoff_seconds(settings: Settings, attempts: int, retry_after: float | None = None) -> float:
@@ -178,6 +182,7 @@ def _delivery(row: Any) -> Delivery:
         title=row["title"],
         action_url=row["action_url"],
         category=row["category"],
+        category_required=bool(row["category_required"]),
         priority=row["priority"],
         metadata=row["metadata"] or {},
     )
@@ -298,22 +303,24 @@ async def deliver(
 ) -> None:
     """Send the deliveries of ``job`` (topped up with more claimed jobs) and record them.
 
-    When this process already runs ``runtime.channel_cap`` runs of the channel (its
-    provider is slow or hanging), the job is put back for a moment instead, so the
-    other channels keep their share of the worker.
+    A run waits a moment for one of its channel's slots; when the channel still has
+    them all (its provider is slow or hanging), the job is put back for a moment
+    instead, and the worker's other slots stay free for the other channels.
     """
-    if runtime.inflight[channel_name] >= runtime.channel_cap:
+    slots = runtime.channel_slots(channel_name)
+    try:
+        await asyncio.wait_for(slots.acquire(), timeout=SLOT_WAIT_SECONDS)
+    except TimeoutError:
         await _postpone(runtime, channel_name, ids, job.priority)
         return
-    runtime.inflight[channel_name] += 1
     try:
         await _deliver(runtime, job, channel_name, ids, track)
     finally:
-        runtime.inflight[channel_name] -= 1
+        slots.release()
 
 
 async def _postpone(runtime: Runtime, channel_name: str, ids: Sequence[int], priority: int) -> None:
-    run_at = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=random.uniform(1.0, 2.0))
+    run_at = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=random.uniform(0.5, 1.0))
     groups = json.dumps([{"ids": list(ids), "priority": priority, "run_at": run_at.isoformat()}])
     async with runtime.pool.connection() as conn:
         await db.execute(

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
-from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -18,8 +18,8 @@ class Runtime:
     settings: Settings
     pool: db.Pool
     channels: Channels
-    #: deliver runs in flight per channel in this process (see delivery.deliver)
-    inflight: Counter[str] = dataclasses.field(default_factory=Counter)
+    #: deliver runs a channel may have in flight in this process (see delivery.deliver)
+    slots: dict[str, asyncio.Semaphore] = dataclasses.field(default_factory=dict)
     #: jobs this worker runs at once
     concurrency: int = 8
     #: procrastinate jobs our tasks are running now (each run's own and those it
@@ -46,11 +46,12 @@ class Runtime:
         finally:
             self.active_jobs -= mine
 
-    @property
-    def channel_cap(self) -> int:
-        """Deliver runs one channel may hold at once: the rest stay free for the others,
-        so a provider that hangs cannot take every slot of the worker."""
-        return max(1, self.concurrency - 2)
+    def channel_slots(self, channel: str) -> asyncio.Semaphore:
+        """At most half the worker's job slots per channel: a provider that hangs
+        cannot take the slots the other channels need."""
+        if channel not in self.slots:
+            self.slots[channel] = asyncio.Semaphore(max(1, self.concurrency // 2))
+        return self.slots[channel]
 
     @classmethod
     def of(cls, context: Any) -> Runtime:

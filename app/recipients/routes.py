@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from litestar import Request, delete, get, post, put
-from litestar.params import FromPath, JSONBody
+from litestar.params import FromPath, FromQuery, JSONBody
 
 from app.auth import recipient_guard, require_role
 from app.recipients import devices, preferences, service
+from app.recipients import unsubscribe as unsubscribe_service
 from app.recipients.schemas import BulkIn, BulkOut, RecipientIn, RecipientOut
 
 _SEND = [require_role("send")]
@@ -83,3 +84,24 @@ async def put_preferences(
 ) -> preferences.PreferencesOut:
     """Change what is named: channel switches, category switches, quiet hours (null clears)."""
     return await preferences.put(request.app.state.pool, recipient, data)
+
+
+_UNSUBSCRIBE_PAGE = (
+    '<!doctype html><html><head><meta charset="utf-8"><title>Unsubscribe</title></head><body>'
+    '<form method="post"><p>Stop these emails?</p><button type="submit">Unsubscribe</button>'
+    "</form></body></html>"
+)
+
+
+@get("/api/unsubscribe", tags=["unsubscribe"], media_type="text/html", include_in_schema=False)
+async def unsubscribe_page(token: FromQuery[str]) -> str:
+    """A page with one button: following the link alone unsubscribes nobody."""
+    return _UNSUBSCRIBE_PAGE
+
+
+@post("/api/unsubscribe", tags=["unsubscribe"], status_code=200)
+async def unsubscribe(request: Request[Any, Any, Any], token: FromQuery[str]) -> dict[str, str]:
+    """RFC 8058 one-click unsubscribe: opts the recipient out of the category's EMAIL."""
+    secrets = request.app.state.settings.inbox_secrets
+    _, category = await unsubscribe_service.unsubscribe(request.app.state.pool, secrets, token)
+    return {"status": "unsubscribed", "category": category}

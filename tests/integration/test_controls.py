@@ -491,3 +491,39 @@ async def _final(api: httpx.AsyncClient, nid: str) -> dict[str, Any] | None:
         if deliveries and deliveries[0]["status"] in ("sent", "skipped", "dead")
         else None
     )
+
+
+async def test_one_click_unsubscribe(api: httpx.AsyncClient, worker: None, smtp: SmtpPeer) -> None:
+    """A non-required category's email carries List-Unsubscribe (RFC 8058); POSTing
+    its link opts the recipient out of that category's EMAIL, nothing else."""
+    from urllib.parse import urlsplit
+
+    rid, category = unique("unsub"), unique("digest")
+    address = f"{rid}@example.org"
+    await api.put(
+        f"/api/categories/{category}", headers=ADMIN, json={"default_channels": ["EMAIL"]}
+    )
+    await api.put(f"/api/recipients/{rid}", headers=ADMIN, json={"email": address})
+    await settled(
+        api, await send(api, to=[rid], message="weekly digest", category=category), {"sent": 1}
+    )
+    (mail,) = smtp.to(address)
+    assert mail.message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    link = urlsplit(mail.message["List-Unsubscribe"].strip("<>"))
+    assert (link.scheme, link.netloc, link.path) == (
+        "https",
+        "postbell.example.org",
+        "/api/unsubscribe",
+    )
+    page = await api.get(f"{link.path}?{link.query}")
+    assert page.status_code == 200 and "<form" in page.text  # following the link changes nothing
+    done = await api.post(f"{link.path}?{link.query}", content=b"List-Unsubscribe=One-Click")
+    assert done.json() == {"status": "unsubscribed", "category": category}
+    prefs = (await api.get(f"/api/recipients/{rid}/preferences", headers=ADMIN)).json()
+    assert prefs["categories"] == {category: {"EMAIL": False}}
+    again = await send(api, to=[rid], message="next week", category=category)
+    assert await channel_states(api, (await settled(api, again, {"skipped": 1}))["id"]) == {
+        "EMAIL": ("skipped", "opted_out")
+    }
+    forged = await api.post("/api/unsubscribe?token=" + link.query.split("=", 1)[1][:-3] + "xyz")
+    assert forged.status_code == 403

@@ -50,6 +50,7 @@ async def test_delete_removes_recipient_and_inbox(api: httpx.AsyncClient, pool: 
         ({"email": 42}, "email"),
         ({"nickname": "x"}, "nickname"),
         ({"email": "a@" + "b" * 300 + ".org"}, "email"),
+        ({"email": "zoë@example.org"}, "email"),
     ],
 )
 async def test_bad_recipient_is_422_and_writes_nothing(

@@ -50,6 +50,7 @@ class Delivery:
     title: str | None = dataclasses.field(default=None, repr=False)
     action_url: str | None = None
     category: str | None = None
+    category_required: bool = False
     priority: str = "normal"
     metadata: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 

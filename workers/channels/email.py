@@ -14,26 +14,40 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
-import html
 import ssl
 from collections.abc import Sequence
-from email.message import EmailMessage
 from typing import ClassVar, Protocol
+from urllib.parse import quote
 
 import aiosmtplib
 import structlog
 
+from app.recipients.unsubscribe import unsubscribe_token
 from app.settings import Settings, SmtpSettings
-from workers.channels import Channel, Delivery, Outcome
+from workers.channels import Channel, Delivery, Outcome, mime
+from workers.channels.mime import OutgoingEmail
 
 log = structlog.get_logger("postbell.email")
+
+
+class Unsubscribe:
+    """RFC 8058 one-click unsubscribe links: POST /api/unsubscribe?token=... opts the
+    recipient out of the category's EMAIL (app/recipients/unsubscribe.py)."""
+
+    def __init__(self, public_url: str, secret: str) -> None:
+        self.base = public_url.rstrip("/") + "/api/unsubscribe?token="
+        self.secret = secret
+
+    def url(self, external_id: str, category: str) -> str:
+        return self.base + quote(unsubscribe_token(self.secret, external_id, category))
+
 
 # SMTP replies that say the mailbox does not exist or will never accept mail.
 HARD_BOUNCE_CODES = frozenset({550, 551, 553})
 
 
 class EmailTransport(Protocol):
-    async def send(self, messages: Sequence[EmailMessage]) -> list[Outcome]: ...
+    async def send(self, messages: Sequence[OutgoingEmail]) -> list[Outcome]: ...
 
     async def close(self) -> None: ...
 
@@ -43,11 +57,14 @@ class EmailChannel:
     address_field: ClassVar[str | None] = "email"
     inactive_field: ClassVar[str | None] = "email_inactive_at"
 
-    def __init__(self, transport: EmailTransport, sender: str) -> None:
+    def __init__(
+        self, transport: EmailTransport, sender: str, unsubscribe: Unsubscribe | None = None
+    ) -> None:
         self.transport = transport
         self.sender = sender
-        _, address = email.utils.parseaddr(sender)
-        self.domain = address.rpartition("@")[2] or "postbell.localhost"
+        _, self.sender_address = email.utils.parseaddr(sender)
+        self.domain = self.sender_address.rpartition("@")[2] or "postbell.localhost"
+        self.unsubscribe = unsubscribe
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Channel | None:
@@ -64,45 +81,47 @@ class EmailChannel:
             transport = ConsoleTransport()
         else:
             return None
-        return cls(transport, settings.email_from)
+        unsubscribe = None
+        if settings.public_url and settings.inbox_secrets:
+            unsubscribe = Unsubscribe(settings.public_url, settings.inbox_secrets[0])
+        return cls(transport, settings.email_from, unsubscribe)
 
     async def send(self, deliveries: Sequence[Delivery]) -> list[Outcome]:
-        return await self.transport.send([self.build(d) for d in deliveries])
+        shared: dict[object, mime.Content] = {}
+        return await self.transport.send([self.build(d, shared) for d in deliveries])
 
     async def close(self) -> None:
         await self.transport.close()
 
-    def build(self, delivery: Delivery) -> EmailMessage:
+    def build(
+        self, delivery: Delivery, shared: dict[object, mime.Content] | None = None
+    ) -> OutgoingEmail:
+        """The email for one delivery; ``shared`` caches what a notification's
+        recipients have in common."""
         recipient = delivery.recipient
         assert recipient.email, "the router skips recipients without an address"
-        message = EmailMessage()
-        message["From"] = self.sender
-        message["To"] = email.utils.formataddr((recipient.name or "", recipient.email))
-        message["Subject"] = delivery.subject
-        message["Date"] = email.utils.formatdate(localtime=False)
-        message["Message-ID"] = f"<{delivery.id}@{self.domain}>"
-        message["X-Postbell-Delivery"] = str(delivery.id)
-        message["X-Postbell-Notification"] = str(delivery.notification_id)
-        text = delivery.body
-        if delivery.action_url:
-            text = f"{text}\n\n{delivery.action_url}"
-        message.set_content(text)
-        message.add_alternative(_html(delivery), subtype="html")
-        return message
-
-
-def _html(delivery: Delivery) -> str:
-    paragraphs = "".join(
-        f"<p>{html.escape(p).replace(chr(10), '<br>')}</p>"
-        for p in delivery.body.split("\n\n")
-        if p.strip()
-    )
-    title = f"<h1>{html.escape(delivery.title)}</h1>" if delivery.title else ""
-    action = ""
-    if delivery.action_url:
-        url = html.escape(delivery.action_url, quote=True)
-        action = f'<p><a href="{url}">Open</a></p>'
-    return f"<!doctype html><html><body>{title}{paragraphs}{action}</body></html>"
+        cache = shared if shared is not None else {}
+        content = cache.get(delivery.notification_id)
+        if content is None:
+            content = cache[delivery.notification_id] = mime.content_of(delivery)
+        extra: tuple[tuple[str, str], ...] = ()
+        if self.unsubscribe and delivery.category and not delivery.category_required:
+            link = self.unsubscribe.url(recipient.external_id, delivery.category)
+            extra = (
+                ("List-Unsubscribe", f"<{link}>"),
+                ("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"),
+            )
+        return OutgoingEmail(
+            delivery_id=delivery.id,
+            notification_id=str(delivery.notification_id),
+            sender=self.sender,
+            sender_address=self.sender_address,
+            to_name=recipient.name,
+            to_address=recipient.email,
+            message_id=f"<{delivery.id}@{self.domain}>",
+            content=content,
+            extra_headers=extra,
+        )
 
 
 def classify_smtp_error(exc: BaseException) -> Outcome:
@@ -152,9 +171,10 @@ class SmtpTransport:
             timeout=self.smtp.timeout,
         )
 
-    async def send(self, messages: Sequence[EmailMessage]) -> list[Outcome]:
+    async def send(self, messages: Sequence[OutgoingEmail]) -> list[Outcome]:
         outcomes: list[Outcome | None] = [None] * len(messages)
         lanes = min(self.connections, len(messages))
+        date = email.utils.formatdate(usegmt=True)
 
         async def lane(start: int) -> None:
             client = self._idle.pop() if self._idle else self._client()
@@ -166,8 +186,11 @@ class SmtpTransport:
                 try:
                     if not client.is_connected:
                         await client.connect()
-                    await client.send_message(messages[index])
-                    outcomes[index] = Outcome.sent(messages[index]["Message-ID"])
+                    message = messages[index]
+                    await client.sendmail(
+                        message.sender_address, [message.to_address], message.as_bytes(date)
+                    )
+                    outcomes[index] = Outcome.sent(message.message_id)
                 except Exception as exc:
                     outcome = classify_smtp_error(exc)
                     outcomes[index] = outcome
@@ -207,16 +230,15 @@ async def _reset(client: aiosmtplib.SMTP) -> None:
 class ConsoleTransport:
     """Logs instead of sending (``POSTBELL_EMAIL_PROVIDER=console``): ids only, no content."""
 
-    async def send(self, messages: Sequence[EmailMessage]) -> list[Outcome]:
+    async def send(self, messages: Sequence[OutgoingEmail]) -> list[Outcome]:
         for message in messages:
-            _, address = email.utils.parseaddr(str(message["To"]))
             log.info(
                 "email_console",
-                delivery_id=str(message["X-Postbell-Delivery"]),
-                to_domain=address.rpartition("@")[2],
+                delivery_id=str(message.delivery_id),
+                to_domain=message.to_address.rpartition("@")[2],
                 note="console provider: not sent; set SMTP_HOST to send for real",
             )
-        return [Outcome.sent(str(m["Message-ID"])) for m in messages]
+        return [Outcome.sent(m.message_id) for m in messages]
 
     async def close(self) -> None:
         return None

@@ -12,7 +12,6 @@ import asyncio
 import base64
 import email.utils
 from collections.abc import Sequence
-from email.message import EmailMessage
 from typing import Any
 
 import aiohttp
@@ -24,20 +23,12 @@ from botocore.credentials import Credentials
 from app.settings import SendGridSettings, SesSettings
 from workers.channels import Outcome
 from workers.channels.http import classify_exception, classify_status, new_session
+from workers.channels.mime import OutgoingEmail
 
 CONCURRENCY = 32
 
 
-def _parts(message: EmailMessage) -> tuple[str, str | None]:
-    text_part = message.get_body(preferencelist=("plain",))
-    html_part = message.get_body(preferencelist=("html",))
-    text = text_part.get_content() if text_part is not None else ""
-    html = html_part.get_content() if html_part is not None else None
-    return str(text), html
-
-
-def _address(header: str) -> dict[str, str]:
-    name, address = email.utils.parseaddr(header)
+def _address(name: str | None, address: str) -> dict[str, str]:
     return {"email": address, "name": name} if name else {"email": address}
 
 
@@ -59,7 +50,7 @@ class _HttpTransport:
             )
         return self._session
 
-    def request(self, message: EmailMessage) -> tuple[str, bytes, dict[str, str]]:
+    def request(self, message: OutgoingEmail) -> tuple[str, bytes, dict[str, str]]:
         raise NotImplementedError
 
     def provider_id(self, headers: Any, body: bytes) -> str | None:
@@ -75,10 +66,10 @@ class _HttpTransport:
             return Outcome.retry(f"{self.what} refused our credentials (HTTP {status}): {detail}")
         return classify_status(status, headers, self.what, detail)
 
-    async def send(self, messages: Sequence[EmailMessage]) -> list[Outcome]:
+    async def send(self, messages: Sequence[OutgoingEmail]) -> list[Outcome]:
         return list(await asyncio.gather(*(self._send_one(m) for m in messages)))
 
-    async def _send_one(self, message: EmailMessage) -> Outcome:
+    async def _send_one(self, message: OutgoingEmail) -> Outcome:
         url, body, headers = self.request(message)
         async with self._limit:
             try:
@@ -104,26 +95,27 @@ class SendGridTransport(_HttpTransport):
         super().__init__(timeout=timeout)
         self.settings = settings
 
-    def request(self, message: EmailMessage) -> tuple[str, bytes, dict[str, str]]:
-        text, html = _parts(message)
-        delivery_id = str(message["X-Postbell-Delivery"])
-        content = [{"type": "text/plain", "value": text or " "}]
-        if html:
-            content.append({"type": "text/html", "value": html})
+    def request(self, message: OutgoingEmail) -> tuple[str, bytes, dict[str, str]]:
+        delivery_id = str(message.delivery_id)
+        sender_name, _ = email.utils.parseaddr(message.sender)
         payload = {
             "personalizations": [
                 {
-                    "to": [_address(str(message["To"]))],
+                    "to": [_address(message.to_name, message.to_address)],
                     "custom_args": {"postbell_delivery_id": delivery_id},
                 }
             ],
-            "from": _address(str(message["From"])),
-            "subject": str(message["Subject"]),
-            "content": content,
+            "from": _address(sender_name, message.sender_address),
+            "subject": message.content.subject,
+            "content": [
+                {"type": "text/plain", "value": message.content.text},
+                {"type": "text/html", "value": message.content.html},
+            ],
             "headers": {
-                "Message-ID": str(message["Message-ID"]),
+                "Message-ID": message.message_id,
                 "X-Postbell-Delivery": delivery_id,
-                "X-Postbell-Notification": str(message["X-Postbell-Notification"]),
+                "X-Postbell-Notification": message.notification_id,
+                **dict(message.extra_headers),
             },
         }
         headers = {
@@ -147,19 +139,13 @@ class SesTransport(_HttpTransport):
             Credentials(settings.access_key_id, settings.secret_access_key), "ses", settings.region
         )
 
-    def request(self, message: EmailMessage) -> tuple[str, bytes, dict[str, str]]:
-        _, to_address = email.utils.parseaddr(str(message["To"]))
-        _, from_address = email.utils.parseaddr(str(message["From"]))
+    def request(self, message: OutgoingEmail) -> tuple[str, bytes, dict[str, str]]:
         payload = {
-            "FromEmailAddress": str(message["From"]),
-            "Destination": {"ToAddresses": [to_address]},
+            "FromEmailAddress": message.from_header,
+            "Destination": {"ToAddresses": [message.to_address]},
             "Content": {"Raw": {"Data": base64.b64encode(message.as_bytes()).decode()}},
-            "EmailTags": [
-                {"Name": "postbell_delivery_id", "Value": str(message["X-Postbell-Delivery"])}
-            ],
+            "EmailTags": [{"Name": "postbell_delivery_id", "Value": str(message.delivery_id)}],
         }
-        if not from_address:
-            raise ValueError("EMAIL_FROM has no address")
         url = f"{self.settings.endpoint_url}/v2/email/outbound-emails"
         body = msgspec.json.encode(payload)
         signed = AWSRequest(

@@ -188,7 +188,8 @@ def _credential(connection: ASGIConnection[Any, Any, Any, Any]) -> str | None:
 def require_role(role: Role) -> Any:
     """Guard: an API key with ``role`` (admin covers send); recipient tokens get 403."""
 
-    def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    # async: Litestar runs a sync guard on a thread, a hop per request.
+    async def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
         principal = connection.user
         if isinstance(principal, TokenPrincipal):
             raise Forbidden("a recipient token opens only its own inbox and preferences")
@@ -200,7 +201,9 @@ def require_role(role: Role) -> Any:
     return guard
 
 
-def recipient_guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+async def recipient_guard(
+    connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler
+) -> None:
     """Guard for ``/api/inbox/{recipient}`` and a recipient's preferences.
 
     API keys pass; a recipient token passes only for the recipient in the path.

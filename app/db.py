@@ -59,7 +59,9 @@ def create_pool(
         configure=_configure,
         open=False,
         name=name,
-        check=psycopg_pool.AsyncConnectionPool.check_connection,
+        # No check on checkout: it costs a round trip per use. A connection that broke
+        # (a database restart) fails its first query and the pool drops it; the API
+        # answers 503 once and workers retry.
         # How long a caller waits for a connection: the API answers 503 after it.
         timeout=timeout,
         reconnect_timeout=3600,

@@ -24,6 +24,7 @@ from app.ops import routes as ops
 from app.recipients import routes as recipients
 from app.settings import Settings
 from app.topics import routes as topics
+from app.wakeups import Waker
 
 #: Seconds a request waits for a database connection before it answers 503.
 API_POOL_TIMEOUT = 5.0
@@ -52,9 +53,12 @@ def create_app(settings: Settings, *, pool: db.Pool | None = None) -> Litestar:
         assert settings.database_url
         app.state.inbox_hub = InboxHub(settings.database_url, active)
         await app.state.inbox_hub.start()
+        app.state.waker = Waker(settings.database_url)
+        await app.state.waker.start()
         try:
             yield
         finally:
+            await app.state.waker.stop()
             await app.state.inbox_hub.stop()
             if own:
                 await active.close()

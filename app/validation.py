@@ -26,7 +26,9 @@ def email(value: str, field: str) -> str:
         raise Invalid(f"{field}: not an email address", field=field)
     if not value.isascii():
         # Non-ASCII mailboxes need SMTPUTF8, which few relays and APIs accept.
-        raise Invalid(f"{field}: only ASCII addresses (write an IDN domain in punycode)", field=field)
+        raise Invalid(
+            f"{field}: only ASCII addresses (write an IDN domain in punycode)", field=field
+        )
     return value
 
 

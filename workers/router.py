@@ -36,8 +36,15 @@ DEFAULT_CHANNELS = ["IN_APP"]
 TOPIC_CHUNK = 50_000
 
 
-async def route(runtime: Runtime, notification_ids: Sequence[str], claimed: claims.Claimed) -> int:
-    """Route a batch; answer how many notifications it routed.
+TopicWork = tuple[uuid.UUID, claims.Claimed]
+
+
+async def route(
+    runtime: Runtime, notification_ids: Sequence[str], claimed: claims.Claimed
+) -> list[TopicWork]:
+    """Route a batch's direct notifications; answer its topic notifications, for
+    ``route_topics`` (their fan-out is long: callers run it after releasing what
+    they hold while batching).
 
     ``notification_ids[0]`` belongs to the job procrastinate started; the others to
     ``claimed``. If the batch fails as a whole, the claimed jobs go back to the queue
@@ -67,7 +74,9 @@ def _params(
     }
 
 
-async def _route_batch(runtime: Runtime, ids: list[uuid.UUID], claimed: claims.Claimed) -> int:
+async def _route_batch(
+    runtime: Runtime, ids: list[uuid.UUID], claimed: claims.Claimed
+) -> list[TopicWork]:
     started = time.perf_counter()
     job_of = {
         uuid.UUID(a["notification_id"]): job_id
@@ -98,12 +107,15 @@ async def _route_batch(runtime: Runtime, ids: list[uuid.UUID], claimed: claims.C
             **counts,
             ms=round((time.perf_counter() - started) * 1000, 1),
         )
-    for notification_id in topics:
-        job = job_of.get(notification_id)
-        await _route_topic(
-            runtime, notification_id, claims.Claimed(claimed.worker_id, [job] if job else [], [])
-        )
-    return len(rows)
+    return [
+        (n, claims.Claimed(claimed.worker_id, [job_of[n]] if n in job_of else [], []))
+        for n in topics
+    ]
+
+
+async def route_topics(runtime: Runtime, work: Sequence[TopicWork]) -> None:
+    for notification_id, claimed in work:
+        await _route_topic(runtime, notification_id, claimed)
 
 
 async def _route_topic(

@@ -26,6 +26,8 @@ class Runtime:
     #: claimed), and the procrastinate worker ids they ran under: the maintenance loop
     #: requeues jobs left 'doing' under these ids that no task is running any more
     active_jobs: set[int] = dataclasses.field(default_factory=set)
+    #: held by the routing run in progress (see tasks.route)
+    routing: asyncio.Lock = dataclasses.field(default_factory=asyncio.Lock)
     worker_ids: set[int] = dataclasses.field(default_factory=set)
 
     @contextlib.contextmanager

@@ -8,19 +8,24 @@ beside the worker, so a full queue cannot hold it back.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import psycopg
 import psycopg_pool
 from procrastinate import RetryStrategy
 
-from workers import delivery, router
+from workers import claims, delivery, router
 from workers.claims import claim_more, release_shielded
 from workers.procrastinate_app import ROUTE_QUEUE, app
 from workers.runtime import Runtime
 
 #: Notifications routed per transaction, at most.
 ROUTE_BATCH = 200
+#: A routing run waits this long before claiming more, so that a stream of single
+#: notifications is routed in batches: a few milliseconds of latency buy far fewer
+#: statements and commits per notification.
+ROUTE_GATHER_SECONDS = 0.005
 
 #: A job that lost its database connection (a restart, a failover) runs again once it
 #: is back. Provider errors never get here: deliver runs classify and record them
@@ -37,15 +42,27 @@ DATABASE_RETRY = RetryStrategy(
 async def route(context: Any, notification_id: str) -> None:
     runtime = Runtime.of(context)
     with runtime.running(context.job) as track:
-        claimed = await claim_more(
-            runtime.pool, context.job, limit=ROUTE_BATCH - 1, max_items=ROUTE_BATCH - 1
-        )
-        track(claimed.job_ids)
-        ids = [notification_id, *(a["notification_id"] for a in claimed.args)]
+        # One routing batch at a time per process: while one runs, arrivals queue up
+        # and the next run claims them all, so a steady stream routes in batches.
+        async with runtime.routing:
+            await asyncio.sleep(ROUTE_GATHER_SECONDS)
+            claimed = await claim_more(
+                runtime.pool, context.job, limit=ROUTE_BATCH - 1, max_items=ROUTE_BATCH - 1
+            )
+            track(claimed.job_ids)
+            ids = [notification_id, *(a["notification_id"] for a in claimed.args)]
+            try:
+                topics = await router.route(runtime, ids, claimed)
+            except BaseException:
+                await release_shielded(runtime.pool, claimed)
+                raise
         try:
-            await router.route(runtime, ids, claimed)
+            await router.route_topics(runtime, topics)
         except BaseException:
-            await release_shielded(runtime.pool, claimed)
+            await release_shielded(
+                runtime.pool,
+                claims.Claimed(claimed.worker_id, [j for _, c in topics for j in c.job_ids], []),
+            )
             raise
 
 

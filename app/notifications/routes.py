@@ -32,6 +32,7 @@ async def send_notification(
         data,
         idempotency_scope=request.user.idempotency_scope,
         idempotency_key=idempotency_key,
+        waker=request.app.state.waker,
     )
     return Response(accepted, status_code=202 if created else 200)
 

@@ -20,6 +20,7 @@ from app.notifications.schemas import (
 )
 from app.pagination import decode_cursor, encode_cursor
 from app.settings import Settings
+from app.wakeups import Waker
 
 MAX_METADATA_BYTES = 16_384
 MAX_IDEMPOTENCY_KEY = 255
@@ -84,16 +85,18 @@ async def accept(
     *,
     idempotency_scope: str,
     idempotency_key: str | None,
+    waker: Waker | None = None,
 ) -> tuple[NotificationAccepted, bool]:
     """Write the notification and its routing job in one transaction.
 
     Answers the accepted notification and whether it is new; an idempotent repeat
-    (same key, same request) answers the original and writes nothing.
+    (same key, same request) answers the original and writes nothing. With a
+    ``waker``, the workers' wake-up is coalesced with other requests' (app/wakeups.py).
     """
     if idempotency_key is not None and not 1 <= len(idempotency_key) <= MAX_IDEMPOTENCY_KEY:
         raise Invalid("Idempotency-Key must be 1 to 255 characters", field="Idempotency-Key")
     text, recipients = _check(settings, payload, dt.datetime.now(dt.UTC))
-    digest = request_hash(payload)
+    digest = request_hash(payload) if idempotency_key else None
     async with pool.connection() as conn:
         await _check_targets(conn, payload)
         row = await repo.enqueue(
@@ -112,10 +115,13 @@ async def accept(
             expires_at=payload.expires_at,
             idempotency_scope=idempotency_scope if idempotency_key else None,
             idempotency_key=idempotency_key,
-            request_hash=digest if idempotency_key else None,
+            request_hash=digest,
             idempotency_ttl_hours=settings.idempotency_ttl_hours,
+            wakeup=waker is None,
         )
-    if not row["created"] and bytes(row["request_hash"] or b"") != digest:
+    if waker is not None and row["created"]:
+        waker.poke()
+    if not row["created"] and bytes(row["request_hash"] or b"") != (digest or b""):
         raise IdempotencyConflict(
             "this Idempotency-Key was used with a different request", field="Idempotency-Key"
         )

@@ -32,6 +32,9 @@ WITH stuck AS (
     SELECT n.id, n.priority
       FROM notifications AS n
      WHERE n.routed_at IS NULL
+       -- recent ones through the BRIN index on created_at, scheduled ones by send_at
+       AND (n.created_at > now() - interval '7 days'
+            OR (n.send_at IS NOT NULL AND n.send_at < now()))
        AND coalesce(n.send_at, n.created_at) < now() - make_interval(secs => %(grace_seconds)s)
        AND NOT EXISTS (
                SELECT 1 FROM procrastinate_jobs AS j

@@ -5,7 +5,7 @@ SELECT id, status, created, request_hash
         %(metadata)s::jsonb, %(channels)s::text[], %(priority)s, %(category)s,
         %(fallback)s::jsonb, %(send_at)s::timestamptz, %(expires_at)s::timestamptz,
         %(idempotency_scope)s, %(idempotency_key)s, %(request_hash)s::bytea,
-        make_interval(hours => %(idempotency_ttl_hours)s))
+        make_interval(hours => %(idempotency_ttl_hours)s), %(wakeup)s)
 
 -- name: notifications_get
 SELECT id, status, priority, category, title, body, action_url, metadata, channels, topic,

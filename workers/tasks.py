@@ -9,13 +9,14 @@ beside the worker, so a full queue cannot hold it back.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import psycopg
 import psycopg_pool
 from procrastinate import RetryStrategy
 
-from workers import claims, delivery, router
+from workers import delivery, router
 from workers.claims import claim_more, release_shielded
 from workers.procrastinate_app import ROUTE_QUEUE, app
 from workers.runtime import Runtime
@@ -40,30 +41,61 @@ DATABASE_RETRY = RetryStrategy(
 
 @app.task(name="postbell.route", queue=ROUTE_QUEUE, pass_context=True, retry=DATABASE_RETRY)
 async def route(context: Any, notification_id: str) -> None:
+    """Route this job's notification, with every other one ready to go.
+
+    One routing batch runs at a time per process. Jobs procrastinate fetched while a
+    batch ran wait in ``runtime.waiting_routes``; the next batch adopts them all and
+    claims the queued ones too (by priority), so a steady stream routes in large
+    batches and an urgent job waits for at most the batch in progress.
+    """
     runtime = Runtime.of(context)
+    waiter: asyncio.Future[list[router.TopicWork] | None] = (
+        asyncio.get_running_loop().create_future()
+    )
+    runtime.waiting_routes[context.job.id] = (notification_id, waiter)
     with runtime.running(context.job) as track:
-        # One routing batch at a time per process: while one runs, arrivals queue up
-        # and the next run claims them all, so a steady stream routes in batches.
         async with runtime.routing:
-            await asyncio.sleep(ROUTE_GATHER_SECONDS)
-            claimed = await claim_more(
-                runtime.pool, context.job, limit=ROUTE_BATCH - 1, max_items=ROUTE_BATCH - 1
-            )
-            track(claimed.job_ids)
-            ids = [notification_id, *(a["notification_id"] for a in claimed.args)]
-            try:
-                topics = await router.route(runtime, ids, claimed)
-            except BaseException:
-                await release_shielded(runtime.pool, claimed)
-                raise
-        try:
-            await router.route_topics(runtime, topics)
-        except BaseException:
-            await release_shielded(
-                runtime.pool,
-                claims.Claimed(claimed.worker_id, [j for _, c in topics for j in c.job_ids], []),
-            )
-            raise
+            runtime.waiting_routes.pop(context.job.id, None)
+            if waiter.done():
+                topics = waiter.result()  # a batch took it
+                if topics is None:  # that batch failed: route it here, alone
+                    topics = await _route_batch(runtime, context.job, [notification_id], {}, track)
+            else:
+                adopted, runtime.waiting_routes = runtime.waiting_routes, {}
+                ids = [notification_id, *(n for n, _ in adopted.values())]
+                topics = await _route_batch(runtime, context.job, ids, adopted, track)
+        await router.route_topics(runtime, topics)
+
+
+async def _route_batch(
+    runtime: Runtime,
+    job: Any,
+    ids: list[str],
+    adopted: dict[int, tuple[str, asyncio.Future[list[router.TopicWork] | None]]],
+    track: Callable[[Sequence[int]], None],
+) -> list[router.TopicWork]:
+    """Route ``ids`` plus claimed queued jobs; settle the adopted runs' futures (with
+    their own topic work, which each runs itself); answer this run's topic work."""
+    await asyncio.sleep(ROUTE_GATHER_SECONDS)
+    room = max(ROUTE_BATCH - len(ids), 0)
+    claimed = await claim_more(runtime.pool, job, limit=room, max_items=room)
+    track(claimed.job_ids)
+    try:
+        topics = await router.route(
+            runtime, [*ids, *(a["notification_id"] for a in claimed.args)], claimed
+        )
+    except BaseException:
+        await release_shielded(runtime.pool, claimed)
+        for _, future in adopted.values():
+            future.set_result(None)
+        raise
+    mine: list[router.TopicWork] = []
+    by_notification = {str(n): (n, c) for n, c in topics}
+    for adopted_id, future in adopted.values():
+        work = by_notification.pop(adopted_id, None)
+        future.set_result([work] if work else [])
+    mine.extend(by_notification.values())
+    return mine
 
 
 # The queue is the channel's (deliver_job() sets it); this default is never used.

@@ -55,7 +55,7 @@ async def test_two_api_processes_several_clients(fresh_database_url: str) -> Non
                 # Four browsers, two processes: two LISTEN connections, not four.
                 with psycopg.connect(fresh_database_url) as conn:
                     (listening,) = conn.execute(
-                        "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'postbell-inbox-listen'"
+                        "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'postbell-inbox-listen' AND datname = current_database()"
                     ).fetchone()
                 assert listening == 2
                 response = await on_b.post(
@@ -112,6 +112,6 @@ async def test_two_api_processes_several_clients(fresh_database_url: str) -> Non
             assert "access-control-allow-origin" not in other.headers
     with psycopg.connect(fresh_database_url) as conn:
         (listeners,) = conn.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'postbell-inbox-listen'"
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'postbell-inbox-listen' AND datname = current_database()"
         ).fetchone()
     assert listeners == 0  # closed with their processes

@@ -195,6 +195,7 @@ async def test_rollback_of_the_callers_transaction_leaves_nothing(pool: db.Pool)
                         "idempotency_key": None,
                         "request_hash": None,
                         "idempotency_ttl_hours": 24,
+                        "wakeup": True,
                     },
                 )
                 raise RuntimeError("the host app's own write failed")

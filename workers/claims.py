@@ -25,10 +25,21 @@ class Claimed:
     worker_id: int | None
     job_ids: list[int]
     args: list[dict[str, Any]]
+    priorities: list[int] = dataclasses.field(default_factory=list)
 
     @classmethod
     def none(cls) -> Claimed:
         return cls(worker_id=None, job_ids=[], args=[])
+
+    def only(self, job_ids: set[int]) -> Claimed:
+        """The part of this claim holding ``job_ids``."""
+        keep = [i for i, job_id in enumerate(self.job_ids) if job_id in job_ids]
+        return Claimed(
+            self.worker_id,
+            [self.job_ids[i] for i in keep],
+            [self.args[i] for i in keep],
+            [self.priorities[i] for i in keep] if self.priorities else [],
+        )
 
 
 async def claim_more(pool: db.Pool, job: Any, *, limit: int, max_items: int) -> Claimed:
@@ -51,6 +62,7 @@ async def claim_more(pool: db.Pool, job: Any, *, limit: int, max_items: int) -> 
         worker_id=job.worker_id,
         job_ids=[r["id"] for r in rows],
         args=[r["args"] for r in rows],
+        priorities=[r["priority"] for r in rows],
     )
 
 
@@ -75,6 +87,17 @@ async def release(pool: db.Pool, claimed: Claimed) -> None:
             )
     except Exception as exc:  # the database may be the reason the run failed
         log.warning("claimed_jobs_not_released", jobs=len(claimed.job_ids), error=str(exc))
+
+
+async def fail(pool: db.Pool, claimed: Claimed) -> None:
+    """Mark claimed jobs failed: their work failed for a reason of its own."""
+    if claimed.job_ids:
+        async with pool.connection() as conn:
+            await db.execute(
+                conn,
+                "jobs_fail_claimed",
+                {"ids": claimed.job_ids, "worker_id": claimed.worker_id},
+            )
 
 
 async def release_shielded(pool: db.Pool, claimed: Claimed) -> None:

@@ -17,6 +17,7 @@ chunk, so a crash mid-way resumes where it stopped.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import uuid
 from collections.abc import Sequence
@@ -39,27 +40,61 @@ TOPIC_CHUNK = 50_000
 TopicWork = tuple[uuid.UUID, claims.Claimed]
 
 
+@dataclasses.dataclass
+class Routed:
+    """What a routing batch leaves to its callers."""
+
+    #: topic notifications to fan out (``route_topics``)
+    topics: list[TopicWork]
+    #: notifications held by no claimed job that failed to route, by id: each run
+    #: that owns one fails with its error (procrastinate records the job failed)
+    failed: dict[str, Exception]
+
+
 async def route(
     runtime: Runtime, notification_ids: Sequence[str], claimed: claims.Claimed
-) -> list[TopicWork]:
-    """Route a batch's direct notifications; answer its topic notifications, for
-    ``route_topics`` (their fan-out is long: callers run it after releasing what
-    they hold while batching).
+) -> Routed:
+    """Route a batch's direct notifications in one transaction; answer its topic
+    notifications, for ``route_topics`` (their fan-out is long: callers run it after
+    releasing what they hold while batching).
 
-    ``notification_ids[0]`` belongs to the job procrastinate started; the others to
-    ``claimed``. If the batch fails as a whole, the claimed jobs go back to the queue
-    and only the first notification is routed again, alone: one bad notification
-    fails its own job and cannot hold the others back.
+    ``claimed`` holds the jobs of some of the notifications; the callers' own runs
+    hold the others. If the batch fails as a whole, each notification is routed again
+    alone, so one bad notification fails only its own job: a claimed job is marked
+    failed, an unclaimed one is answered in ``Routed.failed``. A lost connection is
+    raised at once (the caller releases what is still claimed).
     """
     ids = [uuid.UUID(i) for i in dict.fromkeys(notification_ids)]
-    try:
-        return await _route_batch(runtime, ids, claimed)
-    except Exception as exc:
-        if len(ids) == 1 or _is_connection_error(exc):
-            raise
-        log.warning("route_batch_failed", notifications=len(ids), error=str(exc))
-    await claims.release(runtime.pool, claimed)
-    return await _route_batch(runtime, ids[:1], claims.Claimed.none())
+    if len(ids) > 1:
+        try:
+            return Routed(await _route_batch(runtime, ids, claimed), {})
+        except Exception as exc:
+            if _is_connection_error(exc):
+                raise
+            log.warning("route_batch_failed", notifications=len(ids), error=str(exc))
+    job_of = _jobs_by_notification(claimed)
+    routed = Routed([], {})
+    for notification_id in ids:
+        job_id = job_of.get(notification_id)
+        own = claimed.only({job_id}) if job_id is not None else claims.Claimed.none()
+        try:
+            routed.topics += await _route_batch(runtime, [notification_id], own)
+        except Exception as exc:
+            if _is_connection_error(exc):
+                raise
+            log.error("route_failed", notification_id=str(notification_id), error=str(exc))
+            if job_id is None:
+                routed.failed[str(notification_id)] = exc
+            else:
+                await claims.fail(runtime.pool, own)
+    return routed
+
+
+def _jobs_by_notification(claimed: claims.Claimed) -> dict[uuid.UUID, int]:
+    return {
+        uuid.UUID(a["notification_id"]): job_id
+        for job_id, a in zip(claimed.job_ids, claimed.args, strict=True)
+    }
 
 
 def _params(
@@ -78,10 +113,7 @@ async def _route_batch(
     runtime: Runtime, ids: list[uuid.UUID], claimed: claims.Claimed
 ) -> list[TopicWork]:
     started = time.perf_counter()
-    job_of = {
-        uuid.UUID(a["notification_id"]): job_id
-        for job_id, a in zip(claimed.job_ids, claimed.args, strict=True)
-    }
+    job_of = _jobs_by_notification(claimed)
     async with runtime.pool.connection() as conn, conn.transaction():
         rows = await db.fetch_all(conn, "route_lock_notifications", {"ids": ids})
         direct = [r["id"] for r in rows if r["topic"] is None]

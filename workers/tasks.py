@@ -52,7 +52,7 @@ async def route(context: Any, notification_id: str) -> None:
     waiter: asyncio.Future[list[router.TopicWork] | None] = (
         asyncio.get_running_loop().create_future()
     )
-    runtime.waiting_routes[context.job.id] = (notification_id, waiter)
+    runtime.waiting_routes[context.job.id] = (notification_id, context.job.priority, waiter)
     with runtime.running(context.job) as track:
         async with runtime.routing:
             runtime.waiting_routes.pop(context.job.id, None)
@@ -62,40 +62,59 @@ async def route(context: Any, notification_id: str) -> None:
                     topics = await _route_batch(runtime, context.job, [notification_id], {}, track)
             else:
                 adopted, runtime.waiting_routes = runtime.waiting_routes, {}
-                ids = [notification_id, *(n for n, _ in adopted.values())]
-                topics = await _route_batch(runtime, context.job, ids, adopted, track)
+                topics = await _route_batch(runtime, context.job, [notification_id], adopted, track)
         await router.route_topics(runtime, topics)
 
 
 async def _route_batch(
     runtime: Runtime,
     job: Any,
-    ids: list[str],
-    adopted: dict[int, tuple[str, asyncio.Future[list[router.TopicWork] | None]]],
+    own: list[str],
+    adopted: dict[int, tuple[str, int, asyncio.Future[list[router.TopicWork] | None]]],
     track: Callable[[Sequence[int]], None],
 ) -> list[router.TopicWork]:
-    """Route ``ids`` plus claimed queued jobs; settle the adopted runs' futures (with
-    their own topic work, which each runs itself); answer this run's topic work."""
+    """Route this run's notification, the adopted runs' and claimed queued ones, in
+    one transaction per priority, highest first (urgent ones do not wait for a batch
+    of newsletters); settle the adopted runs' futures with their own topic work, which
+    each runs itself, or the error that failed their notification; answer this run's
+    topic work, or raise its notification's error."""
     await asyncio.sleep(ROUTE_GATHER_SECONDS)
-    room = max(ROUTE_BATCH - len(ids), 0)
+    room = max(ROUTE_BATCH - len(own) - len(adopted), 0)
     claimed = await claim_more(runtime.pool, job, limit=room, max_items=room)
     track(claimed.job_ids)
+    entries: list[tuple[str, int, int | None]] = [(n, job.priority, None) for n in own]
+    entries += [(n, priority, None) for n, priority, _ in adopted.values()]
+    entries += [
+        (a["notification_id"], p, job_id)
+        for job_id, a, p in zip(claimed.job_ids, claimed.args, claimed.priorities, strict=True)
+    ]
+    topics: list[router.TopicWork] = []
+    failed: dict[str, Exception] = {}
     try:
-        topics = await router.route(
-            runtime, [*ids, *(a["notification_id"] for a in claimed.args)], claimed
-        )
+        for priority in sorted({p for _, p, _ in entries}, reverse=True):
+            group = [(n, j) for n, p, j in entries if p == priority]
+            job_ids = {j for _, j in group if j is not None}
+            routed = await router.route(runtime, [n for n, _ in group], claimed.only(job_ids))
+            topics += routed.topics
+            failed |= routed.failed
     except BaseException:
+        # Jobs already finished or failed are no longer 'doing': this frees the rest.
         await release_shielded(runtime.pool, claimed)
-        for _, future in adopted.values():
-            future.set_result(None)
+        for _, _, future in adopted.values():
+            if not future.done():
+                future.set_result(None)
         raise
-    mine: list[router.TopicWork] = []
     by_notification = {str(n): (n, c) for n, c in topics}
-    for adopted_id, future in adopted.values():
-        work = by_notification.pop(adopted_id, None)
-        future.set_result([work] if work else [])
-    mine.extend(by_notification.values())
-    return mine
+    for adopted_id, _, future in adopted.values():
+        if adopted_id in failed:
+            future.set_exception(failed.pop(adopted_id))
+        else:
+            work = by_notification.pop(adopted_id, None)
+            future.set_result([work] if work else [])
+    for notification_id in own:
+        if notification_id in failed:
+            raise failed[notification_id]
+    return list(by_notification.values())
 
 
 # The queue is the channel's (deliver_job() sets it); this default is never used.

@@ -24,7 +24,7 @@ UPDATE procrastinate_jobs AS j
   FROM within AS w
  WHERE j.id = w.id
    AND w.running <= %(max_items)s
-RETURNING j.id, j.args
+RETURNING j.id, j.args, j.priority
 
 -- name: jobs_finish_claimed
 -- Claimed jobs whose work is recorded, in the transaction that records it.
@@ -35,4 +35,11 @@ DELETE FROM procrastinate_jobs
 -- Claimed jobs whose run failed before recording anything go back to the queue.
 UPDATE procrastinate_jobs
    SET status = 'todo', worker_id = NULL
+ WHERE id = ANY(%(ids)s::bigint[]) AND status = 'doing' AND worker_id = %(worker_id)s
+
+-- name: jobs_fail_claimed
+-- Claimed jobs whose work failed on its own (not the database): marked failed, as
+-- procrastinate marks the job it started; the reconcilers defer their work again.
+UPDATE procrastinate_jobs
+   SET status = 'failed'
  WHERE id = ANY(%(ids)s::bigint[]) AND status = 'doing' AND worker_id = %(worker_id)s

@@ -297,7 +297,7 @@ def w4_api_stream(database: Database, seconds: float, rate: float | None = None,
 # -- W5: priority lanes ---------------------------------------------------------------------------------------
 
 
-def w5_priority(database: Database, backlog: int, urgent: int = 50, tick: Tick = _noop) -> dict[str, Any]:
+def w5_priority(database: Database, backlog: int, urgent: int = 100, tick: Tick = _noop) -> dict[str, Any]:
     database.execute(
         "SELECT notify(ARRAY['w5-low-' || i], '{\"message\": \"newsletter\"}', priority => 'low')"
         " FROM generate_series(1, %s) AS i", (backlog,),
@@ -305,6 +305,10 @@ def w5_priority(database: Database, backlog: int, urgent: int = 50, tick: Tick =
     with processes() as started:
         api = start_api(started, database.url)
         start_worker(started, database.url)
+        # Urgent ones arrive while the backlog drains, not while the worker starts.
+        routed = "SELECT count(*) FROM notifications WHERE status = 'routed'"
+        wait(lambda: database.scalar(routed) >= backlog // 20, timeout=120)
+        backlog_left_before = backlog - int(database.scalar(routed))
         posted: dict[str, float] = {}
         with httpx.Client(base_url=api, headers=HEADERS, timeout=30) as client:
             for n in range(urgent):
@@ -313,7 +317,7 @@ def w5_priority(database: Database, backlog: int, urgent: int = 50, tick: Tick =
                                                              "priority": "urgent"}).json()["id"]
                 posted[nid] = began
                 tick(n / urgent)
-                time.sleep(0.05)
+                time.sleep(0.02)
         backlog_left = database.scalar("SELECT count(*) FROM notifications WHERE priority = 'low' AND status <> 'routed'")
         wait(lambda: database.scalar("SELECT count(*) FROM notifications WHERE status <> 'routed'") == 0, timeout=600)
     with database.connect() as conn:
@@ -322,5 +326,6 @@ def w5_priority(database: Database, backlog: int, urgent: int = 50, tick: Tick =
             (list(posted),),
         ).fetchall())
     latencies = [float(sent_at[i]) - t for i, t in posted.items()]
-    return {"backlog": backlog, "urgent": urgent, "backlog_left_after_urgent": int(backlog_left),
+    return {"backlog": backlog, "urgent": urgent, "backlog_left_before_urgent": backlog_left_before,
+            "backlog_left_after_urgent": int(backlog_left),
             "urgent_ms": percentiles(latencies), "urgent_mean_ms": round(statistics.mean(latencies) * 1000, 1)}

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 from urllib.parse import urlencode
 
 import httpx
@@ -17,10 +18,34 @@ from app.settings import Settings
 from tests.conftest import ADMIN, api_client, query, unique
 from tests.integration.test_delivery_flow import send, settled
 from tests.peers.fake_twilio import TwilioPeer, status_callback_signature
-from tests.peers.feedback import SendGridEventSigner, SnsSigner, sendgrid_events, ses_event
 from tests.peers.smtp import SmtpPeer
+from tests.peers.sns import (
+    DEFAULT_TOPIC_ARN,
+    SendGridEventSigner,
+    SendGridEventType,
+    SignatureVersion,
+    SnsSigner,
+    http_headers,
+    sendgrid_event,
+    ses_bounce,
+    ses_complaint,
+    ses_delivery,
+)
 
 PUBLIC_URL = "https://postbell.example.org"
+
+
+def sg_event(event: SendGridEventType, delivery_id: int, email: str) -> dict[str, Any]:
+    """A SendGrid event about one delivery: postbell's custom arg comes back in it."""
+    return sendgrid_event(event, email, custom_args={"postbell_delivery_id": str(delivery_id)})
+
+
+def ses_names(delivery_id: int) -> dict[str, Any]:
+    """How an SES event names a delivery: the EmailTag and the Message-ID postbell set."""
+    return {
+        "tags": {"postbell_delivery_id": str(delivery_id)},
+        "header_message_id": f"<{delivery_id}@postbell.test>",
+    }
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +55,8 @@ def sendgrid_signer() -> SendGridEventSigner:
 
 @pytest.fixture(scope="module")
 def sns() -> Iterator[SnsSigner]:
-    peer = SnsSigner().start()
+    peer = SnsSigner()
+    peer.start()
     yield peer
     peer.stop()
 
@@ -75,21 +101,22 @@ async def test_sendgrid_events(
     smtp: SmtpPeer,
     sendgrid_signer: SendGridEventSigner,
 ) -> None:
+    """Signed events move deliveries (delivered, hard bounce; opens are ignored); a
+    signature by another key, a tampered body or a stale timestamp is refused."""
     _, delivered_to, delivered = await sent_email(api)
     rid, bounced_to, bounced = await sent_email(api)
-    body = sendgrid_events(
-        ("delivered", delivered, delivered_to),
-        ("bounce", bounced, bounced_to),
-        ("open", delivered, delivered_to),
-    )
-    forged = await callbacks.post(
-        "/api/callbacks/sendgrid", content=body, headers=SendGridEventSigner().sign(body)
-    )
+    events = [
+        sg_event("delivered", delivered, delivered_to),
+        sg_event("bounce", bounced, bounced_to),
+        sg_event("open", delivered, delivered_to),
+    ]
+    body, headers = sendgrid_signer.signed_post(events)
+    forged_body, forged_headers = SendGridEventSigner().signed_post(events)
+    assert forged_body == body
+    forged = await callbacks.post("/api/callbacks/sendgrid", content=body, headers=forged_headers)
     assert forged.status_code == 403
     assert await status_of(pool, delivered) == ("sent", None)
-    response = await callbacks.post(
-        "/api/callbacks/sendgrid", content=body, headers=sendgrid_signer.sign(body)
-    )
+    response = await callbacks.post("/api/callbacks/sendgrid", content=body, headers=headers)
     assert response.status_code == 200, response.text
     assert await status_of(pool, delivered) == ("delivered", "delivered")
     assert await status_of(pool, bounced) == ("bounced", "sendgrid:bounce")
@@ -98,22 +125,20 @@ async def test_sendgrid_events(
     (skipped,) = (await settled(api, again, {"skipped": 1}))["deliveries"]
     assert skipped["reason"] == "address_inactive"
     tampered = body.replace(b"delivered", b"dropped")
+    assert tampered != body
     assert (
-        await callbacks.post(
-            "/api/callbacks/sendgrid", content=tampered, headers=sendgrid_signer.sign(body)
-        )
+        await callbacks.post("/api/callbacks/sendgrid", content=tampered, headers=headers)
     ).status_code == 403
-    stale = sendgrid_signer.sign(body, timestamp="1000000000")
+    _, stale = sendgrid_signer.signed_post(events, timestamp="1000000000")
     assert (
         await callbacks.post("/api/callbacks/sendgrid", content=body, headers=stale)
     ).status_code == 403
 
 
 async def test_sendgrid_without_a_key_refuses(api: httpx.AsyncClient) -> None:
-    body = sendgrid_events(("delivered", 1, "x@example.org"))
-    response = await api.post(
-        "/api/callbacks/sendgrid", content=body, headers=SendGridEventSigner().sign(body)
-    )
+    """Without SENDGRID_WEBHOOK_PUBLIC_KEY no event can be verified: all are refused."""
+    body, headers = SendGridEventSigner().signed_post([sg_event("delivered", 1, "x@example.org")])
+    response = await api.post("/api/callbacks/sendgrid", content=body, headers=headers)
     assert (response.status_code, response.json()["error"]) == (403, "forbidden")
 
 
@@ -125,16 +150,25 @@ async def test_ses_through_sns(
     smtp: SmtpPeer,
     sns: SnsSigner,
 ) -> None:
+    """SNS-signed SES events (signature versions 1 and 2): a delivery, a complaint
+    (the address becomes inactive) and a soft bounce (undelivered)."""
     _, to_1, delivered = await sent_email(api)
     rid, to_2, complained = await sent_email(api)
     _, to_3, soft = await sent_email(api)
-    for event, version in (
-        (ses_event("Delivery", delivered, to_1), "1"),
-        (ses_event("Complaint", complained, to_2), "2"),
-        (ses_event("Bounce", soft, to_3, bounce_type="Transient"), "1"),
-    ):
+    events: list[tuple[dict[str, Any], SignatureVersion]] = [
+        (ses_delivery([to_1], **ses_names(delivered)), "1"),
+        (ses_complaint([to_2], **ses_names(complained)), "2"),
+        (
+            ses_bounce(
+                [to_3], bounce_type="Transient", bounce_sub_type="General", **ses_names(soft)
+            ),
+            "1",
+        ),
+    ]
+    for event, version in events:
+        document = sns.notification(DEFAULT_TOPIC_ARN, event, signature_version=version)
         response = await callbacks.post(
-            "/api/callbacks/ses", content=json.dumps(sns.notification(event, version=version))
+            "/api/callbacks/ses", content=json.dumps(document), headers=http_headers(document)
         )
         assert (response.status_code, response.json()) == (200, {"status": "processed"})
     assert await status_of(pool, delivered) == ("delivered", "delivered")
@@ -152,9 +186,14 @@ async def test_ses_forged_or_foreign_is_refused(
     smtp: SmtpPeer,
     sns: SnsSigner,
 ) -> None:
+    """A Message changed after signing, a certificate from elsewhere, or not JSON at
+    all: 403, and the delivery does not move."""
     _, address, delivery_id = await sent_email(api)
-    document = sns.notification(ses_event("Bounce", delivery_id, address))
-    forged = {**document, "Message": json.dumps(ses_event("Bounce", delivery_id + 1, address))}
+    document = sns.notification(DEFAULT_TOPIC_ARN, ses_bounce([address], **ses_names(delivery_id)))
+    forged = {
+        **document,
+        "Message": json.dumps(ses_bounce([address], **ses_names(delivery_id + 1))),
+    }
     assert (
         await callbacks.post("/api/callbacks/ses", content=json.dumps(forged))
     ).status_code == 403
@@ -167,12 +206,15 @@ async def test_ses_forged_or_foreign_is_refused(
 
 
 async def test_sns_subscription_is_confirmed(callbacks: httpx.AsyncClient, sns: SnsSigner) -> None:
-    before = sns.confirmations
+    """A signed SubscriptionConfirmation is confirmed by visiting its SubscribeURL."""
+    before = len(sns.confirmations)
+    document = sns.subscription_confirmation(DEFAULT_TOPIC_ARN, signature_version="2")
     response = await callbacks.post(
-        "/api/callbacks/ses", content=json.dumps(sns.subscription_confirmation())
+        "/api/callbacks/ses", content=json.dumps(document), headers=http_headers(document)
     )
     assert response.json() == {"status": "subscribed"}
-    assert sns.confirmations == before + 1
+    assert len(sns.confirmations) == before + 1
+    assert sns.confirmations[-1]["Token"] == document["Token"]
 
 
 async def test_twilio_status_callbacks(

@@ -11,19 +11,22 @@ import pytest
 
 from app.main import create_app
 from tests.conftest import ADMIN, api_client, make_settings, running_worker, wait_until
-from tests.peers.email_apis import SendGridPeer, SesPeer
+from tests.peers.sendgrid import Address, SendGridPeer
+from tests.peers.ses import SIGNATURE_MISMATCH, SesPeer
 
 
 @pytest.fixture
 async def sendgrid() -> AsyncIterator[SendGridPeer]:
-    peer = SendGridPeer().start()
+    peer = SendGridPeer()
+    peer.start()
     yield peer
     peer.stop()
 
 
 @pytest.fixture
 async def ses() -> AsyncIterator[SesPeer]:
-    peer = SesPeer().start()
+    peer = SesPeer()
+    peer.start()
     yield peer
     peer.stop()
 
@@ -69,8 +72,10 @@ async def run_emails(
 
 
 async def test_sendgrid(fresh_database_url: str, sendgrid: SendGridPeer) -> None:
-    sendgrid.script("busy@example.org", [429, 503])
-    sendgrid.script("bad@example.org", [400])
+    """SendGrid: 429 and 503 are retried until sent, 400 is a permanent failure; the
+    email carries the delivery id as a custom arg and in its Message-ID."""
+    sendgrid.script("busy@example.org", 429, 503)
+    sendgrid.script("bad@example.org", 400)
     out = await run_emails(
         fresh_database_url,
         sendgrid.env(),
@@ -82,21 +87,20 @@ async def test_sendgrid(fresh_database_url: str, sendgrid: SendGridPeer) -> None
         "dead",
         "permanent_error",
     )
-    (mail,) = sendgrid.to("ada@example.org")
+    (mail,) = sendgrid.messages_to("ada@example.org")
     delivery_id = str(out["ada@example.org"]["id"])
-    assert (
-        mail["subject"] == "Hello"
-        and "Line two" in mail["text"]
-        and "<p>Line one</p>" in mail["html"]
-    )
-    assert mail["custom_args"] == {"postbell_delivery_id": delivery_id}
-    assert mail["headers"]["Message-ID"] == f"<{delivery_id}@postbell.test>"
-    assert mail["from"] == {"email": "notify@postbell.test", "name": "Postbell"}
+    assert mail.text is not None and mail.html is not None
+    assert mail.subject == "Hello" and "Line two" in mail.text and "<p>Line one</p>" in mail.html
+    assert mail.custom_args == {"postbell_delivery_id": delivery_id}
+    assert mail.headers["Message-ID"] == f"<{delivery_id}@postbell.test>"
+    assert mail.sender == Address(email="notify@postbell.test", name="Postbell")
+    assert mail.to == [Address(email="ada@example.org", name="Reader 0")]
 
 
 async def test_sendgrid_wrong_key_is_retried_not_dead(
     fresh_database_url: str, sendgrid: SendGridPeer
 ) -> None:
+    """A 401 (our key, not the recipient) is retried, not a permanent failure."""
     env = {**sendgrid.env(), "SENDGRID_API_KEY": "SG.wrong", "POSTBELL_RETRY_MAX_ATTEMPTS": "2"}
     out = await run_emails(fresh_database_url, env, ["ada@example.org"])
     delivery = out["ada@example.org"]
@@ -105,8 +109,10 @@ async def test_sendgrid_wrong_key_is_retried_not_dead(
 
 
 async def test_ses_signed_requests(fresh_database_url: str, ses: SesPeer) -> None:
-    ses.script("throttled@example.org", [429])
-    ses.script("rejected@example.org", [400])
+    """SES: SigV4-signed raw MIME; throttling is retried, MessageRejected is permanent;
+    the delivery id is an EmailTag and the Message-ID header."""
+    ses.script("throttled@example.org", 429)
+    ses.script("rejected@example.org", 400)
     out = await run_emails(
         fresh_database_url,
         ses.env(),
@@ -120,14 +126,17 @@ async def test_ses_signed_requests(fresh_database_url: str, ses: SesPeer) -> Non
     rejected = out["rejected@example.org"]
     assert (rejected["status"], rejected["reason"]) == ("dead", "permanent_error")
     assert "MessageRejected" in rejected["last_error"]
-    (mail,) = ses.to("ada@example.org")
+    (mail,) = ses.messages_to("ada@example.org")
     delivery_id = str(out["ada@example.org"]["id"])
-    assert mail["message_id"] == f"<{delivery_id}@postbell.test>"
-    assert mail["tags"] == {"postbell_delivery_id": delivery_id}
-    assert mail["mime"]["To"] == "Reader 0 <ada@example.org>"
+    assert mail.kind == "Raw" and mail.mime is not None
+    assert mail.message_id == f"<{delivery_id}@postbell.test>"
+    assert mail.tags == {"postbell_delivery_id": delivery_id}
+    assert mail.mime["To"] == "Reader 0 <ada@example.org>"
 
 
 async def test_ses_bad_signature_is_refused(fresh_database_url: str, ses: SesPeer) -> None:
+    """A request signed with the wrong secret is refused (SignatureDoesNotMatch) and
+    nothing is sent."""
     env = {
         **ses.env(),
         "AWS_SECRET_ACCESS_KEY": "not-the-secret",
@@ -136,9 +145,11 @@ async def test_ses_bad_signature_is_refused(fresh_database_url: str, ses: SesPee
     out = await run_emails(fresh_database_url, env, ["ada@example.org"])
     assert "SignatureDoesNotMatch" in out["ada@example.org"]["last_error"]
     assert ses.accepted == []
+    assert ses.rejected == [("SignatureDoesNotMatch", SIGNATURE_MISMATCH)]
 
 
 async def test_http_peer_accepts_only_its_key(sendgrid: SendGridPeer) -> None:
+    """The SendGrid peer answers 401 to any other key (so the tests above mean something)."""
     async with httpx.AsyncClient() as client:
         response = await client.post(
             f"{sendgrid.url}/v3/mail/send", json={}, headers={"Authorization": "Bearer nope"}

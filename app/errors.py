@@ -68,6 +68,13 @@ class Forbidden(PostbellError):
     code = "forbidden"
 
 
+class Unavailable(PostbellError):
+    """Something postbell depends on failed; the caller may retry (503)."""
+
+    status_code = 503
+    code = "unavailable"
+
+
 _FIELD_NAMED_RE = re.compile(r"field `([^`]+)`")
 _LITESTAR_CODES = {
     400: "bad_request",

@@ -95,7 +95,7 @@ class Settings:
     webhook_signing_secret: str | None = dataclasses.field(repr=False)
     sendgrid_webhook_key: str | None  # the Event Webhook's public verification key
     sns_cert_url_prefixes: tuple[str, ...]  # extra allowed SigningCertURL prefixes (emulators)
-    sns_topic_arns: tuple[str, ...]  # when set, only these SNS topics are accepted
+    sns_topic_arns: tuple[str, ...]  # the SNS topics SES feedback is accepted from
     webhook_allow_private: bool
     http_timeout: float
     retry_max_attempts: int

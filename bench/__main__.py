@@ -26,7 +26,14 @@ from bench import workloads
 from bench.env import Database, admin_url, machine
 
 HERE = Path(__file__).parent
-SIZES = {"baseline_jobs": 5000, "W1": 100_000, "W2": 10_000, "W3": 5_000, "W4_seconds": 10, "W5": 10_000}
+SIZES = {
+    "baseline_jobs": 5000,
+    "W1": 100_000,
+    "W2": 10_000,
+    "W3": 5_000,
+    "W4_seconds": 10,
+    "W5": 10_000,
+}
 GOALS = {
     "W1": "≥ 50,000 deliveries/s (≥ 100× a)",
     "W2": "≥ 3,000 deliveries/s (≥ 6× a)",
@@ -39,7 +46,9 @@ GOALS = {
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--only", default="W1,W2,W3,W4,W5", help="workloads to run (comma-separated)")
+    parser.add_argument(
+        "--only", default="W1,W2,W3,W4,W5", help="workloads to run (comma-separated)"
+    )
     parser.add_argument("--scale", type=float, default=1.0, help="multiply every size by this")
     parser.add_argument("--no-readme", action="store_true", help="do not rewrite bench/README.md")
     args = parser.parse_args(argv)
@@ -50,20 +59,30 @@ def main(argv: list[str] | None = None) -> int:
     admin, where = admin_url()
     results: dict[str, Any] = {
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "command": "make bench" if args.scale == 1 and len(chosen) == 5 else "python -m bench " + " ".join(argv or sys.argv[1:]),
+        "command": "make bench"
+        if args.scale == 1 and len(chosen) == 5
+        else "python -m bench " + " ".join(argv or sys.argv[1:]),
         "database": where,
         "machine": machine(),
         "sizes": size,
     }
-    with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=console) as progress:
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=console
+    ) as progress:
+
         def step(name: str, run: Any) -> Any:
             task = progress.add_task(name, total=1.0)
             started = time.perf_counter()
             value = run(lambda fraction: progress.update(task, completed=min(fraction, 1.0)))
-            progress.update(task, completed=1.0, description=f"{name} ({time.perf_counter() - started:.1f} s)")
+            progress.update(
+                task, completed=1.0, description=f"{name} ({time.perf_counter() - started:.1f} s)"
+            )
             return value
 
-        results["baseline_a"] = step("baseline (a) raw procrastinate", lambda _t: workloads.baseline_procrastinate(admin, size["baseline_jobs"]))
+        results["baseline_a"] = step(
+            "baseline (a) raw procrastinate",
+            lambda _t: workloads.baseline_procrastinate(admin, size["baseline_jobs"]),
+        )
         for name, run in (
             ("W1", lambda t: workloads.w1_inapp_fanout(fresh(admin), size["W1"], t)),
             ("W2", lambda t: workloads.w2_webhook_fanout(fresh(admin), size["W2"], t)),
@@ -74,7 +93,9 @@ def main(argv: list[str] | None = None) -> int:
             if name in chosen:
                 results[name] = step(name, run)
         database = fresh(admin)
-        results["baseline_b"] = step("baseline (b) single-row inserts", lambda _t: workloads.baseline_inserts(database))
+        results["baseline_b"] = step(
+            "baseline (b) single-row inserts", lambda _t: workloads.baseline_inserts(database)
+        )
         database.drop()
     base = results["baseline_a"]["jobs_per_s"]
     for name in ("W1", "W2", "W3"):
@@ -105,31 +126,82 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     """(workload, measured, ratio to baseline a, goal) rows for the table."""
     out = []
     a = results["baseline_a"]["jobs_per_s"]
-    out.append(("baseline (a) raw procrastinate, 1 no-op job per delivery", f"{a:,.0f} jobs/s", "1×", ""))
+    out.append(
+        ("baseline (a) raw procrastinate, 1 no-op job per delivery", f"{a:,.0f} jobs/s", "1×", "")
+    )
     if "baseline_b" in results:
-        out.append(("baseline (b) single-row INSERT tx (8 connections)", f"{results['baseline_b']['tx_per_s']:,.0f} tx/s", "", ""))
-    labels = {"W1": "W1 topic fan-out, IN_APP", "W2": "W2 webhook fan-out", "W3": "W3 email fan-out (SMTP)"}
+        out.append(
+            (
+                "baseline (b) single-row INSERT tx (8 connections)",
+                f"{results['baseline_b']['tx_per_s']:,.0f} tx/s",
+                "",
+                "",
+            )
+        )
+    labels = {
+        "W1": "W1 topic fan-out, IN_APP",
+        "W2": "W2 webhook fan-out",
+        "W3": "W3 email fan-out (SMTP)",
+    }
     for name, label in labels.items():
         if name in results:
             r = results[name]
-            out.append((f"{label}, {r['deliveries']:,}", f"{r['per_second']:,.0f} deliveries/s ({r['seconds']} s)",
-                        f"{r['ratio_to_a']}×", GOALS[name]))
+            out.append(
+                (
+                    f"{label}, {r['deliveries']:,}",
+                    f"{r['per_second']:,.0f} deliveries/s ({r['seconds']} s)",
+                    f"{r['ratio_to_a']}×",
+                    GOALS[name],
+                )
+            )
     if "W4" in results:
         sat, fixed = results["W4"]["saturation"], results["W4"]["fixed_rate"]
-        out.append(("W4 API saturation (32 connections)", f"{sat['accepted_per_s']:,.0f} accepted/s", "", GOALS["W4"]))
-        out.append((f"W4 at {fixed['rate']:,.0f}/s: POST → in-app p50/p95/p99",
-                    "/".join(f"{fixed['post_to_in_app_ms'][p]}" for p in ("p50", "p95", "p99")) + " ms", "", ""))
-        out.append((f"W4 at {fixed['rate']:,.0f}/s: POST → webhook p50/p95/p99",
-                    "/".join(f"{fixed['post_to_webhook_ms'][p]}" for p in ("p50", "p95", "p99")) + " ms", "", ""))
+        out.append(
+            (
+                "W4 API saturation (32 connections)",
+                f"{sat['accepted_per_s']:,.0f} accepted/s",
+                "",
+                GOALS["W4"],
+            )
+        )
+        out.append(
+            (
+                f"W4 at {fixed['rate']:,.0f}/s: POST → in-app p50/p95/p99",
+                "/".join(f"{fixed['post_to_in_app_ms'][p]}" for p in ("p50", "p95", "p99")) + " ms",
+                "",
+                "",
+            )
+        )
+        out.append(
+            (
+                f"W4 at {fixed['rate']:,.0f}/s: POST → webhook p50/p95/p99",
+                "/".join(f"{fixed['post_to_webhook_ms'][p]}" for p in ("p50", "p95", "p99"))
+                + " ms",
+                "",
+                "",
+            )
+        )
     if "W5" in results:
         r = results["W5"]
-        out.append((f"W5 urgent behind {r['backlog']:,} low: p50/p99",
-                    f"{r['urgent_ms']['p50']}/{r['urgent_ms']['p99']} ms", "", GOALS["W5"]))
+        out.append(
+            (
+                f"W5 urgent behind {r['backlog']:,} low: p50/p99",
+                f"{r['urgent_ms']['p50']}/{r['urgent_ms']['p99']} ms",
+                "",
+                GOALS["W5"],
+            )
+        )
     for name in ("W1", "W2"):
         if name in results:
             rss = results[name]["peak_rss_mb"]
-            out.append((f"peak RSS during {name}", f"worker {rss['worker']} MB, API {rss['api']} MB", "",
-                        GOALS["memory"] if name == "W1" else ""))
+            out.append(
+                (
+                    f"peak RSS during {name}",
+                    f"worker {rss['worker']} MB, API {rss['api']} MB",
+                    "",
+                    GOALS["memory"] if name == "W1" else "",
+                )
+            )
     return out
 
 
@@ -144,7 +216,9 @@ def table(results: dict[str, Any]) -> Table:
 
 def write_readme(results: dict[str, Any], filename: str) -> None:
     readme = HERE / "README.md"
-    text = readme.read_text() if readme.exists() else "<!-- results:start -->\n<!-- results:end -->\n"
+    text = (
+        readme.read_text() if readme.exists() else "<!-- results:start -->\n<!-- results:end -->\n"
+    )
     m = results["machine"]
     lines = [
         "<!-- results:start -->",
@@ -156,7 +230,9 @@ def write_readme(results: dict[str, Any], filename: str) -> None:
         *(f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows(results)),
         "<!-- results:end -->",
     ]
-    text = re.sub(r"<!-- results:start -->.*<!-- results:end -->", "\n".join(lines), text, flags=re.S)
+    text = re.sub(
+        r"<!-- results:start -->.*<!-- results:end -->", "\n".join(lines), text, flags=re.S
+    )
     readme.write_text(text)
 
 

@@ -83,7 +83,9 @@ class Database:
 
     def drop(self) -> None:
         with psycopg.connect(self.admin, autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(self.name)))
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(self.name))
+            )
 
     def connect(self) -> psycopg.Connection[Any]:
         return psycopg.connect(db.conninfo(self.url), autocommit=True)
@@ -103,7 +105,10 @@ class Process:
 
     def __init__(self, args: list[str], environ: dict[str, str], name: str) -> None:
         self.name = name
-        self.log = tempfile.NamedTemporaryFile(prefix=f"bench-{name}-", suffix=".log", delete=False)
+        # open for the process's lifetime; closed in stop()
+        self.log = tempfile.NamedTemporaryFile(  # noqa: SIM115
+            prefix=f"bench-{name}-", suffix=".log", delete=False
+        )
         self.popen = subprocess.Popen(args, env=environ, stdout=self.log, stderr=subprocess.STDOUT)
         self.ps = psutil.Process(self.popen.pid)
         self.peak_rss = 0
@@ -127,7 +132,11 @@ class Process:
 
 
 def postbell_env(database_url: str, **extra: str) -> dict[str, str]:
-    environ = {k: v for k, v in os.environ.items() if not k.startswith(("POSTBELL_", "SMTP_", "DATABASE_URL"))}
+    environ = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("POSTBELL_", "SMTP_", "DATABASE_URL"))
+    }
     environ.update(
         DATABASE_URL=database_url,
         POSTBELL_ADMIN_KEY=ADMIN_KEY,
@@ -176,7 +185,13 @@ def start_worker(started: list[Process], database_url: str, *args: str, **extra:
 
 def start_receiver(started: list[Process]) -> str:
     port = free_port()
-    started.append(Process([sys.executable, "-m", "bench.receiver", "--port", str(port)], dict(os.environ), "receiver"))
+    started.append(
+        Process(
+            [sys.executable, "-m", "bench.receiver", "--port", str(port)],
+            dict(os.environ),
+            "receiver",
+        )
+    )
     base = f"http://127.0.0.1:{port}"
     wait_http(f"{base}/stats")
     return base
@@ -184,7 +199,15 @@ def start_receiver(started: list[Process]) -> str:
 
 def start_smtp_sink(started: list[Process]) -> tuple[int, str]:
     smtp_port, http_port = free_port(), free_port()
-    args = [sys.executable, "-m", "bench.smtp_sink", "--smtp-port", str(smtp_port), "--http-port", str(http_port)]
+    args = [
+        sys.executable,
+        "-m",
+        "bench.smtp_sink",
+        "--smtp-port",
+        str(smtp_port),
+        "--http-port",
+        str(http_port),
+    ]
     started.append(Process(args, dict(os.environ), "smtp"))
     base = f"http://127.0.0.1:{http_port}"
     wait_http(f"{base}/stats")

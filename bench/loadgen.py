@@ -27,8 +27,12 @@ async def run(args: argparse.Namespace) -> None:
 
         async def one() -> None:
             n = next(counter)
-            payload = {"to": [f"{args.prefix}{n % args.recipients}"], "message": "load test",
-                       "channels": body_channels, "priority": args.priority}
+            payload = {
+                "to": [f"{args.prefix}{n % args.recipients}"],
+                "message": "load test",
+                "channels": body_channels,
+                "priority": args.priority,
+            }
             start = time.time()
             try:
                 async with session.post(f"{args.url}/api/notifications", json=payload) as response:
@@ -36,7 +40,9 @@ async def run(args: argparse.Namespace) -> None:
                     data = await response.json() if status in (200, 202) else {}
             except aiohttp.ClientError:
                 status, data = 0, {}
-            records.append({"id": data.get("id"), "start": start, "end": time.time(), "status": status})
+            records.append(
+                {"id": data.get("id"), "start": start, "end": time.time(), "status": status}
+            )
 
         if args.rate:
             interval = 1.0 / args.rate

@@ -47,7 +47,12 @@ def percentiles(values: list[float]) -> dict[str, float]:
     return {"p50": pick(0.50), "p95": pick(0.95), "p99": pick(0.99)}
 
 
-def wait(condition: Callable[[], bool], timeout: float, sample: list[Process] | None = None, every: float = 0.02) -> None:
+def wait(
+    condition: Callable[[], bool],
+    timeout: float,
+    sample: list[Process] | None = None,
+    every: float = 0.02,
+) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         for process in sample or []:
@@ -77,7 +82,9 @@ def baseline_procrastinate(admin: str, jobs: int) -> dict[str, Any]:
                 await app.schema_manager.apply_schema_async()
                 started = time.perf_counter()
                 for start in range(0, jobs, 1000):
-                    await noop.batch_defer_async(*({"i": i} for i in range(start, min(jobs, start + 1000))))
+                    await noop.batch_defer_async(
+                        *({"i": i} for i in range(start, min(jobs, start + 1000)))
+                    )
                 deferred = time.perf_counter() - started
                 started = time.perf_counter()
                 await app.run_worker_async(concurrency=1, wait=False, install_signal_handlers=False)
@@ -86,15 +93,23 @@ def baseline_procrastinate(admin: str, jobs: int) -> dict[str, Any]:
         deferred, worked = asyncio.run(run())
     finally:
         database.drop()
-    return {"jobs": jobs, "defer_s": round(deferred, 3), "work_s": round(worked, 3),
-            "jobs_per_s": round(jobs / worked, 1)}
+    return {
+        "jobs": jobs,
+        "defer_s": round(deferred, 3),
+        "work_s": round(worked, 3),
+        "jobs_per_s": round(jobs / worked, 1),
+    }
 
 
-def baseline_inserts(database: Database, seconds: float = 5.0, connections: int = 8) -> dict[str, Any]:
+def baseline_inserts(
+    database: Database, seconds: float = 5.0, connections: int = 8
+) -> dict[str, Any]:
     """(b) pgbench-style: single-row INSERT transactions per second (the WAL ceiling)."""
     import psycopg
 
-    database.execute("CREATE TABLE IF NOT EXISTS public.bench_inserts (id bigserial PRIMARY KEY, payload text)")
+    database.execute(
+        "CREATE TABLE IF NOT EXISTS public.bench_inserts (id bigserial PRIMARY KEY, payload text)"
+    )
 
     async def lane() -> int:
         done = 0
@@ -115,8 +130,16 @@ def baseline_inserts(database: Database, seconds: float = 5.0, connections: int 
 # -- population ---------------------------------------------------------------------------
 
 
-def populate(database: Database, prefix: str, count: int, *, topic: str, opted_out_every: int = 0,
-             webhook_url: str | None = None, email_domain: str | None = None) -> None:
+def populate(
+    database: Database,
+    prefix: str,
+    count: int,
+    *,
+    topic: str,
+    opted_out_every: int = 0,
+    webhook_url: str | None = None,
+    email_domain: str | None = None,
+) -> None:
     """``count`` recipients subscribed to ``topic``, each with a preferences row; every
     ``opted_out_every``-th one opted out of category 'bench'."""
     database.execute("INSERT INTO topics (key) VALUES (%s) ON CONFLICT DO NOTHING", (topic,))
@@ -142,10 +165,12 @@ def populate(database: Database, prefix: str, count: int, *, topic: str, opted_o
 
 
 def decided(database: Database, notification_id: str) -> int:
-    return int(database.scalar(
-        "SELECT count(*) FROM deliveries WHERE notification_id = %s AND status IN ('sent', 'skipped', 'dead')",
-        (notification_id,),
-    ))
+    return int(
+        database.scalar(
+            "SELECT count(*) FROM deliveries WHERE notification_id = %s AND status IN ('sent', 'skipped', 'dead')",
+            (notification_id,),
+        )
+    )
 
 
 # -- W1: in-app topic fan-out ---------------------------------------------------------------------
@@ -160,20 +185,45 @@ def w1_inapp_fanout(database: Database, members: int, tick: Tick = _noop) -> dic
         for p in started:
             p.sample()
         began = time.perf_counter()
-        response = httpx.post(f"{api}/api/notifications", headers=HEADERS, timeout=30,
-                              json={"topic": "w1", "message": "Meet-up on Friday", "channels": ["IN_APP"], "category": "bench"})
+        response = httpx.post(
+            f"{api}/api/notifications",
+            headers=HEADERS,
+            timeout=30,
+            json={
+                "topic": "w1",
+                "message": "Meet-up on Friday",
+                "channels": ["IN_APP"],
+                "category": "bench",
+            },
+        )
         nid = response.json()["id"]
-        wait(lambda: database.scalar("SELECT status FROM notifications WHERE id = %s", (nid,)) == "routed",
-             timeout=600, sample=started)
+        wait(
+            lambda: (
+                database.scalar("SELECT status FROM notifications WHERE id = %s", (nid,))
+                == "routed"
+            ),
+            timeout=600,
+            sample=started,
+        )
         elapsed = time.perf_counter() - began
         tick(1.0)
         api_rss, worker_rss = started[0].peak_rss, worker.peak_rss
-    counts = dict(database.connect().execute(
-        "SELECT coalesce(reason, status), count(*) FROM deliveries WHERE notification_id = %s GROUP BY 1", (nid,)
-    ).fetchall())
+    counts = dict(
+        database.connect()
+        .execute(
+            "SELECT coalesce(reason, status), count(*) FROM deliveries WHERE notification_id = %s GROUP BY 1",
+            (nid,),
+        )
+        .fetchall()
+    )
     assert sum(counts.values()) == members, counts
-    return {"deliveries": members, "seconds": round(elapsed, 3), "per_second": round(members / elapsed, 1),
-            "counts": counts, "peak_rss_mb": {"api": api_rss >> 20, "worker": worker_rss >> 20}}
+    return {
+        "deliveries": members,
+        "seconds": round(elapsed, 3),
+        "per_second": round(members / elapsed, 1),
+        "counts": counts,
+        "peak_rss_mb": {"api": api_rss >> 20, "worker": worker_rss >> 20},
+    }
 
 
 # -- W2: webhook fan-out -----------------------------------------------------------------------------
@@ -187,8 +237,12 @@ def w2_webhook_fanout(database: Database, recipients: int, tick: Tick = _noop) -
         worker = start_worker(started, database.url)
         time.sleep(1.0)
         began = time.perf_counter()
-        nid = httpx.post(f"{api}/api/notifications", headers=HEADERS, timeout=30,
-                         json={"topic": "w2", "message": "webhook fan-out", "channels": ["WEBHOOK"]}).json()["id"]
+        nid = httpx.post(
+            f"{api}/api/notifications",
+            headers=HEADERS,
+            timeout=30,
+            json={"topic": "w2", "message": "webhook fan-out", "channels": ["WEBHOOK"]},
+        ).json()["id"]
 
         def received() -> bool:
             count = int(httpx.get(f"{receiver}/stats").json()["count"])
@@ -199,8 +253,12 @@ def w2_webhook_fanout(database: Database, recipients: int, tick: Tick = _noop) -
         elapsed = time.perf_counter() - began
         wait(lambda: decided(database, nid) == recipients, timeout=60)
         api_rss, worker_rss = started[1].peak_rss, worker.peak_rss
-    return {"deliveries": recipients, "seconds": round(elapsed, 3), "per_second": round(recipients / elapsed, 1),
-            "peak_rss_mb": {"api": api_rss >> 20, "worker": worker_rss >> 20}}
+    return {
+        "deliveries": recipients,
+        "seconds": round(elapsed, 3),
+        "per_second": round(recipients / elapsed, 1),
+        "peak_rss_mb": {"api": api_rss >> 20, "worker": worker_rss >> 20},
+    }
 
 
 # -- W3: email fan-out -----------------------------------------------------------------------------------
@@ -210,14 +268,27 @@ def w3_email_fanout(database: Database, recipients: int, tick: Tick = _noop) -> 
     with processes() as started:
         smtp_port, sink = start_smtp_sink(started)
         populate(database, "w3-", recipients, topic="w3", email_domain="example.org")
-        smtp = {"SMTP_HOST": "127.0.0.1", "SMTP_PORT": str(smtp_port), "SMTP_STARTTLS": "false",
-                "EMAIL_FROM": "bench@example.org"}
+        smtp = {
+            "SMTP_HOST": "127.0.0.1",
+            "SMTP_PORT": str(smtp_port),
+            "SMTP_STARTTLS": "false",
+            "EMAIL_FROM": "bench@example.org",
+        }
         api = start_api(started, database.url)
         start_worker(started, database.url, **smtp)
         time.sleep(1.0)
         began = time.perf_counter()
-        nid = httpx.post(f"{api}/api/notifications", headers=HEADERS, timeout=30,
-                         json={"topic": "w3", "title": "Hello", "message": "email fan-out", "channels": ["EMAIL"]}).json()["id"]
+        nid = httpx.post(
+            f"{api}/api/notifications",
+            headers=HEADERS,
+            timeout=30,
+            json={
+                "topic": "w3",
+                "title": "Hello",
+                "message": "email fan-out",
+                "channels": ["EMAIL"],
+            },
+        ).json()["id"]
 
         def received() -> bool:
             count = int(httpx.get(f"{sink}/stats").json()["count"])
@@ -227,24 +298,58 @@ def w3_email_fanout(database: Database, recipients: int, tick: Tick = _noop) -> 
         wait(received, timeout=600, every=0.05)
         elapsed = time.perf_counter() - began
         wait(lambda: decided(database, nid) == recipients, timeout=60)
-    return {"deliveries": recipients, "seconds": round(elapsed, 3), "per_second": round(recipients / elapsed, 1)}
+    return {
+        "deliveries": recipients,
+        "seconds": round(elapsed, 3),
+        "per_second": round(recipients / elapsed, 1),
+    }
 
 
 # -- W4: API stream ---------------------------------------------------------------------------------------
 
 
-def _loadgen(api: str, seconds: float, *, rate: float = 0, concurrency: int = 32, channels: str = "IN_APP",
-             recipients: int = 1000, prefix: str = "w4-") -> list[dict[str, Any]]:
+def _loadgen(
+    api: str,
+    seconds: float,
+    *,
+    rate: float = 0,
+    concurrency: int = 32,
+    channels: str = "IN_APP",
+    recipients: int = 1000,
+    prefix: str = "w4-",
+) -> list[dict[str, Any]]:
     with tempfile.NamedTemporaryFile(suffix=".jsonl", delete=False) as out:
         path = out.name
-    args = [sys.executable, "-m", "bench.loadgen", "--url", api, "--key", ADMIN_KEY, "--out", path,
-            "--seconds", str(seconds), "--rate", str(rate), "--concurrency", str(concurrency),
-            "--channels", channels, "--recipients", str(recipients), "--prefix", prefix]
+    args = [
+        sys.executable,
+        "-m",
+        "bench.loadgen",
+        "--url",
+        api,
+        "--key",
+        ADMIN_KEY,
+        "--out",
+        path,
+        "--seconds",
+        str(seconds),
+        "--rate",
+        str(rate),
+        "--concurrency",
+        str(concurrency),
+        "--channels",
+        channels,
+        "--recipients",
+        str(recipients),
+        "--prefix",
+        prefix,
+    ]
     subprocess.run(args, check=True, timeout=seconds + 120)
     return [json.loads(line) for line in Path(path).read_text().splitlines()]
 
 
-def w4_api_stream(database: Database, seconds: float, rate: float | None = None, tick: Tick = _noop) -> dict[str, Any]:
+def w4_api_stream(
+    database: Database, seconds: float, rate: float | None = None, tick: Tick = _noop
+) -> dict[str, Any]:
     with processes() as started:
         receiver = start_receiver(started)
         database.execute(
@@ -259,8 +364,16 @@ def w4_api_stream(database: Database, seconds: float, rate: float | None = None,
         accepted_per_s = len(accepted) / seconds
         tick(0.4)
         # Let the saturation run's backlog drain before measuring latency.
-        wait(lambda: database.scalar("SELECT count(*) FROM procrastinate_jobs WHERE status IN ('todo', 'doing')") == 0,
-             timeout=600, every=0.2)
+        wait(
+            lambda: (
+                database.scalar(
+                    "SELECT count(*) FROM procrastinate_jobs WHERE status IN ('todo', 'doing')"
+                )
+                == 0
+            ),
+            timeout=600,
+            every=0.2,
+        )
         httpx.post(f"{receiver}/reset")
         target = rate or max(10.0, min(1000.0, accepted_per_s / 2))
         paced = _loadgen(api, seconds, rate=target, channels="IN_APP,WEBHOOK")
@@ -269,7 +382,8 @@ def w4_api_stream(database: Database, seconds: float, rate: float | None = None,
 
         def done() -> bool:
             sent = database.scalar(
-                "SELECT count(*) FROM deliveries WHERE notification_id = ANY(%s::uuid[]) AND status = 'sent'", (ids,)
+                "SELECT count(*) FROM deliveries WHERE notification_id = ANY(%s::uuid[]) AND status = 'sent'",
+                (ids,),
             )
             return int(sent) >= 2 * len(ids)
 
@@ -277,30 +391,44 @@ def w4_api_stream(database: Database, seconds: float, rate: float | None = None,
         tick(0.9)
         arrivals = httpx.get(f"{receiver}/arrivals").json()
         with database.connect() as conn:
-            sent_at = dict(conn.execute(
-                "SELECT notification_id::text, extract(epoch FROM sent_at) FROM deliveries"
-                " WHERE notification_id = ANY(%s::uuid[]) AND channel = 'IN_APP'", (ids,)
-            ).fetchall())
+            sent_at = dict(
+                conn.execute(
+                    "SELECT notification_id::text, extract(epoch FROM sent_at) FROM deliveries"
+                    " WHERE notification_id = ANY(%s::uuid[]) AND channel = 'IN_APP'",
+                    (ids,),
+                ).fetchall()
+            )
         start = {r["id"]: r["start"] for r in ok}
         in_app = [float(sent_at[i]) - start[i] for i in ids if i in sent_at]
         webhook = [arrivals[i] - start[i] for i in ids if i in arrivals]
         post = [r["end"] - r["start"] for r in ok]
     return {
-        "saturation": {"accepted": len(accepted), "errors": len(saturated) - len(accepted),
-                       "accepted_per_s": round(accepted_per_s, 1)},
-        "fixed_rate": {"rate": round(target, 1), "accepted": len(ok), "errors": len(paced) - len(ok),
-                       "post_ms": percentiles(post), "post_to_in_app_ms": percentiles(in_app),
-                       "post_to_webhook_ms": percentiles(webhook)},
+        "saturation": {
+            "accepted": len(accepted),
+            "errors": len(saturated) - len(accepted),
+            "accepted_per_s": round(accepted_per_s, 1),
+        },
+        "fixed_rate": {
+            "rate": round(target, 1),
+            "accepted": len(ok),
+            "errors": len(paced) - len(ok),
+            "post_ms": percentiles(post),
+            "post_to_in_app_ms": percentiles(in_app),
+            "post_to_webhook_ms": percentiles(webhook),
+        },
     }
 
 
 # -- W5: priority lanes ---------------------------------------------------------------------------------------
 
 
-def w5_priority(database: Database, backlog: int, urgent: int = 100, tick: Tick = _noop) -> dict[str, Any]:
+def w5_priority(
+    database: Database, backlog: int, urgent: int = 100, tick: Tick = _noop
+) -> dict[str, Any]:
     database.execute(
         "SELECT notify(ARRAY['w5-low-' || i], '{\"message\": \"newsletter\"}', priority => 'low')"
-        " FROM generate_series(1, %s) AS i", (backlog,),
+        " FROM generate_series(1, %s) AS i",
+        (backlog,),
     )
     with processes() as started:
         api = start_api(started, database.url)
@@ -313,19 +441,39 @@ def w5_priority(database: Database, backlog: int, urgent: int = 100, tick: Tick 
         with httpx.Client(base_url=api, headers=HEADERS, timeout=30) as client:
             for n in range(urgent):
                 began = time.time()
-                nid = client.post("/api/notifications", json={"to": [f"w5-urgent-{n}"], "message": "reset your password",
-                                                             "priority": "urgent"}).json()["id"]
+                nid = client.post(
+                    "/api/notifications",
+                    json={
+                        "to": [f"w5-urgent-{n}"],
+                        "message": "reset your password",
+                        "priority": "urgent",
+                    },
+                ).json()["id"]
                 posted[nid] = began
                 tick(n / urgent)
                 time.sleep(0.02)
-        backlog_left = database.scalar("SELECT count(*) FROM notifications WHERE priority = 'low' AND status <> 'routed'")
-        wait(lambda: database.scalar("SELECT count(*) FROM notifications WHERE status <> 'routed'") == 0, timeout=600)
+        backlog_left = database.scalar(
+            "SELECT count(*) FROM notifications WHERE priority = 'low' AND status <> 'routed'"
+        )
+        wait(
+            lambda: (
+                database.scalar("SELECT count(*) FROM notifications WHERE status <> 'routed'") == 0
+            ),
+            timeout=600,
+        )
     with database.connect() as conn:
-        sent_at = dict(conn.execute(
-            "SELECT notification_id::text, extract(epoch FROM sent_at) FROM deliveries WHERE notification_id = ANY(%s::uuid[])",
-            (list(posted),),
-        ).fetchall())
+        sent_at = dict(
+            conn.execute(
+                "SELECT notification_id::text, extract(epoch FROM sent_at) FROM deliveries WHERE notification_id = ANY(%s::uuid[])",
+                (list(posted),),
+            ).fetchall()
+        )
     latencies = [float(sent_at[i]) - t for i, t in posted.items()]
-    return {"backlog": backlog, "urgent": urgent, "backlog_left_before_urgent": backlog_left_before,
-            "backlog_left_after_urgent": int(backlog_left),
-            "urgent_ms": percentiles(latencies), "urgent_mean_ms": round(statistics.mean(latencies) * 1000, 1)}
+    return {
+        "backlog": backlog,
+        "urgent": urgent,
+        "backlog_left_before_urgent": backlog_left_before,
+        "backlog_left_after_urgent": int(backlog_left),
+        "urgent_ms": percentiles(latencies),
+        "urgent_mean_ms": round(statistics.mean(latencies) * 1000, 1),
+    }

@@ -19,7 +19,7 @@ import structlog
 
 from app import db
 from app.callbacks import verify
-from app.errors import Forbidden, Invalid
+from app.errors import Forbidden, Invalid, Unavailable
 from app.settings import Settings
 
 log = structlog.get_logger("postbell.callbacks")
@@ -164,6 +164,14 @@ async def _cert(url: str) -> bytes:
 
 
 async def ses(pool: db.Pool, settings: Settings, body: bytes) -> str:
+    # A valid SNS signature only proves the message came from *some* AWS account:
+    # without the topics to trust, anyone could subscribe this endpoint to their own
+    # topic and publish bounces that mark addresses inactive.
+    if not settings.sns_topic_arns:
+        raise Forbidden(
+            "SNS_TOPIC_ARNS is not configured: SES feedback is accepted only from the "
+            "SNS topics it names"
+        )
     try:
         message = json.loads(body)
     except ValueError:
@@ -179,15 +187,22 @@ async def ses(pool: db.Pool, settings: Settings, body: bytes) -> str:
         raise Forbidden("the SNS signing certificate could not be fetched") from None
     if not verify.sns(message, pem):
         raise Forbidden("the SNS signature does not verify")
-    if settings.sns_topic_arns and message.get("TopicArn") not in settings.sns_topic_arns:
+    if message.get("TopicArn") not in settings.sns_topic_arns:
         raise Forbidden("this SNS topic is not one postbell accepts (SNS_TOPIC_ARNS)")
     kind = message.get("Type")
     if kind == "SubscriptionConfirmation":
         subscribe = str(message.get("SubscribeURL", ""))
         if not verify.sns_url_ok(subscribe, settings.sns_cert_url_prefixes, certificate=False):
             raise Forbidden("the SubscribeURL is not Amazon's")
-        async with aiohttp.ClientSession() as session, session.get(subscribe) as response:
-            response.raise_for_status()
+        timeout = aiohttp.ClientTimeout(total=10)
+        try:
+            async with (
+                aiohttp.ClientSession(timeout=timeout) as session,
+                session.get(subscribe) as response,
+            ):
+                response.raise_for_status()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise Unavailable(f"the SNS subscription could not be confirmed: {exc}") from None
         log.info("sns_subscription_confirmed", topic=message.get("TopicArn"))
         return "subscribed"
     if kind != "Notification":

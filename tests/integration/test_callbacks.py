@@ -72,6 +72,7 @@ async def callbacks(
         settings,
         sendgrid_webhook_key=sendgrid_signer.public_key_b64,
         sns_cert_url_prefixes=(sns.url + "/",),
+        sns_topic_arns=(DEFAULT_TOPIC_ARN,),
     )
     async with api_client(create_app(configured, pool=pool)) as client:
         yield client
@@ -202,7 +203,35 @@ async def test_ses_forged_or_foreign_is_refused(
         await callbacks.post("/api/callbacks/ses", content=json.dumps(foreign_cert))
     ).status_code == 403
     assert (await callbacks.post("/api/callbacks/ses", content=b"not json")).status_code == 403
+    # Validly signed by SNS, but from a topic postbell was not told to trust.
+    other = sns.notification(
+        "arn:aws:sns:eu-west-1:999999999999:someone-else",
+        ses_bounce([address], **ses_names(delivery_id)),
+    )
+    response = await callbacks.post(
+        "/api/callbacks/ses", content=json.dumps(other), headers=http_headers(other)
+    )
+    assert response.status_code == 403 and "SNS_TOPIC_ARNS" in response.json()["detail"]
     assert await status_of(pool, delivery_id) == ("sent", None)
+
+
+async def test_ses_without_trusted_topics_refuses(
+    api: httpx.AsyncClient, sns: SnsSigner, settings: Settings, pool: db.Pool
+) -> None:
+    """Without SNS_TOPIC_ARNS no SNS message is trusted, not even a validly signed
+    subscription confirmation: it is not visited."""
+    import dataclasses
+
+    unconfigured = dataclasses.replace(settings, sns_cert_url_prefixes=(sns.url + "/",))
+    before = len(sns.confirmations)
+    document = sns.subscription_confirmation(DEFAULT_TOPIC_ARN)
+    async with api_client(create_app(unconfigured, pool=pool)) as client:
+        response = await client.post(
+            "/api/callbacks/ses", content=json.dumps(document), headers=http_headers(document)
+        )
+    assert response.status_code == 403
+    assert "SNS_TOPIC_ARNS" in response.json()["detail"]
+    assert len(sns.confirmations) == before
 
 
 async def test_sns_subscription_is_confirmed(callbacks: httpx.AsyncClient, sns: SnsSigner) -> None:

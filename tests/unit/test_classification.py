@@ -43,6 +43,18 @@ def test_retry_after_as_seconds_or_date() -> None:
     assert retry_after_seconds({"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT"}) == 0.0
     assert retry_after_seconds({}) is None
     assert classify_status(429, {"Retry-After": "3"}, "x").retry_after == 3.0
+    assert retry_after_seconds({"Retry-After": "soon"}) is None
+
+
+def test_rate_limit_reset_when_there_is_no_retry_after() -> None:
+    """SendGrid's 429 carries X-RateLimit-Reset (a Unix time) and no Retry-After."""
+    import time
+
+    waited = retry_after_seconds({"X-RateLimit-Reset": str(int(time.time()) + 30)})
+    assert waited is not None and 28 <= waited <= 30
+    assert retry_after_seconds({"X-RateLimit-Reset": "12"}) == 12.0
+    assert retry_after_seconds({"X-RateLimit-Reset": "1000000001"}) == 0.0
+    assert retry_after_seconds({"Retry-After": "2", "X-RateLimit-Reset": "12"}) == 2.0
 
 
 def test_webhook_signature_is_hmac_of_timestamp_dot_body() -> None:

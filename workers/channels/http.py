@@ -62,15 +62,31 @@ def new_session(
 
 
 def retry_after_seconds(headers: Any) -> float | None:
-    """Retry-After as seconds (it may be a number or an HTTP date)."""
-    value = headers.get("Retry-After") if headers is not None else None
-    if not value:
+    """How long the provider asked us to wait: Retry-After (seconds or an HTTP date),
+    else X-RateLimit-Reset (SendGrid's 429s carry only that: a Unix time; small values
+    are read as seconds from now)."""
+    if headers is None:
+        return None
+    value = headers.get("Retry-After")
+    if value:
+        try:
+            return max(float(value), 0.0)
+        except ValueError:
+            try:
+                parsed = email.utils.parsedate_to_datetime(value)
+            except (TypeError, ValueError):
+                return None
+            return max(parsed.timestamp() - time.time(), 0.0)
+    reset = headers.get("X-RateLimit-Reset")
+    if not reset:
         return None
     try:
-        return max(float(value), 0.0)
+        seconds = float(reset)
     except ValueError:
-        parsed = email.utils.parsedate_to_datetime(value)
-        return max(parsed.timestamp() - time.time(), 0.0) if parsed else None
+        return None
+    if seconds > 1_000_000_000:  # a Unix time
+        seconds -= time.time()
+    return max(seconds, 0.0)
 
 
 def classify_status(status: int, headers: Any, what: str, detail: str = "") -> Outcome:

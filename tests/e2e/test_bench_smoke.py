@@ -1,0 +1,63 @@
+"""The benchmark workloads, tiny: the same code ``make bench`` runs, for correctness
+only (every workload finishes and accounts for every delivery; no timing asserted)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from bench import workloads
+from bench.env import Database
+
+Workload = Callable[[Database], dict[str, Any]]
+
+
+@pytest.fixture
+def bench_database(admin_url: str) -> Iterator[Database]:
+    database = Database.create(admin_url, "pbsmoke")
+    try:
+        database.migrate()
+        yield database
+    finally:
+        database.drop()
+
+
+def test_baseline_procrastinate(admin_url: str) -> None:
+    result = workloads.baseline_procrastinate(admin_url, 20)
+    assert result["jobs"] == 20 and result["jobs_per_s"] > 0
+
+
+def test_baseline_inserts(bench_database: Database) -> None:
+    result = workloads.baseline_inserts(bench_database, seconds=0.3, connections=2)
+    assert result["tx_per_s"] > 0
+
+
+def test_w1_in_app_fanout(bench_database: Database) -> None:
+    result = workloads.w1_inapp_fanout(bench_database, 200)
+    # Every tenth member opted out of the category: recorded as skipped, not dropped.
+    assert result["counts"] == {"sent": 180, "opted_out": 20}
+    assert result["peak_rss_mb"]["worker"] > 0
+
+
+def test_w2_webhook_fanout(bench_database: Database) -> None:
+    assert workloads.w2_webhook_fanout(bench_database, 30)["deliveries"] == 30
+
+
+def test_w3_email_fanout(bench_database: Database) -> None:
+    assert workloads.w3_email_fanout(bench_database, 20)["deliveries"] == 20
+
+
+def test_w4_api_stream(bench_database: Database) -> None:
+    result = workloads.w4_api_stream(bench_database, 1, rate=20)
+    assert result["saturation"]["errors"] == 0 and result["saturation"]["accepted"] > 0
+    paced = result["fixed_rate"]
+    assert paced["errors"] == 0 and paced["accepted"] > 0
+    assert paced["post_to_webhook_ms"]["p99"] == paced["post_to_webhook_ms"]["p99"]  # not NaN
+
+
+def test_w5_priority(bench_database: Database) -> None:
+    result = workloads.w5_priority(bench_database, 60, urgent=5)
+    assert result["urgent"] == 5
+    assert result["urgent_ms"]["p99"] == result["urgent_ms"]["p99"]  # every urgent one sent

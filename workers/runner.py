@@ -20,7 +20,8 @@ from procrastinate import PsycopgConnector
 from app import db
 from app.settings import Settings
 from workers import maintenance, procrastinate_app
-from workers.channels import Channels
+from workers.channels import REGISTRY, Channels
+from workers.procrastinate_app import ROUTE_QUEUE
 from workers.runtime import Runtime
 
 log = structlog.get_logger("postbell.worker")
@@ -29,10 +30,33 @@ GRACEFUL_SECONDS = 30.0
 RESTART_MAX_DELAY = 30.0
 
 
+#: procrastinate sub-workers for the route queue when a worker also runs channels.
+ROUTE_LANE_CONCURRENCY = 2
+
+
 def worker_queues(queues: Sequence[str] | None) -> list[str] | None:
     """The queues to listen to (None: all of them)."""
     chosen = [q.strip().lower() for q in queues or () if q.strip()]
     return chosen or None
+
+
+def lanes(listen: list[str] | None, concurrency: int) -> list[tuple[list[str] | None, int]]:
+    """The procrastinate workers of one process: (queues, concurrency) each.
+
+    procrastinate fetches one job per round trip; a routing run claims the queued
+    route jobs in bulk itself (``claims.claim_more``), so route jobs need only two
+    sub-workers: one routing a batch, one waiting to adopt what arrives meanwhile.
+    Left to the shared pool, idle sub-workers would each fetch (and then finish) a
+    route job per notification: that per-job work was most of the database's CPU at
+    API saturation. The channels get the rest of the concurrency.
+    """
+    queues = listen or [ROUTE_QUEUE, *(name.lower() for name in REGISTRY)]
+    if ROUTE_QUEUE not in queues or len(queues) == 1:
+        return [(listen, concurrency)]
+    if concurrency <= ROUTE_LANE_CONCURRENCY:
+        return [(listen, concurrency)]
+    others = [q for q in queues if q != ROUTE_QUEUE]
+    return [([ROUTE_QUEUE], ROUTE_LANE_CONCURRENCY), (others, concurrency - ROUTE_LANE_CONCURRENCY)]
 
 
 async def run(
@@ -82,7 +106,7 @@ async def run(
     try:
         while not stop.is_set():
             started = time.monotonic()
-            worker = asyncio.create_task(app.run_worker_async(**options))
+            worker = asyncio.create_task(_run_lanes(app, options))
             log.info("worker_started", queues=listen or "all", concurrency=options["concurrency"])
             stopping = asyncio.create_task(stop.wait())
             done, _ = await asyncio.wait({worker, stopping}, return_when=asyncio.FIRST_COMPLETED)
@@ -112,3 +136,23 @@ async def run(
         if own_pool:
             await pool.close()
         log.info("worker_stopped")
+
+
+async def _run_lanes(app: Any, options: dict[str, Any]) -> None:
+    """procrastinate's worker(s) for ``options``; when one stops, all stop (and the
+    caller restarts them together)."""
+    runs = [
+        asyncio.create_task(
+            app.run_worker_async(**{**options, "queues": queues, "concurrency": concurrency})
+        )
+        for queues, concurrency in lanes(options["queues"], options["concurrency"])
+    ]
+    try:
+        await asyncio.wait(runs, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for run in runs:
+            run.cancel()  # a graceful stop, for the ones still running
+        results = await asyncio.gather(*runs, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
+            raise result

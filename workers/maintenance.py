@@ -13,6 +13,9 @@ hold back); an advisory lock lets one process at a time do each round.
   its tasks runs (a run lost the database while recording its end), seen so on two
   rounds in a row, go back to the queue. The heartbeat cannot catch these: the
   worker is alive.
+* ``purge_expired``: with ``POSTBELL_RETENTION_DAYS`` set, final deliveries older than
+  that, then notifications left with no delivery, are deleted in small batches (each
+  its own transaction), hourly; a round that has more to do goes on at the next tick.
 """
 
 from __future__ import annotations
@@ -40,6 +43,9 @@ RECONCILE_GRACE_SECONDS = 120.0
 RECONCILE_LIMIT = 10_000
 REAP_EVERY_SECONDS = 15.0
 RECONCILE_EVERY_SECONDS = 60.0
+PURGE_EVERY_SECONDS = 3600.0
+PURGE_BATCH = 5_000
+PURGE_BATCHES_PER_ROUND = 20
 _LOCK_KEY = 7_415_100_002  # pg_try_advisory_lock key owned by the maintenance loop
 
 
@@ -87,6 +93,38 @@ async def reconcile(
     return result
 
 
+async def purge_expired(
+    pool: db.Pool,
+    days: int,
+    *,
+    batch: int = PURGE_BATCH,
+    max_batches: int = PURGE_BATCHES_PER_ROUND,
+) -> dict[str, int | bool]:
+    """Delete final deliveries older than ``days``, then notifications left without
+    deliveries; at most ``max_batches`` batches of ``batch`` rows this round.
+
+    Answers the counts and ``more``: whether the round stopped with work left.
+    """
+    deleted = {"deliveries": 0, "notifications": 0}
+    batches = 0
+    for name, query in (
+        ("deliveries", "maintenance_purge_deliveries"),
+        ("notifications", "maintenance_purge_notifications"),
+    ):
+        while True:
+            if batches >= max_batches:
+                return {**deleted, "more": True}
+            batches += 1
+            async with pool.connection() as conn:
+                rows = await db.execute(conn, query, {"days": days, "limit": batch})
+            deleted[name] += rows
+            if rows < batch:
+                break
+    if any(deleted.values()):
+        log.info("retention_purged", days=days, **deleted)
+    return {**deleted, "more": False}
+
+
 async def requeue_orphans(runtime: Runtime, suspects: set[int]) -> set[int]:
     """Requeue jobs that were orphaned last round and still are; answer this round's."""
     if not runtime.worker_ids:
@@ -110,11 +148,15 @@ async def loop(
     *,
     reap_every: float | None = None,
     reconcile_every: float = RECONCILE_EVERY_SECONDS,
+    purge_every: float = PURGE_EVERY_SECONDS,
 ) -> None:
-    """Reap and reconcile until ``stop``; errors are logged and the loop goes on."""
+    """Reap, reconcile and purge until ``stop``; errors are logged and the loop goes on."""
     if reap_every is None:
         reap_every = min(REAP_EVERY_SECONDS, stalled_after(runtime.settings) / 2)
-    next_reconcile = asyncio.get_running_loop().time() + reconcile_every
+    clock = asyncio.get_running_loop().time
+    next_reconcile = clock() + reconcile_every
+    retention_days = runtime.settings.retention_days
+    next_purge = clock() + min(reconcile_every, purge_every)
     suspects: set[int] = set()
     while not stop.is_set():
         with contextlib.suppress(TimeoutError):
@@ -133,9 +175,14 @@ async def loop(
                     continue
                 try:
                     await reap_stalled(job_manager, stalled_after(runtime.settings))
-                    if asyncio.get_running_loop().time() >= next_reconcile:
-                        next_reconcile = asyncio.get_running_loop().time() + reconcile_every
+                    if clock() >= next_reconcile:
+                        next_reconcile = clock() + reconcile_every
                         await reconcile(runtime)
+                    if retention_days is not None and clock() >= next_purge:
+                        next_purge = clock() + purge_every
+                        purged = await purge_expired(runtime.pool, retention_days)
+                        if purged["more"]:
+                            next_purge = clock()  # go on at the next tick
                 finally:
                     await conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_KEY,))
         except Exception as exc:

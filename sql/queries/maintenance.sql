@@ -56,3 +56,32 @@ SELECT id FROM procrastinate_jobs
 -- finishing): back to the queue.
 UPDATE procrastinate_jobs SET status = 'todo', worker_id = NULL
  WHERE id = ANY(%(ids)s::bigint[]) AND status = 'doing'
+
+-- name: maintenance_purge_deliveries
+-- Retention (POSTBELL_RETENTION_DAYS): one batch of final deliveries created and last
+-- changed before the cutoff. Pending and failed ones are never purged, whatever their
+-- age; a delivery that changed lately (a requeued dead letter that died again, late
+-- provider feedback) waits for its last change to age out.
+WITH old AS (
+    SELECT d.id
+      FROM deliveries AS d
+     WHERE d.created_at < now() - make_interval(days => %(days)s)
+       AND d.updated_at < now() - make_interval(days => %(days)s)
+       AND d.status IN ('sent', 'delivered', 'bounced', 'complained', 'undelivered',
+                        'dead', 'skipped', 'cancelled')
+     LIMIT %(limit)s
+)
+DELETE FROM deliveries AS d USING old WHERE d.id = old.id
+
+-- name: maintenance_purge_notifications
+-- Retention: one batch of notifications routed before the cutoff that have no
+-- delivery left (never one still waiting to be routed).
+WITH old AS (
+    SELECT n.id
+      FROM notifications AS n
+     WHERE n.created_at < now() - make_interval(days => %(days)s)
+       AND n.routed_at < now() - make_interval(days => %(days)s)
+       AND NOT EXISTS (SELECT 1 FROM deliveries AS d WHERE d.notification_id = n.id)
+     LIMIT %(limit)s
+)
+DELETE FROM notifications AS n USING old WHERE n.id = old.id

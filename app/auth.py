@@ -162,6 +162,9 @@ class AuthMiddleware(AbstractAuthenticationMiddleware):
     ) -> AuthenticationResult:
         credential = _credential(connection)
         if not credential:
+            credential = _query_token(connection)
+            if credential is not None:
+                return AuthenticationResult(user=TokenPrincipal(token=credential), auth=None)
             raise Unauthorized("missing credential: send 'Authorization: Bearer <key>'")
         store: KeyStore = connection.app.state.key_store
         principal = await store.lookup(credential)
@@ -177,12 +180,24 @@ def _credential(connection: ASGIConnection[Any, Any, Any, Any]) -> str | None:
     scheme, _, value = header.partition(" ")
     if scheme.lower() == "bearer" and value.strip():
         return value.strip()
-    # EventSource cannot send headers, so the inbox stream also takes ?token=.
-    if connection.scope["path"].endswith("/stream"):
-        token = connection.query_params.get("token")
-        if token:
-            return str(token)
     return None
+
+
+def _query_token(connection: ASGIConnection[Any, Any, Any, Any]) -> str | None:
+    """EventSource cannot send headers, so the inbox stream also takes ``?token=``:
+    a recipient token only. URLs end up in proxy logs and browser history, which is
+    tolerable for a token that opens one inbox (and expires), not for an API key."""
+    if not connection.scope["path"].endswith("/stream"):
+        return None
+    token = connection.query_params.get("token")
+    if not token:
+        return None
+    if not looks_like_token(str(token)):
+        raise Unauthorized(
+            "'token' in the URL must be a recipient token;"
+            " send API keys as 'Authorization: Bearer <key>'"
+        )
+    return str(token)
 
 
 def require_role(role: Role) -> Any:

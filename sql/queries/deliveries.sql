@@ -41,6 +41,17 @@ UPDATE deliveries AS d
  WHERE d.id = o.id
    AND d.status IN ('pending', 'failed')
 
+-- name: deliveries_notify_inbox
+-- IN_APP deliveries a deliver run just sent (fallbacks to IN_APP; routing writes the
+-- others): one NOTIFY each for the live inboxes, an exact range so that no earlier
+-- item is announced again.
+WITH sent AS (
+    SELECT pg_notify('postbell_inbox', json_build_object('lo', d.id, 'hi', d.id)::text)
+      FROM deliveries AS d
+     WHERE d.id = ANY(%(ids)s::bigint[]) AND d.channel = 'IN_APP' AND d.status = 'sent'
+)
+SELECT count(*) AS notifies FROM sent
+
 -- name: deliveries_defer_retries
 -- One deliver job per group of transient failures: [{"ids": [...], "priority": 10,
 -- "run_at": "..."}], in the transaction that records them.

@@ -12,7 +12,7 @@ from app import auth, db
 from app.inbox.live import Client, Event
 from app.main import create_app
 from app.settings import Settings
-from tests.conftest import ADMIN, INBOX_SECRET, live_server, unique
+from tests.conftest import ADMIN, ADMIN_KEY, INBOX_SECRET, live_server, unique
 from tests.integration.test_delivery_flow import send, settled
 from tests.peers.sse import sse
 
@@ -211,6 +211,45 @@ async def test_stream_delivers_live_and_replays_after_reconnect(
             assert counts.json()["unread_count"] == 2
         unauthorized = await client.get(f"/api/inbox/{rid}/stream?token={token(unique())}")
         assert unauthorized.status_code == 403
+        # an API key never travels in a URL (proxy logs, browser history)
+        key_in_url = await client.get(f"/api/inbox/{rid}/stream?token={ADMIN_KEY}")
+        assert key_in_url.status_code == 401 and "recipient token" in key_in_url.json()["detail"]
+        # and ?token= is only for the stream
+        listing = await client.get(f"/api/inbox/{rid}?token={token(rid)}")
+        assert listing.status_code == 401
+
+
+async def test_a_fallback_to_in_app_reaches_the_live_stream(
+    settings: Settings, pool: db.Pool, worker: None
+) -> None:
+    """IN_APP as a fallback is delivered by a deliver run, not by routing: it must
+    announce itself to the live streams too."""
+    rid = unique("fb-live")
+    async with (
+        live_server(create_app(settings, pool=pool)) as base,
+        httpx.AsyncClient(base_url=base) as client,
+        sse(client, f"/api/inbox/{rid}/stream?token={token(rid)}") as stream,
+    ):
+        await stream.wait_for("counts")
+        sent = await client.post(
+            "/api/notifications",
+            headers=ADMIN,
+            json={
+                "to": [rid],
+                "message": "no phone, no device: the inbox then",
+                "channels": ["PUSH"],
+                "fallback": {"PUSH": "IN_APP"},
+            },
+        )
+        assert sent.status_code == 202, sent.text
+        (item,) = await stream.wait_for("notification")
+        assert item.json()["body"] == "no phone, no device: the inbox then"
+        await stream.wait_for("counts", 2)
+        assert stream.of("counts")[-1].json() == {"unread_count": 1, "unseen_count": 1}
+        detail = (await client.get(f"/api/notifications/{sent.json()['id']}", headers=ADMIN)).json()
+        by_channel = {d["channel"]: d for d in detail["deliveries"]}
+        assert by_channel["PUSH"]["reason"] == "no_device"
+        assert by_channel["IN_APP"]["fallback_reason"] == "PUSH no_device"
 
 
 async def settled_http(client: httpx.AsyncClient, nid: str) -> None:

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import datetime as dt
 import os
 import signal
 import sys
@@ -360,14 +361,14 @@ def cmd_queues(args: argparse.Namespace) -> int:
         )
         print("\nunsent deliveries")
         _print_table(
-            ["channel", "status", "reason", "deliveries", "oldest due"],
+            ["channel", "status", "reason", "deliveries", "earliest due"],
             [
                 [
                     r["channel"],
                     r["status"],
                     r["reason"] or "",
                     r["deliveries"],
-                    _age(r["oldest_due"]),
+                    _due(r["oldest_due"]),
                 ]
                 for r in waiting
             ]
@@ -451,8 +452,18 @@ def _age(value: Any) -> str:
     return "" if value is None else str(value)
 
 
+def _due(overdue: dt.timedelta | None) -> str:
+    """How long ago the earliest delivery fell due, or how soon it will (held ones)."""
+    if overdue is None:
+        return ""
+    if overdue < dt.timedelta(0):
+        return f"in {-overdue}"
+    return f"{overdue} ago"
+
+
 def _print_table(headers: list[str], rows: list[list[Any]]) -> None:
-    cells = [headers, *[[str(c) for c in row] for row in rows]]
+    # one line per row: an error text with line breaks would break the table
+    cells = [headers, *[[" ".join(str(c).split()) for c in row] for row in rows]]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
     for row in cells:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())

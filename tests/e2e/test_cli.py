@@ -103,3 +103,41 @@ def test_worker_stops_gracefully_on_sigterm(fresh_database_url: str) -> None:
         output = proc.output()
     assert time.monotonic() - started < 15
     assert '"worker_stopped"' in output
+
+
+def test_queues_and_dead_letters_print_one_line_per_row(fresh_database_url: str) -> None:
+    environ = env(DATABASE_URL=fresh_database_url)
+    with psycopg.connect(fresh_database_url) as conn:
+        conn.execute("SET search_path = postbell")
+        recipient = conn.execute(
+            "INSERT INTO recipients (external_id) VALUES ('user-9') RETURNING id"
+        ).fetchone()
+        notification = conn.execute(
+            "INSERT INTO notifications (status, body, recipients) VALUES ('routed', 'x', '{user-9}')"
+            " RETURNING id"
+        ).fetchone()
+        assert recipient and notification
+        rows = [
+            ("EMAIL", "pending", "quiet_hours", "now() + interval '2 hours'", None),
+            ("WEBHOOK", "failed", None, "now() - interval '5 minutes'", None),
+            ("SMS", "dead", "permanent_error", "NULL", "Twilio said:\nline two\r\n  line three"),
+        ]
+        for channel, status, reason, due, error in rows:
+            conn.execute(
+                "INSERT INTO deliveries (notification_id, recipient_id, channel, status, reason,"
+                f" next_attempt_at, last_error) VALUES (%s, %s, %s, %s, %s, {due}, %s)",
+                (notification[0], recipient[0], channel, status, reason, error),
+            )
+
+    queues = run("queues", environ=environ)
+    assert queues.returncode == 0, queues.stderr
+    lines = queues.stdout.splitlines()
+    held = next(line for line in lines if line.startswith("EMAIL"))
+    overdue = next(line for line in lines if line.startswith("WEBHOOK"))
+    assert " in 1:59:" in held and "-1 day" not in held, queues.stdout
+    assert overdue.endswith(" ago") and "0:05:0" in overdue, queues.stdout
+
+    dead = run("dead-letters", environ=environ)
+    assert dead.returncode == 0, dead.stderr
+    assert dead.stdout.splitlines()[1].endswith("Twilio said: line two line three"), dead.stdout
+    assert dead.stdout.splitlines()[2] == "1 dead in all"

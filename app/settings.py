@@ -8,6 +8,7 @@ names the variable; the CLI prints it and exits with status 2.
 from __future__ import annotations
 
 import dataclasses
+import email.utils
 import json
 import os
 import re
@@ -52,6 +53,9 @@ class SesSettings:
     access_key_id: str
     secret_access_key: str = dataclasses.field(repr=False)
     endpoint_url: str
+    #: SES_CONFIGURATION_SET: sent with every email (its event destination feeds
+    #: /api/callbacks/ses); None: the sending identity's default configuration set
+    configuration_set: str | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -152,7 +156,7 @@ class Settings:
             or "info",
             db_pool_size=env.integer("POSTBELL_DB_POOL_SIZE", 10, minimum=2, maximum=500),
             email_provider=email_provider,  # type: ignore[arg-type]
-            email_from=env.text("EMAIL_FROM") or "postbell@localhost",
+            email_from=_email_from(env),
             smtp=smtp,
             sendgrid=sendgrid,
             ses=ses,
@@ -216,6 +220,20 @@ def _sendgrid_from_env(env: _Env) -> SendGridSettings | None:
     return SendGridSettings(api_key=key, api_url=(url or "https://api.sendgrid.com").rstrip("/"))
 
 
+def _email_from(env: _Env) -> str:
+    """EMAIL_FROM: an address, optionally with a display name (any Unicode); the
+    address itself ASCII, as postbell sends without SMTPUTF8."""
+    sender = env.text("EMAIL_FROM") or "postbell@localhost"
+    _, address = email.utils.parseaddr(sender)
+    local, _, domain = address.rpartition("@")
+    if not (local and domain and address.isascii() and " " not in address):
+        raise ConfigError(
+            "EMAIL_FROM must be an email address with an ASCII address, like"
+            f" 'Postbell <noreply@example.org>', got {sender!r}"
+        )
+    return sender
+
+
 def _ses_from_env(env: _Env) -> SesSettings | None:
     region = env.text("AWS_REGION")
     key_id = env.text("AWS_ACCESS_KEY_ID")
@@ -223,8 +241,17 @@ def _ses_from_env(env: _Env) -> SesSettings | None:
     url = env.url("SES_ENDPOINT_URL", schemes=("http", "https"))
     if not (region and key_id and secret):
         return None
+    configuration_set = env.text("SES_CONFIGURATION_SET")
+    if configuration_set is not None and not _SES_NAME.fullmatch(configuration_set):
+        raise ConfigError(
+            "SES_CONFIGURATION_SET must be 1-64 letters, digits, '-' or '_',"
+            f" got {configuration_set!r}"
+        )
     endpoint = url or f"https://email.{region}.amazonaws.com"
-    return SesSettings(region, key_id, secret, endpoint.rstrip("/"))
+    return SesSettings(region, key_id, secret, endpoint.rstrip("/"), configuration_set)
+
+
+_SES_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 def _fcm_from_env(env: _Env) -> FcmSettings | None:

@@ -115,7 +115,7 @@ async def test_ses_signed_requests(fresh_database_url: str, ses: SesPeer) -> Non
     ses.script("rejected@example.org", 400)
     out = await run_emails(
         fresh_database_url,
-        ses.env(),
+        {**ses.env(), "SES_CONFIGURATION_SET": "postbell-events"},
         ["ada@example.org", "throttled@example.org", "rejected@example.org"],
     )
     assert out["ada@example.org"]["status"] == "sent"
@@ -131,6 +131,7 @@ async def test_ses_signed_requests(fresh_database_url: str, ses: SesPeer) -> Non
     assert mail.kind == "Raw" and mail.mime is not None
     assert mail.message_id == f"<{delivery_id}@postbell.test>"
     assert mail.tags == {"postbell_delivery_id": delivery_id}
+    assert mail.payload["ConfigurationSetName"] == "postbell-events"
     assert mail.mime["To"] == "Reader 0 <ada@example.org>"
 
 

@@ -47,6 +47,17 @@ def test_smtp_host_selects_smtp_provider() -> None:
         ({"POSTBELL_RETRY_MAX_ATTEMPTS_EMAIL": "-1"}, "POSTBELL_RETRY_MAX_ATTEMPTS_EMAIL"),
         ({"POSTBELL_ADMIN_KEY": "short"}, "POSTBELL_ADMIN_KEY"),
         ({"POSTBELL_LOG_FORMAT": "xml"}, "POSTBELL_LOG_FORMAT"),
+        ({"EMAIL_FROM": "not an address"}, "EMAIL_FROM"),
+        ({"EMAIL_FROM": "Zoë <zoë@example.org>"}, "EMAIL_FROM"),
+        (
+            {
+                "AWS_REGION": "eu-west-1",
+                "AWS_ACCESS_KEY_ID": "AKIDEXAMPLE",
+                "AWS_SECRET_ACCESS_KEY": "secret",
+                "SES_CONFIGURATION_SET": "has spaces",
+            },
+            "SES_CONFIGURATION_SET",
+        ),
     ],
 )
 def test_bad_value_names_the_variable(env: dict[str, str], variable: str) -> None:
@@ -69,3 +80,8 @@ def test_rates_and_per_channel_overrides() -> None:
     assert settings.provider_rates == {"SMS": 1.0, "EMAIL": 2.0}
     assert (settings.max_attempts("EMAIL"), settings.max_attempts("SMS")) == (3, 8)
     assert settings.batch_size_for("PUSH") == 500  # FCM's limit wins
+
+
+def test_email_from_takes_a_unicode_display_name() -> None:
+    settings = Settings.from_env({"EMAIL_FROM": "Zoë's Club <club@example.org>"})
+    assert settings.email_from == "Zoë's Club <club@example.org>"

@@ -146,6 +146,8 @@ class SesTransport(_HttpTransport):
             "Content": {"Raw": {"Data": base64.b64encode(message.as_bytes()).decode()}},
             "EmailTags": [{"Name": "postbell_delivery_id", "Value": str(message.delivery_id)}],
         }
+        if self.settings.configuration_set:
+            payload["ConfigurationSetName"] = self.settings.configuration_set
         url = f"{self.settings.endpoint_url}/v2/email/outbound-emails"
         body = msgspec.json.encode(payload)
         signed = AWSRequest(

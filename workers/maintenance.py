@@ -106,14 +106,15 @@ async def purge_expired(
     Answers the counts and ``more``: whether the round stopped with work left.
     """
     deleted = {"deliveries": 0, "notifications": 0}
-    batches = 0
+    batches, more = 0, False
     for name, query in (
         ("deliveries", "maintenance_purge_deliveries"),
         ("notifications", "maintenance_purge_notifications"),
     ):
-        while True:
+        while not more:
             if batches >= max_batches:
-                return {**deleted, "more": True}
+                more = True
+                break
             batches += 1
             async with pool.connection() as conn:
                 rows = await db.execute(conn, query, {"days": days, "limit": batch})
@@ -121,8 +122,8 @@ async def purge_expired(
             if rows < batch:
                 break
     if any(deleted.values()):
-        log.info("retention_purged", days=days, **deleted)
-    return {**deleted, "more": False}
+        log.info("retention_purged", days=days, more=more, **deleted)
+    return {**deleted, "more": more}
 
 
 async def requeue_orphans(runtime: Runtime, suspects: set[int]) -> set[int]:

@@ -373,10 +373,6 @@ async def _record(conn: db.Conn, runtime: Runtime, channel_name: str, plan: Plan
     """Everything a run learned, in the caller's transaction."""
     if plan.ids:
         await db.execute(conn, "deliveries_record", plan.record_params())
-    if channel_name == "IN_APP":
-        sent = [i for i, status in zip(plan.ids, plan.statuses, strict=True) if status == "sent"]
-        if sent:
-            await db.execute(conn, "deliveries_notify_inbox", {"ids": sent})
     if plan.retries:
         await db.execute(
             conn,

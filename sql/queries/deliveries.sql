@@ -24,33 +24,33 @@ SELECT d.id, d.attempts, d.notification_id, d.recipient_id, job_priority(n.prior
 
 -- name: deliveries_record
 -- Every outcome of a deliver run in one statement. Rows already final (another run
--- got there first) are left alone.
-UPDATE deliveries AS d
-   SET status = o.status,
-       reason = o.reason,
-       attempts = d.attempts + o.attempted::integer,
-       last_error = coalesce(o.error, d.last_error),
-       next_attempt_at = o.next_attempt_at,
-       provider_message_id = coalesce(o.provider_message_id, d.provider_message_id),
-       sent_at = CASE WHEN o.status = 'sent' THEN now() ELSE d.sent_at END,
-       updated_at = now()
-  FROM unnest(%(ids)s::bigint[], %(statuses)s::text[], %(reasons)s::text[], %(errors)s::text[],
-              %(next_attempt_at)s::timestamptz[], %(provider_message_ids)s::text[],
-              %(attempted)s::boolean[])
-       AS o(id, status, reason, error, next_attempt_at, provider_message_id, attempted)
- WHERE d.id = o.id
-   AND d.status IN ('pending', 'failed')
-
--- name: deliveries_notify_inbox
--- IN_APP deliveries a deliver run just sent (fallbacks to IN_APP; routing writes the
--- others): one NOTIFY each for the live inboxes, an exact range so that no earlier
--- item is announced again.
-WITH sent AS (
-    SELECT pg_notify('postbell_inbox', json_build_object('lo', d.id, 'hi', d.id)::text)
-      FROM deliveries AS d
-     WHERE d.id = ANY(%(ids)s::bigint[]) AND d.channel = 'IN_APP' AND d.status = 'sent'
+-- got there first) are left alone. IN_APP deliveries it makes sent (fallbacks to
+-- IN_APP; routing writes the others) are announced to the live inboxes, one NOTIFY
+-- each with an exact range, so that no earlier item is announced again.
+WITH recorded AS (
+    UPDATE deliveries AS d
+       SET status = o.status,
+           reason = o.reason,
+           attempts = d.attempts + o.attempted::integer,
+           last_error = coalesce(o.error, d.last_error),
+           next_attempt_at = o.next_attempt_at,
+           provider_message_id = coalesce(o.provider_message_id, d.provider_message_id),
+           sent_at = CASE WHEN o.status = 'sent' THEN now() ELSE d.sent_at END,
+           updated_at = now()
+      FROM unnest(%(ids)s::bigint[], %(statuses)s::text[], %(reasons)s::text[],
+                  %(errors)s::text[], %(next_attempt_at)s::timestamptz[],
+                  %(provider_message_ids)s::text[], %(attempted)s::boolean[])
+           AS o(id, status, reason, error, next_attempt_at, provider_message_id, attempted)
+     WHERE d.id = o.id
+       AND d.status IN ('pending', 'failed')
+    RETURNING d.id, d.channel, d.status
+),
+inbox AS (
+    SELECT pg_notify('postbell_inbox', json_build_object('lo', id, 'hi', id)::text)
+      FROM recorded
+     WHERE channel = 'IN_APP' AND status = 'sent'
 )
-SELECT count(*) AS notifies FROM sent
+SELECT (SELECT count(*) FROM recorded) AS recorded, (SELECT count(*) FROM inbox) AS notifies
 
 -- name: deliveries_defer_retries
 -- One deliver job per group of transient failures: [{"ids": [...], "priority": 10,

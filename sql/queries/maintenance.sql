@@ -67,8 +67,7 @@ WITH old AS (
       FROM deliveries AS d
      WHERE d.created_at < now() - make_interval(days => %(days)s)
        AND d.updated_at < now() - make_interval(days => %(days)s)
-       AND d.status IN ('sent', 'delivered', 'bounced', 'complained', 'undelivered',
-                        'dead', 'skipped', 'cancelled')
+       AND d.status NOT IN ('pending', 'failed')
      LIMIT %(limit)s
 )
 DELETE FROM deliveries AS d USING old WHERE d.id = old.id
@@ -79,7 +78,7 @@ DELETE FROM deliveries AS d USING old WHERE d.id = old.id
 WITH old AS (
     SELECT n.id
       FROM notifications AS n
-     WHERE n.created_at < now() - make_interval(days => %(days)s)
+     WHERE n.created_at < now() - make_interval(days => %(days)s)  -- the BRIN index
        AND n.routed_at < now() - make_interval(days => %(days)s)
        AND NOT EXISTS (SELECT 1 FROM deliveries AS d WHERE d.notification_id = n.id)
      LIMIT %(limit)s

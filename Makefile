@@ -19,10 +19,17 @@ dev: $(STAMP)
 test: $(STAMP)
 	$(BIN)/pytest
 
+# mypy reads the package as it is installed (postbell.app, postbell.workers, ...):
+# a tree of links, since it cannot follow pyproject's package-dir.
+TYPECHECK := build/typecheck
+
 lint: $(STAMP)
 	$(BIN)/ruff check app workers postbell tests bench
 	$(BIN)/ruff format --check app workers postbell tests bench
-	$(BIN)/mypy
+	@rm -rf $(TYPECHECK) && mkdir -p $(TYPECHECK)/postbell
+	@for f in postbell/*.py; do ln -s $(CURDIR)/$$f $(TYPECHECK)/postbell/; done
+	@for d in app workers sql; do ln -s $(CURDIR)/$$d $(TYPECHECK)/postbell/$$d; done
+	cd $(TYPECHECK) && $(CURDIR)/$(BIN)/mypy --config-file $(CURDIR)/pyproject.toml
 
 bench: $(STAMP)
 	$(BIN)/python -m bench

@@ -28,7 +28,7 @@ import psutil
 import psycopg
 from psycopg import sql
 
-from app import db, embedded, migrations
+from postbell.app.core import db, embedded, migrations
 
 ADMIN_KEY = "bench-admin-key-0123456789abcdef"
 LOCAL_ADMIN_URL = "postgresql://root@127.0.0.1:5432/postgres"

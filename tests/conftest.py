@@ -23,9 +23,9 @@ import pytest
 from litestar import Litestar
 from psycopg import sql
 
-from app import db, embedded, logs, migrations
-from app.main import create_app
-from app.settings import Settings
+from postbell.app.api.main import create_app
+from postbell.app.core import db, embedded, logs, migrations
+from postbell.app.core.settings import Settings
 from tests.peers.fake_fcm import FcmPeer
 from tests.peers.fake_twilio import TwilioPeer
 from tests.peers.smtp import SmtpPeer
@@ -230,7 +230,7 @@ async def running_worker(
     settings: Settings, pool: db.Pool | None = None, **kwargs: Any
 ) -> AsyncIterator[None]:
     """A real worker (procrastinate + our tasks) in this event loop, stopped on exit."""
-    from workers import runner
+    from postbell.workers import runner
 
     stop = asyncio.Event()
     task = asyncio.create_task(runner.run(settings, stop, pool=pool, **kwargs))

@@ -15,7 +15,7 @@ from typing import Any
 
 import structlog
 
-from app import db
+from postbell.app.core import db
 
 log = structlog.get_logger("postbell.claims")
 

@@ -22,11 +22,11 @@ from typing import Any
 
 import structlog
 
-from app import db
-from app.settings import Settings
-from workers import claims
-from workers.channels import Delivery, Outcome, Recipient
-from workers.runtime import Runtime
+from postbell.app.core import db
+from postbell.app.core.settings import Settings
+from postbell.workers import claims
+from postbell.workers.channels import Delivery, Outcome, Recipient
+from postbell.workers.runtime import Runtime
 
 log = structlog.get_logger("postbell.deliver")
 

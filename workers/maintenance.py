@@ -26,9 +26,9 @@ from typing import Any
 
 import structlog
 
-from app import db
-from app.settings import Settings
-from workers.runtime import Runtime
+from postbell.app.core import db
+from postbell.app.core.settings import Settings
+from postbell.workers.runtime import Runtime
 
 log = structlog.get_logger("postbell.maintenance")
 

@@ -10,4 +10,4 @@ from procrastinate import App, PsycopgConnector
 #: "push", ...; see deliver_job() in sql/migrations/0002_core.sql).
 ROUTE_QUEUE = "route"
 
-app = App(connector=PsycopgConnector(), import_paths=["workers.tasks"])
+app = App(connector=PsycopgConnector(), import_paths=["postbell.workers.tasks"])

@@ -25,9 +25,9 @@ from typing import Any
 
 import structlog
 
-from app import db
-from workers import claims
-from workers.runtime import Runtime
+from postbell.app.core import db
+from postbell.workers import claims
+from postbell.workers.runtime import Runtime
 
 log = structlog.get_logger("postbell.router")
 

@@ -17,12 +17,12 @@ from typing import Any
 import structlog
 from procrastinate import PsycopgConnector
 
-from app import db
-from app.settings import Settings
-from workers import maintenance, procrastinate_app
-from workers.channels import REGISTRY, Channels
-from workers.procrastinate_app import ROUTE_QUEUE
-from workers.runtime import Runtime
+from postbell.app.core import db
+from postbell.app.core.settings import Settings
+from postbell.workers import maintenance, procrastinate_app
+from postbell.workers.channels import REGISTRY, Channels
+from postbell.workers.procrastinate_app import ROUTE_QUEUE
+from postbell.workers.runtime import Runtime
 
 log = structlog.get_logger("postbell.worker")
 

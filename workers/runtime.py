@@ -8,9 +8,9 @@ import dataclasses
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from app import db
-from app.settings import Settings
-from workers.channels import Channels
+from postbell.app.core import db
+from postbell.app.core.settings import Settings
+from postbell.workers.channels import Channels
 
 
 @dataclasses.dataclass(slots=True)

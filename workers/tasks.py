@@ -16,10 +16,10 @@ import psycopg
 import psycopg_pool
 from procrastinate import RetryStrategy
 
-from workers import delivery, router
-from workers.claims import claim_more, release_shielded
-from workers.procrastinate_app import ROUTE_QUEUE, app
-from workers.runtime import Runtime
+from postbell.workers import delivery, router
+from postbell.workers.claims import claim_more, release_shielded
+from postbell.workers.procrastinate_app import ROUTE_QUEUE, app
+from postbell.workers.runtime import Runtime
 
 #: Notifications routed per transaction, at most.
 ROUTE_BATCH = 200

@@ -33,7 +33,7 @@ COMMANDS = [
 
 def test_every_subcommand_is_listed_here() -> None:
     """A new CLI command must be added to COMMANDS (and so get its --help checked)."""
-    from app.cli import _parser
+    from postbell.cli import _parser
 
     parser = _parser()
     actions = [a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction"]

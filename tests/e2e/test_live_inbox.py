@@ -9,7 +9,7 @@ import asyncio
 import httpx
 import psycopg
 
-from app import auth
+from postbell.app.api import auth
 from tests.conftest import ADMIN_KEY, INBOX_SECRET
 from tests.e2e.procs import background, env, wait_http
 from tests.peers.net import free_port

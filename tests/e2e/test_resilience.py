@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import psycopg
 
-from app import embedded
+from postbell.app.core import embedded
 from tests.conftest import ADMIN_KEY
 from tests.e2e.procs import background, env, wait_http
 from tests.e2e.test_processes import poll

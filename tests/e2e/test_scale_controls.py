@@ -10,7 +10,7 @@ from collections import Counter
 import psutil
 import psycopg
 
-from app.db import conninfo
+from postbell.app.core.db import conninfo
 from tests.e2e.procs import background, env
 from tests.e2e.test_processes import poll
 from tests.peers.webhooks import WebhookReceiver

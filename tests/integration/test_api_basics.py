@@ -6,7 +6,7 @@ from typing import Any
 
 import httpx
 
-from app.main import create_app
+from postbell.app.api.main import create_app
 from tests.conftest import ADMIN, api_client, create_database, drop_database, make_settings, unique
 
 
@@ -68,7 +68,8 @@ async def test_every_error_has_one_shape(api: httpx.AsyncClient) -> None:
 
 async def test_api_key_from_the_cli_store_authenticates(api: httpx.AsyncClient, pool: Any) -> None:
     """Keys are stored hashed; a created key works, a revoked one does not (after the cache)."""
-    from app import auth, db
+    from postbell.app.api import auth
+    from postbell.app.core import db
 
     async with pool.connection() as conn:
         _, key = await auth.create_key(conn, "send", "test")

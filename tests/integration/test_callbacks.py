@@ -12,9 +12,9 @@ from urllib.parse import urlencode
 import httpx
 import pytest
 
-from app import db
-from app.main import create_app
-from app.settings import Settings
+from postbell.app.api.main import create_app
+from postbell.app.core import db
+from postbell.app.core.settings import Settings
 from tests.conftest import ADMIN, api_client, query, unique
 from tests.integration.test_delivery_flow import send, settled
 from tests.peers.fake_twilio import TwilioPeer, status_callback_signature

@@ -8,7 +8,7 @@ from typing import Any
 
 import httpx
 
-from app import db
+from postbell.app.core import db
 from tests.conftest import ADMIN, WEBHOOK_SECRET, query, unique, wait_until
 from tests.integration.test_delivery_flow import send, settled
 from tests.peers.fake_fcm import FcmPeer
@@ -359,7 +359,7 @@ async def test_every_channel_in_one_notification(
 
 async def test_unconfigured_channel_is_skipped(fresh_database_url: str) -> None:
     """Without Twilio settings SMS deliveries are skipped (channel_not_configured)."""
-    from app.main import create_app
+    from postbell.app.api.main import create_app
     from tests.conftest import api_client, make_settings, running_worker
 
     settings = make_settings(fresh_database_url)

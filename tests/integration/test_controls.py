@@ -10,7 +10,8 @@ from typing import Any
 import httpx
 import pytest
 
-from app import auth, db
+from postbell.app.api import auth
+from postbell.app.core import db
 from tests.conftest import ADMIN, INBOX_SECRET, query, unique, wait_until
 from tests.integration.test_delivery_flow import send, settled
 from tests.peers.smtp import SmtpPeer

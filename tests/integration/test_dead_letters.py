@@ -84,7 +84,7 @@ async def test_filters_and_bad_input(api: httpx.AsyncClient) -> None:
 
 
 async def test_dead_letters_need_an_admin_key(api: httpx.AsyncClient, pool: Any) -> None:
-    from app import auth
+    from postbell.app.api import auth
 
     async with pool.connection() as conn:
         _, key = await auth.create_key(conn, "send", "sender")

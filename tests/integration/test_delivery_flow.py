@@ -10,7 +10,7 @@ from typing import Any
 
 import httpx
 
-from app import db
+from postbell.app.core import db
 from tests.conftest import ADMIN, unique, wait_until
 from tests.peers.smtp import USERNAME, SmtpPeer
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from app.main import create_app
+from postbell.app.api.main import create_app
 from tests.conftest import ADMIN, api_client, make_settings, unique
 
 

@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
-from app.main import create_app
+from postbell.app.api.main import create_app
 from tests.conftest import ADMIN, api_client, make_settings, running_worker, wait_until
 from tests.peers.sendgrid import Address, SendGridPeer
 from tests.peers.ses import SIGNATURE_MISMATCH, SesPeer

@@ -8,10 +8,11 @@ from typing import Any
 import httpx
 import pytest
 
-from app import auth, db
-from app.inbox.live import Client, Event
-from app.main import create_app
-from app.settings import Settings
+from postbell.app.api import auth
+from postbell.app.api.inbox.live import Client, Event
+from postbell.app.api.main import create_app
+from postbell.app.core import db
+from postbell.app.core.settings import Settings
 from tests.conftest import ADMIN, ADMIN_KEY, INBOX_SECRET, live_server, unique
 from tests.integration.test_delivery_flow import send, settled
 from tests.peers.sse import sse

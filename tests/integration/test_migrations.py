@@ -7,7 +7,7 @@ from typing import Any
 
 import psycopg
 
-from app import migrations
+from postbell.app.core import migrations
 from tests.conftest import create_database, drop_database, unique
 
 SNAPSHOT = """

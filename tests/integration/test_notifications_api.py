@@ -9,8 +9,8 @@ import httpx
 import psycopg
 import pytest
 
-from app import db
-from app.main import create_app
+from postbell.app.api.main import create_app
+from postbell.app.core import db
 from tests.conftest import ADMIN, api_client, make_settings, query, unique
 
 

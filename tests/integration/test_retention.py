@@ -8,11 +8,11 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from app import db
+from postbell.app.core import db
+from postbell.workers import maintenance
+from postbell.workers.channels import Channels
+from postbell.workers.runtime import Runtime
 from tests.conftest import make_settings, query
-from workers import maintenance
-from workers.channels import Channels
-from workers.runtime import Runtime
 
 FINAL = [
     "sent",

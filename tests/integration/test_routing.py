@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from app import db
-from app.main import create_app
+from postbell.app.api.main import create_app
+from postbell.app.core import db
 from tests.conftest import ADMIN, api_client, make_settings, query, running_worker, wait_until
 
 POISON = """

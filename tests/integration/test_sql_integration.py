@@ -5,8 +5,8 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from app import db
 from postbell import notify, notify_sync
+from postbell.app.core import db
 from tests.conftest import ADMIN, query, unique, wait_until
 from tests.integration.test_delivery_flow import settled
 from tests.peers.smtp import SmtpPeer
@@ -104,7 +104,7 @@ async def test_console_views_on_real_traffic(fresh_database_url: str, smtp: Smtp
     pool = db.create_pool(fresh_database_url, max_size=5)
     await pool.open(wait=True)
     try:
-        from app.main import create_app
+        from postbell.app.api.main import create_app
 
         async with api_client(create_app(settings, pool=pool)) as client:
             bad = f"{unique('bounce')}@example.org"

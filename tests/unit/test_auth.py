@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 
-from app import auth
+from postbell.app.api import auth
 
 
 def test_token_is_hmac_sha256_hex_of_the_external_id() -> None:

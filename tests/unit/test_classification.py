@@ -10,11 +10,11 @@ from firebase_admin import exceptions as fb_exceptions
 from firebase_admin import messaging
 from twilio.base.exceptions import TwilioRestException
 
-from workers.channels import Outcome
-from workers.channels.http import classify_status, retry_after_seconds
-from workers.channels.push import TokenResult, classify, summarize
-from workers.channels.sms import classify as classify_sms
-from workers.channels.webhook import signature
+from postbell.workers.channels import Outcome
+from postbell.workers.channels.http import classify_status, retry_after_seconds
+from postbell.workers.channels.push import TokenResult, classify, summarize
+from postbell.workers.channels.sms import classify as classify_sms
+from postbell.workers.channels.webhook import signature
 
 
 @pytest.mark.parametrize(

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from workers.channels import REGISTRY
-from workers.runner import ROUTE_LANE_CONCURRENCY, lanes
+from postbell.workers.channels import REGISTRY
+from postbell.workers.runner import ROUTE_LANE_CONCURRENCY, lanes
 
 
 def test_all_queues_split_into_a_route_lane_and_the_channels() -> None:

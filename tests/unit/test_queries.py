@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from app.db import Queries, conninfo, queries
+from postbell.app.core.db import Queries, conninfo, queries
 
 
 def test_splits_named_queries() -> None:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import datetime as dt
 
-from app.settings import Settings
-from workers.channels import Outcome
-from workers.delivery import backoff_seconds, plan_outcomes
+from postbell.app.core.settings import Settings
+from postbell.workers.channels import Outcome
+from postbell.workers.delivery import backoff_seconds, plan_outcomes
 
 NOW = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
 SETTINGS = Settings.from_env(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from app.settings import ConfigError, Settings
+from postbell.app.core.settings import ConfigError, Settings
 
 
 def test_defaults_without_any_variable() -> None:

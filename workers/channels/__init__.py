@@ -18,7 +18,7 @@ from typing import Any, ClassVar, Protocol
 
 from psycopg.types.json import Jsonb
 
-from app.settings import Settings
+from postbell.app.core.settings import Settings
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -134,13 +134,13 @@ class ChannelFactory(Protocol):
 
 
 def _registry() -> dict[str, type[ChannelFactory]]:
-    from workers.channels.discord import DiscordChannel
-    from workers.channels.email import EmailChannel
-    from workers.channels.in_app import InAppChannel
-    from workers.channels.push import PushChannel
-    from workers.channels.slack import SlackChannel
-    from workers.channels.sms import SmsChannel
-    from workers.channels.webhook import WebhookChannel
+    from postbell.workers.channels.discord import DiscordChannel
+    from postbell.workers.channels.email import EmailChannel
+    from postbell.workers.channels.in_app import InAppChannel
+    from postbell.workers.channels.push import PushChannel
+    from postbell.workers.channels.slack import SlackChannel
+    from postbell.workers.channels.sms import SmsChannel
+    from postbell.workers.channels.webhook import WebhookChannel
 
     return {
         "IN_APP": InAppChannel,

@@ -11,9 +11,9 @@ from typing import Any, ClassVar
 
 import msgspec
 
-from app.settings import Settings
-from workers.channels import Channel, Delivery, Outcome
-from workers.channels.webhook import HttpChannel
+from postbell.app.core.settings import Settings
+from postbell.workers.channels import Channel, Delivery, Outcome
+from postbell.workers.channels.webhook import HttpChannel
 
 CONTENT_LIMIT = 2000  # characters Discord accepts in "content"
 

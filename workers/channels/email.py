@@ -22,10 +22,10 @@ from urllib.parse import quote
 import aiosmtplib
 import structlog
 
-from app.recipients.unsubscribe import unsubscribe_token
-from app.settings import Settings, SmtpSettings
-from workers.channels import Channel, Delivery, Outcome, mime
-from workers.channels.mime import OutgoingEmail
+from postbell.app.api.recipients.unsubscribe import unsubscribe_token
+from postbell.app.core.settings import Settings, SmtpSettings
+from postbell.workers.channels import Channel, Delivery, Outcome, mime
+from postbell.workers.channels.mime import OutgoingEmail
 
 log = structlog.get_logger("postbell.email")
 
@@ -68,7 +68,7 @@ class EmailChannel:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Channel | None:
-        from workers.channels.email_http import SendGridTransport, SesTransport
+        from postbell.workers.channels.email_http import SendGridTransport, SesTransport
 
         transport: EmailTransport
         if settings.email_provider == "smtp" and settings.smtp is not None:

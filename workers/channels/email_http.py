@@ -20,10 +20,10 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
-from app.settings import SendGridSettings, SesSettings
-from workers.channels import Outcome
-from workers.channels.http import classify_exception, classify_status, new_session
-from workers.channels.mime import OutgoingEmail
+from postbell.app.core.settings import SendGridSettings, SesSettings
+from postbell.workers.channels import Outcome
+from postbell.workers.channels.http import classify_exception, classify_status, new_session
+from postbell.workers.channels.mime import OutgoingEmail
 
 CONCURRENCY = 32
 

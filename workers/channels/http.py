@@ -20,8 +20,8 @@ from typing import Any
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 
-from app.validation import is_public
-from workers.channels import Outcome
+from postbell.app.core.validation import is_public
+from postbell.workers.channels import Outcome
 
 
 class PrivateAddressError(OSError):

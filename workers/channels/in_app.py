@@ -7,8 +7,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import ClassVar
 
-from app.settings import Settings
-from workers.channels import Channel, Delivery, Outcome
+from postbell.app.core.settings import Settings
+from postbell.workers.channels import Channel, Delivery, Outcome
 
 
 class InAppChannel:

@@ -20,9 +20,9 @@ import firebase_admin
 import structlog
 from firebase_admin import credentials, exceptions, messaging
 
-from app.settings import FcmSettings, Settings
-from workers.channels import Channel, Delivery, Outcome
-from workers.channels.http import retry_after_seconds
+from postbell.app.core.settings import FcmSettings, Settings
+from postbell.workers.channels import Channel, Delivery, Outcome
+from postbell.workers.channels.http import retry_after_seconds
 
 log = structlog.get_logger("postbell.push")
 

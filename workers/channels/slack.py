@@ -11,9 +11,9 @@ from typing import Any, ClassVar
 
 import msgspec
 
-from app.settings import Settings
-from workers.channels import Channel, Delivery
-from workers.channels.webhook import HttpChannel
+from postbell.app.core.settings import Settings
+from postbell.workers.channels import Channel, Delivery
+from postbell.workers.channels.webhook import HttpChannel
 
 
 def _escape(text: str) -> str:

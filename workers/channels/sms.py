@@ -17,8 +17,8 @@ from twilio.base.exceptions import TwilioRestException
 from twilio.http.async_http_client import AsyncTwilioHttpClient
 from twilio.rest import Client
 
-from app.settings import Settings, TwilioSettings
-from workers.channels import Channel, Delivery, Outcome
+from postbell.app.core.settings import Settings, TwilioSettings
+from postbell.workers.channels import Channel, Delivery, Outcome
 
 log = structlog.get_logger("postbell.sms")
 

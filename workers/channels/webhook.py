@@ -25,9 +25,9 @@ import aiohttp
 import msgspec
 import structlog
 
-from app.settings import Settings
-from workers.channels import Channel, Delivery, Outcome
-from workers.channels.http import classify_exception, classify_status, new_session
+from postbell.app.core.settings import Settings
+from postbell.workers.channels import Channel, Delivery, Outcome
+from postbell.workers.channels.http import classify_exception, classify_status, new_session
 
 log = structlog.get_logger("postbell.webhook")
 

@@ -1,0 +1,237 @@
+"""Credentials: server API keys and recipient tokens.
+
+``Authorization: Bearer <credential>`` on every ``/api/*`` endpoint.
+
+* API keys (``pb_...``), role ``send`` or ``admin``. Only their SHA-256 is stored: a
+  key has 256 bits of entropy, so a fast hash is safe, and it runs on every request.
+  ``POSTBELL_ADMIN_KEY`` is accepted as a bootstrap admin key.
+* Recipient tokens, computed by the host app without calling postbell:
+  ``hex(HMAC-SHA256(secret, external_id))``, or with an expiry
+  ``<unix_exp>.hex(HMAC-SHA256(secret, external_id + "." + unix_exp))``. A token opens
+  only its recipient's inbox and preferences; anything else answers 403.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import hmac
+import re
+import secrets
+import time
+from collections.abc import Sequence
+from typing import Any, Literal
+
+from litestar.connection import ASGIConnection
+from litestar.handlers.base import BaseRouteHandler
+from litestar.middleware import AbstractAuthenticationMiddleware, AuthenticationResult
+
+from postbell.app.core import db
+from postbell.app.core.errors import Forbidden, Unauthorized
+
+Role = Literal["admin", "send"]
+ROLES: tuple[Role, ...] = ("admin", "send")
+KEY_PREFIX = "pb_"
+_TOKEN_RE = re.compile(r"^(?:(\d{1,12})\.)?([0-9a-f]{64})$")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class KeyPrincipal:
+    """A server-side caller holding an API key."""
+
+    role: Role
+    key_id: int | None  # None for the bootstrap POSTBELL_ADMIN_KEY
+
+    @property
+    def idempotency_scope(self) -> str:
+        return "admin" if self.key_id is None else str(self.key_id)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class TokenPrincipal:
+    """A front-end holding a recipient token; which recipient is checked per route."""
+
+    token: str = dataclasses.field(repr=False)
+
+
+Principal = KeyPrincipal | TokenPrincipal
+
+
+def generate_key() -> str:
+    return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def hash_key(key: str) -> bytes:
+    return hashlib.sha256(key.encode()).digest()
+
+
+def recipient_token(secret: str, external_id: str, expires_at: int | None = None) -> str:
+    """The token a host app hands its front-end for ``external_id``."""
+    if expires_at is None:
+        return hmac.new(secret.encode(), external_id.encode(), hashlib.sha256).hexdigest()
+    message = f"{external_id}.{expires_at}".encode()
+    digest = hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
+    return f"{expires_at}.{digest}"
+
+
+TokenCheck = Literal["ok", "expired", "bad"]
+
+
+def check_recipient_token(
+    secrets_: Sequence[str], external_id: str, token: str, now: float | None = None
+) -> TokenCheck:
+    """Verify ``token`` for ``external_id`` against every configured secret, in constant time."""
+    match = _TOKEN_RE.match(token)
+    if not match or not secrets_:
+        return "bad"
+    expiry = int(match.group(1)) if match.group(1) else None
+    valid = False
+    for secret in secrets_:
+        expected = recipient_token(secret, external_id, expiry)
+        valid |= hmac.compare_digest(expected.encode(), token.encode())
+    if not valid:
+        return "bad"
+    if expiry is not None and expiry < (time.time() if now is None else now):
+        return "expired"
+    return "ok"
+
+
+def looks_like_token(credential: str) -> bool:
+    return _TOKEN_RE.match(credential) is not None
+
+
+class KeyStore:
+    """Resolves API keys with a short in-process cache.
+
+    A hit skips the database for ``ttl`` seconds, so a revoked key keeps working for
+    at most that long in a running process. ``last_used_at`` is written at most once
+    a minute per key and process.
+    """
+
+    def __init__(self, pool: db.Pool, admin_key: str | None, *, ttl: float = 10.0) -> None:
+        self._pool = pool
+        self._admin_key = admin_key.encode() if admin_key else None
+        self._ttl = ttl
+        self._cache: dict[bytes, tuple[float, KeyPrincipal | None]] = {}
+        self._touched: dict[int, float] = {}
+
+    async def lookup(self, credential: str) -> KeyPrincipal | None:
+        if self._admin_key and hmac.compare_digest(credential.encode(), self._admin_key):
+            return KeyPrincipal(role="admin", key_id=None)
+        digest = hash_key(credential)
+        now = time.monotonic()
+        cached = self._cache.get(digest)
+        if cached and cached[0] > now:
+            principal = cached[1]
+        else:
+            async with self._pool.connection() as conn:
+                row = await db.fetch_one(conn, "api_keys_find", {"key_hash": digest})
+            principal = KeyPrincipal(role=row["role"], key_id=row["id"]) if row else None
+            if len(self._cache) > 10_000:
+                self._cache.clear()
+            self._cache[digest] = (now + (self._ttl if principal else 2.0), principal)
+        if principal and principal.key_id is not None:
+            await self._touch(principal.key_id, now)
+        return principal
+
+    async def _touch(self, key_id: int, now: float) -> None:
+        if self._touched.get(key_id, 0.0) > now - 60:
+            return
+        self._touched[key_id] = now
+        async with self._pool.connection() as conn:
+            await db.execute(conn, "api_keys_touch", {"id": key_id})
+
+
+async def create_key(conn: db.Conn, role: Role, name: str | None = None) -> tuple[int, str]:
+    """Store a new key (hashed); answer its id and the key, which is shown only once."""
+    key = generate_key()
+    row = await db.fetch_one(
+        conn,
+        "api_keys_insert",
+        {"key_hash": hash_key(key), "prefix": key[:8], "name": name, "role": role},
+    )
+    assert row is not None
+    return int(row["id"]), key
+
+
+class AuthMiddleware(AbstractAuthenticationMiddleware):
+    """Puts the caller's principal on ``request.user``; 401 without a usable credential."""
+
+    async def authenticate_request(
+        self, connection: ASGIConnection[Any, Any, Any, Any]
+    ) -> AuthenticationResult:
+        credential = _credential(connection)
+        if not credential:
+            credential = _query_token(connection)
+            if credential is not None:
+                return AuthenticationResult(user=TokenPrincipal(token=credential), auth=None)
+            raise Unauthorized("missing credential: send 'Authorization: Bearer <key>'")
+        store: KeyStore = connection.app.state.key_store
+        principal = await store.lookup(credential)
+        if principal is not None:
+            return AuthenticationResult(user=principal, auth=None)
+        if looks_like_token(credential):
+            return AuthenticationResult(user=TokenPrincipal(token=credential), auth=None)
+        raise Unauthorized("invalid credential")
+
+
+def _credential(connection: ASGIConnection[Any, Any, Any, Any]) -> str | None:
+    header = connection.headers.get("authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    return None
+
+
+def _query_token(connection: ASGIConnection[Any, Any, Any, Any]) -> str | None:
+    """EventSource cannot send headers, so the inbox stream also takes ``?token=``:
+    a recipient token only. URLs end up in proxy logs and browser history, which is
+    tolerable for a token that opens one inbox (and expires), not for an API key."""
+    if not connection.scope["path"].endswith("/stream"):
+        return None
+    token = connection.query_params.get("token")
+    if not token:
+        return None
+    if not looks_like_token(str(token)):
+        raise Unauthorized(
+            "'token' in the URL must be a recipient token;"
+            " send API keys as 'Authorization: Bearer <key>'"
+        )
+    return str(token)
+
+
+def require_role(role: Role) -> Any:
+    """Guard: an API key with ``role`` (admin covers send); recipient tokens get 403."""
+
+    # async: Litestar runs a sync guard on a thread, a hop per request.
+    async def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+        principal = connection.user
+        if isinstance(principal, TokenPrincipal):
+            raise Forbidden("a recipient token opens only its own inbox and preferences")
+        if not isinstance(principal, KeyPrincipal):
+            raise Unauthorized("missing credential")
+        if role == "admin" and principal.role != "admin":
+            raise Forbidden("this endpoint needs an admin key")
+
+    return guard
+
+
+async def recipient_guard(
+    connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler
+) -> None:
+    """Guard for ``/api/inbox/{recipient}`` and a recipient's preferences.
+
+    API keys pass; a recipient token passes only for the recipient in the path.
+    """
+    principal = connection.user
+    if isinstance(principal, KeyPrincipal):
+        return
+    if not isinstance(principal, TokenPrincipal):
+        raise Unauthorized("missing credential")
+    external_id = str(connection.path_params.get("recipient", ""))
+    settings = connection.app.state.settings
+    verdict = check_recipient_token(settings.inbox_secrets, external_id, principal.token)
+    if verdict == "expired":
+        raise Unauthorized("the recipient token has expired")
+    if verdict != "ok":
+        raise Forbidden("this token does not open this recipient's inbox")

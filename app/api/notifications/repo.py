@@ -1,0 +1,61 @@
+"""SQL calls for notifications (named queries in sql/queries/notifications.sql)."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from psycopg.rows import DictRow
+from psycopg.types.json import Jsonb
+
+from postbell.app.core import db
+
+
+async def enqueue(conn: db.Conn, **fields: Any) -> DictRow:
+    params = dict(fields)
+    for key in ("metadata", "fallback"):
+        params[key] = Jsonb(params[key]) if params.get(key) is not None else None
+    row = await db.fetch_one(conn, "notifications_enqueue", params)
+    assert row is not None
+    return row
+
+
+async def get(conn: db.Conn, notification_id: uuid.UUID) -> DictRow | None:
+    return await db.fetch_one(conn, "notifications_get", {"id": notification_id})
+
+
+async def delivery_counts(conn: db.Conn, notification_id: uuid.UUID) -> dict[str, int]:
+    rows = await db.fetch_all(conn, "notifications_delivery_counts", {"id": notification_id})
+    return {r["status"]: int(r["n"]) for r in rows}
+
+
+async def deliveries_page(
+    conn: db.Conn, notification_id: uuid.UUID, after: int, limit: int
+) -> list[DictRow]:
+    return await db.fetch_all(
+        conn,
+        "notifications_deliveries_page",
+        {"id": notification_id, "after": after, "limit": limit},
+    )
+
+
+async def target_check(conn: db.Conn, *, category: str | None, topic: str | None) -> DictRow:
+    row = await db.fetch_one(
+        conn, "notifications_target_check", {"category": category, "topic": topic}
+    )
+    assert row is not None
+    return row
+
+
+async def lock(conn: db.Conn, notification_id: uuid.UUID) -> DictRow | None:
+    return await db.fetch_one(conn, "notifications_lock", {"id": notification_id})
+
+
+async def cancel_unrouted(conn: db.Conn, notification_id: uuid.UUID) -> int:
+    row = await db.fetch_one(conn, "notifications_cancel_unrouted", {"id": notification_id})
+    return int(row["deliveries"] or 0) if row else 0
+
+
+async def cancel_routed(conn: db.Conn, notification_id: uuid.UUID) -> int:
+    row = await db.fetch_one(conn, "notifications_cancel_routed", {"id": notification_id})
+    return int(row["deliveries"]) if row else 0

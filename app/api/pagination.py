@@ -1,0 +1,40 @@
+"""Opaque cursors for keyset pagination: ``{"items": [...], "next_cursor": "..." | null}``."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+
+from postbell.app.core.errors import PostbellError
+
+DEFAULT_LIMIT = 50
+MAX_LIMIT = 500
+
+
+class BadCursor(PostbellError):
+    status_code = 400
+    code = "invalid_cursor"
+
+
+def encode_cursor(kind: str, position: int) -> str:
+    return base64.urlsafe_b64encode(f"{kind}:{position}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(kind: str, cursor: str | None) -> int | None:
+    """The position inside ``cursor``, or None for the first page."""
+    if not cursor:
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        prefix, _, value = raw.partition(":")
+        if prefix != kind:
+            raise ValueError(prefix)
+        return int(value)
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise BadCursor("the cursor is not one this list handed out", field="cursor") from None
+
+
+def clamp_limit(limit: int | None) -> int:
+    if limit is None:
+        return DEFAULT_LIMIT
+    return max(1, min(limit, MAX_LIMIT))

@@ -1,0 +1,112 @@
+"""Checks msgspec's type constraints cannot express, each naming its field."""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import re
+import zoneinfo
+from typing import Any
+from urllib.parse import urlsplit
+
+import msgspec
+
+from postbell.app.core.errors import Invalid
+
+_EMAIL_RE = re.compile(
+    r"^[^@\s<>(),;:\"\[\]]+@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)+$"
+)
+_E164_RE = re.compile(r"^\+[1-9]\d{6,14}$")
+_LOCALE_RE = re.compile(r"^[A-Za-z]{2,3}(?:[-_][A-Za-z0-9]{2,8})*$")
+
+
+def email(value: str, field: str) -> str:
+    value = value.strip()
+    if len(value) > 320 or not _EMAIL_RE.match(value):
+        raise Invalid(f"{field}: not an email address", field=field)
+    if not value.isascii():
+        # Non-ASCII mailboxes need SMTPUTF8, which few relays and APIs accept.
+        raise Invalid(
+            f"{field}: only ASCII addresses (write an IDN domain in punycode)", field=field
+        )
+    return value
+
+
+def phone(value: str, field: str) -> str:
+    if not _E164_RE.match(value):
+        raise Invalid(f"{field}: not an E.164 phone number (like +14155550123)", field=field)
+    return value
+
+
+def locale(value: str, field: str) -> str:
+    if not _LOCALE_RE.match(value):
+        raise Invalid(f"{field}: not a locale tag (like en or pt-BR)", field=field)
+    return value
+
+
+def timezone(value: str, field: str) -> str:
+    try:
+        zoneinfo.ZoneInfo(value)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise Invalid(f"{field}: not an IANA time zone (like Europe/Berlin)", field=field) from None
+    return value
+
+
+def http_url(value: str, field: str) -> str:
+    try:
+        parts = urlsplit(value)
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+        raise Invalid(f"{field}: not an http(s) URL", field=field)
+    return value
+
+
+def is_public(address: str) -> bool:
+    """An IP address anyone on the internet could reach (not loopback, private, ...)."""
+    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_global and not ip.is_multicast
+
+
+def private_host(host: str | None) -> str | None:
+    """Why a URL host is refused as a webhook target (an IP literal or localhost), or None.
+
+    DNS names pass here; the sender resolves them and checks the addresses again.
+    """
+    if not host:
+        return "has no host"
+    lowered = host.lower().rstrip(".")
+    if lowered in ("localhost", "localhost.localdomain") or lowered.endswith(".localhost"):
+        return "points at this machine"
+    try:
+        return None if is_public(lowered.strip("[]")) else "points at a private or loopback address"
+    except ValueError:
+        return None
+
+
+def webhook_url(value: str, field: str, *, allow_private: bool) -> str:
+    """An http(s) URL that is not on this machine or a private network (the SSRF guard),
+    unless POSTBELL_WEBHOOK_ALLOW_PRIVATE allows it."""
+    http_url(value, field)
+    if not allow_private:
+        why = private_host(urlsplit(value).hostname)
+        if why:
+            raise Invalid(
+                f"{field} {why}; set POSTBELL_WEBHOOK_ALLOW_PRIVATE=1 to allow it", field=field
+            )
+    return value
+
+
+def aware(value: dt.datetime, field: str) -> dt.datetime:
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise Invalid(
+            f"{field}: give a time zone offset (RFC 3339, like 2030-01-01T09:00:00Z)", field=field
+        )
+    return value
+
+
+def json_size(value: Any, field: str, limit: int) -> None:
+    if len(msgspec.json.encode(value)) > limit:
+        raise Invalid(f"{field}: larger than {limit} bytes as JSON", field=field)

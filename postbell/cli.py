@@ -1,0 +1,636 @@
+"""The ``postbell`` command: dev, serve, worker, migrate, send, keys, db."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import datetime as dt
+import os
+import signal
+import sys
+from collections.abc import Callable, Coroutine, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from postbell.app.api import auth
+from postbell.app.core import db, embedded, logs, migrations
+from postbell.app.core.settings import CHANNELS, ConfigError, Settings
+
+PROG = "postbell"
+
+
+class UsageError(Exception):
+    """A problem the user can fix; printed as one line, exit status 2."""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        result: int = args.func(args)
+        return result
+    except (ConfigError, UsageError, embedded.EmbeddedPostgresError) as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+# -- helpers -----------------------------------------------------------------------
+
+
+def _settings(*, dev: bool = False) -> Settings:
+    settings = Settings.from_env(dev=dev)
+    logs.configure(fmt=settings.log_format, level=settings.log_level)
+    return settings
+
+
+def _pgdata(settings: Settings) -> Path:
+    return settings.data_dir / "pg"
+
+
+def _with_database(settings: Settings) -> Settings:
+    """Settings whose database_url is set: DATABASE_URL, else a running embedded server."""
+    if settings.database_url:
+        return settings
+    running = embedded.url(_pgdata(settings))
+    if running:
+        print(
+            f"{PROG}: DATABASE_URL is not set; using the embedded database ({running})",
+            file=sys.stderr,
+        )
+        return dataclasses.replace(settings, database_url=running)
+    raise UsageError(
+        "DATABASE_URL is not set (for a local database run 'postbell db start' or 'postbell dev')"
+    )
+
+
+def _run(coro: Coroutine[Any, Any, int]) -> int:
+    return asyncio.run(coro)
+
+
+@contextlib.contextmanager
+def _stop_on_signals(stop: asyncio.Event) -> Iterator[None]:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        yield
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+
+
+def _uvicorn_server(app: Any, settings: Settings) -> Any:
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        # postbell owns the signal handlers (it stops the worker too).
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            yield
+
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        access_log=False,
+        proxy_headers=True,
+        lifespan="on",
+    )
+    return Server(config)
+
+
+# -- commands ------------------------------------------------------------------------
+
+
+def cmd_dev(args: argparse.Namespace) -> int:
+    settings = _settings(dev=True)
+    embedded_db = not settings.database_url
+    if embedded_db:
+        url = embedded.start(_pgdata(settings))
+        settings = dataclasses.replace(settings, database_url=url)
+    assert settings.database_url
+    os.environ.setdefault("DATABASE_URL", settings.database_url)
+    return _run(_dev(settings, embedded_db))
+
+
+async def _dev(settings: Settings, embedded_db: bool) -> int:
+    from postbell.app.api.main import create_app
+    from postbell.workers import runner
+
+    assert settings.database_url
+    await migrations.migrate(settings.database_url)
+    pool = db.create_pool(
+        settings.database_url, max_size=settings.db_pool_size, name="postbell-dev"
+    )
+    await pool.open(wait=True)
+    try:
+        key = settings.admin_key or await _register_dev_key(pool, _dev_admin_key(settings.data_dir))
+        server = _uvicorn_server(create_app(settings, pool=pool), settings)
+        stop = asyncio.Event()
+        base = f"http://{settings.host}:{settings.port}"
+        where = f"embedded, {_pgdata(settings)}" if embedded_db else "DATABASE_URL"
+        print(
+            "\n".join(
+                [
+                    "",
+                    "postbell is running (API + worker in one process)",
+                    f"  API        {base}/api",
+                    f"  API docs   {base}/schema  (OpenAPI JSON: {base}/schema/openapi.json)",
+                    f"  admin key  {key}",
+                    f"  database   {where}",
+                    "",
+                    f"  export KEY={key}",
+                    f'  curl -X PUT {base}/api/recipients/user-1 -H "Authorization: Bearer $KEY" '
+                    '-d \'{"email": "ada@example.org", "name": "Ada"}\'',
+                    "",
+                ]
+            ),
+            flush=True,
+        )
+        with _stop_on_signals(stop):
+            web = asyncio.create_task(server.serve())
+            work = asyncio.create_task(runner.run(settings, stop, pool=pool))
+            await stop.wait()
+            server.should_exit = True
+            await asyncio.gather(web, work, return_exceptions=True)
+    finally:
+        await pool.close()
+    return 0
+
+
+def _dev_admin_key(data_dir: Path) -> str:
+    """A stable local admin key, kept in .data/dev-admin-key (never used in production)."""
+    path = data_dir / "dev-admin-key"
+    if path.exists():
+        return path.read_text().strip()
+    key = auth.generate_key()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    path.write_text(key + "\n")
+    path.chmod(0o600)
+    return key
+
+
+async def _register_dev_key(pool: db.Pool, key: str) -> str:
+    async with pool.connection() as conn:
+        await db.execute(
+            conn,
+            "api_keys_insert",
+            {"key_hash": auth.hash_key(key), "prefix": key[:8], "name": "dev", "role": "admin"},
+        )
+    return key
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    settings = _with_database(_settings())
+    assert settings.database_url
+    if args.workers > 1:
+        os.environ["DATABASE_URL"] = settings.database_url
+        uvicorn.run(
+            "postbell.app.api.asgi:create",
+            factory=True,
+            host=settings.host,
+            port=settings.port,
+            workers=args.workers,
+            log_config=None,
+            access_log=False,
+            proxy_headers=True,
+        )
+        return 0
+    from postbell.app.api.main import create_app
+
+    server = _uvicorn_server(create_app(settings), settings)
+
+    async def serve() -> int:
+        stop = asyncio.Event()
+        with _stop_on_signals(stop):
+            web = asyncio.create_task(server.serve())
+            waiter = asyncio.create_task(stop.wait())
+            await asyncio.wait({web, waiter}, return_when=asyncio.FIRST_COMPLETED)
+            server.should_exit = True
+            await web
+            waiter.cancel()
+        return 0
+
+    return _run(serve())
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from postbell.workers import runner
+
+    settings = _with_database(_settings())
+    queues = [q for part in args.queues or [] for q in part.split(",") if q.strip()]
+
+    async def work() -> int:
+        stop = asyncio.Event()
+        with _stop_on_signals(stop):
+            await runner.run(settings, stop, queues=queues or None, concurrency=args.concurrency)
+        return 0
+
+    return _run(work())
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    settings = _with_database(_settings())
+    assert settings.database_url
+    applied = _run(_migrate(settings.database_url))
+    return applied
+
+
+async def _migrate(url: str) -> int:
+    applied = await migrations.migrate(url)
+    if applied:
+        for m in applied:
+            print(f"applied {m.version:04d}_{m.name}")
+    else:
+        print("database is up to date")
+    return 0
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    from postbell.app.api.notifications import service
+    from postbell.app.api.notifications.schemas import NotificationIn
+
+    settings = _with_database(_settings())
+    recipients = [r for part in args.to for r in part.split(",") if r.strip()]
+    channels = [
+        c.strip().upper() for part in args.channel or [] for c in part.split(",") if c.strip()
+    ]
+    unknown = [c for c in channels if c not in CHANNELS]
+    if unknown:
+        raise UsageError(f"unknown channel {unknown[0]!r}; choose from {', '.join(CHANNELS)}")
+    import msgspec
+
+    try:
+        payload = msgspec.convert(
+            {
+                "to": recipients,
+                "message": args.message,
+                "title": args.title,
+                "channels": channels or None,
+                "priority": args.priority,
+                "category": args.category,
+            },
+            NotificationIn,
+        )
+    except msgspec.ValidationError as exc:
+        raise UsageError(str(exc)) from None
+
+    async def send() -> int:
+        assert settings.database_url
+        pool = db.create_pool(settings.database_url, max_size=2, name="postbell-cli")
+        await pool.open(wait=True)
+        try:
+            accepted, _ = await service.accept(
+                pool, settings, payload, idempotency_scope="cli", idempotency_key=None
+            )
+        except Exception as exc:
+            detail = getattr(exc, "detail", None)
+            if detail:
+                raise UsageError(detail) from None
+            raise
+        finally:
+            await pool.close()
+        print(f"{accepted.id} {accepted.status}")
+        return 0
+
+    return _run(send())
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    settings = _with_database(_settings())
+
+    async def keys() -> int:
+        assert settings.database_url
+        async with await db.connect(settings.database_url, name="postbell-cli") as conn:
+            if args.keys_command == "create":
+                key_id, key = await auth.create_key(conn, args.role, args.name)
+                print(key)
+                print(
+                    f"(key {key_id}, role {args.role}: shown once, stored hashed)", file=sys.stderr
+                )
+            elif args.keys_command == "list":
+                for row in await db.fetch_all(conn, "api_keys_list"):
+                    state = "revoked" if row["revoked_at"] else "active"
+                    fields = (row["id"], f"{row['prefix']}…", row["role"], state, row["name"] or "")
+                    print("\t".join(str(f) for f in fields))
+            elif args.keys_command == "revoke":
+                if not await db.execute(conn, "api_keys_revoke", {"id": args.id}):
+                    raise UsageError(f"no active key with id {args.id}")
+                print(f"revoked key {args.id}")
+        return 0
+
+    return _run(keys())
+
+
+def cmd_queues(args: argparse.Namespace) -> int:
+    settings = _with_database(_settings())
+
+    async def show() -> None:
+        assert settings.database_url
+        async with await db.connect(settings.database_url, name="postbell-cli") as conn:
+            depth = await db.fetch_all(conn, "console_queue_depth")
+            waiting = await db.fetch_all(conn, "console_waiting")
+            totals = await db.fetch_one(conn, "console_totals")
+        assert totals is not None
+        if args.watch:
+            print("\033[2J\033[H", end="")
+        print("jobs (postbell.queue_depth)")
+        _print_table(
+            ["queue", "status", "jobs", "deliveries", "oldest", "scheduled later"],
+            [
+                [
+                    r["queue"],
+                    r["status"],
+                    r["jobs"],
+                    r["items"],
+                    _age(r["oldest_age"]),
+                    r["scheduled_later"],
+                ]
+                for r in depth
+            ]
+            or [["(empty)", "", "", "", "", ""]],
+        )
+        print("\nunsent deliveries")
+        _print_table(
+            ["channel", "status", "reason", "deliveries", "earliest due"],
+            [
+                [
+                    r["channel"],
+                    r["status"],
+                    r["reason"] or "",
+                    r["deliveries"],
+                    _due(r["oldest_due"]),
+                ]
+                for r in waiting
+            ]
+            or [["(none)", "", "", "", ""]],
+        )
+        print(
+            f"\nsent in the last minute: {totals['sent_last_minute']}"
+            f"   live workers: {totals['live_workers']}"
+            f"   dead letters: {totals['dead']}   stalled jobs: {totals['stalled']}"
+        )
+
+    async def run() -> int:
+        while True:
+            await show()
+            if not args.watch:
+                return 0
+            await asyncio.sleep(args.interval)
+
+    return _run(run())
+
+
+def cmd_dead_letters(args: argparse.Namespace) -> int:
+    from postbell.app.api.ops import dead_letters
+    from postbell.app.core.errors import PostbellError
+
+    settings = _with_database(_settings())
+
+    async def run() -> int:
+        assert settings.database_url
+        pool = db.create_pool(settings.database_url, max_size=2, name="postbell-cli")
+        await pool.open(wait=True)
+        try:
+            if args.retry or args.retry_all:
+                count = await dead_letters.requeue(
+                    pool,
+                    settings,
+                    ids=args.retry or None,
+                    channel=args.channel,
+                    reason=args.reason,
+                    older_than=args.older_than,
+                )
+                print(f"requeued {count} dead deliver{'y' if count == 1 else 'ies'}")
+                return 0
+            page = await dead_letters.list_page(
+                pool,
+                channel=args.channel,
+                reason=args.reason,
+                older_than=args.older_than,
+                cursor=None,
+                limit=args.limit,
+            )
+        except PostbellError as exc:
+            raise UsageError(exc.detail) from None
+        finally:
+            await pool.close()
+        _print_table(
+            ["id", "channel", "recipient", "reason", "attempts", "died", "last error"],
+            [
+                [
+                    d.id,
+                    d.channel,
+                    d.recipient,
+                    d.reason or "",
+                    d.attempts,
+                    d.died_at.strftime("%Y-%m-%d %H:%M:%S"),
+                    (d.last_error or "")[:60],
+                ]
+                for d in page.items
+            ],
+        )
+        print(
+            f"{page.total} dead in all"
+            + (f", {len(page.items)} shown" if page.total > len(page.items) else "")
+        )
+        return 0
+
+    return _run(run())
+
+
+def _age(value: Any) -> str:
+    return "" if value is None else str(value)
+
+
+def _due(overdue: dt.timedelta | None) -> str:
+    """How long ago the earliest delivery fell due, or how soon it will (held ones)."""
+    if overdue is None:
+        return ""
+    if overdue < dt.timedelta(0):
+        return f"in {-overdue}"
+    return f"{overdue} ago"
+
+
+def _print_table(headers: list[str], rows: list[list[Any]]) -> None:
+    # one line per row: an error text with line breaks would break the table
+    cells = [headers, *[[" ".join(str(c).split()) for c in row] for row in rows]]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    for row in cells:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+
+
+def cmd_db(args: argparse.Namespace) -> int:
+    settings = Settings.from_env(dev=True)
+    pgdata = _pgdata(settings)
+    if args.db_command == "start":
+        print(embedded.start(pgdata))
+    elif args.db_command == "url":
+        url = embedded.url(pgdata)
+        if url is None:
+            raise UsageError(
+                f"the embedded database under {pgdata} is not running ('postbell db start')"
+            )
+        print(url)
+    elif args.db_command == "stop":
+        print("stopped" if embedded.stop(pgdata) else "not running")
+    return 0
+
+
+# -- argument parsing ---------------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="postbell: a notification service that needs nothing but Postgres.",
+        epilog="Configuration comes from the environment; see the README.",
+    )
+    sub = parser.add_subparsers(title="commands", metavar="COMMAND")
+
+    def command(
+        name: str, func: Callable[[argparse.Namespace], int], help_text: str, description: str
+    ) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=description)
+        p.set_defaults(func=func)
+        return p
+
+    command(
+        "dev",
+        cmd_dev,
+        "run everything locally: embedded Postgres, migrations, API and worker",
+        "Without DATABASE_URL, start an embedded Postgres under ./.data/pg; apply migrations; "
+        "serve the API on PORT (8000) and run an all-in-one worker in the same process. "
+        "Prints the API URL, the docs URL and a dev admin key.",
+    )
+    serve = command(
+        "serve",
+        cmd_serve,
+        "serve the HTTP API",
+        "Serve the HTTP API on POSTBELL_HOST:PORT (0.0.0.0:8000). Needs DATABASE_URL.",
+    )
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=int(os.environ.get("WEB_CONCURRENCY", "1")),
+        help="server processes (default: WEB_CONCURRENCY or 1)",
+    )
+    worker = command(
+        "worker",
+        cmd_worker,
+        "run delivery workers",
+        "Route notifications and send deliveries. Stops gracefully on SIGTERM; restarts its "
+        "queue worker when the database connection is lost.",
+    )
+    worker.add_argument(
+        "--queues",
+        action="append",
+        metavar="Q[,Q...]",
+        help="queues to work on: route, email, push, sms, webhook, slack, discord (default: all)",
+    )
+    worker.add_argument(
+        "--concurrency",
+        type=int,
+        default=None,
+        help="jobs run at once (default: POSTBELL_WORKER_CONCURRENCY or 16)",
+    )
+    command(
+        "migrate",
+        cmd_migrate,
+        "apply pending database migrations",
+        "Apply pending migrations. Idempotent and safe to run on every deploy (Procfile release:).",
+    )
+    send = command(
+        "send",
+        cmd_send,
+        "enqueue a notification from the shell",
+        "Enqueue a notification, as POST /api/notifications would.",
+    )
+    send.add_argument("message", help="the message text")
+    send.add_argument(
+        "--to", action="append", required=True, metavar="ID[,ID...]", help="recipient id(s)"
+    )
+    send.add_argument(
+        "--channel",
+        action="append",
+        metavar="CHANNEL[,...]",
+        help=f"channel(s): {', '.join(CHANNELS)} (default: IN_APP)",
+    )
+    send.add_argument("--title", help="a title (email subject)")
+    send.add_argument("--priority", default="normal", choices=["low", "normal", "high", "urgent"])
+    send.add_argument("--category", help="a category key")
+
+    keys = command("keys", cmd_keys, "manage API keys", "Create, list and revoke API keys.")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+    create = keys_sub.add_parser(
+        "create",
+        help="create a key (printed once, stored hashed)",
+        description="Create an API key. It is printed once and stored hashed.",
+    )
+    create.add_argument(
+        "--role", choices=auth.ROLES, default="send", help="admin or send (default: send)"
+    )
+    create.add_argument("--name", help="a label for the key")
+    keys_sub.add_parser(
+        "list", help="list keys (never the keys themselves)", description="List API keys."
+    )
+    revoke = keys_sub.add_parser(
+        "revoke", help="revoke a key", description="Revoke an API key by id."
+    )
+    revoke.add_argument("id", type=int)
+
+    queues = command(
+        "queues",
+        cmd_queues,
+        "show queue depth, unsent deliveries, dead letters",
+        "Queue depth per queue and status, unsent deliveries per channel, throughput, dead "
+        "letters and stalled jobs: the same data as the SQL views in schema postbell.",
+    )
+    queues.add_argument("--watch", action="store_true", help="refresh until interrupted")
+    queues.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes (2)")
+    dead = command(
+        "dead-letters",
+        cmd_dead_letters,
+        "list and requeue dead deliveries",
+        "List dead deliveries (the dead-letter queue), or requeue them: --retry ID (repeatable) "
+        "or --retry-all with the same filters as the list.",
+    )
+    dead.add_argument("--channel", help="only this channel (EMAIL, PUSH, ...)")
+    dead.add_argument("--reason", help="only this reason (retries_exhausted, invalid_address, ...)")
+    dead.add_argument("--older-than", metavar="AGE", help="only those dead for longer: 30m, 2h, 7d")
+    dead.add_argument("--limit", type=int, default=50, help="rows to list (default 50)")
+    action = dead.add_mutually_exclusive_group()
+    action.add_argument(
+        "--retry", type=int, action="append", metavar="ID", help="requeue this delivery"
+    )
+    action.add_argument(
+        "--retry-all", action="store_true", help="requeue every dead delivery matching the filters"
+    )
+
+    dbp = command(
+        "db",
+        cmd_db,
+        "manage the embedded dev database",
+        "Start, stop or locate the embedded Postgres under POSTBELL_DATA_DIR/pg (./.data/pg).",
+    )
+    db_sub = dbp.add_subparsers(dest="db_command", required=True, metavar="ACTION")
+    db_sub.add_parser(
+        "start", help="start it and print its URL", description="Start the embedded Postgres."
+    )
+    db_sub.add_parser("stop", help="stop it", description="Stop the embedded Postgres.")
+    db_sub.add_parser("url", help="print its URL", description="Print the embedded database's URL.")
+    return parser
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -14,9 +14,10 @@ from collections.abc import Callable, Coroutine, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from postbell.app.api import auth
 from postbell.app.core import db, embedded, logs, migrations
-from postbell.app.core.settings import CHANNELS, ConfigError, Settings
+from postbell.app.core import keys as api_keys
+from postbell.app.core.channels import CHANNELS
+from postbell.app.core.settings import ConfigError, Settings
 
 PROG = "postbell"
 
@@ -171,7 +172,7 @@ def _dev_admin_key(data_dir: Path) -> str:
     path = data_dir / "dev-admin-key"
     if path.exists():
         return path.read_text().strip()
-    key = auth.generate_key()
+    key = api_keys.generate_key()
     data_dir.mkdir(parents=True, exist_ok=True)
     path.write_text(key + "\n")
     path.chmod(0o600)
@@ -180,11 +181,7 @@ def _dev_admin_key(data_dir: Path) -> str:
 
 async def _register_dev_key(pool: db.Pool, key: str) -> str:
     async with pool.connection() as conn:
-        await db.execute(
-            conn,
-            "api_keys_insert",
-            {"key_hash": auth.hash_key(key), "prefix": key[:8], "name": "dev", "role": "admin"},
-        )
+        await api_keys.store_key(conn, key, "admin", "dev")
     return key
 
 
@@ -313,7 +310,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
         assert settings.database_url
         async with await db.connect(settings.database_url, name="postbell-cli") as conn:
             if args.keys_command == "create":
-                key_id, key = await auth.create_key(conn, args.role, args.name)
+                key_id, key = await api_keys.create_key(conn, args.role, args.name)
                 print(key)
                 print(
                     f"(key {key_id}, role {args.role}: shown once, stored hashed)", file=sys.stderr
@@ -578,7 +575,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Create an API key. It is printed once and stored hashed.",
     )
     create.add_argument(
-        "--role", choices=auth.ROLES, default="send", help="admin or send (default: send)"
+        "--role", choices=api_keys.ROLES, default="send", help="admin or send (default: send)"
     )
     create.add_argument("--name", help="a label for the key")
     keys_sub.add_parser(

@@ -25,7 +25,7 @@ import structlog
 from postbell.app.core import db
 from postbell.app.core.settings import Settings
 from postbell.workers import claims
-from postbell.workers.channels import Delivery, Outcome, Recipient
+from postbell.workers.channels.base import Delivery, Outcome, Recipient
 from postbell.workers.runtime import Runtime
 
 log = structlog.get_logger("postbell.deliver")

@@ -18,10 +18,10 @@ import structlog
 from procrastinate import PsycopgConnector
 
 from postbell.app.core import db
+from postbell.app.core.channels import QUEUES, ROUTE_QUEUE
 from postbell.app.core.settings import Settings
 from postbell.workers import maintenance, procrastinate_app
-from postbell.workers.channels import REGISTRY, Channels
-from postbell.workers.procrastinate_app import ROUTE_QUEUE
+from postbell.workers.channels.registry import Channels
 from postbell.workers.runtime import Runtime
 
 log = structlog.get_logger("postbell.worker")
@@ -50,7 +50,7 @@ def lanes(listen: list[str] | None, concurrency: int) -> list[tuple[list[str] | 
     route job per notification: that per-job work was most of the database's CPU at
     API saturation. The channels get the rest of the concurrency.
     """
-    queues = listen or [ROUTE_QUEUE, *(name.lower() for name in REGISTRY)]
+    queues = listen or list(QUEUES)
     if ROUTE_QUEUE not in queues or len(queues) == 1:
         return [(listen, concurrency)]
     if concurrency <= ROUTE_LANE_CONCURRENCY:

@@ -10,7 +10,7 @@ from typing import Any
 
 from postbell.app.core import db
 from postbell.app.core.settings import Settings
-from postbell.workers.channels import Channels
+from postbell.workers.channels.registry import Channels
 
 
 @dataclasses.dataclass(slots=True)

@@ -16,9 +16,10 @@ import psycopg
 import psycopg_pool
 from procrastinate import RetryStrategy
 
+from postbell.app.core.channels import ROUTE_QUEUE
 from postbell.workers import delivery, router
 from postbell.workers.claims import claim_more, release_shielded
-from postbell.workers.procrastinate_app import ROUTE_QUEUE, app
+from postbell.workers.procrastinate_app import app
 from postbell.workers.runtime import Runtime
 
 #: Notifications routed per transaction, at most.

@@ -14,13 +14,9 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import hmac
-import re
-import secrets
 import time
-from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any
 
 from litestar.connection import ASGIConnection
 from litestar.handlers.base import BaseRouteHandler
@@ -28,11 +24,8 @@ from litestar.middleware import AbstractAuthenticationMiddleware, Authentication
 
 from postbell.app.core import db
 from postbell.app.core.errors import Forbidden, Unauthorized
-
-Role = Literal["admin", "send"]
-ROLES: tuple[Role, ...] = ("admin", "send")
-KEY_PREFIX = "pb_"
-_TOKEN_RE = re.compile(r"^(?:(\d{1,12})\.)?([0-9a-f]{64})$")
+from postbell.app.core.keys import Role, hash_key
+from postbell.app.core.tokens import check_recipient_token, looks_like_recipient_token
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -55,49 +48,6 @@ class TokenPrincipal:
 
 
 Principal = KeyPrincipal | TokenPrincipal
-
-
-def generate_key() -> str:
-    return KEY_PREFIX + secrets.token_urlsafe(32)
-
-
-def hash_key(key: str) -> bytes:
-    return hashlib.sha256(key.encode()).digest()
-
-
-def recipient_token(secret: str, external_id: str, expires_at: int | None = None) -> str:
-    """The token a host app hands its front-end for ``external_id``."""
-    if expires_at is None:
-        return hmac.new(secret.encode(), external_id.encode(), hashlib.sha256).hexdigest()
-    message = f"{external_id}.{expires_at}".encode()
-    digest = hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
-    return f"{expires_at}.{digest}"
-
-
-TokenCheck = Literal["ok", "expired", "bad"]
-
-
-def check_recipient_token(
-    secrets_: Sequence[str], external_id: str, token: str, now: float | None = None
-) -> TokenCheck:
-    """Verify ``token`` for ``external_id`` against every configured secret, in constant time."""
-    match = _TOKEN_RE.match(token)
-    if not match or not secrets_:
-        return "bad"
-    expiry = int(match.group(1)) if match.group(1) else None
-    valid = False
-    for secret in secrets_:
-        expected = recipient_token(secret, external_id, expiry)
-        valid |= hmac.compare_digest(expected.encode(), token.encode())
-    if not valid:
-        return "bad"
-    if expiry is not None and expiry < (time.time() if now is None else now):
-        return "expired"
-    return "ok"
-
-
-def looks_like_token(credential: str) -> bool:
-    return _TOKEN_RE.match(credential) is not None
 
 
 class KeyStore:
@@ -142,18 +92,6 @@ class KeyStore:
             await db.execute(conn, "api_keys_touch", {"id": key_id})
 
 
-async def create_key(conn: db.Conn, role: Role, name: str | None = None) -> tuple[int, str]:
-    """Store a new key (hashed); answer its id and the key, which is shown only once."""
-    key = generate_key()
-    row = await db.fetch_one(
-        conn,
-        "api_keys_insert",
-        {"key_hash": hash_key(key), "prefix": key[:8], "name": name, "role": role},
-    )
-    assert row is not None
-    return int(row["id"]), key
-
-
 class AuthMiddleware(AbstractAuthenticationMiddleware):
     """Puts the caller's principal on ``request.user``; 401 without a usable credential."""
 
@@ -166,11 +104,11 @@ class AuthMiddleware(AbstractAuthenticationMiddleware):
             if credential is not None:
                 return AuthenticationResult(user=TokenPrincipal(token=credential), auth=None)
             raise Unauthorized("missing credential: send 'Authorization: Bearer <key>'")
-        store: KeyStore = connection.app.state.key_store
+        store: KeyStore = connection.app.state.services.keys
         principal = await store.lookup(credential)
         if principal is not None:
             return AuthenticationResult(user=principal, auth=None)
-        if looks_like_token(credential):
+        if looks_like_recipient_token(credential):
             return AuthenticationResult(user=TokenPrincipal(token=credential), auth=None)
         raise Unauthorized("invalid credential")
 
@@ -192,7 +130,7 @@ def _query_token(connection: ASGIConnection[Any, Any, Any, Any]) -> str | None:
     token = connection.query_params.get("token")
     if not token:
         return None
-    if not looks_like_token(str(token)):
+    if not looks_like_recipient_token(str(token)):
         raise Unauthorized(
             "'token' in the URL must be a recipient token;"
             " send API keys as 'Authorization: Bearer <key>'"
@@ -229,8 +167,8 @@ async def recipient_guard(
     if not isinstance(principal, TokenPrincipal):
         raise Unauthorized("missing credential")
     external_id = str(connection.path_params.get("recipient", ""))
-    settings = connection.app.state.settings
-    verdict = check_recipient_token(settings.inbox_secrets, external_id, principal.token)
+    secrets = connection.app.state.services.settings.inbox_secrets
+    verdict = check_recipient_token(secrets, external_id, principal.token)
     if verdict == "expired":
         raise Unauthorized("the recipient token has expired")
     if verdict != "ok":

@@ -1,67 +1,65 @@
-"""The Litestar application: ``create_app(settings)``. Nothing happens at import time."""
+"""The Litestar application: ``create_app(settings)``. Nothing happens at import time.
+
+One Router per feature (its path, guards and tags declared once, in its routes.py);
+handlers get the pool, settings, waker and inbox hub through dependency injection
+(``deps.py``). The authentication middleware and guards read the same services
+from ``app.state.services``.
+"""
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
-from typing import Any
 
-from litestar import Litestar
+from litestar import Litestar, Router
 from litestar.config.cors import CORSConfig
 from litestar.datastructures import State
 from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
 
-from postbell.app.api.auth import AuthMiddleware, KeyStore
-from postbell.app.api.callbacks import routes as callbacks
-from postbell.app.api.categories import routes as categories
-from postbell.app.api.inbox import routes as inbox
-from postbell.app.api.inbox.live import InboxHub
-from postbell.app.api.notifications import routes as notifications
-from postbell.app.api.ops import health
-from postbell.app.api.ops import routes as ops
-from postbell.app.api.recipients import routes as recipients
-from postbell.app.api.topics import routes as topics
-from postbell.app.api.wakeups import Waker
-from postbell.app.core import db, errors
+from postbell.app.api import errors
+from postbell.app.api.auth import AuthMiddleware
+from postbell.app.api.callbacks.routes import router as callbacks
+from postbell.app.api.categories.routes import router as categories
+from postbell.app.api.deps import Services
+from postbell.app.api.inbox.routes import router as inbox
+from postbell.app.api.notifications.routes import router as notifications
+from postbell.app.api.ops.routes import dead_letters, health
+from postbell.app.api.recipients.routes import preferences, recipients, unsubscribe
+from postbell.app.api.topics.routes import router as topics
+from postbell.app.core import db
 from postbell.app.core.settings import Settings
 
-#: Seconds a request waits for a database connection before it answers 503.
-API_POOL_TIMEOUT = 5.0
+ROUTERS: list[Router] = [
+    health,
+    notifications,
+    recipients,
+    preferences,
+    unsubscribe,
+    categories,
+    topics,
+    inbox,
+    dead_letters,
+    callbacks,
+]
+#: Paths open without a credential: probes, the API docs, provider callbacks (they
+#: carry the provider's signature instead) and one-click unsubscribe (a signed token).
+OPEN_PATHS = ["^/health", "^/ready", "^/schema", "^/api/callbacks/", "^/api/unsubscribe"]
 #: Large enough for 10,000 recipient ids or a bulk upsert, small enough to refuse abuse.
 MAX_BODY_BYTES = 8 * 1024 * 1024
 
 
 def create_app(settings: Settings, *, pool: db.Pool | None = None) -> Litestar:
     """The API. Opens its own pool on startup unless one is given (``postbell dev`` shares one)."""
+    services = Services.build(settings, pool)
 
     @contextlib.asynccontextmanager
-    async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        own = pool is None
-        active = pool
-        if active is None:
-            assert settings.database_url, "DATABASE_URL is required"
-            active = db.create_pool(
-                settings.database_url,
-                max_size=settings.db_pool_size,
-                name="postbell-api",
-                timeout=API_POOL_TIMEOUT,
-            )
-            await active.open(wait=False)
-        app.state.pool = active
-        app.state.key_store = KeyStore(active, settings.admin_key)
-        assert settings.database_url
-        app.state.inbox_hub = InboxHub(settings.database_url, active)
-        await app.state.inbox_hub.start()
-        app.state.waker = Waker(settings.database_url)
-        await app.state.waker.start()
+    async def lifespan(_: Litestar) -> AsyncIterator[None]:
+        await services.start()
         try:
             yield
         finally:
-            await app.state.waker.stop()
-            await app.state.inbox_hub.stop()
-            if own:
-                await active.close()
+            await services.stop()
 
     cors = None
     if settings.cors_origins:
@@ -71,55 +69,11 @@ def create_app(settings: Settings, *, pool: db.Pool | None = None) -> Litestar:
             allow_headers=["Authorization", "Content-Type", "Last-Event-ID"],
             allow_credentials=False,
         )
-
-    route_handlers: list[Any] = [
-        health.health,
-        health.ready,
-        notifications.send_notification,
-        notifications.get_notification,
-        notifications.cancel_notification,
-        recipients.bulk_recipients,
-        recipients.get_preferences,
-        recipients.put_preferences,
-        recipients.unsubscribe_page,
-        recipients.unsubscribe,
-        categories.list_categories,
-        categories.get_category,
-        categories.put_category,
-        topics.subscribe,
-        topics.unsubscribe,
-        topics.list_subscribers,
-        recipients.put_recipient,
-        recipients.get_recipient,
-        recipients.delete_recipient,
-        recipients.add_device,
-        recipients.list_devices,
-        recipients.remove_device,
-        inbox.get_inbox,
-        inbox.stream,
-        inbox.mark,
-        ops.list_dead_letters,
-        ops.retry_dead_letter,
-        ops.retry_dead_letters,
-        callbacks.sendgrid,
-        callbacks.ses,
-        callbacks.twilio,
-    ]
     return Litestar(
-        route_handlers=route_handlers,
+        route_handlers=ROUTERS,
+        dependencies=services.dependencies(),
         lifespan=[lifespan],
-        middleware=[
-            DefineMiddleware(
-                AuthMiddleware,
-                exclude=[
-                    "^/health",
-                    "^/ready",
-                    "^/schema",
-                    "^/api/callbacks/",
-                    "^/api/unsubscribe",
-                ],
-            )
-        ],
+        middleware=[DefineMiddleware(AuthMiddleware, exclude=OPEN_PATHS)],
         exception_handlers=errors.exception_handlers,
         openapi_config=OpenAPIConfig(
             title="postbell",
@@ -129,7 +83,7 @@ def create_app(settings: Settings, *, pool: db.Pool | None = None) -> Litestar:
         ),
         cors_config=cors,
         request_max_body_size=MAX_BODY_BYTES,
-        state=State({"settings": settings}),
+        state=State({"services": services}),
         logging_config=None,
         debug=False,
     )

@@ -17,10 +17,11 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+from postbell.app.core.channels import CHANNELS
+
 LogFormat = Literal["json", "console"]
 EmailProvider = Literal["smtp", "sendgrid", "ses", "console"]
 
-CHANNELS = ("IN_APP", "EMAIL", "PUSH", "SMS", "WEBHOOK", "SLACK", "DISCORD")
 _RATE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(s|sec|second|m|min|minute|h|hour)\s*$")
 _RATE_UNITS = {"s": 1, "sec": 1, "second": 1, "m": 60, "min": 60, "minute": 60}
 _RATE_UNITS |= {"h": 3600, "hour": 3600}

@@ -9,7 +9,7 @@ import asyncio
 import httpx
 import psycopg
 
-from postbell.app.api import auth
+from postbell.app.core import tokens
 from tests.conftest import ADMIN_KEY, INBOX_SECRET
 from tests.e2e.procs import background, env, wait_http
 from tests.peers.net import free_port
@@ -20,7 +20,7 @@ ORIGIN = "https://community.example.org"
 
 
 def token(rid: str) -> str:
-    return auth.recipient_token(INBOX_SECRET, rid)
+    return tokens.recipient_token(INBOX_SECRET, rid)
 
 
 async def test_two_api_processes_several_clients(fresh_database_url: str) -> None:

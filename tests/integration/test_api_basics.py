@@ -68,11 +68,10 @@ async def test_every_error_has_one_shape(api: httpx.AsyncClient) -> None:
 
 async def test_api_key_from_the_cli_store_authenticates(api: httpx.AsyncClient, pool: Any) -> None:
     """Keys are stored hashed; a created key works, a revoked one does not (after the cache)."""
-    from postbell.app.api import auth
-    from postbell.app.core import db
+    from postbell.app.core import db, keys
 
     async with pool.connection() as conn:
-        _, key = await auth.create_key(conn, "send", "test")
+        _, key = await keys.create_key(conn, "send", "test")
         stored = await db.fetch_all(conn, "api_keys_list")
     assert all(key not in str(row) for row in stored)
     response = await api.get("/api/recipients/ghost", headers={"Authorization": f"Bearer {key}"})

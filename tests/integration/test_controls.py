@@ -10,15 +10,14 @@ from typing import Any
 import httpx
 import pytest
 
-from postbell.app.api import auth
-from postbell.app.core import db
+from postbell.app.core import db, keys, tokens
 from tests.conftest import ADMIN, INBOX_SECRET, query, unique, wait_until
 from tests.integration.test_delivery_flow import send, settled
 from tests.peers.smtp import SmtpPeer
 
 
 def token_for(external_id: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {auth.recipient_token(INBOX_SECRET, external_id)}"}
+    return {"Authorization": f"Bearer {tokens.recipient_token(INBOX_SECRET, external_id)}"}
 
 
 async def channel_states(api: httpx.AsyncClient, nid: str) -> dict[str, tuple[str, str | None]]:
@@ -283,7 +282,7 @@ async def test_idempotency_under_concurrent_repeats(api: httpx.AsyncClient, pool
     )
     # Same key, another API key: a different scope.
     async with pool.connection() as conn:
-        _, other = await auth.create_key(conn, "send")
+        _, other = await keys.create_key(conn, "send")
     elsewhere = await api.post(
         "/api/notifications",
         headers={"Authorization": f"Bearer {other}", "Idempotency-Key": key},

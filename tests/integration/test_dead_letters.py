@@ -84,10 +84,10 @@ async def test_filters_and_bad_input(api: httpx.AsyncClient) -> None:
 
 
 async def test_dead_letters_need_an_admin_key(api: httpx.AsyncClient, pool: Any) -> None:
-    from postbell.app.api import auth
+    from postbell.app.core import keys
 
     async with pool.connection() as conn:
-        _, key = await auth.create_key(conn, "send", "sender")
+        _, key = await keys.create_key(conn, "send", "sender")
     response = await api.get("/api/dead-letters", headers={"Authorization": f"Bearer {key}"})
     assert (response.status_code, response.json()["error"]) == (403, "forbidden")
 

@@ -8,10 +8,9 @@ from typing import Any
 import httpx
 import pytest
 
-from postbell.app.api import auth
 from postbell.app.api.inbox.live import Client, Event
 from postbell.app.api.main import create_app
-from postbell.app.core import db
+from postbell.app.core import db, tokens
 from postbell.app.core.settings import Settings
 from tests.conftest import ADMIN, ADMIN_KEY, INBOX_SECRET, live_server, unique
 from tests.integration.test_delivery_flow import send, settled
@@ -23,7 +22,7 @@ def bearer(token: str) -> dict[str, str]:
 
 
 def token(external_id: str, expires_at: int | None = None) -> str:
-    return auth.recipient_token(INBOX_SECRET, external_id, expires_at)
+    return tokens.recipient_token(INBOX_SECRET, external_id, expires_at)
 
 
 INBOX_CALLS = [
@@ -82,7 +81,10 @@ async def test_token_opens_only_its_own_inbox(
     )
     assert expired.status_code == 401
     forged = await api.request(
-        method, _fill(path, alice), headers=bearer(auth.recipient_token("wrong", alice)), json=body
+        method,
+        _fill(path, alice),
+        headers=bearer(tokens.recipient_token("wrong", alice)),
+        json=body,
     )
     assert forged.status_code == 403
     by_key = await api.request(method, _fill(path, alice), headers=ADMIN, json=body)

@@ -10,7 +10,7 @@ import pytest
 
 from postbell.app.core import db
 from postbell.workers import maintenance
-from postbell.workers.channels import Channels
+from postbell.workers.channels.registry import Channels
 from postbell.workers.runtime import Runtime
 from tests.conftest import make_settings, query
 

@@ -10,7 +10,7 @@ from firebase_admin import exceptions as fb_exceptions
 from firebase_admin import messaging
 from twilio.base.exceptions import TwilioRestException
 
-from postbell.workers.channels import Outcome
+from postbell.workers.channels.base import Outcome
 from postbell.workers.channels.http import classify_status, retry_after_seconds
 from postbell.workers.channels.push import TokenResult, classify, summarize
 from postbell.workers.channels.sms import classify as classify_sms

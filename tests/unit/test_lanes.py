@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from postbell.workers.channels import REGISTRY
+from postbell.workers.channels.registry import REGISTRY
 from postbell.workers.runner import ROUTE_LANE_CONCURRENCY, lanes
 
 

@@ -6,9 +6,9 @@ import email
 import email.policy
 import uuid
 
-from postbell.workers.channels import Delivery, Recipient
+from postbell.workers.channels.base import Delivery, Recipient
 from postbell.workers.channels.email import EmailChannel, Unsubscribe
-from postbell.workers.channels.mime import content_of
+from postbell.workers.channels.email.mime import content_of
 
 
 def parse(raw: bytes) -> email.message.EmailMessage:

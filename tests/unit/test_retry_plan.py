@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 
 from postbell.app.core.settings import Settings
-from postbell.workers.channels import Outcome
+from postbell.workers.channels.base import Outcome
 from postbell.workers.delivery import backoff_seconds, plan_outcomes
 
 NOW = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)

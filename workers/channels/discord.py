@@ -12,8 +12,8 @@ from typing import Any, ClassVar
 import msgspec
 
 from postbell.app.core.settings import Settings
-from postbell.workers.channels import Channel, Delivery, Outcome
-from postbell.workers.channels.webhook import HttpChannel
+from postbell.workers.channels.base import Channel, Delivery, Outcome
+from postbell.workers.channels.http import HttpChannel
 
 CONTENT_LIMIT = 2000  # characters Discord accepts in "content"
 

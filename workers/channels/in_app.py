@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from typing import ClassVar
 
 from postbell.app.core.settings import Settings
-from postbell.workers.channels import Channel, Delivery, Outcome
+from postbell.workers.channels.base import Channel, Delivery, Outcome
 
 
 class InAppChannel:

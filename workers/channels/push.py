@@ -21,7 +21,7 @@ import structlog
 from firebase_admin import credentials, exceptions, messaging
 
 from postbell.app.core.settings import FcmSettings, Settings
-from postbell.workers.channels import Channel, Delivery, Outcome
+from postbell.workers.channels.base import Channel, Delivery, Outcome
 from postbell.workers.channels.http import retry_after_seconds
 
 log = structlog.get_logger("postbell.push")

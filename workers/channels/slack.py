@@ -12,8 +12,8 @@ from typing import Any, ClassVar
 import msgspec
 
 from postbell.app.core.settings import Settings
-from postbell.workers.channels import Channel, Delivery
-from postbell.workers.channels.webhook import HttpChannel
+from postbell.workers.channels.base import Channel, Delivery
+from postbell.workers.channels.http import HttpChannel
 
 
 def _escape(text: str) -> str:

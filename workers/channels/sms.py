@@ -18,7 +18,7 @@ from twilio.http.async_http_client import AsyncTwilioHttpClient
 from twilio.rest import Client
 
 from postbell.app.core.settings import Settings, TwilioSettings
-from postbell.workers.channels import Channel, Delivery, Outcome
+from postbell.workers.channels.base import Channel, Delivery, Outcome
 
 log = structlog.get_logger("postbell.sms")
 

@@ -14,25 +14,19 @@ are dead at once.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import hmac
 import time
-from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import ClassVar
 
-import aiohttp
 import msgspec
 import structlog
 
 from postbell.app.core.settings import Settings
-from postbell.workers.channels import Channel, Delivery, Outcome
-from postbell.workers.channels.http import classify_exception, classify_status, new_session
+from postbell.workers.channels.base import Channel, Delivery
+from postbell.workers.channels.http import HttpChannel
 
 log = structlog.get_logger("postbell.webhook")
-
-#: Requests in flight at once per channel and worker process.
-CONCURRENCY = 64
 
 
 def signature(secret: str, body: bytes, timestamp: int) -> str:
@@ -54,57 +48,6 @@ def payload(delivery: Delivery) -> bytes:
             "metadata": dict(delivery.metadata),
         }
     )
-
-
-class HttpChannel:
-    """Shared machinery of channels that POST JSON to a URL held by the recipient."""
-
-    name: ClassVar[str]
-    address_field: ClassVar[str | None]
-    inactive_field: ClassVar[str | None] = None
-    what: ClassVar[str]
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self._session: aiohttp.ClientSession | None = None
-        self._limit = asyncio.Semaphore(CONCURRENCY)
-
-    @property
-    def session(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            self._session = new_session(
-                timeout=self.settings.http_timeout,
-                allow_private=self.settings.webhook_allow_private,
-            )
-        return self._session
-
-    def request(self, delivery: Delivery) -> tuple[str, bytes, dict[str, str]]:
-        raise NotImplementedError
-
-    def outcome(self, status: int, headers: Any, text: str) -> Outcome:
-        return classify_status(status, headers, self.what, text if status >= 400 else "")
-
-    async def send(self, deliveries: Sequence[Delivery]) -> list[Outcome]:
-        return list(await asyncio.gather(*(self._send_one(d) for d in deliveries)))
-
-    async def _send_one(self, delivery: Delivery) -> Outcome:
-        try:
-            url, body, headers = self.request(delivery)
-        except ValueError as exc:
-            return Outcome.fail(f"{self.what}: {exc}", "invalid_address")
-        async with self._limit:
-            try:
-                async with self.session.post(
-                    url, data=body, headers=headers, allow_redirects=False
-                ) as response:
-                    text = await response.text() if response.status >= 400 else ""
-                    return self.outcome(response.status, response.headers, text)
-            except Exception as exc:
-                return classify_exception(exc, self.what)
-
-    async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
 
 
 class WebhookChannel(HttpChannel):

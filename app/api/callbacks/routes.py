@@ -6,45 +6,39 @@ from __future__ import annotations
 from typing import Any
 
 import msgspec
-from litestar import Request, post
+from litestar import Request, Router, post
 
 from postbell.app.api.callbacks import service
+from postbell.app.api.deps import AppSettings, Pool
 
 
 class Processed(msgspec.Struct):
     status: str
 
 
-@post("/api/callbacks/sendgrid", tags=["callbacks"], status_code=200)
-async def sendgrid(request: Request[Any, Any, Any]) -> Processed:
+@post("/sendgrid", status_code=200)
+async def sendgrid(request: Request[Any, Any, Any], pool: Pool, settings: AppSettings) -> Processed:
     """SendGrid Event Webhook (signed: ECDSA; set SENDGRID_WEBHOOK_PUBLIC_KEY)."""
-    body = await request.body()
-    await service.sendgrid(
-        request.app.state.pool, request.app.state.settings, request.headers, body
-    )
+    await service.sendgrid(pool, settings, request.headers, await request.body())
     return Processed(status="processed")
 
 
-@post("/api/callbacks/ses", tags=["callbacks"], status_code=200)
-async def ses(request: Request[Any, Any, Any]) -> Processed:
+@post("/ses", status_code=200)
+async def ses(request: Request[Any, Any, Any], pool: Pool, settings: AppSettings) -> Processed:
     """Amazon SES events through an SNS HTTPS subscription (SNS-signed)."""
-    outcome = await service.ses(
-        request.app.state.pool, request.app.state.settings, await request.body()
-    )
+    outcome = await service.ses(pool, settings, await request.body())
     return Processed(status=outcome)
 
 
-@post("/api/callbacks/twilio", tags=["callbacks"], status_code=200)
-async def twilio(request: Request[Any, Any, Any]) -> Processed:
+@post("/twilio", status_code=200)
+async def twilio(request: Request[Any, Any, Any], pool: Pool, settings: AppSettings) -> Processed:
     """Twilio message status callback (X-Twilio-Signature)."""
     form = await request.form()
     params = {k: str(v) for k, v in form.items()}
     signature = request.headers.get("X-Twilio-Signature", "")
-    await service.twilio(
-        request.app.state.pool,
-        request.app.state.settings,
-        request.scope.get("query_string", b"").decode(),
-        params,
-        signature,
-    )
+    query = request.scope.get("query_string", b"").decode()
+    await service.twilio(pool, settings, query, params, signature)
     return Processed(status="processed")
+
+
+router = Router(path="/api/callbacks", tags=["callbacks"], route_handlers=[sendgrid, ses, twilio])

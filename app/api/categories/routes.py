@@ -2,28 +2,35 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from litestar import Request, get, put
+from litestar import Router, get, put
 from litestar.params import FromPath, JSONBody
 
 from postbell.app.api.auth import require_role
 from postbell.app.api.categories import service
+from postbell.app.api.deps import Pool
 
 
-@get("/api/categories", guards=[require_role("send")], tags=["categories"])
-async def list_categories(request: Request[Any, Any, Any]) -> service.CategoryList:
-    return await service.list_all(request.app.state.pool)
+@get("/")
+async def list_categories(pool: Pool) -> service.CategoryList:
+    return await service.list_all(pool)
 
 
-@get("/api/categories/{key:str}", guards=[require_role("send")], tags=["categories"])
-async def get_category(request: Request[Any, Any, Any], key: FromPath[str]) -> service.CategoryOut:
-    return await service.get(request.app.state.pool, key)
+@get("/{key:str}")
+async def get_category(pool: Pool, key: FromPath[str]) -> service.CategoryOut:
+    return await service.get(pool, key)
 
 
-@put("/api/categories/{key:str}", guards=[require_role("admin")], tags=["categories"])
+@put("/{key:str}", guards=[require_role("admin")])
 async def put_category(
-    request: Request[Any, Any, Any], key: FromPath[str], data: JSONBody[service.CategoryIn]
+    pool: Pool, key: FromPath[str], data: JSONBody[service.CategoryIn]
 ) -> service.CategoryOut:
     """Create or replace a category: default channels, required, fallback, rate limits."""
-    return await service.put(request.app.state.pool, key, data)
+    return await service.put(pool, key, data)
+
+
+router = Router(
+    path="/api/categories",
+    guards=[require_role("send")],
+    tags=["categories"],
+    route_handlers=[list_categories, get_category, put_category],
+)

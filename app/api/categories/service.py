@@ -14,8 +14,9 @@ from typing import Annotated, Any, Literal
 import msgspec
 from psycopg.types.json import Jsonb
 
-from postbell.app.api.notifications.schemas import ChannelName, Key
+from postbell.app.api.notifications.schemas import Key
 from postbell.app.core import db
+from postbell.app.core.channels import ChannelName
 from postbell.app.core.errors import Invalid, NotFound
 
 _PER_RE = re.compile(r"^\s*(\d+)\s*(s|m|h|d)\s*$")

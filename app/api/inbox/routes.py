@@ -3,24 +3,23 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from typing import Annotated
 
-from litestar import Request, get, post
+from litestar import Router, get, post
 from litestar.params import FromPath, FromQuery, HeaderParameter, JSONBody, QueryParameter
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 
 from postbell.app.api.auth import recipient_guard
+from postbell.app.api.deps import Hub, Pool
 from postbell.app.api.inbox import live, service
 from postbell.app.api.inbox.schemas import InboxPage, MarkIn, MarkOut
 from postbell.app.api.pagination import DEFAULT_LIMIT, MAX_LIMIT
 from postbell.app.core.errors import NotFound
 
-_INBOX = [recipient_guard]
 
-
-@get("/api/inbox/{recipient:str}", guards=_INBOX, tags=["inbox"])
+@get("/")
 async def get_inbox(
-    request: Request[Any, Any, Any],
+    pool: Pool,
     recipient: FromPath[str],
     cursor: FromQuery[str | None] = None,
     limit: Annotated[int, QueryParameter(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
@@ -30,7 +29,7 @@ async def get_inbox(
 ) -> InboxPage:
     """The inbox, newest first, without archived items (``archived=true``: only those)."""
     return await service.list_items(
-        request.app.state.pool,
+        pool,
         recipient,
         cursor=cursor,
         limit=limit,
@@ -40,22 +39,22 @@ async def get_inbox(
     )
 
 
-@get("/api/inbox/{recipient:str}/stream", guards=_INBOX, tags=["inbox"])
+@get("/stream")
 async def stream(
-    request: Request[Any, Any, Any],
+    pool: Pool,
+    hub: Hub,
     recipient: FromPath[str],
     last_event_id: Annotated[str | None, HeaderParameter(name="Last-Event-ID")] = None,
 ) -> ServerSentEvent:
     """Server-sent events: ``notification`` (a new item), ``update`` (read, seen, archive
     changes), ``counts`` (unread/unseen), ``resync`` (refetch); comment heartbeats.
     EventSource cannot send headers: it may pass the recipient token as ``?token=``."""
-    state = request.app.state
-    recipient_id = await service.ensure_recipient(state.pool, recipient)
+    recipient_id = await service.ensure_recipient(pool, recipient)
     resume = int(last_event_id) if last_event_id and last_event_id.isdigit() else None
 
     async def messages() -> AsyncIterator[ServerSentEventMessage]:
         yield ServerSentEventMessage(data=None, comment="postbell inbox stream", retry=3000)
-        async for event in live.stream(state.inbox_hub, state.pool, recipient_id, resume):
+        async for event in live.stream(hub, pool, recipient_id, resume):
             if event is None:
                 yield ServerSentEventMessage(comment="ping")
             else:
@@ -66,9 +65,9 @@ async def stream(
     )
 
 
-@post("/api/inbox/{recipient:str}/{action:str}", guards=_INBOX, tags=["inbox"], status_code=200)
+@post("/{action:str}", status_code=200)
 async def mark(
-    request: Request[Any, Any, Any],
+    pool: Pool,
     recipient: FromPath[str],
     action: FromPath[str],
     data: JSONBody[MarkIn],
@@ -78,4 +77,12 @@ async def mark(
     Body: ``{"ids": [...]}`` or ``{"all": true}``. Reading also marks seen."""
     if action not in service.ACTIONS:
         raise NotFound(f"no inbox action {action!r}; one of {', '.join(service.ACTIONS)}")
-    return await service.mark(request.app.state.pool, recipient, action, data)
+    return await service.mark(pool, recipient, action, data)
+
+
+router = Router(
+    path="/api/inbox/{recipient:str}",
+    guards=[recipient_guard],
+    tags=["inbox"],
+    route_handlers=[get_inbox, stream, mark],
+)

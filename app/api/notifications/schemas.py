@@ -8,7 +8,8 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
-ChannelName = Literal["IN_APP", "EMAIL", "PUSH", "SMS", "WEBHOOK", "SLACK", "DISCORD"]
+from postbell.app.core.channels import ChannelName
+
 Priority = Literal["low", "normal", "high", "urgent"]
 
 MAX_RECIPIENTS = 10_000

@@ -13,11 +13,11 @@ from typing import Annotated, Any
 import msgspec
 from psycopg.types.json import Jsonb
 
-from postbell.app.api.notifications.schemas import ChannelName
 from postbell.app.api.pagination import decode_cursor, encode_cursor
 from postbell.app.core import db
+from postbell.app.core.channels import CHANNELS, ChannelName
 from postbell.app.core.errors import Invalid, NotFound
-from postbell.app.core.settings import CHANNELS, Settings
+from postbell.app.core.settings import Settings
 
 MAX_BULK = 10_000
 _AGE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)?\s*$")

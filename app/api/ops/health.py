@@ -5,27 +5,28 @@ from __future__ import annotations
 from typing import Any
 
 import msgspec
-from litestar import Request, Response, get
+from litestar import Response, get
 
+from postbell.app.api.deps import Pool
+from postbell.app.api.errors import error_response
 from postbell.app.core import migrations
-from postbell.app.core.errors import error_response
 
 
 class Health(msgspec.Struct):
     status: str
 
 
-@get("/health", tags=["ops"], include_in_schema=True)
+@get("/health")
 async def health() -> Health:
     """The process is up."""
     return Health(status="ok")
 
 
-@get("/ready", tags=["ops"])
-async def ready(request: Request[Any, Any, Any]) -> Response[Any]:
+@get("/ready")
+async def ready(pool: Pool) -> Response[Any]:
     """The database answers and every migration is applied."""
     try:
-        async with request.app.state.pool.connection(timeout=5) as conn:
+        async with pool.connection(timeout=5) as conn:
             waiting = await migrations.pending(conn)
     except Exception as exc:
         return error_response(503, "not_ready", f"database unreachable ({type(exc).__name__})")

@@ -1,57 +1,55 @@
-"""HTTP for operators: the dead-letter queue (admin keys only)."""
+"""HTTP for operators: liveness and readiness (open), the dead-letter queue (admin keys)."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
-from litestar import Request, get, post
+from litestar import Router, get, post
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
 from postbell.app.api.auth import require_role
-from postbell.app.api.ops import dead_letters
+from postbell.app.api.deps import AppSettings, Pool
+from postbell.app.api.ops import dead_letters as service
+from postbell.app.api.ops.health import health as health_check
+from postbell.app.api.ops.health import ready
 from postbell.app.api.pagination import DEFAULT_LIMIT, MAX_LIMIT
 
-_ADMIN = [require_role("admin")]
 
-
-@get("/api/dead-letters", guards=_ADMIN, tags=["dead letters"])
+@get("/")
 async def list_dead_letters(
-    request: Request[Any, Any, Any],
+    pool: Pool,
     channel: FromQuery[str | None] = None,
     reason: FromQuery[str | None] = None,
     older_than: FromQuery[str | None] = None,
     cursor: FromQuery[str | None] = None,
     limit: Annotated[int, QueryParameter(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
-) -> dead_letters.DeadLetterPage:
+) -> service.DeadLetterPage:
     """Dead deliveries, oldest first; ``older_than`` takes an age (30m, 2h, 7d) or a time."""
-    return await dead_letters.list_page(
-        request.app.state.pool,
-        channel=channel,
-        reason=reason,
-        older_than=older_than,
-        cursor=cursor,
-        limit=limit,
+    return await service.list_page(
+        pool, channel=channel, reason=reason, older_than=older_than, cursor=cursor, limit=limit
     )
 
 
-@post(
-    "/api/dead-letters/{delivery_id:int}/retry",
-    guards=_ADMIN,
-    tags=["dead letters"],
-    status_code=200,
-)
+@post("/{delivery_id:int}/retry", status_code=200)
 async def retry_dead_letter(
-    request: Request[Any, Any, Any], delivery_id: FromPath[int]
-) -> dead_letters.Retried:
+    pool: Pool, settings: AppSettings, delivery_id: FromPath[int]
+) -> service.Retried:
     """Requeue one dead delivery (back to pending, fresh attempts)."""
-    return await dead_letters.retry_one(
-        request.app.state.pool, request.app.state.settings, delivery_id
-    )
+    return await service.retry_one(pool, settings, delivery_id)
 
 
-@post("/api/dead-letters/retry", guards=_ADMIN, tags=["dead letters"], status_code=200)
+@post("/retry", status_code=200)
 async def retry_dead_letters(
-    request: Request[Any, Any, Any], data: JSONBody[dead_letters.RetryIn]
-) -> dead_letters.Retried:
+    pool: Pool, settings: AppSettings, data: JSONBody[service.RetryIn]
+) -> service.Retried:
     """Requeue many: ``{"ids": [...]}``, a filter (channel, reason, older_than) or all."""
-    return await dead_letters.retry_many(request.app.state.pool, request.app.state.settings, data)
+    return await service.retry_many(pool, settings, data)
+
+
+health = Router(path="/", tags=["ops"], route_handlers=[health_check, ready])
+dead_letters = Router(
+    path="/api/dead-letters",
+    guards=[require_role("admin")],
+    tags=["dead letters"],
+    route_handlers=[list_dead_letters, retry_dead_letter, retry_dead_letters],
+)

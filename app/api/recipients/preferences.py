@@ -11,9 +11,10 @@ import msgspec
 from msgspec import UNSET, UnsetType
 from psycopg.types.json import Jsonb
 
-from postbell.app.api.notifications.schemas import ChannelName, Key
+from postbell.app.api.notifications.schemas import Key
 from postbell.app.api.recipients.service import external_id
 from postbell.app.core import db, validation
+from postbell.app.core.channels import ChannelName
 from postbell.app.core.errors import Invalid
 
 _CLOCK_RE = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")

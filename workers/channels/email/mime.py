@@ -16,7 +16,7 @@ import html
 import quopri
 from email.header import Header
 
-from postbell.workers.channels import Delivery
+from postbell.workers.channels.base import Delivery
 
 CRLF = "\r\n"
 

@@ -1,0 +1,83 @@
+"""What the API's handlers share, built once per app and handed out by Litestar's
+dependency injection: a handler declares ``pool: Pool``, ``settings: AppSettings``,
+``waker: ProcessWaker`` or ``hub: Hub`` (the aliases below) and gets it."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from litestar.di import NamedDependency, Provide
+
+from postbell.app.api.auth import KeyStore
+from postbell.app.api.inbox.live import InboxHub
+from postbell.app.api.wakeups import Waker
+from postbell.app.core import db
+from postbell.app.core.settings import Settings
+
+Pool = NamedDependency[db.Pool]
+AppSettings = NamedDependency[Settings]
+ProcessWaker = NamedDependency[Waker]
+Hub = NamedDependency[InboxHub]
+
+#: Seconds a request waits for a database connection before it answers 503.
+API_POOL_TIMEOUT = 5.0
+
+
+@dataclasses.dataclass(slots=True)
+class Services:
+    """The API process's long-lived parts. Built unopened; ``start`` opens them (the
+    app's lifespan), ``stop`` closes what this app opened."""
+
+    settings: Settings
+    pool: db.Pool
+    keys: KeyStore
+    hub: InboxHub
+    waker: Waker
+    owns_pool: bool
+
+    @classmethod
+    def build(cls, settings: Settings, pool: db.Pool | None = None) -> Services:
+        """The services for ``settings``; a given ``pool`` is shared, never closed here
+        (``postbell dev`` shares one with its worker)."""
+        if not settings.database_url:
+            raise ValueError("the API needs settings.database_url")
+        owns_pool = pool is None
+        if pool is None:
+            pool = db.create_pool(
+                settings.database_url,
+                max_size=settings.db_pool_size,
+                name="postbell-api",
+                timeout=API_POOL_TIMEOUT,
+            )
+        return cls(
+            settings=settings,
+            pool=pool,
+            keys=KeyStore(pool, settings.admin_key),
+            hub=InboxHub(settings.database_url, pool),
+            waker=Waker(settings.database_url),
+            owns_pool=owns_pool,
+        )
+
+    async def start(self) -> None:
+        if self.owns_pool:
+            await self.pool.open(wait=False)
+        await self.hub.start()
+        await self.waker.start()
+
+    async def stop(self) -> None:
+        await self.waker.stop()
+        await self.hub.stop()
+        if self.owns_pool:
+            await self.pool.close()
+
+    def dependencies(self) -> dict[str, Provide]:
+        def value(thing: Any) -> Provide:
+            return Provide(lambda: thing, use_cache=True, sync_to_thread=False)
+
+        return {
+            "pool": value(self.pool),
+            "settings": value(self.settings),
+            "waker": value(self.waker),
+            "hub": value(self.hub),
+        }

@@ -1,0 +1,41 @@
+"""API keys: generated with 256 bits of entropy, stored only as their SHA-256.
+
+A fast hash is safe for a key of that entropy, and it runs on every request (no
+bcrypt). The key itself is shown once, when it is created.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from typing import Literal
+
+from postbell.app.core import db
+
+Role = Literal["admin", "send"]
+ROLES: tuple[Role, ...] = ("admin", "send")
+KEY_PREFIX = "pb_"
+
+
+def generate_key() -> str:
+    return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def hash_key(key: str) -> bytes:
+    return hashlib.sha256(key.encode()).digest()
+
+
+async def store_key(conn: db.Conn, key: str, role: Role, name: str | None = None) -> int:
+    """Store ``key`` (hashed) with ``role``; answer its id. Storing it again re-activates it."""
+    row = await db.fetch_one(
+        conn,
+        "api_keys_insert",
+        {"key_hash": hash_key(key), "prefix": key[:8], "name": name, "role": role},
+    )
+    return int(row["id"]) if row else 0
+
+
+async def create_key(conn: db.Conn, role: Role, name: str | None = None) -> tuple[int, str]:
+    """Store a new key (hashed); answer its id and the key, which is shown only once."""
+    key = generate_key()
+    return await store_key(conn, key, role, name), key

@@ -1,0 +1,112 @@
+"""EMAIL: HTML + plain-text messages through a provider chosen by POSTBELL_EMAIL_PROVIDER.
+
+* ``smtp``: aiosmtplib over a small set of reused connections (STARTTLS, AUTH);
+  works for any relay, Gmail's SMTP and Amazon SES's SMTP interface (``smtp.py``).
+* ``sendgrid`` and ``ses``: their HTTP APIs (``sendgrid.py``, ``ses.py``).
+* ``console``: the ``dev`` default when no SMTP is configured (``console.py``).
+
+The channel builds one message per delivery (``mime.py``) and hands the batch to
+its transport. Every message carries ``Message-ID: <delivery-id@sender-domain>``,
+stable across retries, so a receiver can drop the duplicate an at-least-once resend
+may cause.
+"""
+
+from __future__ import annotations
+
+import email.utils
+from collections.abc import Sequence
+from typing import ClassVar
+from urllib.parse import quote
+
+from postbell.app.core.settings import Settings
+from postbell.app.core.tokens import unsubscribe_token
+from postbell.workers.channels.base import Channel, Delivery, Outcome
+from postbell.workers.channels.email import mime
+from postbell.workers.channels.email.console import ConsoleTransport
+from postbell.workers.channels.email.mime import OutgoingEmail
+from postbell.workers.channels.email.sendgrid import SendGridTransport
+from postbell.workers.channels.email.ses import SesTransport
+from postbell.workers.channels.email.smtp import SmtpTransport
+from postbell.workers.channels.email.transport import EmailTransport
+
+
+class Unsubscribe:
+    """RFC 8058 one-click unsubscribe links: POST /api/unsubscribe?token=... opts the
+    recipient out of the category's EMAIL (app/recipients/unsubscribe.py)."""
+
+    def __init__(self, public_url: str, secret: str) -> None:
+        self.base = public_url.rstrip("/") + "/api/unsubscribe?token="
+        self.secret = secret
+
+    def url(self, external_id: str, category: str) -> str:
+        return self.base + quote(unsubscribe_token(self.secret, external_id, category))
+
+
+class EmailChannel:
+    name: ClassVar[str] = "EMAIL"
+    address_field: ClassVar[str | None] = "email"
+    inactive_field: ClassVar[str | None] = "email_inactive_at"
+
+    def __init__(
+        self, transport: EmailTransport, sender: str, unsubscribe: Unsubscribe | None = None
+    ) -> None:
+        self.transport = transport
+        self.sender = sender
+        _, self.sender_address = email.utils.parseaddr(sender)
+        self.domain = self.sender_address.rpartition("@")[2] or "postbell.localhost"
+        self.unsubscribe = unsubscribe
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Channel | None:
+        transport: EmailTransport
+        if settings.email_provider == "smtp" and settings.smtp is not None:
+            transport = SmtpTransport(settings.smtp)
+        elif settings.email_provider == "sendgrid" and settings.sendgrid is not None:
+            transport = SendGridTransport(settings.sendgrid, timeout=settings.http_timeout)
+        elif settings.email_provider == "ses" and settings.ses is not None:
+            transport = SesTransport(settings.ses, timeout=settings.http_timeout)
+        elif settings.email_provider == "console":
+            transport = ConsoleTransport()
+        else:
+            return None
+        unsubscribe = None
+        if settings.public_url and settings.inbox_secrets:
+            unsubscribe = Unsubscribe(settings.public_url, settings.inbox_secrets[0])
+        return cls(transport, settings.email_from, unsubscribe)
+
+    async def send(self, deliveries: Sequence[Delivery]) -> list[Outcome]:
+        shared: dict[object, mime.Content] = {}
+        return await self.transport.send([self.build(d, shared) for d in deliveries])
+
+    async def close(self) -> None:
+        await self.transport.close()
+
+    def build(
+        self, delivery: Delivery, shared: dict[object, mime.Content] | None = None
+    ) -> OutgoingEmail:
+        """The email for one delivery; ``shared`` caches what a notification's
+        recipients have in common."""
+        recipient = delivery.recipient
+        assert recipient.email, "the router skips recipients without an address"
+        cache = shared if shared is not None else {}
+        content = cache.get(delivery.notification_id)
+        if content is None:
+            content = cache[delivery.notification_id] = mime.content_of(delivery)
+        extra: tuple[tuple[str, str], ...] = ()
+        if self.unsubscribe and delivery.category and not delivery.category_required:
+            link = self.unsubscribe.url(recipient.external_id, delivery.category)
+            extra = (
+                ("List-Unsubscribe", f"<{link}>"),
+                ("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"),
+            )
+        return OutgoingEmail(
+            delivery_id=delivery.id,
+            notification_id=str(delivery.notification_id),
+            sender=self.sender,
+            sender_address=self.sender_address,
+            to_name=recipient.name,
+            to_address=recipient.email,
+            message_id=f"<{delivery.id}@{self.domain}>",
+            content=content,
+            extra_headers=extra,
+        )

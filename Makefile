@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: dev test lint bench clean
+.PHONY: dev test lint bench schema clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "postbell needs Python 3.11 or newer (set PYTHON=python3.11)")'
@@ -30,6 +30,10 @@ lint: $(STAMP)
 	@for f in postbell/*.py; do ln -s $(CURDIR)/$$f $(TYPECHECK)/postbell/; done
 	@for d in app workers sql; do ln -s $(CURDIR)/$$d $(TYPECHECK)/postbell/$$d; done
 	cd $(TYPECHECK) && $(CURDIR)/$(BIN)/mypy --config-file $(CURDIR)/pyproject.toml
+
+# sql/schema.sql: the schema as the migrations leave it (a test checks it stays so).
+schema: $(STAMP)
+	$(BIN)/python -m tests.tools.dump_schema
 
 bench: $(STAMP)
 	$(BIN)/python -m bench

@@ -14,7 +14,7 @@ from collections.abc import Callable, Coroutine, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from postbell.app.core import db, embedded, logs, migrations
+from postbell.app.core import db, embedded, logs, migrations, schema
 from postbell.app.core import keys as api_keys
 from postbell.app.core.channels import CHANNELS
 from postbell.app.core.settings import ConfigError, Settings
@@ -467,6 +467,23 @@ def _print_table(headers: list[str], rows: list[list[Any]]) -> None:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
 
 
+def cmd_schema(args: argparse.Namespace) -> int:
+    settings = _with_database(_settings())
+
+    async def dump() -> int:
+        assert settings.database_url
+        async with await db.connect(settings.database_url, name="postbell-cli") as conn:
+            text = await schema.dump(conn)
+        if args.output:
+            Path(args.output).write_text(text)
+            print(f"wrote {args.output}", file=sys.stderr)
+        else:
+            print(text, end="")
+        return 0
+
+    return _run(dump())
+
+
 def cmd_db(args: argparse.Namespace) -> int:
     settings = Settings.from_env(dev=True)
     pgdata = _pgdata(settings)
@@ -613,6 +630,20 @@ def _parser() -> argparse.ArgumentParser:
     action.add_argument(
         "--retry-all", action="store_true", help="requeue every dead delivery matching the filters"
     )
+
+    schema_cmd = command(
+        "schema",
+        cmd_schema,
+        "print the database schema as SQL",
+        "Print the schema of DATABASE_URL's postbell schema as SQL: tables with their "
+        "constraints and indexes, views, functions, triggers. sql/schema.sql is this output "
+        "for a freshly migrated database ('make schema' regenerates it).",
+    )
+    schema_sub = schema_cmd.add_subparsers(dest="schema_command", required=True, metavar="ACTION")
+    dump = schema_sub.add_parser(
+        "dump", help="print the schema as SQL", description="Print the schema as SQL."
+    )
+    dump.add_argument("--output", "-o", metavar="FILE", help="write to FILE instead of stdout")
 
     dbp = command(
         "db",

@@ -17,6 +17,3 @@ VALUES (%(key)s, %(name)s, %(description)s, %(default_channels)s::text[], %(requ
        default_channels = excluded.default_channels, required = excluded.required,
        fallback = excluded.fallback, rate_limits = excluded.rate_limits, updated_at = now()
 RETURNING key, name, description, default_channels, required, fallback, rate_limits, created_at, updated_at
-
--- name: categories_exists
-SELECT 1 AS found FROM categories WHERE key = %(key)s

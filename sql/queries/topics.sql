@@ -26,9 +26,6 @@ added AS (
 )
 SELECT count(*) AS added FROM added
 
--- name: topics_ensure
-INSERT INTO topics (key) VALUES (%(topic)s) ON CONFLICT (key) DO NOTHING
-
 -- name: topics_unsubscribe
 DELETE FROM topic_subscribers AS s
  USING recipients AS r

@@ -80,3 +80,15 @@ async def test_dump_is_deterministic(database_url: str) -> None:
     """Two dumps of one database are identical (sorted, no volatile values)."""
     async with await db.connect(database_url) as conn:
         assert await schema.dump(conn) == await schema.dump(conn)
+
+
+async def test_sql_notify_accepts_exactly_the_channel_names(database_url: str) -> None:
+    """postbell.notify() checks channel names in SQL; its list is core.channels.CHANNELS."""
+    from postbell.app.core.channels import CHANNELS
+
+    async with await db.connect(database_url) as conn:
+        cursor = await conn.execute("SELECT pg_get_functiondef('postbell.notify'::regproc) AS d")
+        row = await cursor.fetchone()
+    assert row is not None
+    (listed,) = re.findall(r"c NOT IN \(([^)]*)\)", row["d"])
+    assert [name.strip(" '") for name in listed.split(",")] == list(CHANNELS)

@@ -28,6 +28,8 @@ from postbell.app.core import db, embedded, logs, migrations
 from postbell.app.core.settings import Settings
 from tests.peers.fake_fcm import FcmPeer
 from tests.peers.fake_twilio import TwilioPeer
+from tests.peers.sendgrid import SendGridPeer
+from tests.peers.ses import SesPeer
 from tests.peers.smtp import SmtpPeer
 from tests.peers.webhooks import WebhookReceiver
 
@@ -156,6 +158,22 @@ def twilio() -> Iterator[TwilioPeer]:
 @pytest.fixture(scope="session")
 def receiver() -> Iterator[WebhookReceiver]:
     peer = WebhookReceiver().start()
+    yield peer
+    peer.stop()
+
+
+@pytest.fixture(scope="session")
+def sendgrid() -> Iterator[SendGridPeer]:
+    peer = SendGridPeer()
+    peer.start()
+    yield peer
+    peer.stop()
+
+
+@pytest.fixture(scope="session")
+def ses() -> Iterator[SesPeer]:
+    peer = SesPeer()
+    peer.start()
     yield peer
     peer.stop()
 

@@ -28,6 +28,8 @@ COMMANDS = [
     ["db", "url"],
     ["dead-letters"],
     ["queues"],
+    ["schema"],
+    ["schema", "dump"],
 ]
 
 
@@ -141,3 +143,13 @@ def test_queues_and_dead_letters_print_one_line_per_row(fresh_database_url: str)
     assert dead.returncode == 0, dead.stderr
     assert dead.stdout.splitlines()[1].endswith("Twilio said: line two line three"), dead.stdout
     assert dead.stdout.splitlines()[2] == "1 dead in all"
+
+
+def test_schema_dump_prints_the_schema(database_url: str) -> None:
+    """`postbell schema dump` on a migrated database prints what sql/schema.sql holds."""
+    from pathlib import Path
+
+    result = run("schema", "dump", environ=env(DATABASE_URL=database_url))
+    assert result.returncode == 0, result.stderr
+    committed = (Path(__file__).resolve().parents[2] / "sql" / "schema.sql").read_text()
+    assert result.stdout.splitlines()[8:] == committed.splitlines()[8:]

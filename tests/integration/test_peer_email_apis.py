@@ -49,22 +49,6 @@ TOPIC = "arn:aws:sns:eu-west-1:123456789012:postbell-ses-events"
 
 
 @pytest.fixture(scope="module")
-def sendgrid() -> Iterator[SendGridPeer]:
-    peer = SendGridPeer()
-    peer.start()
-    yield peer
-    peer.stop()
-
-
-@pytest.fixture(scope="module")
-def ses() -> Iterator[SesPeer]:
-    peer = SesPeer()
-    peer.start()
-    yield peer
-    peer.stop()
-
-
-@pytest.fixture(scope="module")
 def sns() -> Iterator[SnsSigner]:
     peer = SnsSigner()
     peer.start()

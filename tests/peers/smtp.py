@@ -123,6 +123,11 @@ class SmtpPeer:
             "EMAIL_FROM": "Postbell <notify@postbell.test>",
         }
 
+    def fail_next(self, address: str, *replies: str) -> None:
+        """Answer the next RCPT TOs of ``address`` with these replies, in order."""
+        with self._lock:
+            self.script.setdefault(address, []).extend(replies)
+
     def to(self, address: str) -> list[Received]:
         with self._lock:
             return [r for r in self.received if address in r.rcpt_tos]

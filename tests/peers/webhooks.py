@@ -54,6 +54,8 @@ class WebhookReceiver(HttpPeer):
         super().__init__()
         self.scripts: dict[str, list[Reply]] = {}
         self.delay: dict[str, float] = {}
+        #: the requests answered 2xx (``received`` holds every request)
+        self.accepted: list[Recorded] = []
 
     def script(self, path: str, replies: list[Reply]) -> None:
         with self.lock:
@@ -63,13 +65,15 @@ class WebhookReceiver(HttpPeer):
         app.router.add_route("POST", "/{tail:.*}", self._handle)
 
     async def _handle(self, request: web.Request) -> web.Response:
-        await self.record(request)
+        entry = await self.record(request)
         path = request.path
         if self.delay.get(path):
             await asyncio.sleep(self.delay[path])
         with self.lock:
             replies = self.scripts.get(path)
             reply: Reply | None = replies.pop(0) if replies else None
+            if reply is None:
+                self.accepted.append(entry)
         if reply is None:
             return web.json_response({"ok": True})
         if isinstance(reply, int):
@@ -89,3 +93,8 @@ class WebhookReceiver(HttpPeer):
 
     def as_json(self, path: str) -> list[Any]:
         return [r.json() for r in self.at(path)]
+
+    def accepted_json(self, path: str) -> list[Any]:
+        """The JSON bodies of the requests to ``path`` that were answered 2xx."""
+        with self.lock:
+            return [r.json() for r in self.accepted if r.path == path]

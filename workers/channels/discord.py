@@ -28,9 +28,8 @@ class DiscordChannel(HttpChannel):
         return cls(settings)
 
     def request(self, delivery: Delivery) -> tuple[str, bytes, dict[str, str]]:
-        url = delivery.recipient.discord_webhook_url
-        if not url:
-            raise ValueError("no discord_webhook_url")
+        url = self.address(delivery)
+        assert url is not None  # send() skips deliveries without one
         message: dict[str, Any] = {"content": delivery.body[:CONTENT_LIMIT]}
         if delivery.title or delivery.action_url:
             embed: dict[str, Any] = {"title": (delivery.title or delivery.subject)[:256]}

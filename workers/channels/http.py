@@ -153,7 +153,15 @@ class HttpChannel:
     async def send(self, deliveries: Sequence[Delivery]) -> list[Outcome]:
         return list(await asyncio.gather(*(self._send_one(d) for d in deliveries)))
 
+    def address(self, delivery: Delivery) -> str | None:
+        """The URL this delivery goes to (the recipient's ``address_field``)."""
+        assert self.address_field is not None
+        value = getattr(delivery.recipient, self.address_field)
+        return str(value) if value else None
+
     async def _send_one(self, delivery: Delivery) -> Outcome:
+        if not self.address(delivery):
+            return Outcome.skip("no_address")
         try:
             url, body, headers = self.request(delivery)
         except ValueError as exc:

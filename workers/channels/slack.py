@@ -31,9 +31,8 @@ class SlackChannel(HttpChannel):
         return cls(settings)
 
     def request(self, delivery: Delivery) -> tuple[str, bytes, dict[str, str]]:
-        url = delivery.recipient.slack_webhook_url
-        if not url:
-            raise ValueError("no slack_webhook_url")
+        url = self.address(delivery)
+        assert url is not None  # send() skips deliveries without one
         text = _escape(delivery.body)
         if delivery.title:
             text = f"*{_escape(delivery.title)}*\n{text}"

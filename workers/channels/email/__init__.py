@@ -76,7 +76,15 @@ class EmailChannel:
 
     async def send(self, deliveries: Sequence[Delivery]) -> list[Outcome]:
         shared: dict[object, mime.Content] = {}
-        return await self.transport.send([self.build(d, shared) for d in deliveries])
+        outcomes: list[Outcome | None] = [None] * len(deliveries)
+        messages: list[OutgoingEmail] = []
+        for index, delivery in enumerate(deliveries):
+            if not delivery.recipient.email:
+                outcomes[index] = Outcome.skip("no_address")
+            else:
+                messages.append(self.build(delivery, shared))
+        sent = iter(await self.transport.send(messages) if messages else [])
+        return [o if o is not None else next(sent) for o in outcomes]
 
     async def close(self) -> None:
         await self.transport.close()
@@ -87,7 +95,7 @@ class EmailChannel:
         """The email for one delivery; ``shared`` caches what a notification's
         recipients have in common."""
         recipient = delivery.recipient
-        assert recipient.email, "the router skips recipients without an address"
+        assert recipient.email, "send() skips deliveries without an address"
         cache = shared if shared is not None else {}
         content = cache.get(delivery.notification_id)
         if content is None:

@@ -470,18 +470,18 @@ def _print_table(headers: list[str], rows: list[list[Any]]) -> None:
 def cmd_schema(args: argparse.Namespace) -> int:
     settings = _with_database(_settings())
 
-    async def dump() -> int:
+    async def dump() -> str:
         assert settings.database_url
         async with await db.connect(settings.database_url, name="postbell-cli") as conn:
-            text = await schema.dump(conn)
-        if args.output:
-            Path(args.output).write_text(text)
-            print(f"wrote {args.output}", file=sys.stderr)
-        else:
-            print(text, end="")
-        return 0
+            return await schema.dump(conn)
 
-    return _run(dump())
+    text = asyncio.run(dump())
+    if args.output:
+        Path(args.output).write_text(text)
+        print(f"wrote {args.output}", file=sys.stderr)
+    else:
+        print(text, end="")
+    return 0
 
 
 def cmd_db(args: argparse.Namespace) -> int:

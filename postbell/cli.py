@@ -8,7 +8,9 @@ import contextlib
 import dataclasses
 import datetime as dt
 import os
+import secrets
 import signal
+import socket
 import sys
 from collections.abc import Callable, Coroutine, Iterator, Sequence
 from pathlib import Path
@@ -16,7 +18,7 @@ from typing import Any
 
 from postbell.app.core import db, embedded, logs, migrations, schema
 from postbell.app.core import keys as api_keys
-from postbell.app.core.channels import CHANNELS
+from postbell.app.core.channels import CHANNELS, QUEUES
 from postbell.app.core.settings import ConfigError, Settings
 
 PROG = "postbell"
@@ -87,6 +89,25 @@ def _stop_on_signals(stop: asyncio.Event) -> Iterator[None]:
             loop.remove_signal_handler(sig)
 
 
+def _bind(settings: Settings) -> socket.socket:
+    """The API's listening socket, bound before anything says it is running: a port in
+    use is one line naming PORT, not a traceback after a banner."""
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((settings.host, settings.port))
+    except OSError as exc:
+        sock.close()
+        raise UsageError(
+            f"PORT={settings.port}: cannot listen on {settings.host}:{settings.port}"
+            f" ({exc.strerror}); set PORT to a free port"
+        ) from None
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
 def _uvicorn_server(app: Any, settings: Settings) -> Any:
     import uvicorn
 
@@ -108,6 +129,17 @@ def _uvicorn_server(app: Any, settings: Settings) -> Any:
     return Server(config)
 
 
+async def _serving(server: Any, sock: socket.socket) -> asyncio.Task[None]:
+    """Start ``server`` on ``sock``; return once it accepts requests (its lifespan ran)."""
+    web = asyncio.create_task(server.serve(sockets=[sock]))
+    while not server.started:
+        if web.done():
+            web.result()  # the startup failed: raise its error
+            raise UsageError("the API stopped during start-up")
+        await asyncio.sleep(0.02)
+    return web
+
+
 # -- commands ------------------------------------------------------------------------
 
 
@@ -119,7 +151,21 @@ def cmd_dev(args: argparse.Namespace) -> int:
         settings = dataclasses.replace(settings, database_url=url)
     assert settings.database_url
     os.environ.setdefault("DATABASE_URL", settings.database_url)
-    return _run(_dev(settings, embedded_db))
+    base = f"http://{settings.host}:{settings.port}"
+    settings = dataclasses.replace(
+        settings,
+        inbox_secrets=settings.inbox_secrets or (_dev_secret(settings.data_dir),),
+        public_url=settings.public_url or base,
+    )
+    try:
+        return _run(_dev(settings, embedded_db))
+    finally:
+        if embedded_db:
+            print(
+                f"\nThe embedded Postgres under {_pgdata(settings)} is still running (your data"
+                " stays); stop it with: postbell db stop",
+                file=sys.stderr,
+            )
 
 
 async def _dev(settings: Settings, embedded_db: bool) -> int:
@@ -128,55 +174,75 @@ async def _dev(settings: Settings, embedded_db: bool) -> int:
 
     assert settings.database_url
     await migrations.migrate(settings.database_url)
+    sock = _bind(settings)
     pool = db.create_pool(
         settings.database_url, max_size=settings.db_pool_size, name="postbell-dev"
     )
     await pool.open(wait=True)
+    stop = asyncio.Event()
     try:
         key = settings.admin_key or await _register_dev_key(pool, _dev_admin_key(settings.data_dir))
         server = _uvicorn_server(create_app(settings, pool=pool), settings)
-        stop = asyncio.Event()
-        base = f"http://{settings.host}:{settings.port}"
-        where = f"embedded, {_pgdata(settings)}" if embedded_db else "DATABASE_URL"
-        print(
-            "\n".join(
-                [
-                    "",
-                    "postbell is running (API + worker in one process)",
-                    f"  API        {base}/api",
-                    f"  API docs   {base}/schema  (OpenAPI JSON: {base}/schema/openapi.json)",
-                    f"  admin key  {key}",
-                    f"  database   {where}",
-                    "",
-                    f"  export KEY={key}",
-                    f'  curl -X PUT {base}/api/recipients/user-1 -H "Authorization: Bearer $KEY" '
-                    '-d \'{"email": "ada@example.org", "name": "Ada"}\'',
-                    "",
-                ]
-            ),
-            flush=True,
-        )
         with _stop_on_signals(stop):
-            web = asyncio.create_task(server.serve())
             work = asyncio.create_task(runner.run(settings, stop, pool=pool))
-            await stop.wait()
+            web = await _serving(server, sock)
+            print(_banner(settings, key, embedded_db), flush=True)
+            waiter = asyncio.create_task(stop.wait())
+            await asyncio.wait({web, waiter}, return_when=asyncio.FIRST_COMPLETED)
+            stop.set()
             server.should_exit = True
             await asyncio.gather(web, work, return_exceptions=True)
     finally:
+        sock.close()
         await pool.close()
     return 0
 
 
-def _dev_admin_key(data_dir: Path) -> str:
-    """A stable local admin key, kept in .data/dev-admin-key (never used in production)."""
-    path = data_dir / "dev-admin-key"
+def _banner(settings: Settings, key: str, embedded_db: bool) -> str:
+    base = f"http://{settings.host}:{settings.port}"
+    where = f"embedded, {_pgdata(settings)}" if embedded_db else "DATABASE_URL"
+    secret = settings.inbox_secrets[0]
+    return "\n".join(
+        [
+            "",
+            "postbell is running (API + worker in one process)",
+            f"  API          {base}/api  (an index of the endpoints)",
+            f"  API docs     {base}/schema  (OpenAPI JSON: {base}/schema/openapi.json)",
+            f"  admin key    {key}",
+            f"  inbox secret {secret}  (POSTBELL_INBOX_SECRET: signs recipient tokens)",
+            f"  database     {where}",
+            "",
+            f"  export KEY={key}",
+            f'  curl -X PUT {base}/api/recipients/user-1 -H "Authorization: Bearer $KEY" '
+            '-d \'{"email": "ada@example.org", "name": "Ada"}\'',
+            "",
+            "  Ctrl-C stops the API and the worker.",
+            "",
+        ]
+    )
+
+
+def _dev_file(data_dir: Path, name: str, make: Callable[[], str]) -> str:
+    """A value kept in ``data_dir/name`` across dev runs (never used in production)."""
+    path = data_dir / name
     if path.exists():
         return path.read_text().strip()
-    key = api_keys.generate_key()
+    value = make()
     data_dir.mkdir(parents=True, exist_ok=True)
-    path.write_text(key + "\n")
+    path.write_text(value + "\n")
     path.chmod(0o600)
-    return key
+    return value
+
+
+def _dev_admin_key(data_dir: Path) -> str:
+    """A stable local admin key, kept in .data/dev-admin-key."""
+    return _dev_file(data_dir, "dev-admin-key", api_keys.generate_key)
+
+
+def _dev_secret(data_dir: Path) -> str:
+    """A stable local POSTBELL_INBOX_SECRET, kept in .data/dev-inbox-secret, so recipient
+    tokens computed as the docs say work in dev."""
+    return _dev_file(data_dir, "dev-inbox-secret", lambda: secrets.token_hex(32))
 
 
 async def _register_dev_key(pool: db.Pool, key: str) -> str:
@@ -190,7 +256,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     settings = _with_database(_settings())
     assert settings.database_url
+    if args.workers < 1:
+        raise UsageError(f"--workers must be at least 1, got {args.workers}")
+    sock = _bind(settings)
     if args.workers > 1:
+        sock.close()  # uvicorn binds again for its worker processes
         os.environ["DATABASE_URL"] = settings.database_url
         uvicorn.run(
             "postbell.app.api.asgi:create",
@@ -210,7 +280,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     async def serve() -> int:
         stop = asyncio.Event()
         with _stop_on_signals(stop):
-            web = asyncio.create_task(server.serve())
+            web = await _serving(server, sock)
             waiter = asyncio.create_task(stop.wait())
             await asyncio.wait({web, waiter}, return_when=asyncio.FIRST_COMPLETED)
             server.should_exit = True
@@ -218,14 +288,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
             waiter.cancel()
         return 0
 
-    return _run(serve())
+    try:
+        return _run(serve())
+    finally:
+        sock.close()
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
     from postbell.workers import runner
 
+    queues = [q.strip().lower() for part in args.queues or [] for q in part.split(",") if q.strip()]
+    unknown = [q for q in queues if q not in QUEUES]
+    if unknown:
+        raise UsageError(f"--queues: unknown queue {unknown[0]!r}; choose from {', '.join(QUEUES)}")
+    if args.concurrency is not None and args.concurrency < 1:
+        raise UsageError(f"--concurrency must be at least 1, got {args.concurrency}")
     settings = _with_database(_settings())
-    queues = [q for part in args.queues or [] for q in part.split(",") if q.strip()]
 
     async def work() -> int:
         stop = asyncio.Event()

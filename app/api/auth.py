@@ -110,7 +110,10 @@ class AuthMiddleware(AbstractAuthenticationMiddleware):
             return AuthenticationResult(user=principal, auth=None)
         if looks_like_recipient_token(credential):
             return AuthenticationResult(user=TokenPrincipal(token=credential), auth=None)
-        raise Unauthorized("invalid credential")
+        raise Unauthorized(
+            "invalid credential: neither an API key this server knows (revoked keys stop"
+            " working) nor a recipient token (hex HMAC-SHA256, or <unix_exp>.<hex>)"
+        )
 
 
 def _credential(connection: ASGIConnection[Any, Any, Any, Any]) -> str | None:
@@ -168,8 +171,15 @@ async def recipient_guard(
         raise Unauthorized("missing credential")
     external_id = str(connection.path_params.get("recipient", ""))
     secrets = connection.app.state.services.settings.inbox_secrets
+    if not secrets:
+        raise Forbidden(
+            "recipient tokens are off on this server: set POSTBELL_INBOX_SECRET to sign them"
+        )
     verdict = check_recipient_token(secrets, external_id, principal.token)
     if verdict == "expired":
-        raise Unauthorized("the recipient token has expired")
+        raise Unauthorized("the recipient token has expired: issue a new one")
     if verdict != "ok":
-        raise Forbidden("this token does not open this recipient's inbox")
+        raise Forbidden(
+            f"this token does not open {external_id[:100]!r}'s inbox: a recipient token is"
+            " computed for one recipient id with POSTBELL_INBOX_SECRET (see docs/inbox.md)"
+        )

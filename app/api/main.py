@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 from litestar import Litestar, Router
 from litestar.config.cors import CORSConfig
 from litestar.datastructures import State
 from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import SwaggerRenderPlugin
+from litestar.static_files import create_static_files_router
 
 from postbell.app.api import errors
 from postbell.app.api.auth import AuthMiddleware
@@ -24,14 +27,19 @@ from postbell.app.api.categories.routes import router as categories
 from postbell.app.api.deps import Services
 from postbell.app.api.inbox.routes import router as inbox
 from postbell.app.api.notifications.routes import router as notifications
-from postbell.app.api.ops.routes import dead_letters, health
+from postbell.app.api.ops.routes import dead_letters, health, index
 from postbell.app.api.recipients.routes import preferences, recipients, unsubscribe
 from postbell.app.api.topics.routes import router as topics
 from postbell.app.core import db
 from postbell.app.core.settings import Settings
 
+#: Vendored front-end assets (no CDN: the docs page works offline), served at /static.
+STATIC = Path(__file__).parent / "static"
+_SWAGGER = "/static/vendor/swagger-ui"
+
 ROUTERS: list[Router] = [
     health,
+    index,
     notifications,
     recipients,
     preferences,
@@ -44,7 +52,15 @@ ROUTERS: list[Router] = [
 ]
 #: Paths open without a credential: probes, the API docs, provider callbacks (they
 #: carry the provider's signature instead) and one-click unsubscribe (a signed token).
-OPEN_PATHS = ["^/health", "^/ready", "^/schema", "^/api/callbacks/", "^/api/unsubscribe"]
+OPEN_PATHS = [
+    "^/health",
+    "^/ready",
+    "^/schema",
+    "^/static/",
+    "^/api$",
+    "^/api/callbacks/",
+    "^/api/unsubscribe",
+]
 #: Large enough for 10,000 recipient ids or a bulk upsert, small enough to refuse abuse.
 MAX_BODY_BYTES = 8 * 1024 * 1024
 
@@ -70,7 +86,7 @@ def create_app(settings: Settings, *, pool: db.Pool | None = None) -> Litestar:
             allow_credentials=False,
         )
     return Litestar(
-        route_handlers=ROUTERS,
+        route_handlers=[*ROUTERS, create_static_files_router("/static", [STATIC])],
         dependencies=services.dependencies(),
         lifespan=[lifespan],
         middleware=[DefineMiddleware(AuthMiddleware, exclude=OPEN_PATHS)],
@@ -80,6 +96,15 @@ def create_app(settings: Settings, *, pool: db.Pool | None = None) -> Litestar:
             version="0.1.0",
             description="Postgres-native notifications: inbox, email, push, SMS, webhooks.",
             path="/schema",
+            render_plugins=[
+                SwaggerRenderPlugin(
+                    path=["/", "/swagger"],
+                    js_url=f"{_SWAGGER}/swagger-ui-bundle.js",
+                    css_url=f"{_SWAGGER}/swagger-ui.css",
+                    standalone_preset_js_url=f"{_SWAGGER}/swagger-ui-standalone-preset.js",
+                    favicon=f"<link rel='icon' href='{_SWAGGER}/favicon-32x32.png'>",
+                )
+            ],
         ),
         cors_config=cors,
         request_max_body_size=MAX_BODY_BYTES,

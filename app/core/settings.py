@@ -406,7 +406,17 @@ class _Env:
             ) from None
         return raw
 
+    def _check_channel_suffixes(self, prefix: str) -> None:
+        """``<prefix>_<CHANNEL>`` for a channel that does not exist is a typo, not a no-op."""
+        for name in self._environ:
+            if name.startswith(prefix + "_") and name[len(prefix) + 1 :] not in CHANNELS:
+                raise ConfigError(
+                    f"{name}: no channel {name[len(prefix) + 1 :]!r};"
+                    f" the channels are {', '.join(CHANNELS)}"
+                )
+
     def per_channel(self, prefix: str) -> dict[str, int]:
+        self._check_channel_suffixes(prefix)
         out: dict[str, int] = {}
         for channel in CHANNELS:
             value = self.integer_or_none(f"{prefix}_{channel}", minimum=1)
@@ -415,6 +425,7 @@ class _Env:
         return out
 
     def rates(self, prefix: str) -> dict[str, float]:
+        self._check_channel_suffixes(prefix)
         out: dict[str, float] = {}
         for channel in CHANNELS:
             name = f"{prefix}_{channel}"

@@ -153,3 +153,23 @@ def test_schema_dump_prints_the_schema(database_url: str) -> None:
     assert result.returncode == 0, result.stderr
     committed = (Path(__file__).resolve().parents[2] / "sql" / "schema.sql").read_text()
     assert result.stdout.splitlines()[8:] == committed.splitlines()[8:]
+
+
+@pytest.mark.parametrize(
+    ("args", "extra", "names"),
+    [
+        (["worker", "--queues", "email,fax"], {}, "--queues"),
+        (["worker", "--concurrency", "0"], {}, "--concurrency"),
+        (["serve", "--workers", "0"], {}, "--workers"),
+        (["worker"], {"POSTBELL_PROVIDER_RATE_FAX": "1/s"}, "POSTBELL_PROVIDER_RATE_FAX"),
+        (["worker"], {"POSTBELL_BATCH_SIZE_EMAIl": "5"}, "POSTBELL_BATCH_SIZE_EMAIl"),
+    ],
+)
+def test_unknown_queues_channels_and_counts_are_refused(
+    database_url: str, args: list[str], extra: dict[str, str], names: str
+) -> None:
+    """A typo is one line naming what is wrong, exit 2, and nothing starts."""
+    result = run(*args, environ=env(DATABASE_URL=database_url, **extra), timeout=20)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and names in lines[0], result.stderr

@@ -3,8 +3,12 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import re
+import signal
+import socket
 import time
 from pathlib import Path
 
@@ -101,8 +105,23 @@ def test_dev_runs_everything_on_an_embedded_postgres(tmp_path: Path) -> None:
                 assert counts
                 assert client.get("/api/inbox/user-1").json()["unread_count"] == 1
                 assert client.get("/schema/openapi.json").status_code == 200
+                # The recipient token as the docs compute it opens the inbox in dev.
+                secret = (tmp_path / "data" / "dev-inbox-secret").read_text().strip()
+                token = hmac.new(secret.encode(), b"user-1", hashlib.sha256).hexdigest()
+                inbox = client.get(
+                    "/api/inbox/user-1", headers={"Authorization": f"Bearer {token}"}
+                )
+                assert inbox.status_code == 200 and inbox.json()["unread_count"] == 1
+            # Every link of the banner answers.
+            for path in ("/api", "/schema", "/schema/openapi.json"):
+                assert httpx.get(f"{base}{path}", timeout=10).status_code == 200, path
+            proc.send_signal(signal.SIGINT)
+            proc.wait(timeout=30)
         output = proc.output()
-        assert f"admin key  {key}" in output
+        assert "is still running" in output and "postbell db stop" in output
+        assert f"admin key    {key}" in output
+        secret = (tmp_path / "data" / "dev-inbox-secret").read_text().strip()
+        assert f"inbox secret {secret}" in output
         assert f"{base}/schema" in output
         assert "Test" not in "".join(line for line in output.splitlines() if line.startswith("{"))
         events = [json.loads(line)["event"] for line in output.splitlines() if line.startswith("{")]
@@ -127,3 +146,24 @@ def test_db_commands_and_stale_pid_recovery(tmp_path: Path) -> None:
     again = run("db", "start", environ=environ)
     assert again.returncode == 0, again.stderr
     assert run("db", "stop", environ=environ).stdout.strip() == "stopped"
+
+
+def test_a_port_in_use_is_one_line_naming_port(database_url: str, tmp_path: Path) -> None:
+    """`serve` and `dev` bind before they say anything: a taken port is one line."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        environ = env(
+            DATABASE_URL=database_url,
+            PORT=str(port),
+            POSTBELL_HOST="127.0.0.1",
+            POSTBELL_DATA_DIR=str(tmp_path),
+        )
+        for command in ("serve", "dev"):
+            result = run(command, environ=environ)
+            assert result.returncode == 2, (command, result.stderr)
+            lines = [line for line in result.stderr.splitlines() if line.startswith("postbell:")]
+            assert len(lines) == 1 and f"PORT={port}" in lines[0], (command, result.stderr)
+            assert "Traceback" not in result.stderr
+            assert "is running" not in result.stdout

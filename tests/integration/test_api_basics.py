@@ -76,3 +76,39 @@ async def test_api_key_from_the_cli_store_authenticates(api: httpx.AsyncClient, 
     assert all(key not in str(row) for row in stored)
     response = await api.get("/api/recipients/ghost", headers={"Authorization": f"Bearer {key}"})
     assert response.status_code == 404  # authenticated; the recipient just doesn't exist
+
+
+async def test_docs_page_and_api_index_work_offline(api: httpx.AsyncClient) -> None:
+    """/schema loads Swagger UI from the project's own /static (no CDN), and every asset
+    it names answers; GET /api lists the endpoints without a credential."""
+    import re
+
+    page = await api.get("/schema")
+    assert page.status_code == 200
+    assets = re.findall(r"""(?:src|href)=['"]([^'"]+)['"]""", page.text)
+    assert assets and all(a.startswith("/static/") for a in assets), assets
+    for asset in assets:
+        assert (await api.get(asset)).status_code == 200, asset
+    index = await api.get("/api")
+    assert index.status_code == 200
+    assert "POST /api/notifications" in index.json()["endpoints"]
+    assert index.json()["docs"] == "/schema"
+
+
+async def test_recipient_token_refusals_say_what_is_wrong(database_url: str) -> None:
+    """Without POSTBELL_INBOX_SECRET the 403 says so; a token for someone else says whose
+    inbox it does not open; an unknown credential says what a credential must be."""
+    from postbell.app.core.tokens import recipient_token
+
+    token = recipient_token("some-secret", "user-1")
+    off = make_settings(database_url, POSTBELL_INBOX_SECRET="")
+    async with api_client(create_app(off)) as client:
+        refused = await client.get(
+            "/api/inbox/user-1", headers={"Authorization": f"Bearer {token}"}
+        )
+    assert refused.status_code == 403 and "POSTBELL_INBOX_SECRET" in refused.json()["detail"]
+    async with api_client(create_app(make_settings(database_url))) as client:
+        wrong = await client.get("/api/inbox/user-1", headers={"Authorization": f"Bearer {token}"})
+        unknown = await client.get("/api/inbox/user-1", headers={"Authorization": "Bearer nope"})
+    assert wrong.status_code == 403 and "'user-1'" in wrong.json()["detail"]
+    assert unknown.status_code == 401 and "API key" in unknown.json()["detail"]

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
-from litestar import Router, get, post
+from litestar import Request, Router, get, post
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
 from postbell.app.api.auth import require_role
@@ -46,7 +46,30 @@ async def retry_dead_letters(
     return await service.retry_many(pool, settings, data)
 
 
+@get("/api", include_in_schema=False)
+async def api_index(request: Request[Any, Any, Any]) -> dict[str, Any]:
+    """Where things are: the docs, the probes and every endpoint (no credential needed;
+    it shows no data)."""
+    routes = sorted(
+        f"{method} {route.path_format}"
+        for route in request.app.routes
+        if route.path.startswith("/api/")
+        for method in sorted(getattr(route, "methods", ()))
+        if method not in ("HEAD", "OPTIONS")
+    )
+    return {
+        "service": "postbell",
+        "docs": "/schema",
+        "openapi": "/schema/openapi.json",
+        "health": "/health",
+        "ready": "/ready",
+        "auth": "Authorization: Bearer <API key or recipient token>",
+        "endpoints": routes,
+    }
+
+
 health = Router(path="/", tags=["ops"], route_handlers=[health_check, ready])
+index = Router(path="/", route_handlers=[api_index])
 dead_letters = Router(
     path="/api/dead-letters",
     guards=[require_role("admin")],

@@ -182,15 +182,19 @@ WEBHOOK_SECRET = "test-webhook-signing-secret"
 
 
 @pytest.fixture(scope="session")
-def settings(database_url: str, smtp: SmtpPeer, fcm: FcmPeer, twilio: TwilioPeer) -> Settings:
-    """The session's settings: every channel configured against its local peer."""
+def settings(
+    database_url: str, smtp: SmtpPeer, fcm: FcmPeer, twilio: TwilioPeer, receiver: WebhookReceiver
+) -> Settings:
+    """The session's settings: every channel configured against its local peer. The
+    address guard stays on: only the webhook receiver's exact address is allowed, so
+    every other private address is refused at connect time, as in production."""
     return make_settings(
         database_url,
         **smtp.env(),
         **fcm.env(),
         **twilio.env(),
         WEBHOOK_SIGNING_SECRET=WEBHOOK_SECRET,
-        POSTBELL_WEBHOOK_ALLOW_PRIVATE="1",
+        POSTBELL_WEBHOOK_ALLOW_ADDRESSES=receiver.allow_entry,
         POSTBELL_PUBLIC_URL="https://postbell.example.org",
     )
 

@@ -8,6 +8,7 @@ import dataclasses
 from typing import Any
 
 from litestar.di import NamedDependency, Provide
+from litestar.params import SkipValidation
 
 from postbell.app.api.auth import KeyStore
 from postbell.app.api.inbox.live import InboxHub
@@ -15,10 +16,12 @@ from postbell.app.api.wakeups import Waker
 from postbell.app.core import db
 from postbell.app.core.settings import Settings
 
-Pool = NamedDependency[db.Pool]
-AppSettings = NamedDependency[Settings]
-ProcessWaker = NamedDependency[Waker]
-Hub = NamedDependency[InboxHub]
+# Injected by name and never validated: these are the app's own objects, and
+# validating them would convert them (the whole Settings) on every request.
+Pool = NamedDependency[SkipValidation[db.Pool]]
+AppSettings = NamedDependency[SkipValidation[Settings]]
+ProcessWaker = NamedDependency[SkipValidation[Waker]]
+Hub = NamedDependency[SkipValidation[InboxHub]]
 
 #: Seconds a request waits for a database connection before it answers 503.
 API_POOL_TIMEOUT = 5.0

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+from postbell.app.core.addresses import AddressGuard
 from postbell.app.core.channels import CHANNELS
 
 LogFormat = Literal["json", "console"]
@@ -101,7 +102,8 @@ class Settings:
     sendgrid_webhook_key: str | None  # the Event Webhook's public verification key
     sns_cert_url_prefixes: tuple[str, ...]  # extra allowed SigningCertURL prefixes (emulators)
     sns_topic_arns: tuple[str, ...]  # the SNS topics SES feedback is accepted from
-    webhook_allow_private: bool
+    #: POSTBELL_WEBHOOK_ALLOW_PRIVATE and POSTBELL_WEBHOOK_ALLOW_ADDRESSES (the SSRF guard)
+    address_guard: AddressGuard
     http_timeout: float
     retry_max_attempts: int
     retry_max_attempts_by_channel: Mapping[str, int]
@@ -167,7 +169,7 @@ class Settings:
             sendgrid_webhook_key=env.text("SENDGRID_WEBHOOK_PUBLIC_KEY"),
             sns_cert_url_prefixes=env.csv("SNS_CERT_URL_PREFIXES"),
             sns_topic_arns=env.csv("SNS_TOPIC_ARNS"),
-            webhook_allow_private=env.boolean("POSTBELL_WEBHOOK_ALLOW_PRIVATE", False),
+            address_guard=_address_guard(env),
             http_timeout=env.number("POSTBELL_HTTP_TIMEOUT", 15.0, minimum=0.1, maximum=300),
             retry_max_attempts=env.integer("POSTBELL_RETRY_MAX_ATTEMPTS", 8, minimum=1),
             retry_max_attempts_by_channel=env.per_channel("POSTBELL_RETRY_MAX_ATTEMPTS"),
@@ -192,6 +194,14 @@ class Settings:
     def batch_size_for(self, channel: str) -> int:
         size = self.batch_size_by_channel.get(channel, self.batch_size)
         return min(size, 500) if channel == "PUSH" else size  # FCM send_each takes <= 500
+
+
+def _address_guard(env: _Env) -> AddressGuard:
+    allow_private = env.boolean("POSTBELL_WEBHOOK_ALLOW_PRIVATE", False)
+    try:
+        return AddressGuard.from_entries(allow_private, env.csv("POSTBELL_WEBHOOK_ALLOW_ADDRESSES"))
+    except ValueError as exc:
+        raise ConfigError(f"POSTBELL_WEBHOOK_ALLOW_ADDRESSES: {exc}") from None
 
 
 def _smtp_from_env(env: _Env) -> SmtpSettings | None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import ipaddress
 import re
 import zoneinfo
 from typing import Any
@@ -11,6 +10,7 @@ from urllib.parse import urlsplit
 
 import msgspec
 
+from postbell.app.core.addresses import AddressGuard
 from postbell.app.core.errors import Invalid
 
 _EMAIL_RE = re.compile(
@@ -62,40 +62,13 @@ def http_url(value: str, field: str) -> str:
     return value
 
 
-def is_public(address: str) -> bool:
-    """An IP address anyone on the internet could reach (not loopback, private, ...)."""
-    ip = ipaddress.ip_address(address.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return ip.is_global and not ip.is_multicast
-
-
-def private_host(host: str | None) -> str | None:
-    """Why a URL host is refused as a webhook target (an IP literal or localhost), or None.
-
-    DNS names pass here; the sender resolves them and checks the addresses again.
-    """
-    if not host:
-        return "has no host"
-    lowered = host.lower().rstrip(".")
-    if lowered in ("localhost", "localhost.localdomain") or lowered.endswith(".localhost"):
-        return "points at this machine"
-    try:
-        return None if is_public(lowered.strip("[]")) else "points at a private or loopback address"
-    except ValueError:
-        return None
-
-
-def webhook_url(value: str, field: str, *, allow_private: bool) -> str:
-    """An http(s) URL that is not on this machine or a private network (the SSRF guard),
-    unless POSTBELL_WEBHOOK_ALLOW_PRIVATE allows it."""
+def webhook_url(value: str, field: str, *, guard: AddressGuard) -> str:
+    """An http(s) URL the address guard lets through (see ``core/addresses.py``)."""
     http_url(value, field)
-    if not allow_private:
-        why = private_host(urlsplit(value).hostname)
-        if why:
-            raise Invalid(
-                f"{field} {why}; set POSTBELL_WEBHOOK_ALLOW_PRIVATE=1 to allow it", field=field
-            )
+    why = guard.refusal(value)
+    if why:
+        hint = "" if guard.allow_private else "; set POSTBELL_WEBHOOK_ALLOW_PRIVATE=1 to allow it"
+        raise Invalid(f"{field} {why}{hint}", field=field)
     return value
 
 

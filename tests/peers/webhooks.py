@@ -88,6 +88,11 @@ class WebhookReceiver(HttpPeer):
     def delivery_ids(self, path: str) -> list[str]:
         return [r.headers.get("X-Postbell-Delivery", "") for r in self.at(path)]
 
+    @property
+    def allow_entry(self) -> str:
+        """This receiver's exact address, for POSTBELL_WEBHOOK_ALLOW_ADDRESSES."""
+        return f"127.0.0.1:{self.port}"
+
     def url_for(self, path: str) -> str:
         return f"{self.url}{path}"
 

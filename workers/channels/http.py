@@ -7,9 +7,10 @@ concurrent requests to one local receiver where httpx.AsyncClient gave 640 (its 
 degrades as concurrency grows, encode/httpx#3215). One session per worker process,
 keep-alive connections, a bounded number of them per host.
 
-The SSRF guard: unless POSTBELL_WEBHOOK_ALLOW_PRIVATE is set, a host that resolves to
-a loopback, private, link-local or otherwise non-public address is refused at connect
-time (so a DNS name cannot smuggle one in), and redirects are never followed.
+The SSRF guard (``core/addresses.py``): every connection a recipient-facing session
+opens is checked on the address it actually connects to, after DNS and for IP
+literals alike, so no URL form reaches a loopback, private or link-local address
+unless the operator allowed it; redirects are never followed.
 """
 
 from __future__ import annotations
@@ -18,52 +19,45 @@ import asyncio
 import email.utils
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 import aiohttp
-from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohappyeyeballs import AddrInfoType
 
+from postbell.app.core.addresses import AddressGuard, PrivateAddressError
 from postbell.app.core.settings import Settings
-from postbell.app.core.validation import is_public
 from postbell.workers.channels.base import Delivery, Outcome
 
 
-class PrivateAddressError(OSError):
-    """The URL's host resolves to an address postbell refuses to call."""
-
-
-class _PublicOnlyResolver(AbstractResolver):
-    def __init__(self) -> None:
-        self._inner = aiohttp.ThreadedResolver()
-
-    async def resolve(
-        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-    ) -> list[ResolveResult]:
-        results = await self._inner.resolve(host, port, family)
-        public = [r for r in results if is_public(r["host"])]
-        if not public:
-            raise PrivateAddressError(f"{host} resolves to a private or loopback address")
-        return public
-
-    async def close(self) -> None:
-        await self._inner.close()
-
-
 def new_session(
-    *, timeout: float, allow_private: bool, per_host: int = 100
+    *, timeout: float, guard: AddressGuard | None, per_host: int = 100
 ) -> aiohttp.ClientSession:
+    """A session for many requests. With ``guard``, every connection it opens is checked
+    on the address it connects to (after DNS, IP literals included) before a byte is
+    sent; redirects are never followed by postbell's callers."""
     connector = aiohttp.TCPConnector(
         limit=0,
         limit_per_host=per_host,
         ttl_dns_cache=60,
-        resolver=None if allow_private else _PublicOnlyResolver(),
+        socket_factory=_guarded_socket(guard) if guard and not guard.allow_private else None,
     )
     return aiohttp.ClientSession(
         connector=connector,
         timeout=aiohttp.ClientTimeout(total=timeout, connect=min(timeout, 10.0)),
         headers={"User-Agent": "postbell"},
     )
+
+
+def _guarded_socket(guard: AddressGuard) -> Callable[[AddrInfoType], socket.socket]:
+    def make(addr_info: AddrInfoType) -> socket.socket:
+        family, kind, proto, _, sockaddr = addr_info
+        guard.check_connect(str(sockaddr[0]), int(sockaddr[1]))
+        sock = socket.socket(family=family, type=kind, proto=proto)
+        sock.setblocking(False)
+        return sock
+
+    return make
 
 
 def retry_after_seconds(headers: Any) -> float | None:
@@ -140,7 +134,7 @@ class HttpChannel:
         if self._session is None or self._session.closed:
             self._session = new_session(
                 timeout=self.settings.http_timeout,
-                allow_private=self.settings.webhook_allow_private,
+                guard=self.settings.address_guard,
             )
         return self._session
 

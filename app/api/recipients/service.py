@@ -10,6 +10,7 @@ from psycopg.types.json import Jsonb
 from postbell.app.api.recipients import repo
 from postbell.app.api.recipients.schemas import BulkIn, BulkOut, RecipientIn, RecipientOut
 from postbell.app.core import db, validation
+from postbell.app.core.addresses import AddressGuard
 from postbell.app.core.errors import Invalid, NotFound
 from postbell.app.core.settings import Settings
 
@@ -33,7 +34,7 @@ def external_id(value: str) -> str:
 
 
 def _clean(
-    payload: RecipientIn, *, allow_private: bool, prefix: str = ""
+    payload: RecipientIn, *, guard: AddressGuard, prefix: str = ""
 ) -> tuple[dict[str, Any], set[str]]:
     fields: dict[str, Any] = {}
     present: set[str] = set()
@@ -49,7 +50,7 @@ def _clean(
         if value is not None and name in _CHECKS:
             value = _CHECKS[name](value, field)
         if value is not None and name in _URLS:
-            value = validation.webhook_url(value, field, allow_private=allow_private)
+            value = validation.webhook_url(value, field, guard=guard)
         if name == "metadata" and value is not None:
             validation.json_size(value, field, MAX_METADATA_BYTES)
         fields[name] = value
@@ -59,7 +60,7 @@ def _clean(
 async def put(
     pool: db.Pool, settings: Settings, external: str, payload: RecipientIn
 ) -> RecipientOut:
-    fields, present = _clean(payload, allow_private=settings.webhook_allow_private)
+    fields, present = _clean(payload, guard=settings.address_guard)
     async with pool.connection() as conn:
         row = await repo.upsert(conn, external_id(external), fields, present)
     return msgspec.convert(row, RecipientOut)
@@ -92,7 +93,7 @@ async def bulk(pool: db.Pool, settings: Settings, payload: BulkIn) -> BulkOut:
                 field=f"{prefix}external_id",
             )
         seen.add(item.external_id)
-        fields, present = _clean(item, allow_private=settings.webhook_allow_private, prefix=prefix)
+        fields, present = _clean(item, guard=settings.address_guard, prefix=prefix)
         rows.append({"external_id": item.external_id, **{k: fields[k] for k in present}})
     async with pool.connection() as conn:
         row = await db.fetch_one(conn, "recipients_bulk_upsert", {"rows": Jsonb(rows)})

@@ -42,9 +42,7 @@ class HttpApiTransport:
         if self._session is None or self._session.closed:
             # Provider endpoints are configured by the operator, not by recipients:
             # no private-address guard here (emulators run on localhost).
-            self._session = new_session(
-                timeout=self.timeout, allow_private=True, per_host=CONCURRENCY
-            )
+            self._session = new_session(timeout=self.timeout, guard=None, per_host=CONCURRENCY)
         return self._session
 
     def request(self, message: OutgoingEmail) -> tuple[str, bytes, dict[str, str]]:

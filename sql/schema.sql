@@ -110,6 +110,7 @@ ALTER TABLE notifications ADD CONSTRAINT notifications_pkey PRIMARY KEY (id);
 ALTER TABLE notifications ADD CONSTRAINT notifications_one_target CHECK (((recipients IS NULL) <> (topic IS NULL)));
 ALTER TABLE notifications ADD CONSTRAINT notifications_priority_check CHECK ((priority = ANY (ARRAY['low'::text, 'normal'::text, 'high'::text, 'urgent'::text])));
 ALTER TABLE notifications ADD CONSTRAINT notifications_status_check CHECK ((status = ANY (ARRAY['scheduled'::text, 'queued'::text, 'routed'::text, 'cancelled'::text])));
+ALTER TABLE notifications ADD CONSTRAINT notifications_times_in_range CHECK (((send_at < '9999-01-01 00:00:00+00'::timestamp with time zone) AND (expires_at < '9999-01-01 00:00:00+00'::timestamp with time zone))) NOT VALID;
 CREATE INDEX notifications_created_brin_idx ON postbell.notifications USING brin (created_at);
 CREATE UNIQUE INDEX notifications_idempotency_idx ON postbell.notifications USING btree (idempotency_scope, idempotency_key) WHERE (idempotency_key IS NOT NULL);
 CREATE INDEX notifications_send_at_idx ON postbell.notifications USING btree (send_at) WHERE (send_at IS NOT NULL);
@@ -344,6 +345,7 @@ DECLARE
     v_unknown  text;
     v_hash     bytea;
     v_result   record;
+    v_expires  timestamptz;
 BEGIN
     IF recipients IS NULL OR cardinality(recipients) = 0 THEN
         RAISE EXCEPTION 'postbell.notify: recipients must name at least one recipient'
@@ -357,6 +359,10 @@ BEGIN
         RAISE EXCEPTION 'postbell.notify: recipient ids must be 1 to 255 characters'
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
+    IF EXISTS (SELECT 1 FROM unnest(recipients) AS r WHERE r ~ '[[:cntrl:]]') THEN
+        RAISE EXCEPTION 'postbell.notify: recipient ids may not hold control characters'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
     IF body IS NULL OR jsonb_typeof(body) <> 'object' THEN
         RAISE EXCEPTION 'postbell.notify: body must be a JSON object'
             USING ERRCODE = 'invalid_parameter_value';
@@ -367,6 +373,25 @@ BEGIN
     END IF;
     IF length(v_text) > 20000 OR length(coalesce(body ->> 'title', '')) > 300 THEN
         RAISE EXCEPTION 'postbell.notify: message over 20000 or title over 300 characters'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    -- One-line fields: a line break in a title would reach an email header.
+    IF coalesce(body ->> 'title', '') ~ '[[:cntrl:]]' OR coalesce(body ->> 'action_url', '') ~ '[[:cntrl:]]' THEN
+        RAISE EXCEPTION 'postbell.notify: title and action_url may not hold control characters'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    BEGIN
+        v_expires := (body ->> 'expires_at')::timestamptz;
+    EXCEPTION WHEN others THEN
+        RAISE EXCEPTION 'postbell.notify: expires_at is not a time (give RFC 3339 with an offset)'
+            USING ERRCODE = 'invalid_parameter_value';
+    END;
+    IF send_at > now() + interval '3650 days' OR v_expires > now() + interval '3650 days' THEN
+        RAISE EXCEPTION 'postbell.notify: send_at and expires_at must be within ten years'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF v_expires IS NOT NULL AND v_expires <= coalesce(send_at, now()) THEN
+        RAISE EXCEPTION 'postbell.notify: expires_at must be after the send time'
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
     SELECT c INTO v_unknown FROM unnest(channels) AS c
@@ -395,7 +420,7 @@ BEGIN
                (SELECT array_agg(DISTINCT r) FROM unnest(recipients) AS r), NULL,
                body ->> 'title', v_text, body ->> 'action_url', body -> 'metadata',
                (SELECT array_agg(DISTINCT c) FROM unnest(channels) AS c), coalesce(priority, 'normal'),
-               category, body -> 'fallback', send_at, (body ->> 'expires_at')::timestamptz,
+               category, body -> 'fallback', send_at, v_expires,
                CASE WHEN idempotency_key IS NOT NULL THEN 'sql' END, idempotency_key,
                CASE WHEN idempotency_key IS NOT NULL THEN v_hash END, interval '24 hours');
     IF NOT v_result.created AND v_result.request_hash IS DISTINCT FROM v_hash THEN

@@ -25,7 +25,7 @@ import structlog
 from postbell.app.core import db
 from postbell.app.core.settings import Settings
 from postbell.workers import claims
-from postbell.workers.channels.base import Delivery, Outcome, Recipient
+from postbell.workers.channels.base import Channel, Delivery, Outcome, Recipient
 from postbell.workers.runtime import Runtime
 
 log = structlog.get_logger("postbell.deliver")
@@ -203,19 +203,39 @@ async def _send(
     to_send = [i for i, o in enumerate(outcomes) if o is None]
     to_send = await _apply_pacing(runtime, channel_name, to_send, outcomes, now)
     if channel is not None and to_send:
-        try:
-            sent = await channel.send([_delivery(rows[i]) for i in to_send])
-            if len(sent) != len(to_send):
-                raise RuntimeError(
-                    f"{channel_name} answered {len(sent)} outcomes for {len(to_send)}"
-                )
-        except Exception as exc:  # a bug in a channel must not lose the batch: retry it
-            log.error("channel_error", channel=channel_name, exc_info=exc)
-            error = f"internal error in {channel_name}: {type(exc).__name__}"
-            sent = [Outcome.retry(error)] * len(to_send)
+        sent = await _send_isolated(channel, channel_name, [rows[i] for i in to_send])
         for index, outcome in zip(to_send, sent, strict=True):
             outcomes[index] = outcome
     return [o if o is not None else Outcome.retry("not attempted") for o in outcomes]
+
+
+async def _send_isolated(channel: Channel, channel_name: str, rows: Sequence[Any]) -> list[Outcome]:
+    """The channel's outcomes for ``rows``. Channels classify every provider error
+    themselves; when a batch raises anyway (a bug), each delivery is sent alone, so
+    the one that triggers it gets its own outcome and the others are not held back."""
+    try:
+        return await _send_checked(channel, channel_name, rows)
+    except Exception as exc:
+        log.error("channel_error", channel=channel_name, deliveries=len(rows), exc_info=exc)
+    if len(rows) == 1:
+        return [Outcome.retry(f"internal error in {channel_name}")]
+    outcomes = []
+    for row in rows:
+        try:
+            (outcome,) = await _send_checked(channel, channel_name, [row])
+        except Exception as exc:
+            log.error("channel_error", channel=channel_name, delivery_id=row["id"], exc_info=exc)
+            outcome = Outcome.retry(f"internal error in {channel_name}: {type(exc).__name__}")
+        outcomes.append(outcome)
+    return outcomes
+
+
+async def _send_checked(channel: Channel, channel_name: str, rows: Sequence[Any]) -> list[Outcome]:
+    deliveries = [_delivery(row) for row in rows]
+    sent = await channel.send(deliveries)
+    if len(sent) != len(deliveries):
+        raise RuntimeError(f"{channel_name} answered {len(sent)} outcomes for {len(deliveries)}")
+    return sent
 
 
 async def _apply_rate_limits(
@@ -231,7 +251,7 @@ async def _apply_rate_limits(
     if not limited:
         return
     keys = {
-        (rows[i]["recipient_id"], rows[i]["category"]): float(rows[i]["rate_limit"]["per_seconds"])
+        (rows[i]["recipient_id"], rows[i]["category"]): _window(rows[i]["rate_limit"])
         for i in limited
     }
     async with runtime.pool.connection() as conn:
@@ -257,10 +277,23 @@ async def _apply_rate_limits(
         if rule.get("policy") == "skip":
             outcomes[index] = Outcome.skip("rate_limited")
         else:
-            frees_at = (oldest.get(key) or now) + dt.timedelta(seconds=float(rule["per_seconds"]))
+            frees_at = (oldest.get(key) or now) + dt.timedelta(seconds=_window(rule))
             outcomes[index] = Outcome.wait(
                 "rate_limited", max(frees_at, now + dt.timedelta(seconds=1))
             )
+
+
+#: The longest window a stored rule may name (the API refuses longer ones; a row
+#: written before that rule, or by hand, is read as this instead of overflowing).
+MAX_WINDOW_SECONDS = 366 * 86400.0
+
+
+def _window(rule: Any) -> float:
+    try:
+        seconds = float(rule["per_seconds"])
+    except (KeyError, TypeError, ValueError):
+        return MAX_WINDOW_SECONDS
+    return min(max(seconds, 1.0), MAX_WINDOW_SECONDS)
 
 
 async def _apply_pacing(

@@ -10,6 +10,7 @@ nothing internal.
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any
 
@@ -21,7 +22,9 @@ from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 
-from postbell.app.core.errors import PostbellError
+from postbell.app.api.types import KEY_PATTERN, LINE_PATTERN, TEXT_PATTERN
+from postbell.app.core.channels import CHANNELS, parse_channel
+from postbell.app.core.errors import PostbellError, TooManyRequests
 
 log = structlog.get_logger("postbell.api")
 
@@ -74,9 +77,37 @@ def _validation_error(_: Request[Any, Any, Any], exc: ValidationException) -> Re
     source = first.get("source")
     if source == "body" and message == "'data'":  # Litestar's wording for "no body at all"
         return error_response(400, "missing_body", "the request needs a JSON body")
+    message = _explain(message, field)
     if source in ("query", "path", "header"):
         return error_response(400, "invalid_parameter", message, field)
-    return error_response(422, "validation_error", message, field)
+    return error_response(422, "invalid", message, field)
+
+
+_REGEX_RE = re.compile(r"Expected `str` matching regex '(.*)'")
+_ENUM_RE = re.compile(r"Invalid enum value '([^']*)'")
+
+
+def _explain(message: str, field: str | None) -> str:
+    """msgspec's wording, made to say what is wrong in the caller's terms."""
+    where = f"{field}: " if field else ""
+    pattern = _REGEX_RE.search(message)
+    if pattern:
+        found = pattern.group(1).replace("\\\\", "\\")
+        if found == LINE_PATTERN:
+            return f"{where}control characters (line breaks, tabs, NUL) are not allowed here"
+        if found == TEXT_PATTERN:
+            return f"{where}NUL and control characters other than line breaks are not allowed"
+        if found == KEY_PATTERN:
+            return f"{where}a key is letters, digits and . _ : - (starting with a letter or digit)"
+    enum = _ENUM_RE.search(message)
+    if enum and field and ("channel" in field or "fallback" in field):
+        value = enum.group(1)
+        guess = parse_channel(value)
+        hint = f" (did you mean {guess!r}?)" if guess else ""
+        return f"{where}unknown channel {value!r}{hint}; channels are {', '.join(CHANNELS)}"
+    if enum and field == "priority":
+        return f"{where}unknown priority {enum.group(1)!r}; one of low, normal, high, urgent"
+    return message
 
 
 def _http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
@@ -106,6 +137,30 @@ def _database_unavailable(request: Request[Any, Any, Any], exc: Exception) -> Re
     return response
 
 
+def _too_many(_: Request[Any, Any, Any], exc: TooManyRequests) -> Response[Any]:
+    response = error_response(429, exc.code, exc.detail, exc.field)
+    response.headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
+    return response
+
+
+def _unrepresentable(request: Request[Any, Any, Any], exc: psycopg.DataError) -> Response[Any]:
+    """A value that reached the database and did not fit (a bound missed at the API):
+    the caller's fault, so a 422 without internals, never a 500."""
+    log.warning(
+        "value_refused_by_database",
+        path=request.url.path,
+        error=type(exc).__name__,
+        sqlstate=exc.sqlstate,
+    )
+    return error_response(
+        422, "invalid", "a value in the request is out of range or cannot be stored"
+    )
+
+
+def _too_deep(request: Request[Any, Any, Any], exc: RecursionError) -> Response[Any]:
+    return error_response(400, "malformed_json", "the request body is nested too deeply to read")
+
+
 def _internal_error(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
     log.error("unhandled_error", path=request.url.path, method=request.method, exc_info=exc)
     return error_response(
@@ -114,10 +169,13 @@ def _internal_error(request: Request[Any, Any, Any], exc: Exception) -> Response
 
 
 exception_handlers: dict[type[Exception] | int, Any] = {
+    TooManyRequests: _too_many,
     PostbellError: _postbell_error,
     ValidationException: _validation_error,
     HTTPException: _http_error,
     psycopg.OperationalError: _database_unavailable,
+    psycopg.DataError: _unrepresentable,
+    RecursionError: _too_deep,
     psycopg_pool.PoolTimeout: _database_unavailable,
     Exception: _internal_error,
 }

@@ -5,15 +5,11 @@ from __future__ import annotations
 import base64
 import binascii
 
-from postbell.app.core.errors import PostbellError
+from postbell.app.api.types import MAX_ID
+from postbell.app.core.errors import InvalidParameter
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 500
-
-
-class BadCursor(PostbellError):
-    status_code = 400
-    code = "invalid_cursor"
 
 
 def encode_cursor(kind: str, position: int) -> str:
@@ -29,9 +25,14 @@ def decode_cursor(kind: str, cursor: str | None) -> int | None:
         prefix, _, value = raw.partition(":")
         if prefix != kind:
             raise ValueError(prefix)
-        return int(value)
+        position = int(value)
+        if not 0 <= position <= MAX_ID:
+            raise ValueError(value)
+        return position
     except (ValueError, binascii.Error, UnicodeDecodeError):
-        raise BadCursor("the cursor is not one this list handed out", field="cursor") from None
+        raise InvalidParameter(
+            "the cursor is not one this list handed out", field="cursor"
+        ) from None
 
 
 def clamp_limit(limit: int | None) -> int:

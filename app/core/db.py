@@ -7,6 +7,7 @@ without the setting would silently look in ``public``.
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 from collections.abc import Iterator, Mapping
 from importlib import resources
@@ -14,6 +15,8 @@ from typing import Any
 
 import psycopg
 import psycopg_pool
+from psycopg.abc import AdaptContext, Buffer
+from psycopg.adapt import Loader
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import DictRow, dict_row
 
@@ -70,13 +73,49 @@ def create_pool(
 
 async def _configure(conn: Conn) -> None:
     await conn.set_autocommit(True)
+    register_loaders(conn)
+
+
+def register_loaders(conn: psycopg.AsyncConnection[Any]) -> None:
+    """Values Postgres stores but Python's datetime cannot hold ('infinity', year 10000
+    and later, BC dates) load as the nearest datetime Python has, so a stored row can
+    always be read and reported (never a 500, never a job that fails on every run)."""
+    oid = conn.adapters.types["timestamptz"].oid
+    inner = conn.adapters.get_loader(oid, psycopg.pq.Format.TEXT)
+    if inner is None or issubclass(inner, _ClampedTimestamptz):
+        return
+
+    class Clamped(_ClampedTimestamptz):
+        wrapped = inner
+
+    conn.adapters.register_loader(oid, Clamped)
+
+
+class _ClampedTimestamptz(Loader):
+    wrapped: Any
+
+    def __init__(self, oid: int, context: AdaptContext | None = None) -> None:
+        super().__init__(oid, context)
+        self._inner = self.wrapped(oid, context)
+
+    def load(self, data: Buffer) -> dt.datetime:
+        try:
+            return self._inner.load(data)  # type: ignore[no-any-return]
+        except psycopg.DataError as exc:
+            return _EARLIEST if "too small" in str(exc) else _LATEST
+
+
+_EARLIEST = dt.datetime.min.replace(tzinfo=dt.UTC)
+_LATEST = dt.datetime.max.replace(tzinfo=dt.UTC)
 
 
 async def connect(database_url: str, *, name: str = "postbell") -> Conn:
     """One autocommit connection outside any pool (migrations, LISTEN, CLI)."""
-    return await psycopg.AsyncConnection.connect(
+    conn = await psycopg.AsyncConnection.connect(
         conninfo(database_url, application_name=name), autocommit=True, row_factory=dict_row
     )
+    register_loaders(conn)
+    return conn
 
 
 _NAME_RE = re.compile(r"^--\s*name:\s*([a-z0-9_]+)\s*$", re.MULTILINE)

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import logging
 import sys
+import traceback
 from collections.abc import MutableMapping
-from typing import Any
+from typing import Any, TextIO
 
+import psycopg
 import structlog
 
 _REDACTED_KEYS = frozenset(
@@ -47,8 +49,37 @@ def _drop_job_args(record: logging.LogRecord) -> bool:
     return True
 
 
+def exception_text(exc_info: Any) -> str:
+    """A traceback without what must never reach a log: the frames (file, line,
+    function, source line) and each exception's type, but for database errors only
+    their SQLSTATE. Postgres puts bound parameters (secrets, bodies, addresses) into
+    its error messages and CONTEXT, so a psycopg error's text is never printed."""
+    _, exc, _ = exc_info
+    chain: list[BaseException] = []
+    while exc is not None and exc not in chain and len(chain) < 10:
+        chain.append(exc)
+        exc = exc.__cause__ or (None if exc.__suppress_context__ else exc.__context__)
+    parts = []
+    for exc in reversed(chain):
+        frames = "".join(traceback.format_tb(exc.__traceback__))
+        kind = f"{type(exc).__module__}.{type(exc).__qualname__}"
+        parts.append(f"Traceback (most recent call last):\n{frames}{kind}: {_message(exc)}")
+    return "\n\nThe above led to:\n\n".join(parts)
+
+
+def _message(exc: BaseException) -> str:
+    if isinstance(exc, psycopg.Error):
+        return f"(database error, SQLSTATE {exc.sqlstate or 'none'}; message withheld)"
+    return str(exc)[:500]
+
+
+def _console_exception(sio: TextIO, exc_info: Any) -> None:
+    sio.write("\n" + exception_text(exc_info))
+
+
 def configure(*, fmt: str = "json", level: str = "info") -> None:
     """Configure structlog and the standard library's logging once per process."""
+    render_exception = structlog.processors.ExceptionRenderer(exception_text)
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
@@ -59,7 +90,7 @@ def configure(*, fmt: str = "json", level: str = "info") -> None:
     renderer: Any
     if fmt == "console":
         renderer = structlog.dev.ConsoleRenderer(
-            colors=sys.stderr.isatty(), exception_formatter=structlog.dev.plain_traceback
+            colors=sys.stderr.isatty(), exception_formatter=_console_exception
         )
     else:
         renderer = structlog.processors.JSONRenderer()
@@ -67,7 +98,7 @@ def configure(*, fmt: str = "json", level: str = "info") -> None:
     structlog.configure(
         processors=[
             *shared,
-            structlog.processors.format_exc_info,
+            render_exception,
             structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
         ],
         logger_factory=structlog.stdlib.LoggerFactory(),
@@ -75,7 +106,7 @@ def configure(*, fmt: str = "json", level: str = "info") -> None:
         cache_logger_on_first_use=True,
     )
     formatter = structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=shared,
+        foreign_pre_chain=[*shared, render_exception],
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
     )
     handler = logging.StreamHandler(sys.stderr)

@@ -73,13 +73,33 @@ def webhook_url(value: str, field: str, *, guard: AddressGuard) -> str:
 
 
 def aware(value: dt.datetime, field: str) -> dt.datetime:
+    """A time with an offset, in UTC, within the years postbell and Postgres both
+    represent (a far-future offset time such as 9999-12-31T23:59:59-23:59 is year
+    10000 in UTC and is refused here, not stored)."""
     if value.tzinfo is None or value.utcoffset() is None:
         raise Invalid(
             f"{field}: give a time zone offset (RFC 3339, like 2030-01-01T09:00:00Z)", field=field
         )
-    return value
+    try:
+        utc = value.astimezone(dt.UTC)
+    except OverflowError:
+        utc = None
+    if utc is None or not _EARLIEST <= utc <= _LATEST:
+        raise Invalid(f"{field}: out of range (years 1970 to 9998)", field=field)
+    return utc
 
 
-def json_size(value: Any, field: str, limit: int) -> None:
-    if len(msgspec.json.encode(value)) > limit:
+_EARLIEST = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+#: the escape \\u0000 itself, not the text "\\u0000" (whose backslash is escaped)
+_JSON_NUL_RE = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
+_LATEST = dt.datetime(9998, 12, 31, tzinfo=dt.UTC)
+
+
+def json_value(value: Any, field: str, limit: int) -> None:
+    """A JSON value that Postgres's jsonb can store (no NUL in any string: jsonb refuses
+    \\u0000) and at most ``limit`` bytes once encoded."""
+    encoded = msgspec.json.encode(value)
+    if len(encoded) > limit:
         raise Invalid(f"{field}: larger than {limit} bytes as JSON", field=field)
+    if _JSON_NUL_RE.search(encoded):
+        raise Invalid(f"{field}: a string in it holds NUL (\\u0000)", field=field)

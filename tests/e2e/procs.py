@@ -79,13 +79,18 @@ def _stop(proc: Proc) -> None:
             proc.wait()
 
 
-def wait_http(url: str, timeout: float = 30) -> None:
+def wait_http(url: str, timeout: float = 30, *, proc: Proc | None = None) -> None:
+    """Wait until ``url`` answers; with ``proc``, fail at once (with its output) if the
+    process that should answer has exited."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"the process exited ({proc.returncode}):\n{proc.output()}")
         try:
             if httpx.get(url, timeout=1).status_code < 500:
                 return
         except httpx.HTTPError:
             pass
         time.sleep(0.1)
-    raise AssertionError(f"{url} did not answer within {timeout}s")
+    tail = f"\n{proc.output()[-3000:]}" if proc is not None else ""
+    raise AssertionError(f"{url} did not answer within {timeout}s{tail}")

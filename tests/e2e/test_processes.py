@@ -84,7 +84,7 @@ def test_dev_runs_everything_on_an_embedded_postgres(tmp_path: Path) -> None:
     base = f"http://127.0.0.1:{port}"
     try:
         with background("dev", environ=environ) as proc:
-            wait_http(f"{base}/health", timeout=60)
+            wait_http(f"{base}/health", timeout=60, proc=proc)
             key = (tmp_path / "data" / "dev-admin-key").read_text().strip()
             with httpx.Client(
                 base_url=base, headers={"Authorization": f"Bearer {key}"}, timeout=10

@@ -69,6 +69,8 @@ async def test_bulk_retry_by_ids_and_filters(
 
 
 async def test_filters_and_bad_input(api: httpx.AsyncClient) -> None:
+    """Bad query parameters are 400 invalid_parameter naming the parameter; a body that
+    breaks a rule is 422 invalid naming the field."""
     ok = await api.get(
         "/api/dead-letters", headers=ADMIN, params={"older_than": "2h", "reason": "nope"}
     )
@@ -76,9 +78,24 @@ async def test_filters_and_bad_input(api: httpx.AsyncClient) -> None:
     for params, field in (
         ({"channel": "FAX"}, "channel"),
         ({"older_than": "yesterday"}, "older_than"),
+        ({"older_than": "100000000d"}, "older_than"),
+        ({"older_than": "9999-12-31T23:59:59-23:59"}, "older_than"),
+        ({"cursor": "eDo5OTk5OTk5OTk5OTk5OTk5OTk5OTk5"}, "cursor"),
+        ({"reason": "a\x00b"}, "reason"),
+        ({"limit": "0"}, "limit"),
     ):
         response = await api.get("/api/dead-letters", headers=ADMIN, params=params)
+        body = response.json()
+        assert (response.status_code, body["error"], body["field"]) == (
+            400,
+            "invalid_parameter",
+            field,
+        ), body
+    for body, field in (({"channel": "FAX"}, "channel"), ({"older_than": "soon"}, "older_than")):
+        response = await api.post("/api/dead-letters/retry", headers=ADMIN, json=body)
         assert (response.status_code, response.json()["field"]) == (422, field)
+    huge = await api.post(f"/api/dead-letters/{2**63}/retry", headers=ADMIN)
+    assert (huge.status_code, huge.json()["field"]) == (400, "delivery_id")
     empty = await api.post("/api/dead-letters/retry", headers=ADMIN, json={})
     assert (empty.status_code, empty.json()["field"]) == (422, "ids")
 

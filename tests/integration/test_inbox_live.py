@@ -161,7 +161,11 @@ async def test_cursor_pagination_newest_first(api: httpx.AsyncClient, worker: No
     bodies = [i["body"] for p in (first, second, third) for i in p["items"]]
     assert bodies == ["n4", "n3", "n2", "n1", "n0"] and third["next_cursor"] is None
     bad = await api.get(f"/api/inbox/{rid}", headers=ADMIN, params={"cursor": "garbage!"})
-    assert (bad.status_code, bad.json()["error"]) == (400, "invalid_cursor")
+    assert (bad.status_code, bad.json()["error"], bad.json()["field"]) == (
+        400,
+        "invalid_parameter",
+        "cursor",
+    )
 
 
 def test_a_slow_client_loses_its_backlog_not_the_others() -> None:

@@ -102,6 +102,14 @@ class Outcome:
         return cls("wait", reason=reason, until=until)
 
 
+def invalid_content(what: str, exc: BaseException) -> Outcome:
+    """The outcome of a delivery whose message could not be built: dead at once (a
+    retry builds the same message), the error class recorded, never the content."""
+    return Outcome.fail(
+        f"{what}: cannot build the message ({type(exc).__name__})", "invalid_content"
+    )
+
+
 class Channel(Protocol):
     #: The channel's name in the API: "EMAIL", "PUSH", ...
     name: ClassVar[str]

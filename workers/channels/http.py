@@ -27,7 +27,7 @@ from aiohappyeyeballs import AddrInfoType
 
 from postbell.app.core.addresses import AddressGuard, PrivateAddressError
 from postbell.app.core.settings import Settings
-from postbell.workers.channels.base import Delivery, Outcome
+from postbell.workers.channels.base import Delivery, Outcome, invalid_content
 
 
 def new_session(
@@ -160,6 +160,8 @@ class HttpChannel:
             url, body, headers = self.request(delivery)
         except ValueError as exc:
             return Outcome.fail(f"{self.what}: {exc}", "invalid_address")
+        except Exception as exc:
+            return invalid_content(self.what, exc)
         async with self._limit:
             try:
                 async with self.session.post(

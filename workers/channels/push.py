@@ -21,7 +21,7 @@ import structlog
 from firebase_admin import credentials, exceptions, messaging
 
 from postbell.app.core.settings import FcmSettings, Settings
-from postbell.workers.channels.base import Channel, Delivery, Outcome
+from postbell.workers.channels.base import Channel, Delivery, Outcome, invalid_content
 from postbell.workers.channels.http import retry_after_seconds
 
 log = structlog.get_logger("postbell.push")
@@ -148,10 +148,17 @@ class PushChannel:
 
     async def send(self, deliveries: Sequence[Delivery]) -> list[Outcome]:
         pairs: list[tuple[int, str, messaging.Message]] = []
+        broken: dict[int, Outcome] = {}
         for index, delivery in enumerate(deliveries):
-            for device in delivery.recipient.devices:
-                token, platform = device["token"], device["platform"]
-                pairs.append((index, token, build_message(delivery, token, platform)))
+            try:
+                built = [
+                    (index, d["token"], build_message(delivery, d["token"], d["platform"]))
+                    for d in delivery.recipient.devices
+                ]
+            except Exception as exc:  # this delivery only: the batch goes on without it
+                broken[index] = invalid_content("FCM", exc)
+                continue
+            pairs.extend(built)
         results: list[TokenResult] = []
         if pairs:
             try:
@@ -170,7 +177,10 @@ class PushChannel:
         for (index, token, _), result in zip(pairs, results, strict=True):
             per_delivery[index].append(result)
             per_tokens[index].append(token)
-        return [summarize(r, t) for r, t in zip(per_delivery, per_tokens, strict=True)]
+        return [
+            broken.get(i) or summarize(r, t)
+            for i, (r, t) in enumerate(zip(per_delivery, per_tokens, strict=True))
+        ]
 
     async def _send_chunk(self, chunk: list[messaging.Message]) -> list[TokenResult]:
         try:

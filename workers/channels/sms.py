@@ -18,7 +18,7 @@ from twilio.http.async_http_client import AsyncTwilioHttpClient
 from twilio.rest import Client
 
 from postbell.app.core.settings import Settings, TwilioSettings
-from postbell.workers.channels.base import Channel, Delivery, Outcome
+from postbell.workers.channels.base import Channel, Delivery, Outcome, invalid_content
 
 log = structlog.get_logger("postbell.sms")
 
@@ -82,7 +82,10 @@ class SmsChannel:
         phone = delivery.recipient.phone
         if not phone:
             return Outcome.skip("no_address")
-        options: dict[str, Any] = {"to": phone, "body": text(delivery)}
+        try:
+            options: dict[str, Any] = {"to": phone, "body": text(delivery)}
+        except Exception as exc:  # this delivery only
+            return invalid_content("Twilio", exc)
         if self.twilio.messaging_service_sid:
             options["messaging_service_sid"] = self.twilio.messaging_service_sid
         else:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from litestar import Router, get, put
-from litestar.params import FromPath, JSONBody
+from litestar.params import JSONBody
 
 from postbell.app.api.auth import require_role
 from postbell.app.api.categories import service
 from postbell.app.api.deps import Pool
+from postbell.app.api.types import KeyParam
 
 
 @get("/")
@@ -16,13 +17,13 @@ async def list_categories(pool: Pool) -> service.CategoryList:
 
 
 @get("/{key:str}")
-async def get_category(pool: Pool, key: FromPath[str]) -> service.CategoryOut:
+async def get_category(pool: Pool, key: KeyParam) -> service.CategoryOut:
     return await service.get(pool, key)
 
 
 @put("/{key:str}", guards=[require_role("admin")])
 async def put_category(
-    pool: Pool, key: FromPath[str], data: JSONBody[service.CategoryIn]
+    pool: Pool, key: KeyParam, data: JSONBody[service.CategoryIn]
 ) -> service.CategoryOut:
     """Create or replace a category: default channels, required, fallback, rate limits."""
     return await service.put(pool, key, data)

@@ -14,12 +14,12 @@ from typing import Annotated, Any, Literal
 import msgspec
 from psycopg.types.json import Jsonb
 
-from postbell.app.api.notifications.schemas import Key
+from postbell.app.api.types import LINE_PATTERN, Description, Key, Short
 from postbell.app.core import db
 from postbell.app.core.channels import ChannelName
 from postbell.app.core.errors import Invalid, NotFound
 
-_PER_RE = re.compile(r"^\s*(\d+)\s*(s|m|h|d)\s*$")
+_PER_RE = re.compile(r"^\s*(\d{1,9})\s*(s|m|h|d)\s*$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
@@ -30,13 +30,13 @@ class RateLimit(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     it skipped (``rate_limited``)."""
 
     limit: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)]
-    per: Annotated[str, msgspec.Meta(max_length=16)]
+    per: Annotated[str, msgspec.Meta(max_length=16, pattern=LINE_PATTERN)]
     policy: Literal["defer", "skip"] = "defer"
 
 
 class CategoryIn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    name: Annotated[str, msgspec.Meta(max_length=200)] | None = None
-    description: Annotated[str, msgspec.Meta(max_length=2000)] | None = None
+    name: Short | None = None
+    description: Description | None = None
     default_channels: Annotated[list[ChannelName], msgspec.Meta(min_length=1)] | None = None
     required: bool = False
     fallback: dict[ChannelName, ChannelName] | None = None
@@ -59,11 +59,18 @@ class CategoryList(msgspec.Struct):
     items: list[CategoryOut]
 
 
+#: The longest rate-limit window: a longer one would hold deliveries for years.
+MAX_WINDOW_SECONDS = 366 * 86400
+
+
 def per_seconds(value: str, field: str) -> int:
     match = _PER_RE.match(value)
     if not match or int(match.group(1)) == 0:
         raise Invalid(f"{field}: give a duration like 30m, 1h or 1d", field=field)
-    return int(match.group(1)) * _UNITS[match.group(2)]
+    seconds = int(match.group(1)) * _UNITS[match.group(2)]
+    if seconds > MAX_WINDOW_SECONDS:
+        raise Invalid(f"{field}: at most 366 days", field=field)
+    return seconds
 
 
 def _key(value: str) -> str:

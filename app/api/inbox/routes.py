@@ -14,18 +14,19 @@ from postbell.app.api.deps import Hub, Pool
 from postbell.app.api.inbox import live, service
 from postbell.app.api.inbox.schemas import InboxPage, MarkIn, MarkOut
 from postbell.app.api.pagination import DEFAULT_LIMIT, MAX_LIMIT
+from postbell.app.api.types import MAX_ID, CursorParam, FilterParam, RecipientParam
 from postbell.app.core.errors import NotFound
 
 
 @get("/")
 async def get_inbox(
     pool: Pool,
-    recipient: FromPath[str],
-    cursor: FromQuery[str | None] = None,
+    recipient: RecipientParam,
+    cursor: CursorParam = None,
     limit: Annotated[int, QueryParameter(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
     unread: FromQuery[bool] = False,
     archived: FromQuery[bool | None] = False,
-    category: FromQuery[str | None] = None,
+    category: FilterParam = None,
 ) -> InboxPage:
     """The inbox, newest first, without archived items (``archived=true``: only those)."""
     return await service.list_items(
@@ -43,14 +44,14 @@ async def get_inbox(
 async def stream(
     pool: Pool,
     hub: Hub,
-    recipient: FromPath[str],
+    recipient: RecipientParam,
     last_event_id: Annotated[str | None, HeaderParameter(name="Last-Event-ID")] = None,
 ) -> ServerSentEvent:
     """Server-sent events: ``notification`` (a new item), ``update`` (read, seen, archive
     changes), ``counts`` (unread/unseen), ``resync`` (refetch); comment heartbeats.
     EventSource cannot send headers: it may pass the recipient token as ``?token=``."""
     recipient_id = await service.ensure_recipient(pool, recipient)
-    resume = int(last_event_id) if last_event_id and last_event_id.isdigit() else None
+    resume = _event_id(last_event_id)
 
     async def messages() -> AsyncIterator[ServerSentEventMessage]:
         yield ServerSentEventMessage(data=None, comment="postbell inbox stream", retry=3000)
@@ -68,7 +69,7 @@ async def stream(
 @post("/{action:str}", status_code=200)
 async def mark(
     pool: Pool,
-    recipient: FromPath[str],
+    recipient: RecipientParam,
     action: FromPath[str],
     data: JSONBody[MarkIn],
 ) -> MarkOut:
@@ -86,3 +87,12 @@ router = Router(
     tags=["inbox"],
     route_handlers=[get_inbox, stream, mark],
 )
+
+
+def _event_id(value: str | None) -> int | None:
+    """A Last-Event-ID this stream handed out (a non-negative bigint), else None: a
+    browser may send anything here, and anything else just means "from now"."""
+    if value and value.isascii() and value.isdigit() and len(value) <= 19:
+        number = int(value)
+        return number if number <= MAX_ID else None
+    return None

@@ -8,6 +8,8 @@ from typing import Annotated, Any
 
 import msgspec
 
+from postbell.app.api.types import DbId
+
 
 class InboxItem(msgspec.Struct):
     id: int
@@ -34,7 +36,7 @@ class InboxPage(msgspec.Struct):
 class MarkIn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Which inbox items to mark: ``{"ids": [...]}`` or ``{"all": true}``."""
 
-    ids: Annotated[list[int], msgspec.Meta(max_length=1000)] | None = None
+    ids: Annotated[list[DbId], msgspec.Meta(max_length=1000)] | None = None
     all: bool = False
 
 

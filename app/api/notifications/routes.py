@@ -6,7 +6,7 @@ import uuid
 from typing import Annotated, Any
 
 from litestar import Request, Response, Router, get, post
-from litestar.params import FromPath, FromQuery, HeaderParameter, JSONBody, QueryParameter
+from litestar.params import FromPath, HeaderParameter, JSONBody, QueryParameter
 
 from postbell.app.api.auth import KeyPrincipal, require_role
 from postbell.app.api.deps import AppSettings, Pool, ProcessWaker
@@ -18,6 +18,7 @@ from postbell.app.api.notifications.schemas import (
     NotificationOut,
 )
 from postbell.app.api.pagination import DEFAULT_LIMIT, MAX_LIMIT
+from postbell.app.api.types import CursorParam
 
 
 @post("/", status_code=202)
@@ -45,7 +46,7 @@ async def send_notification(
 async def get_notification(
     pool: Pool,
     notification_id: FromPath[uuid.UUID],
-    cursor: FromQuery[str | None] = None,
+    cursor: CursorParam = None,
     limit: Annotated[int, QueryParameter(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
 ) -> NotificationOut:
     """The notification, its delivery counts by status, and a page of its deliveries."""

@@ -8,21 +8,10 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from postbell.app.api.types import MAX_RECIPIENTS, Body, ExternalId, Key, Title, Url
 from postbell.app.core.channels import ChannelName
 
 Priority = Literal["low", "normal", "high", "urgent"]
-
-MAX_RECIPIENTS = 10_000
-MAX_BODY_CHARS = 20_000
-MAX_TITLE_CHARS = 300
-
-ExternalId = Annotated[str, msgspec.Meta(min_length=1, max_length=255)]
-Key = Annotated[
-    str, msgspec.Meta(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")
-]
-Body = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_BODY_CHARS)]
-Title = Annotated[str, msgspec.Meta(max_length=MAX_TITLE_CHARS)]
-Url = Annotated[str, msgspec.Meta(max_length=2048)]
 
 
 class NotificationIn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

@@ -24,6 +24,8 @@ from postbell.app.core.settings import Settings
 
 MAX_METADATA_BYTES = 16_384
 MAX_IDEMPOTENCY_KEY = 255
+#: An expiry further out than this is a typo, not a plan.
+MAX_EXPIRY = dt.timedelta(days=3650)
 
 
 class IdempotencyConflict(Invalid):
@@ -52,12 +54,13 @@ def _check(
     if payload.action_url is not None:
         validation.http_url(payload.action_url, "action_url")
     if payload.metadata is not None:
-        validation.json_size(payload.metadata, "metadata", MAX_METADATA_BYTES)
-    if payload.send_at is not None:
-        validation.aware(payload.send_at, "send_at")
-        if payload.send_at <= now:
+        validation.json_value(payload.metadata, "metadata", MAX_METADATA_BYTES)
+    send_at = validation.aware(payload.send_at, "send_at") if payload.send_at else None
+    expires_at = validation.aware(payload.expires_at, "expires_at") if payload.expires_at else None
+    if send_at is not None:
+        if send_at <= now:
             raise Invalid("send_at is in the past", field="send_at")
-        if payload.send_at > now + dt.timedelta(days=settings.send_at_horizon_days):
+        if send_at > now + dt.timedelta(days=settings.send_at_horizon_days):
             raise Invalid(
                 f"send_at is more than {settings.send_at_horizon_days} days ahead", field="send_at"
             )
@@ -71,10 +74,11 @@ def _check(
                 f"fallback.{first}: {first} is not one of the notification's channels",
                 field=f"fallback.{first}",
             )
-    if payload.expires_at is not None:
-        validation.aware(payload.expires_at, "expires_at")
-        if payload.expires_at <= (payload.send_at or now):
+    if expires_at is not None:
+        if expires_at <= (send_at or now):
             raise Invalid("expires_at must be after the send time", field="expires_at")
+        if expires_at > now + MAX_EXPIRY:
+            raise Invalid("expires_at is more than ten years ahead", field="expires_at")
     return text, list(dict.fromkeys(payload.to)) if payload.to is not None else None
 
 

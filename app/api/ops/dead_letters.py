@@ -14,9 +14,10 @@ import msgspec
 from psycopg.types.json import Jsonb
 
 from postbell.app.api.pagination import decode_cursor, encode_cursor
+from postbell.app.api.types import LINE_PATTERN, DbId
 from postbell.app.core import db
-from postbell.app.core.channels import CHANNELS, ChannelName
-from postbell.app.core.errors import Invalid, NotFound
+from postbell.app.core.channels import CHANNELS, ChannelName, parse_channel
+from postbell.app.core.errors import Invalid, InvalidParameter, NotFound, PostbellError
 from postbell.app.core.settings import Settings
 
 MAX_BULK = 10_000
@@ -45,10 +46,10 @@ class DeadLetterPage(msgspec.Struct):
 class RetryIn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Which dead letters to requeue: ``ids``, or a filter, or ``all: true``."""
 
-    ids: Annotated[list[int], msgspec.Meta(min_length=1, max_length=MAX_BULK)] | None = None
+    ids: Annotated[list[DbId], msgspec.Meta(min_length=1, max_length=MAX_BULK)] | None = None
     channel: ChannelName | None = None
-    reason: str | None = None
-    older_than: str | None = None
+    reason: Annotated[str, msgspec.Meta(max_length=100, pattern=LINE_PATTERN)] | None = None
+    older_than: Annotated[str, msgspec.Meta(max_length=40, pattern=LINE_PATTERN)] | None = None
     all: bool = False
 
 
@@ -56,32 +57,46 @@ class Retried(msgspec.Struct):
     retried: int
 
 
-def parse_older_than(value: str | None) -> dt.datetime | None:
-    """``older_than`` as an age (``90``, ``30m``, ``2h``, ``7d``) or an RFC 3339 time."""
+#: The oldest age a filter may name (a typo like 100000000d is refused, not overflowed).
+MAX_AGE = dt.timedelta(days=3650)
+
+
+def parse_older_than(
+    value: str | None, *, error: type[PostbellError] = Invalid
+) -> dt.datetime | None:
+    """``older_than`` as an age (``90``, ``30m``, ``2h``, ``7d``; at most ten years) or an
+    RFC 3339 time. ``error`` is raised naming the field (query parameters: 400)."""
     if value is None or value == "":
         return None
+    now = dt.datetime.now(dt.UTC)
     match = _AGE_RE.match(value)
     if match:
         seconds = float(match.group(1)) * _AGE_UNITS[match.group(2)]
-        return dt.datetime.now(dt.UTC) - dt.timedelta(seconds=seconds)
+        if seconds > MAX_AGE.total_seconds():
+            raise error("older_than is more than ten years", field="older_than")
+        return now - dt.timedelta(seconds=seconds)
     try:
         moment = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
-        raise Invalid(
+        raise error(
             "older_than must be an age like 30m, 2h, 7d or an RFC 3339 time", field="older_than"
         ) from None
     if moment.tzinfo is None:
-        raise Invalid("older_than needs a time zone offset", field="older_than")
+        raise error("older_than needs a time zone offset", field="older_than")
+    if not now - MAX_AGE <= moment <= now + MAX_AGE:
+        raise error("older_than is more than ten years away", field="older_than")
     return moment
 
 
-def _channel(value: str | None) -> str | None:
+def _channel(value: str | None, *, error: type[PostbellError] = Invalid) -> str | None:
     if value is None or value == "":
         return None
-    upper = value.upper()
-    if upper not in CHANNELS:
-        raise Invalid(f"unknown channel {value!r}; one of {', '.join(CHANNELS)}", field="channel")
-    return upper
+    found = parse_channel(value)
+    if found is None:
+        raise error(
+            f"unknown channel {value!r}; channels are {', '.join(CHANNELS)}", field="channel"
+        )
+    return found
 
 
 def batch_sizes(settings: Settings) -> Jsonb:
@@ -98,9 +113,9 @@ async def list_page(
     limit: int,
 ) -> DeadLetterPage:
     filters: dict[str, Any] = {
-        "channel": _channel(channel),
+        "channel": _channel(channel, error=InvalidParameter),
         "reason": reason or None,
-        "older_than": parse_older_than(older_than),
+        "older_than": parse_older_than(older_than, error=InvalidParameter),
     }
     after = decode_cursor("x", cursor) or 0
     async with pool.connection() as conn:

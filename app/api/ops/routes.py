@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from litestar import Request, Router, get, post
-from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
+from litestar.params import JSONBody, QueryParameter
 
 from postbell.app.api.auth import require_role
 from postbell.app.api.deps import AppSettings, Pool
@@ -13,15 +13,16 @@ from postbell.app.api.ops import dead_letters as service
 from postbell.app.api.ops.health import health as health_check
 from postbell.app.api.ops.health import ready
 from postbell.app.api.pagination import DEFAULT_LIMIT, MAX_LIMIT
+from postbell.app.api.types import CursorParam, FilterParam, IdParam
 
 
 @get("/")
 async def list_dead_letters(
     pool: Pool,
-    channel: FromQuery[str | None] = None,
-    reason: FromQuery[str | None] = None,
-    older_than: FromQuery[str | None] = None,
-    cursor: FromQuery[str | None] = None,
+    channel: FilterParam = None,
+    reason: FilterParam = None,
+    older_than: FilterParam = None,
+    cursor: CursorParam = None,
     limit: Annotated[int, QueryParameter(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
 ) -> service.DeadLetterPage:
     """Dead deliveries, oldest first; ``older_than`` takes an age (30m, 2h, 7d) or a time."""
@@ -32,7 +33,7 @@ async def list_dead_letters(
 
 @post("/{delivery_id:int}/retry", status_code=200)
 async def retry_dead_letter(
-    pool: Pool, settings: AppSettings, delivery_id: FromPath[int]
+    pool: Pool, settings: AppSettings, delivery_id: IdParam
 ) -> service.Retried:
     """Requeue one dead delivery (back to pending, fresh attempts)."""
     return await service.retry_one(pool, settings, delivery_id)

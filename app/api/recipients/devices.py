@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 import msgspec
 
 from postbell.app.api.recipients.service import external_id
+from postbell.app.api.types import LINE_PATTERN
 from postbell.app.core import db
 from postbell.app.core.errors import NotFound
 
@@ -15,7 +16,7 @@ from postbell.app.core.errors import NotFound
 class DeviceIn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """An FCM registration token and the platform it belongs to."""
 
-    token: Annotated[str, msgspec.Meta(min_length=1, max_length=4096)]
+    token: Annotated[str, msgspec.Meta(min_length=1, max_length=4096, pattern=LINE_PATTERN)]
     platform: Literal["android", "ios", "web"]
 
 

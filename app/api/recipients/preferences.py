@@ -11,8 +11,8 @@ import msgspec
 from msgspec import UNSET, UnsetType
 from psycopg.types.json import Jsonb
 
-from postbell.app.api.notifications.schemas import Key
 from postbell.app.api.recipients.service import external_id
+from postbell.app.api.types import LINE_PATTERN, Key
 from postbell.app.core import db, validation
 from postbell.app.core.channels import ChannelName
 from postbell.app.core.errors import Invalid
@@ -26,7 +26,7 @@ class QuietHours(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     start: Annotated[str, msgspec.Meta(max_length=5)]
     end: Annotated[str, msgspec.Meta(max_length=5)]
     #: IANA zone; defaults to the recipient's timezone, then UTC
-    timezone: Annotated[str, msgspec.Meta(max_length=64)] | None = None
+    timezone: Annotated[str, msgspec.Meta(max_length=64, pattern=LINE_PATTERN)] | None = None
 
 
 class PreferencesIn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

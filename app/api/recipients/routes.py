@@ -4,7 +4,7 @@ preferences (also its own recipient token) and one-click unsubscribe (a signed l
 from __future__ import annotations
 
 from litestar import Router, delete, get, post, put
-from litestar.params import FromPath, FromQuery, JSONBody
+from litestar.params import JSONBody
 
 from postbell.app.api.auth import recipient_guard, require_role
 from postbell.app.api.deps import AppSettings, Pool
@@ -12,43 +12,44 @@ from postbell.app.api.recipients import devices, service
 from postbell.app.api.recipients import preferences as preferences_service
 from postbell.app.api.recipients import unsubscribe as unsubscribe_service
 from postbell.app.api.recipients.schemas import BulkIn, BulkOut, RecipientIn, RecipientOut
+from postbell.app.api.types import RecipientParam, TokenParam
 
 
 @put("/{recipient:str}")
 async def put_recipient(
-    pool: Pool, settings: AppSettings, recipient: FromPath[str], data: JSONBody[RecipientIn]
+    pool: Pool, settings: AppSettings, recipient: RecipientParam, data: JSONBody[RecipientIn]
 ) -> RecipientOut:
     """Create or update a recipient; fields left out keep their values."""
     return await service.put(pool, settings, recipient, data)
 
 
 @get("/{recipient:str}")
-async def get_recipient(pool: Pool, recipient: FromPath[str]) -> RecipientOut:
+async def get_recipient(pool: Pool, recipient: RecipientParam) -> RecipientOut:
     return await service.get(pool, recipient)
 
 
 @delete("/{recipient:str}", status_code=204)
-async def delete_recipient(pool: Pool, recipient: FromPath[str]) -> None:
+async def delete_recipient(pool: Pool, recipient: RecipientParam) -> None:
     """Delete a recipient with its deliveries and inbox."""
     await service.delete(pool, recipient)
 
 
 @post("/{recipient:str}/devices", status_code=201)
 async def add_device(
-    pool: Pool, recipient: FromPath[str], data: JSONBody[devices.DeviceIn]
+    pool: Pool, recipient: RecipientParam, data: JSONBody[devices.DeviceIn]
 ) -> devices.DeviceOut:
     """Register a push device (FCM token); an unknown recipient is created."""
     return await devices.register(pool, recipient, data)
 
 
 @get("/{recipient:str}/devices")
-async def list_devices(pool: Pool, recipient: FromPath[str]) -> devices.DeviceList:
+async def list_devices(pool: Pool, recipient: RecipientParam) -> devices.DeviceList:
     """The recipient's devices, disabled ones included (with why)."""
     return await devices.list_devices(pool, recipient)
 
 
 @delete("/{recipient:str}/devices/{token:str}", status_code=204)
-async def remove_device(pool: Pool, recipient: FromPath[str], token: FromPath[str]) -> None:
+async def remove_device(pool: Pool, recipient: RecipientParam, token: TokenParam) -> None:
     await devices.remove(pool, recipient, token)
 
 
@@ -60,7 +61,7 @@ async def bulk_recipients(pool: Pool, settings: AppSettings, data: JSONBody[Bulk
 
 @get("/")
 async def get_preferences(
-    pool: Pool, recipient: FromPath[str]
+    pool: Pool, recipient: RecipientParam
 ) -> preferences_service.PreferencesOut:
     """The recipient's preferences (also with the recipient's own token)."""
     return await preferences_service.get(pool, recipient)
@@ -68,7 +69,7 @@ async def get_preferences(
 
 @put("/")
 async def put_preferences(
-    pool: Pool, recipient: FromPath[str], data: JSONBody[preferences_service.PreferencesIn]
+    pool: Pool, recipient: RecipientParam, data: JSONBody[preferences_service.PreferencesIn]
 ) -> preferences_service.PreferencesOut:
     """Change what is named: channel switches, category switches, quiet hours (null clears)."""
     return await preferences_service.put(pool, recipient, data)
@@ -82,15 +83,13 @@ _UNSUBSCRIBE_PAGE = (
 
 
 @get("/", media_type="text/html", include_in_schema=False)
-async def unsubscribe_page(token: FromQuery[str]) -> str:
+async def unsubscribe_page(token: TokenParam) -> str:
     """A page with one button: following the link alone unsubscribes nobody."""
     return _UNSUBSCRIBE_PAGE
 
 
 @post("/", status_code=200)
-async def unsubscribe_now(
-    pool: Pool, settings: AppSettings, token: FromQuery[str]
-) -> dict[str, str]:
+async def unsubscribe_now(pool: Pool, settings: AppSettings, token: TokenParam) -> dict[str, str]:
     """RFC 8058 one-click unsubscribe: opts the recipient out of the category's EMAIL."""
     _, category = await unsubscribe_service.unsubscribe(pool, settings.inbox_secrets, token)
     return {"status": "unsubscribed", "category": category}

@@ -8,8 +8,10 @@ from typing import Annotated, Any
 import msgspec
 from msgspec import UNSET, UnsetType
 
-Short = Annotated[str, msgspec.Meta(max_length=255)]
-Url = Annotated[str, msgspec.Meta(max_length=2048)]
+from postbell.app.api.types import LINE_PATTERN, ExternalId, Short, Url
+
+Locale = Annotated[str, msgspec.Meta(max_length=35, pattern=LINE_PATTERN)]
+Zone = Annotated[str, msgspec.Meta(max_length=64, pattern=LINE_PATTERN)]
 
 
 class RecipientIn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -18,8 +20,8 @@ class RecipientIn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     email: Short | UnsetType | None = UNSET
     phone: Short | UnsetType | None = UNSET
     name: Short | UnsetType | None = UNSET
-    locale: Annotated[str, msgspec.Meta(max_length=35)] | UnsetType | None = UNSET
-    timezone: Annotated[str, msgspec.Meta(max_length=64)] | UnsetType | None = UNSET
+    locale: Locale | UnsetType | None = UNSET
+    timezone: Zone | UnsetType | None = UNSET
     webhook_url: Url | UnsetType | None = UNSET
     webhook_secret: Short | UnsetType | None = UNSET
     slack_webhook_url: Url | UnsetType | None = UNSET
@@ -45,7 +47,7 @@ class RecipientOut(msgspec.Struct):
 
 
 class BulkRecipient(RecipientIn, forbid_unknown_fields=True, kw_only=True):
-    external_id: Annotated[str, msgspec.Meta(min_length=1, max_length=255)]
+    external_id: ExternalId
 
 
 class BulkIn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

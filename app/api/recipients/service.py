@@ -52,7 +52,7 @@ def _clean(
         if value is not None and name in _URLS:
             value = validation.webhook_url(value, field, guard=guard)
         if name == "metadata" and value is not None:
-            validation.json_size(value, field, MAX_METADATA_BYTES)
+            validation.json_value(value, field, MAX_METADATA_BYTES)
         fields[name] = value
     return fields, present
 

@@ -7,8 +7,8 @@ from typing import Annotated
 
 import msgspec
 
-from postbell.app.api.notifications.schemas import ExternalId, Key
 from postbell.app.api.pagination import decode_cursor, encode_cursor
+from postbell.app.api.types import ExternalId, Key
 from postbell.app.core import db
 from postbell.app.core.errors import Invalid, NotFound
 

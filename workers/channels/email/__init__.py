@@ -20,7 +20,7 @@ from urllib.parse import quote
 
 from postbell.app.core.settings import Settings
 from postbell.app.core.tokens import unsubscribe_token
-from postbell.workers.channels.base import Channel, Delivery, Outcome
+from postbell.workers.channels.base import Channel, Delivery, Outcome, invalid_content
 from postbell.workers.channels.email import mime
 from postbell.workers.channels.email.console import ConsoleTransport
 from postbell.workers.channels.email.mime import OutgoingEmail
@@ -81,8 +81,11 @@ class EmailChannel:
         for index, delivery in enumerate(deliveries):
             if not delivery.recipient.email:
                 outcomes[index] = Outcome.skip("no_address")
-            else:
+                continue
+            try:
                 messages.append(self.build(delivery, shared))
+            except Exception as exc:  # this message only: the batch goes on without it
+                outcomes[index] = invalid_content("email", exc)
         sent = iter(await self.transport.send(messages) if messages else [])
         return [o if o is not None else next(sent) for o in outcomes]
 

@@ -14,6 +14,7 @@ import dataclasses
 import email.utils
 import html
 import quopri
+import re
 from email.header import Header
 
 from postbell.workers.channels.base import Delivery
@@ -48,7 +49,9 @@ class OutgoingEmail:
 
     @property
     def to_header(self) -> str:
-        return email.utils.formataddr((self.to_name or "", self.to_address), charset="utf-8")
+        return email.utils.formataddr(
+            (one_line(self.to_name or ""), self.to_address), charset="utf-8"
+        )
 
     @property
     def from_header(self) -> str:
@@ -84,6 +87,16 @@ class OutgoingEmail:
         return (head + CRLF + body).encode("ascii")
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
+
+
+def one_line(text: str) -> str:
+    """``text`` safe inside a header: every run of control characters (CR, LF, TAB,
+    NUL ...) becomes one space. The API refuses them in one-line fields already; this
+    keeps a header one header whatever a stored row holds."""
+    return _CONTROL.sub(" ", text).strip()
+
+
 def _qp(text: str) -> str:
     encoded = quopri.encodestring(text.encode("utf-8")).decode("ascii")
     return encoded.replace("\r\n", "\n").replace("\n", CRLF)
@@ -106,7 +119,7 @@ def render_html(delivery: Delivery) -> str:
 def content_of(delivery: Delivery) -> Content:
     text = delivery.body if not delivery.action_url else f"{delivery.body}\n\n{delivery.action_url}"
     rendered = render_html(delivery)
-    subject = delivery.subject
+    subject = one_line(delivery.subject)
     return Content(
         subject=subject,
         subject_header=Header(

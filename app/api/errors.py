@@ -70,7 +70,8 @@ def _validation_error(_: Request[Any, Any, Any], exc: ValidationException) -> Re
     first = problems[0] if isinstance(problems[0], dict) else {}
     message = str(first.get("message", exc.detail))
     key = first.get("key")
-    field = None if key in (None, "data", "") else str(key)
+    # msgspec writes a dict's keys as "[...]" (it does not keep them): name the dict.
+    field = None if key in (None, "data", "") else str(key).replace("[...]", "")
     if field is None:
         named = _FIELD_NAMED_RE.search(message)
         field = named.group(1) if named else None

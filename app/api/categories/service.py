@@ -14,12 +14,12 @@ from typing import Annotated, Any, Literal
 import msgspec
 from psycopg.types.json import Jsonb
 
-from postbell.app.api.types import LINE_PATTERN, Description, Key, Short
+from postbell.app.api.types import Description, Key, Short
 from postbell.app.core import db
 from postbell.app.core.channels import ChannelName
 from postbell.app.core.errors import Invalid, NotFound
 
-_PER_RE = re.compile(r"^\s*(\d{1,9})\s*(s|m|h|d)\s*$")
+_PER_RE = re.compile(r"(\d{1,9}) ?(s|m|h|d)")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
@@ -29,8 +29,8 @@ class RateLimit(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     Over the limit, ``defer`` holds the delivery until a slot frees; ``skip`` records
     it skipped (``rate_limited``)."""
 
-    limit: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)]
-    per: Annotated[str, msgspec.Meta(max_length=16, pattern=LINE_PATTERN)]
+    limit: int
+    per: Annotated[str, msgspec.Meta(max_length=16)]
     policy: Literal["defer", "skip"] = "defer"
 
 
@@ -59,12 +59,14 @@ class CategoryList(msgspec.Struct):
     items: list[CategoryOut]
 
 
+#: The most deliveries a rate limit may allow per window.
+MAX_LIMIT = 1_000_000
 #: The longest rate-limit window: a longer one would hold deliveries for years.
 MAX_WINDOW_SECONDS = 366 * 86400
 
 
 def per_seconds(value: str, field: str) -> int:
-    match = _PER_RE.match(value)
+    match = _PER_RE.fullmatch(value)
     if not match or int(match.group(1)) == 0:
         raise Invalid(f"{field}: give a duration like 30m, 1h or 1d", field=field)
     seconds = int(match.group(1)) * _UNITS[match.group(2)]
@@ -88,6 +90,10 @@ async def put(pool: db.Pool, key: str, data: CategoryIn) -> CategoryOut:
             raise Invalid(
                 f"fallback.{first}: a channel cannot fall back to itself", field=f"fallback.{first}"
             )
+    for channel, rule in (data.rate_limits or {}).items():
+        if not 1 <= rule.limit <= MAX_LIMIT:
+            field = f"rate_limits.{channel}.limit"
+            raise Invalid(f"{field}: from 1 to {MAX_LIMIT:,}", field=field)
     limits = {
         channel: {
             "limit": rule.limit,

@@ -132,6 +132,15 @@ CREATE TABLE provider_buckets (
 );
 ALTER TABLE provider_buckets ADD CONSTRAINT provider_buckets_pkey PRIMARY KEY (channel);
 
+CREATE TABLE provider_events (
+    provider text NOT NULL,
+    event_key text NOT NULL,
+    delivery_id bigint NOT NULL,
+    received_at timestamp with time zone DEFAULT now() NOT NULL
+);
+ALTER TABLE provider_events ADD CONSTRAINT provider_events_pkey PRIMARY KEY (provider, event_key);
+CREATE INDEX provider_events_received_at_idx ON postbell.provider_events USING btree (received_at);
+
 CREATE TABLE recipients (
     id bigint GENERATED ALWAYS AS IDENTITY NOT NULL,
     external_id text NOT NULL,

@@ -16,6 +16,9 @@ hold back); an advisory lock lets one process at a time do each round.
 * ``purge_expired``: with ``POSTBELL_RETENTION_DAYS`` set, final deliveries older than
   that, then notifications left with no delivery, are deleted in small batches (each
   its own transaction), hourly; a round that has more to do goes on at the next tick.
+* ``purge_provider_events``: provider event ids (the callbacks' dedupe) older than
+  the freshness window plus clock skew are deleted, in small batches, every
+  reconcile round (whatever the retention setting: the table must stay bounded).
 """
 
 from __future__ import annotations
@@ -126,6 +129,34 @@ async def purge_expired(
     return {**deleted, "more": more}
 
 
+async def purge_provider_events(
+    pool: db.Pool,
+    keep_seconds: float,
+    *,
+    batch: int = PURGE_BATCH,
+    max_batches: int = PURGE_BATCHES_PER_ROUND,
+) -> dict[str, int | bool]:
+    """Delete provider event ids older than ``keep_seconds``, oldest first, at most
+    ``max_batches`` batches of ``batch``; answers how many and whether more are left."""
+    deleted, more = 0, False
+    for n in range(max_batches + 1):
+        if n == max_batches:
+            more = True
+            break
+        async with pool.connection() as conn:
+            rows = await db.execute(
+                conn,
+                "maintenance_purge_provider_events",
+                {"keep_seconds": keep_seconds, "limit": batch},
+            )
+        deleted += rows
+        if rows < batch:
+            break
+    if deleted:
+        log.info("provider_events_purged", deleted=deleted, more=more)
+    return {"deleted": deleted, "more": more}
+
+
 async def requeue_orphans(runtime: Runtime, suspects: set[int]) -> set[int]:
     """Requeue jobs that were orphaned last round and still are; answer this round's."""
     if not runtime.worker_ids:
@@ -179,6 +210,11 @@ async def loop(
                     if clock() >= next_reconcile:
                         next_reconcile = clock() + reconcile_every
                         await reconcile(runtime)
+                        dedupe = await purge_provider_events(
+                            runtime.pool, runtime.settings.provider_event_keep_seconds
+                        )
+                        if dedupe["more"]:
+                            next_reconcile = clock()  # go on at the next tick
                     if retention_days is not None and clock() >= next_purge:
                         next_purge = clock() + purge_every
                         purged = await purge_expired(runtime.pool, retention_days)

@@ -53,6 +53,13 @@ class InvalidParameter(PostbellError):
     code = "invalid_parameter"
 
 
+class Malformed(PostbellError):
+    """A body that cannot be parsed at all: not JSON (or a form), or nested too deeply (400)."""
+
+    status_code = 400
+    code = "malformed_json"
+
+
 class Invalid(PostbellError):
     """A well-formed request that breaks a rule (422)."""
 

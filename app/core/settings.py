@@ -28,6 +28,11 @@ _RATE_UNITS = {"s": 1, "sec": 1, "second": 1, "m": 60, "min": 60, "minute": 60}
 _RATE_UNITS |= {"h": 3600, "hour": 3600}
 
 
+#: How far ahead of this host's clock a provider's signed time may be (their clocks
+#: and ours both drift; NTP keeps them well inside this).
+CALLBACK_CLOCK_SKEW_SECONDS = 300
+
+
 class ConfigError(Exception):
     """A configuration variable is missing or malformed; the message names it."""
 
@@ -102,6 +107,9 @@ class Settings:
     sendgrid_webhook_key: str | None  # the Event Webhook's public verification key
     sns_cert_url_prefixes: tuple[str, ...]  # extra allowed SigningCertURL prefixes (emulators)
     sns_topic_arns: tuple[str, ...]  # the SNS topics SES feedback is accepted from
+    #: POSTBELL_CALLBACK_MAX_AGE_SECONDS: the oldest signed time (SendGrid's timestamp
+    #: header, SNS's Timestamp) a provider callback may carry
+    callback_max_age_seconds: int
     #: POSTBELL_WEBHOOK_ALLOW_PRIVATE and POSTBELL_WEBHOOK_ALLOW_ADDRESSES (the SSRF guard)
     address_guard: AddressGuard
     http_timeout: float
@@ -167,8 +175,11 @@ class Settings:
             twilio=_twilio_from_env(env),
             webhook_signing_secret=env.text("WEBHOOK_SIGNING_SECRET"),
             sendgrid_webhook_key=env.text("SENDGRID_WEBHOOK_PUBLIC_KEY"),
-            sns_cert_url_prefixes=env.csv("SNS_CERT_URL_PREFIXES"),
+            sns_cert_url_prefixes=_sns_cert_url_prefixes(env),
             sns_topic_arns=env.csv("SNS_TOPIC_ARNS"),
+            callback_max_age_seconds=env.integer(
+                "POSTBELL_CALLBACK_MAX_AGE_SECONDS", 3900, minimum=60, maximum=7 * 86400
+            ),
             address_guard=_address_guard(env),
             http_timeout=env.number("POSTBELL_HTTP_TIMEOUT", 15.0, minimum=0.1, maximum=300),
             retry_max_attempts=env.integer("POSTBELL_RETRY_MAX_ATTEMPTS", 8, minimum=1),
@@ -195,6 +206,13 @@ class Settings:
         size = self.batch_size_by_channel.get(channel, self.batch_size)
         return min(size, 500) if channel == "PUSH" else size  # FCM send_each takes <= 500
 
+    @property
+    def provider_event_keep_seconds(self) -> int:
+        """How long a provider event id is remembered: the freshness window plus the
+        skew allowed on both sides (the signer's clock and the database's), so a copy
+        is either still remembered or refused as stale."""
+        return self.callback_max_age_seconds + 2 * CALLBACK_CLOCK_SKEW_SECONDS
+
 
 def _address_guard(env: _Env) -> AddressGuard:
     allow_private = env.boolean("POSTBELL_WEBHOOK_ALLOW_PRIVATE", False)
@@ -202,6 +220,29 @@ def _address_guard(env: _Env) -> AddressGuard:
         return AddressGuard.from_entries(allow_private, env.csv("POSTBELL_WEBHOOK_ALLOW_ADDRESSES"))
     except ValueError as exc:
         raise ConfigError(f"POSTBELL_WEBHOOK_ALLOW_ADDRESSES: {exc}") from None
+
+
+def _sns_cert_url_prefixes(env: _Env) -> tuple[str, ...]:
+    """SNS_CERT_URL_PREFIXES: where else (an emulator) SNS signing certificates may be
+    fetched from. Each is a URL with a host and no credentials; it allows that exact
+    scheme, host and port, and paths under its own."""
+    prefixes = env.csv("SNS_CERT_URL_PREFIXES")
+    for prefix in prefixes:
+        try:
+            parts = urlsplit(prefix)
+            parts.port  # noqa: B018 - raises ValueError on a bad port
+        except ValueError:
+            raise ConfigError(f"SNS_CERT_URL_PREFIXES: {prefix!r} is not a valid URL") from None
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigError(
+                f"SNS_CERT_URL_PREFIXES: {prefix!r} must be an http(s) URL with a host name"
+            )
+        credentials = parts.username is not None or parts.password is not None
+        if credentials or parts.query or parts.fragment:
+            raise ConfigError(
+                f"SNS_CERT_URL_PREFIXES: {prefix!r} must have no credentials, query or fragment"
+            )
+    return prefixes
 
 
 def _smtp_from_env(env: _Env) -> SmtpSettings | None:

@@ -178,13 +178,64 @@ SELECT w.recipient_id, w.category, count(d.id) AS sent, min(d.sent_at) AS oldest
  GROUP BY w.recipient_id, w.category
 
 -- name: deliveries_feedback
--- What a provider reported after 'sent': delivered, bounced, complained, undelivered.
--- A delivery only moves forward: from sent, or from delivered to a bounce or a
--- complaint (both can arrive after the delivery report).
-UPDATE deliveries AS d
-   SET status = f.status, reason = f.reason, updated_at = now()
-  FROM unnest(%(ids)s::bigint[], %(statuses)s::text[], %(reasons)s::text[]) AS f(id, status, reason)
- WHERE d.id = f.id
-   AND d.channel = %(channel)s
-   AND (d.status = 'sent' OR (d.status = 'delivered' AND f.status IN ('bounced', 'complained')))
-RETURNING d.id
+-- What a provider reported after 'sent', in one statement and so one transaction:
+--  1. each event is recorded in provider_events by its provider id; one already there
+--     (a retry or a replay) is dropped here and changes nothing;
+--  2. of a delivery's new events in one callback, one is applied: the first bounce or
+--     complaint, else the first (a SendGrid batch may carry 'delivered' and 'bounce');
+--  3. the delivery moves only forward: from sent, or from delivered to a bounce or a
+--     complaint (both can arrive after the delivery report); never out of bounced,
+--     complained or undelivered;
+--  4. a hard bounce, complaint or opt-out marks the recipient's address inactive only
+--     when its delivery moved here AND the address the provider named is still the
+--     recipient's (email compared case-insensitively): feedback about an address the
+--     host has since replaced never silences the new one.
+-- addresses[i] is a JSON array of the addresses event i names.
+WITH ev AS (
+    SELECT *
+      FROM unnest(%(event_keys)s::text[], %(ids)s::bigint[], %(statuses)s::text[],
+                  %(reasons)s::text[], %(addresses)s::text[], %(inactive)s::boolean[])
+           WITH ORDINALITY AS e(event_key, id, status, reason, addresses, inactive, n)
+),
+fresh AS (
+    INSERT INTO provider_events (provider, event_key, delivery_id)
+    SELECT DISTINCT ON (event_key) %(provider)s, event_key, id
+      FROM ev
+     ORDER BY event_key, n
+        ON CONFLICT DO NOTHING
+    RETURNING event_key
+),
+picked AS (
+    SELECT DISTINCT ON (ev.id) ev.*
+      FROM ev
+      JOIN fresh USING (event_key)
+     ORDER BY ev.id, ev.status IN ('bounced', 'complained') DESC, ev.n
+),
+moved AS (
+    UPDATE deliveries AS d
+       SET status = p.status, reason = p.reason, updated_at = now()
+      FROM picked AS p
+     WHERE d.id = p.id
+       AND d.channel = %(channel)s
+       AND (d.status = 'sent' OR (d.status = 'delivered' AND p.status IN ('bounced', 'complained')))
+    RETURNING d.id, d.recipient_id, p.addresses, p.inactive
+),
+marked AS (
+    UPDATE recipients AS r
+       SET email_inactive_at = CASE WHEN %(channel)s = 'EMAIL'
+                                    THEN coalesce(r.email_inactive_at, now()) ELSE r.email_inactive_at END,
+           phone_inactive_at = CASE WHEN %(channel)s = 'SMS'
+                                    THEN coalesce(r.phone_inactive_at, now()) ELSE r.phone_inactive_at END
+      FROM moved AS m
+     WHERE r.id = m.recipient_id
+       AND m.inactive
+       AND CASE WHEN %(channel)s = 'EMAIL' THEN r.email_inactive_at IS NULL
+                ELSE r.phone_inactive_at IS NULL END
+       AND EXISTS (SELECT 1
+                     FROM jsonb_array_elements_text(m.addresses::jsonb) AS a(address)
+                    WHERE CASE WHEN %(channel)s = 'EMAIL' THEN lower(a.address) = lower(r.email)
+                               ELSE a.address = r.phone END)
+    RETURNING r.id
+)
+SELECT (SELECT count(*) FROM ev) AS events, (SELECT count(*) FROM fresh) AS fresh,
+       (SELECT count(*) FROM moved) AS moved, (SELECT count(DISTINCT id) FROM marked) AS marked

@@ -84,3 +84,19 @@ WITH old AS (
      LIMIT %(limit)s
 )
 DELETE FROM notifications AS n USING old WHERE n.id = old.id
+
+-- name: maintenance_purge_provider_events
+-- One batch of provider event ids older than the dedupe window (the freshness
+-- window plus clock skew): a signed copy that old is refused as stale before it
+-- could be looked up here (Twilio signs no time: its late copies find their delivery
+-- already moved, which changes nothing). Oldest first, through the received_at index.
+WITH old AS (
+    SELECT provider, event_key
+      FROM provider_events
+     WHERE received_at < now() - make_interval(secs => %(keep_seconds)s)
+     ORDER BY received_at
+     LIMIT %(limit)s
+)
+DELETE FROM provider_events AS e
+ USING old
+ WHERE e.provider = old.provider AND e.event_key = old.event_key

@@ -5,12 +5,10 @@ change nothing."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterator
 from typing import Any
 from urllib.parse import urlencode
 
 import httpx
-import pytest
 
 from postbell.app.api.main import create_app
 from postbell.app.core import db
@@ -46,36 +44,6 @@ def ses_names(delivery_id: int) -> dict[str, Any]:
         "tags": {"postbell_delivery_id": str(delivery_id)},
         "header_message_id": f"<{delivery_id}@postbell.test>",
     }
-
-
-@pytest.fixture(scope="module")
-def sendgrid_signer() -> SendGridEventSigner:
-    return SendGridEventSigner()
-
-
-@pytest.fixture(scope="module")
-def sns() -> Iterator[SnsSigner]:
-    peer = SnsSigner()
-    peer.start()
-    yield peer
-    peer.stop()
-
-
-@pytest.fixture(scope="module")
-async def callbacks(
-    settings: Settings, pool: db.Pool, sendgrid_signer: SendGridEventSigner, sns: SnsSigner
-) -> AsyncIterator[httpx.AsyncClient]:
-    """The API with the callbacks' verification settings (same database as the worker)."""
-    import dataclasses
-
-    configured = dataclasses.replace(
-        settings,
-        sendgrid_webhook_key=sendgrid_signer.public_key_b64,
-        sns_cert_url_prefixes=(sns.url + "/",),
-        sns_topic_arns=(DEFAULT_TOPIC_ARN,),
-    )
-    async with api_client(create_app(configured, pool=pool)) as client:
-        yield client
 
 
 async def sent_email(api: httpx.AsyncClient) -> tuple[str, str, int]:
@@ -187,8 +155,8 @@ async def test_ses_forged_or_foreign_is_refused(
     smtp: SmtpPeer,
     sns: SnsSigner,
 ) -> None:
-    """A Message changed after signing, a certificate from elsewhere, or not JSON at
-    all: 403, and the delivery does not move."""
+    """A Message changed after signing or a certificate from elsewhere: 403; not JSON
+    at all: 400. The delivery does not move."""
     _, address, delivery_id = await sent_email(api)
     document = sns.notification(DEFAULT_TOPIC_ARN, ses_bounce([address], **ses_names(delivery_id)))
     forged = {
@@ -202,7 +170,8 @@ async def test_ses_forged_or_foreign_is_refused(
     assert (
         await callbacks.post("/api/callbacks/ses", content=json.dumps(foreign_cert))
     ).status_code == 403
-    assert (await callbacks.post("/api/callbacks/ses", content=b"not json")).status_code == 403
+    not_json = await callbacks.post("/api/callbacks/ses", content=b"not json")
+    assert (not_json.status_code, not_json.json()["error"]) == (400, "malformed_json")
     # Validly signed by SNS, but from a topic postbell was not told to trust.
     other = sns.notification(
         "arn:aws:sns:eu-west-1:999999999999:someone-else",
@@ -249,6 +218,9 @@ async def test_sns_subscription_is_confirmed(callbacks: httpx.AsyncClient, sns: 
 async def test_twilio_status_callbacks(
     api: httpx.AsyncClient, pool: db.Pool, worker: None, twilio: TwilioPeer
 ) -> None:
+    """Signed status callbacks move SMS deliveries (delivered; undelivered with its
+    ErrorCode, 21610 marking the phone it names inactive); a signature by another
+    token, or over another delivery's URL, is refused."""
     rids = [unique("tw"), unique("tw")]
     for n, rid in enumerate(rids):
         await api.put(
@@ -284,7 +256,12 @@ async def test_twilio_status_callbacks(
     assert await status_of(pool, delivered) == ("sent", None)
     assert (await callback(delivered, params)).status_code == 200
     assert await status_of(pool, delivered) == ("delivered", "delivered")
-    failed = {"MessageSid": "SM2", "MessageStatus": "undelivered", "ErrorCode": "21610"}
+    failed = {
+        "MessageSid": "SM2",
+        "MessageStatus": "undelivered",
+        "ErrorCode": "21610",
+        "To": "+14155557001",
+    }
     assert (await callback(opted_out, failed)).status_code == 200
     assert await status_of(pool, opted_out) == ("undelivered", "twilio:undelivered:21610")
     assert (await api.get(f"/api/recipients/{rids[1]}", headers=ADMIN)).json()[

@@ -1,5 +1,6 @@
 """Retention: POSTBELL_RETENTION_DAYS deletes final deliveries older than that, then the
-notifications they leave empty; nothing unsent and nothing recent is touched."""
+notifications they leave empty; nothing unsent and nothing recent is touched. The
+callbacks' provider event ids are kept for the freshness window, then deleted."""
 
 from __future__ import annotations
 
@@ -9,10 +10,11 @@ from collections.abc import AsyncIterator
 import pytest
 
 from postbell.app.core import db
+from postbell.app.core.settings import Settings
 from postbell.workers import maintenance
 from postbell.workers.channels.registry import Channels
 from postbell.workers.runtime import Runtime
-from tests.conftest import make_settings, query
+from tests.conftest import make_settings, query, wait_until
 
 FINAL = [
     "sent",
@@ -161,6 +163,61 @@ async def test_the_worker_loop_purges_only_when_retention_is_set(
     assert await remaining(fresh_pool) != (set(), set())
     await run_loop(POSTBELL_RETENTION_DAYS="30")
     assert await remaining(fresh_pool) == (set(), set())
+
+
+async def provider_event(pool: db.Pool, key: str, age_seconds: float) -> None:
+    await query(
+        pool,
+        """INSERT INTO provider_events (provider, event_key, delivery_id, received_at)
+           VALUES ('sendgrid', %s, 1, now() - make_interval(secs => %s))""",
+        (key, age_seconds),
+    )
+
+
+async def event_keys(pool: db.Pool) -> set[str]:
+    return {r["event_key"] for r in await query(pool, "SELECT event_key FROM provider_events")}
+
+
+async def test_provider_event_ids_outlive_the_window_then_go(fresh_pool: db.Pool) -> None:
+    """An event id is kept for the freshness window plus twice the clock skew (3,900 +
+    600 s by default: a copy is then either recognised or refused as stale); older
+    ones are deleted oldest first, in bounded rounds."""
+    keep = Settings.from_env({}).provider_event_keep_seconds
+    assert keep == 4500
+    for n in range(5):
+        await provider_event(fresh_pool, f"old-{n}", keep + 60 + n)
+    await provider_event(fresh_pool, "recent", keep - 60)
+
+    first = await maintenance.purge_provider_events(fresh_pool, keep, batch=2, max_batches=2)
+    assert first == {"deleted": 4, "more": True}
+    assert await event_keys(fresh_pool) == {"old-0", "recent"}  # the oldest went first
+    second = await maintenance.purge_provider_events(fresh_pool, keep, batch=2, max_batches=2)
+    assert second == {"deleted": 1, "more": False}
+    assert await event_keys(fresh_pool) == {"recent"}
+
+
+async def test_the_worker_loop_purges_provider_events_without_retention(
+    fresh_database_url: str, fresh_pool: db.Pool
+) -> None:
+    """The upkeep keeps the dedupe table bounded whatever POSTBELL_RETENTION_DAYS says
+    (unset here), and keeps what is inside the window."""
+    settings = make_settings(fresh_database_url, POSTBELL_CALLBACK_MAX_AGE_SECONDS="600")
+    await provider_event(fresh_pool, "expired", settings.provider_event_keep_seconds + 5)
+    await provider_event(fresh_pool, "kept", settings.provider_event_keep_seconds - 300)
+    runtime = Runtime(settings, fresh_pool, Channels.from_settings(settings))
+    stop = asyncio.Event()
+    task = asyncio.create_task(
+        maintenance.loop(runtime, _NoJobs(), stop, reap_every=0.05, reconcile_every=0.1)
+    )
+    try:
+
+        async def purged() -> bool:
+            return await event_keys(fresh_pool) == {"kept"}
+
+        await wait_until(purged)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, timeout=10)
 
 
 class _NoJobs:

@@ -13,6 +13,7 @@ def test_defaults_without_any_variable() -> None:
     assert (settings.port, settings.db_pool_size, settings.retry_max_attempts) == (8000, 10, 8)
     assert settings.email_provider is None
     assert settings.log_format == "json"
+    assert (settings.callback_max_age_seconds, settings.sns_cert_url_prefixes) == (3900, ())
 
 
 def test_dev_defaults_to_console_email_and_pretty_logs() -> None:
@@ -49,6 +50,14 @@ def test_smtp_host_selects_smtp_provider() -> None:
         ({"POSTBELL_LOG_FORMAT": "xml"}, "POSTBELL_LOG_FORMAT"),
         ({"EMAIL_FROM": "not an address"}, "EMAIL_FROM"),
         ({"EMAIL_FROM": "Zoë <zoë@example.org>"}, "EMAIL_FROM"),
+        ({"POSTBELL_CALLBACK_MAX_AGE_SECONDS": "soon"}, "POSTBELL_CALLBACK_MAX_AGE_SECONDS"),
+        ({"POSTBELL_CALLBACK_MAX_AGE_SECONDS": "30"}, "POSTBELL_CALLBACK_MAX_AGE_SECONDS"),
+        ({"POSTBELL_CALLBACK_MAX_AGE_SECONDS": "999999"}, "POSTBELL_CALLBACK_MAX_AGE_SECONDS"),
+        ({"SNS_CERT_URL_PREFIXES": "ftp://127.0.0.1/"}, "SNS_CERT_URL_PREFIXES"),
+        ({"SNS_CERT_URL_PREFIXES": "localhost:4566"}, "SNS_CERT_URL_PREFIXES"),
+        ({"SNS_CERT_URL_PREFIXES": "http://u:p@127.0.0.1:4566/"}, "SNS_CERT_URL_PREFIXES"),
+        ({"SNS_CERT_URL_PREFIXES": "http://127.0.0.1:99999/"}, "SNS_CERT_URL_PREFIXES"),
+        ({"SNS_CERT_URL_PREFIXES": "http://127.0.0.1:4566/?x=1"}, "SNS_CERT_URL_PREFIXES"),
         (
             {
                 "AWS_REGION": "eu-west-1",
@@ -85,3 +94,16 @@ def test_rates_and_per_channel_overrides() -> None:
 def test_email_from_takes_a_unicode_display_name() -> None:
     settings = Settings.from_env({"EMAIL_FROM": "Zoë's Club <club@example.org>"})
     assert settings.email_from == "Zoë's Club <club@example.org>"
+
+
+def test_callback_window_and_certificate_prefixes() -> None:
+    """The freshness window is read in seconds; the provider event ids outlive it by
+    twice the allowed clock skew; certificate prefixes are kept as written."""
+    settings = Settings.from_env(
+        {
+            "POSTBELL_CALLBACK_MAX_AGE_SECONDS": "600",
+            "SNS_CERT_URL_PREFIXES": "http://127.0.0.1:4566/, https://sns.local/certs",
+        }
+    )
+    assert (settings.callback_max_age_seconds, settings.provider_event_keep_seconds) == (600, 1200)
+    assert settings.sns_cert_url_prefixes == ("http://127.0.0.1:4566/", "https://sns.local/certs")

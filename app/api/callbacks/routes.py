@@ -1,5 +1,6 @@
 """HTTP for provider callbacks. No API key: each request must carry its provider's
-signature, else 403, and nothing is recorded."""
+signature, else 403, and nothing is recorded. A repeated event answers 200
+``{"status": "duplicate"}`` and changes nothing."""
 
 from __future__ import annotations
 
@@ -19,8 +20,8 @@ class Processed(msgspec.Struct):
 @post("/sendgrid", status_code=200)
 async def sendgrid(request: Request[Any, Any, Any], pool: Pool, settings: AppSettings) -> Processed:
     """SendGrid Event Webhook (signed: ECDSA; set SENDGRID_WEBHOOK_PUBLIC_KEY)."""
-    await service.sendgrid(pool, settings, request.headers, await request.body())
-    return Processed(status="processed")
+    applied = await service.sendgrid(pool, settings, request.headers, await request.body())
+    return Processed(status=applied.status)
 
 
 @post("/ses", status_code=200)
@@ -32,13 +33,15 @@ async def ses(request: Request[Any, Any, Any], pool: Pool, settings: AppSettings
 
 @post("/twilio", status_code=200)
 async def twilio(request: Request[Any, Any, Any], pool: Pool, settings: AppSettings) -> Processed:
-    """Twilio message status callback (X-Twilio-Signature)."""
-    form = await request.form()
-    params = {k: str(v) for k, v in form.items()}
-    signature = request.headers.get("X-Twilio-Signature", "")
-    query = request.scope.get("query_string", b"").decode()
-    await service.twilio(pool, settings, query, params, signature)
-    return Processed(status="processed")
+    """Twilio message status callback (X-Twilio-Signature over the URL and the form)."""
+    applied = await service.twilio(
+        pool,
+        settings,
+        request.scope.get("query_string", b""),
+        await request.body(),
+        request.headers.get("X-Twilio-Signature", ""),
+    )
+    return Processed(status=applied.status)
 
 
 router = Router(path="/api/callbacks", tags=["callbacks"], route_handlers=[sendgrid, ses, twilio])

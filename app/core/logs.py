@@ -14,6 +14,8 @@ from typing import Any
 
 import structlog
 
+from postbell.app.core.db import describe_error
+
 _REDACTED_KEYS = frozenset(
     {
         "password",
@@ -44,6 +46,17 @@ def _drop_job_args(record: logging.LogRecord) -> bool:
     for attr in ("job", "worker", "job_result"):
         if hasattr(record, attr):
             delattr(record, attr)
+    return True
+
+
+def _one_line_database_errors(record: logging.LogRecord) -> bool:
+    # psycopg_pool logs each failed connection attempt with libpq's text, hints and
+    # line breaks included ("error connecting in 'x': connection failed: ...\n\tIs the
+    # server running ...?"): say it in one line, as postbell's own events do.
+    if record.name.startswith("psycopg") and isinstance(record.args, tuple):
+        record.args = tuple(
+            describe_error(arg) if isinstance(arg, BaseException) else arg for arg in record.args
+        )
     return True
 
 
@@ -81,6 +94,7 @@ def configure(*, fmt: str = "json", level: str = "info") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(formatter)
     handler.addFilter(_drop_job_args)
+    handler.addFilter(_one_line_database_errors)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

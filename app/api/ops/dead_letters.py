@@ -15,13 +15,17 @@ from psycopg.types.json import Jsonb
 
 from postbell.app.api.pagination import decode_cursor, encode_cursor
 from postbell.app.core import db
-from postbell.app.core.channels import CHANNELS, ChannelName
+from postbell.app.core.channels import CHANNELS, ChannelName, parse_channel, unknown_channel
 from postbell.app.core.errors import Invalid, NotFound
 from postbell.app.core.settings import Settings
+from postbell.app.core.validation import MAX_ID
 
 MAX_BULK = 10_000
+#: The furthest back ``older_than`` reaches (as an age): a century.
+MAX_AGE_DAYS = 36_500
 _AGE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)?\s*$")
 _AGE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
+_REASON_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 
 
 class DeadLetter(msgspec.Struct):
@@ -45,7 +49,13 @@ class DeadLetterPage(msgspec.Struct):
 class RetryIn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Which dead letters to requeue: ``ids``, or a filter, or ``all: true``."""
 
-    ids: Annotated[list[int], msgspec.Meta(min_length=1, max_length=MAX_BULK)] | None = None
+    ids: (
+        Annotated[
+            list[Annotated[int, msgspec.Meta(ge=1, le=MAX_ID)]],
+            msgspec.Meta(min_length=1, max_length=MAX_BULK),
+        ]
+        | None
+    ) = None
     channel: ChannelName | None = None
     reason: str | None = None
     older_than: str | None = None
@@ -63,6 +73,11 @@ def parse_older_than(value: str | None) -> dt.datetime | None:
     match = _AGE_RE.match(value)
     if match:
         seconds = float(match.group(1)) * _AGE_UNITS[match.group(2)]
+        if not seconds <= MAX_AGE_DAYS * 86400:  # also inf, from a very long number
+            raise Invalid(
+                f"older_than reaches back at most {MAX_AGE_DAYS}d, got {value.strip()[:40]!r}",
+                field="older_than",
+            )
         return dt.datetime.now(dt.UTC) - dt.timedelta(seconds=seconds)
     try:
         moment = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
@@ -78,10 +93,21 @@ def parse_older_than(value: str | None) -> dt.datetime | None:
 def _channel(value: str | None) -> str | None:
     if value is None or value == "":
         return None
-    upper = value.upper()
-    if upper not in CHANNELS:
-        raise Invalid(f"unknown channel {value!r}; one of {', '.join(CHANNELS)}", field="channel")
-    return upper
+    channel = parse_channel(value)
+    if channel is None:
+        raise Invalid(unknown_channel(value), field="channel")
+    return channel
+
+
+def _reason(value: str | None) -> str | None:
+    if value is None or value == "":
+        return None
+    if not _REASON_RE.match(value):
+        raise Invalid(
+            "reason must be a reason code like retries_exhausted or permanent_error",
+            field="reason",
+        )
+    return value
 
 
 def batch_sizes(settings: Settings) -> Jsonb:
@@ -99,7 +125,7 @@ async def list_page(
 ) -> DeadLetterPage:
     filters: dict[str, Any] = {
         "channel": _channel(channel),
-        "reason": reason or None,
+        "reason": _reason(reason),
         "older_than": parse_older_than(older_than),
     }
     after = decode_cursor("x", cursor) or 0
@@ -129,24 +155,53 @@ async def requeue(
     older_than: str | None = None,
 ) -> int:
     """Requeue dead deliveries (by ids, or every one matching the filters); answer how many."""
+    async with pool.connection() as conn, conn.transaction():
+        requeued = await _requeue(
+            conn, settings, ids=ids, channel=channel, reason=reason, older_than=older_than
+        )
+    return len(requeued)
+
+
+async def _requeue(
+    conn: db.Conn,
+    settings: Settings,
+    *,
+    ids: list[int] | None,
+    channel: str | None = None,
+    reason: str | None = None,
+    older_than: str | None = None,
+) -> list[int]:
+    """The ids requeued, in the caller's transaction."""
     params = {
-        "ids": ids,
+        "ids": [i for i in ids if 1 <= i <= MAX_ID] if ids is not None else None,
         "channel": _channel(channel),
-        "reason": reason or None,
+        "reason": _reason(reason),
         "older_than": parse_older_than(older_than),
         "limit": MAX_BULK,
         "batch_sizes": batch_sizes(settings),
     }
+    row = await db.fetch_one(conn, "deliveries_requeue_dead", params)
+    return list(row["ids"] or []) if row else []
+
+
+async def retry_exactly(pool: db.Pool, settings: Settings, ids: list[int]) -> Retried:
+    """Requeue exactly these dead deliveries, all or none: when one of them is not dead
+    (or does not exist), ``NotFound`` names every such id and nothing is requeued."""
+    wanted = list(dict.fromkeys(ids))
+    if len(wanted) > MAX_BULK:
+        raise Invalid(f"at most {MAX_BULK} ids at once, got {len(wanted)}", field="ids")
     async with pool.connection() as conn, conn.transaction():
-        row = await db.fetch_one(conn, "deliveries_requeue_dead", params)
-    return int(row["deliveries"]) if row else 0
+        requeued = set(await _requeue(conn, settings, ids=wanted))
+        missing = [i for i in wanted if i not in requeued]
+        if missing:  # raising rolls back the requeue of the others
+            listed = ", ".join(str(i) for i in missing)
+            rest = "; nothing was requeued" if len(wanted) > 1 else ""
+            raise NotFound(f"no dead delivery {listed}{rest}")
+    return Retried(retried=len(requeued))
 
 
 async def retry_one(pool: db.Pool, settings: Settings, delivery_id: int) -> Retried:
-    count = await requeue(pool, settings, ids=[delivery_id])
-    if not count:
-        raise NotFound(f"no dead delivery {delivery_id}")
-    return Retried(retried=count)
+    return await retry_exactly(pool, settings, [delivery_id])
 
 
 async def retry_many(pool: db.Pool, settings: Settings, data: RetryIn) -> Retried:

@@ -12,16 +12,31 @@ import secrets
 import signal
 import socket
 import sys
-from collections.abc import Callable, Coroutine, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
+
+import psycopg
 
 from postbell.app.core import db, embedded, logs, migrations, schema
 from postbell.app.core import keys as api_keys
-from postbell.app.core.channels import CHANNELS, QUEUES
-from postbell.app.core.settings import ConfigError, Settings
+from postbell.app.core.channels import CHANNELS, QUEUES, parse_channel, unknown_channel
+from postbell.app.core.errors import PostbellError
+from postbell.app.core.settings import (
+    MAX_WEB_WORKERS,
+    MAX_WORKER_CONCURRENCY,
+    ConfigError,
+    Settings,
+)
+from postbell.app.core.validation import MAX_ID
 
 PROG = "postbell"
+
+#: connect_timeout of the one-shot commands, unless DATABASE_URL sets one: a wrong
+#: host or a filtered port fails in seconds (libpq counts at least 2).
+CLI_CONNECT_TIMEOUT = 5
+#: Bound of the check that the database is there, name resolution included.
+CLI_CHECK_SECONDS = 15.0
 
 
 class UsageError(Exception):
@@ -42,6 +57,51 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors in one line (usage stays behind --help)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see '{self.prog} --help')\n")
+
+
+def _integer(minimum: int, maximum: int, what: str = "a whole number") -> Callable[[str], int]:
+    """An argparse type: an integer from ``minimum`` to ``maximum``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+        if not minimum <= value <= maximum:
+            raise argparse.ArgumentTypeError(
+                f"{what} from {minimum} to {maximum} is needed, got {text.strip()}"
+            )
+        return value
+
+    return parse
+
+
+def _number(minimum: float, maximum: float) -> Callable[[str], float]:
+    """An argparse type: a finite number from ``minimum`` to ``maximum``."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not minimum <= value <= maximum:  # also NaN
+            raise argparse.ArgumentTypeError(
+                f"a number from {minimum:g} to {maximum:g} is needed, got {text.strip()}"
+            )
+        return value
+
+    return parse
+
+
+#: Ids of deliveries and API keys: bigint columns, 1 to 2**63 - 1.
+_id = _integer(1, MAX_ID, "an id")
 
 
 # -- helpers -----------------------------------------------------------------------
@@ -71,6 +131,45 @@ def _with_database(settings: Settings) -> Settings:
     raise UsageError(
         "DATABASE_URL is not set (for a local database run 'postbell db start' or 'postbell dev')"
     )
+
+
+def _one_shot(settings: Settings) -> Settings:
+    """Settings for a command that runs once and exits: DATABASE_URL (or the embedded
+    database), with a short connect_timeout unless the URL sets its own."""
+    settings = _with_database(settings)
+    assert settings.database_url
+    url = db.with_connect_timeout(settings.database_url, CLI_CONNECT_TIMEOUT)
+    return dataclasses.replace(settings, database_url=url)
+
+
+@contextlib.asynccontextmanager
+async def _database(settings: Settings, *, need_schema: bool = True) -> AsyncIterator[str]:
+    """The database URL, once the database answers (and, with ``need_schema``, is
+    migrated). Any way the database fails, now or later in the block, is one
+    ``DATABASE_URL: ...`` line (a UsageError), never a traceback or a long wait."""
+    url = settings.database_url
+    assert url
+    problem = await migrations.database_problem(
+        url, need_schema=need_schema, within=CLI_CHECK_SECONDS
+    )
+    if problem:
+        raise UsageError(f"DATABASE_URL: {problem}")
+    try:
+        yield url
+    except psycopg.OperationalError as exc:  # lost on the way, or a pool's timeout
+        raise UsageError(f"DATABASE_URL: {db.describe_error(exc, url)}") from None
+
+
+async def _cli_pool(url: str) -> db.Pool:
+    """A small pool for the services the CLI shares with the API (opened: the database
+    was just checked, so a failure here is rare and says why)."""
+    pool = db.create_pool(url, max_size=2, name="postbell-cli", timeout=CLI_CHECK_SECONDS)
+    try:
+        await pool.open(wait=True, timeout=CLI_CHECK_SECONDS)
+    except psycopg.OperationalError:
+        await pool.close()
+        raise
+    return pool
 
 
 def _run(coro: Coroutine[Any, Any, int]) -> int:
@@ -173,7 +272,11 @@ async def _dev(settings: Settings, embedded_db: bool) -> int:
     from postbell.workers import runner
 
     assert settings.database_url
-    await migrations.migrate(settings.database_url)
+    once = dataclasses.replace(
+        settings, database_url=db.with_connect_timeout(settings.database_url, CLI_CONNECT_TIMEOUT)
+    )
+    async with _database(once, need_schema=False) as url:
+        await migrations.migrate(url)
     sock = _bind(settings)
     pool = db.create_pool(
         settings.database_url, max_size=settings.db_pool_size, name="postbell-dev"
@@ -256,10 +359,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     settings = _with_database(_settings())
     assert settings.database_url
-    if args.workers < 1:
-        raise UsageError(f"--workers must be at least 1, got {args.workers}")
+    workers = args.workers or settings.web_concurrency
     sock = _bind(settings)
-    if args.workers > 1:
+    if workers > 1:
         sock.close()  # uvicorn binds again for its worker processes
         os.environ["DATABASE_URL"] = settings.database_url
         uvicorn.run(
@@ -267,7 +369,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             factory=True,
             host=settings.host,
             port=settings.port,
-            workers=args.workers,
+            workers=workers,
             log_config=None,
             access_log=False,
             proxy_headers=True,
@@ -301,8 +403,6 @@ def cmd_worker(args: argparse.Namespace) -> int:
     unknown = [q for q in queues if q not in QUEUES]
     if unknown:
         raise UsageError(f"--queues: unknown queue {unknown[0]!r}; choose from {', '.join(QUEUES)}")
-    if args.concurrency is not None and args.concurrency < 1:
-        raise UsageError(f"--concurrency must be at least 1, got {args.concurrency}")
     settings = _with_database(_settings())
 
     async def work() -> int:
@@ -315,14 +415,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
-    settings = _with_database(_settings())
-    assert settings.database_url
-    applied = _run(_migrate(settings.database_url))
-    return applied
+    return _run(_migrate(_one_shot(_settings())))
 
 
-async def _migrate(url: str) -> int:
-    applied = await migrations.migrate(url)
+async def _migrate(settings: Settings) -> int:
+    async with _database(settings, need_schema=False) as url:
+        applied = await migrations.migrate(url)
     if applied:
         for m in applied:
             print(f"applied {m.version:04d}_{m.name}")
@@ -331,20 +429,25 @@ async def _migrate(url: str) -> int:
     return 0
 
 
+#: Where NotificationIn's fields come from on the command line, for error messages.
+_SEND_ARGUMENTS = {"to": "--to", "message": "MESSAGE", "title": "--title", "category": "--category"}
+
+
 def cmd_send(args: argparse.Namespace) -> int:
+    import msgspec
+
     from postbell.app.api.notifications import service
     from postbell.app.api.notifications.schemas import NotificationIn
 
-    settings = _with_database(_settings())
-    recipients = [r for part in args.to for r in part.split(",") if r.strip()]
-    channels = [
-        c.strip().upper() for part in args.channel or [] for c in part.split(",") if c.strip()
-    ]
-    unknown = [c for c in channels if c not in CHANNELS]
-    if unknown:
-        raise UsageError(f"unknown channel {unknown[0]!r}; choose from {', '.join(CHANNELS)}")
-    import msgspec
-
+    settings = _one_shot(_settings())
+    recipients = [r.strip() for part in args.to for r in part.split(",") if r.strip()]
+    channels = []
+    for part in args.channel or []:
+        for name in (c for c in part.split(",") if c.strip()):
+            channel = parse_channel(name)  # any case: a person is typing
+            if channel is None:
+                raise UsageError(f"--channel: {unknown_channel(name.strip())}")
+            channels.append(channel)
     try:
         payload = msgspec.convert(
             {
@@ -357,36 +460,60 @@ def cmd_send(args: argparse.Namespace) -> int:
             },
             NotificationIn,
         )
+        service.check(settings, payload, dt.datetime.now(dt.UTC))
     except msgspec.ValidationError as exc:
-        raise UsageError(str(exc)) from None
+        raise UsageError(_send_argument_error(str(exc), None, recipients)) from None
+    except PostbellError as exc:
+        raise UsageError(_send_argument_error(exc.detail, exc.field, recipients)) from None
 
     async def send() -> int:
-        assert settings.database_url
-        pool = db.create_pool(settings.database_url, max_size=2, name="postbell-cli")
-        await pool.open(wait=True)
-        try:
-            accepted, _ = await service.accept(
-                pool, settings, payload, idempotency_scope="cli", idempotency_key=None
-            )
-        except Exception as exc:
-            detail = getattr(exc, "detail", None)
-            if detail:
-                raise UsageError(detail) from None
-            raise
-        finally:
-            await pool.close()
+        async with _database(settings) as url:
+            pool = await _cli_pool(url)
+            try:
+                accepted, _ = await service.accept(
+                    pool, settings, payload, idempotency_scope="cli", idempotency_key=None
+                )
+            except PostbellError as exc:
+                raise UsageError(_send_argument_error(exc.detail, exc.field, recipients)) from None
+            finally:
+                await pool.close()
         print(f"{accepted.id} {accepted.status}")
         return 0
 
     return _run(send())
 
 
+def _send_argument_error(detail: str, field: str | None, recipients: list[str]) -> str:
+    """An error of the rules ``send`` shares with the API, named after the argument at
+    fault: msgspec says ``... - at `$.to[0]```, the service says ``to[0]: ...``."""
+    if field is None and " - at `$." in detail:
+        detail, _, path = detail.partition(" - at `$.")
+        field = path.rstrip("`")
+    if field is None:
+        return detail
+    from postbell.app.api.errors import explain
+
+    detail = explain(detail, field)  # msgspec's wording in the caller's terms, as the API
+    name, _, index = field.partition("[")
+    argument = _SEND_ARGUMENTS.get(name)
+    if argument is None:
+        return detail
+    detail = detail.removeprefix(f"{field}: ")
+    if argument == "--to" and index.rstrip("]").isdigit():
+        position = int(index.rstrip("]"))
+        if position < len(recipients):
+            detail = f"{recipients[position]!r}: {detail}"  # repr: control characters show
+    return f"{argument}: {detail}"
+
+
 def cmd_keys(args: argparse.Namespace) -> int:
-    settings = _with_database(_settings())
+    settings = _one_shot(_settings())
 
     async def keys() -> int:
-        assert settings.database_url
-        async with await db.connect(settings.database_url, name="postbell-cli") as conn:
+        async with (
+            _database(settings) as url,
+            await db.connect(url, name="postbell-cli") as conn,
+        ):
             if args.keys_command == "create":
                 key_id, key = await api_keys.create_key(conn, args.role, args.name)
                 print(key)
@@ -407,12 +534,18 @@ def cmd_keys(args: argparse.Namespace) -> int:
     return _run(keys())
 
 
-def cmd_queues(args: argparse.Namespace) -> int:
-    settings = _with_database(_settings())
+def _key_name(text: str) -> str:
+    problem = api_keys.name_problem(text)
+    if problem:
+        raise argparse.ArgumentTypeError(problem)
+    return text
 
-    async def show() -> None:
-        assert settings.database_url
-        async with await db.connect(settings.database_url, name="postbell-cli") as conn:
+
+def cmd_queues(args: argparse.Namespace) -> int:
+    settings = _one_shot(_settings())
+
+    async def show(url: str) -> None:
+        async with await db.connect(url, name="postbell-cli") as conn:
             depth = await db.fetch_all(conn, "console_queue_depth")
             waiting = await db.fetch_all(conn, "console_waiting")
             totals = await db.fetch_one(conn, "console_totals")
@@ -457,49 +590,60 @@ def cmd_queues(args: argparse.Namespace) -> int:
         )
 
     async def run() -> int:
-        while True:
-            await show()
-            if not args.watch:
-                return 0
-            await asyncio.sleep(args.interval)
+        async with _database(settings) as url:
+            while True:
+                await show(url)
+                if not args.watch:
+                    return 0
+                await asyncio.sleep(args.interval)
 
     return _run(run())
 
 
 def cmd_dead_letters(args: argparse.Namespace) -> int:
     from postbell.app.api.ops import dead_letters
-    from postbell.app.core.errors import PostbellError
 
-    settings = _with_database(_settings())
+    if args.retry and (args.channel or args.reason or args.older_than):
+        raise UsageError(
+            "--retry takes ids only; --channel, --reason and --older-than filter the list"
+            " and --retry-all"
+        )
+    if args.retry and len(args.retry) > dead_letters.MAX_BULK:
+        raise UsageError(f"--retry: at most {dead_letters.MAX_BULK} ids at once")
+    settings = _one_shot(_settings())
 
     async def run() -> int:
-        assert settings.database_url
-        pool = db.create_pool(settings.database_url, max_size=2, name="postbell-cli")
-        await pool.open(wait=True)
-        try:
-            if args.retry or args.retry_all:
-                count = await dead_letters.requeue(
-                    pool,
-                    settings,
-                    ids=args.retry or None,
-                    channel=args.channel,
-                    reason=args.reason,
-                    older_than=args.older_than,
-                )
-                print(f"requeued {count} dead deliver{'y' if count == 1 else 'ies'}")
-                return 0
-            page = await dead_letters.list_page(
-                pool,
-                channel=args.channel,
-                reason=args.reason,
-                older_than=args.older_than,
-                cursor=None,
-                limit=args.limit,
-            )
-        except PostbellError as exc:
-            raise UsageError(exc.detail) from None
-        finally:
-            await pool.close()
+        async with _database(settings) as url:
+            pool = await _cli_pool(url)
+            try:
+                if args.retry:
+                    # The API's rule (POST /api/dead-letters/{id}/retry): an id that is
+                    # not dead is not found; with several, none is requeued.
+                    retried = (await dead_letters.retry_exactly(pool, settings, args.retry)).retried
+                elif args.retry_all:
+                    retried = await dead_letters.requeue(
+                        pool,
+                        settings,
+                        channel=args.channel,
+                        reason=args.reason,
+                        older_than=args.older_than,
+                    )
+                else:
+                    page = await dead_letters.list_page(
+                        pool,
+                        channel=args.channel,
+                        reason=args.reason,
+                        older_than=args.older_than,
+                        cursor=None,
+                        limit=args.limit,
+                    )
+            except PostbellError as exc:
+                raise UsageError(_dead_letters_error(exc)) from None
+            finally:
+                await pool.close()
+        if args.retry or args.retry_all:
+            print(f"requeued {retried} dead deliver{'y' if retried == 1 else 'ies'}")
+            return 0
         _print_table(
             ["id", "channel", "recipient", "reason", "attempts", "died", "last error"],
             [
@@ -524,6 +668,18 @@ def cmd_dead_letters(args: argparse.Namespace) -> int:
     return _run(run())
 
 
+def _dead_letters_error(exc: PostbellError) -> str:
+    """A service error as a CLI line: ``--older-than: ...`` where the API says
+    ``older_than``; a not-found id as is (``no dead delivery 7``)."""
+    field, detail = exc.field, exc.detail
+    if field in ("channel", "reason", "older_than"):
+        option = "--" + field.replace("_", "-")
+        if detail.startswith(field + " "):
+            return option + detail[len(field) :]
+        return f"{option}: {detail}"
+    return detail
+
+
 def _age(value: Any) -> str:
     return "" if value is None else str(value)
 
@@ -546,16 +702,18 @@ def _print_table(headers: list[str], rows: list[list[Any]]) -> None:
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
-    settings = _with_database(_settings())
+    settings = _one_shot(_settings())
 
     async def dump() -> str:
-        assert settings.database_url
-        async with await db.connect(settings.database_url, name="postbell-cli") as conn:
+        async with _database(settings) as url, await db.connect(url, name="postbell-cli") as conn:
             return await schema.dump(conn)
 
     text = asyncio.run(dump())
     if args.output:
-        Path(args.output).write_text(text)
+        try:
+            Path(args.output).write_text(text)
+        except OSError as exc:
+            raise UsageError(f"--output: cannot write {args.output} ({exc.strerror})") from None
         print(f"wrote {args.output}", file=sys.stderr)
     else:
         print(text, end="")
@@ -583,7 +741,9 @@ def cmd_db(args: argparse.Namespace) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    from postbell.app.api.pagination import MAX_LIMIT
+
+    parser = _Parser(
         prog=PROG,
         description="postbell: a notification service that needs nothing but Postgres.",
         epilog="Configuration comes from the environment; see the README.",
@@ -613,9 +773,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--workers",
-        type=int,
-        default=int(os.environ.get("WEB_CONCURRENCY", "1")),
-        help="server processes (default: WEB_CONCURRENCY or 1)",
+        type=_integer(1, MAX_WEB_WORKERS),
+        default=None,
+        metavar="N",
+        help=f"server processes, 1 to {MAX_WEB_WORKERS} (default: WEB_CONCURRENCY or 1)",
     )
     worker = command(
         "worker",
@@ -632,9 +793,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     worker.add_argument(
         "--concurrency",
-        type=int,
+        type=_integer(1, MAX_WORKER_CONCURRENCY),
         default=None,
-        help="jobs run at once (default: POSTBELL_WORKER_CONCURRENCY or 16)",
+        metavar="N",
+        help=f"jobs run at once, 1 to {MAX_WORKER_CONCURRENCY}"
+        " (default: POSTBELL_WORKER_CONCURRENCY or 16)",
     )
     command(
         "migrate",
@@ -656,10 +819,12 @@ def _parser() -> argparse.ArgumentParser:
         "--channel",
         action="append",
         metavar="CHANNEL[,...]",
-        help=f"channel(s): {', '.join(CHANNELS)} (default: IN_APP)",
+        help=f"channel(s), any case: {', '.join(CHANNELS)} (default: IN_APP)",
     )
     send.add_argument("--title", help="a title (email subject)")
-    send.add_argument("--priority", default="normal", choices=["low", "normal", "high", "urgent"])
+    send.add_argument(
+        "--priority", default="normal", type=str.lower, choices=["low", "normal", "high", "urgent"]
+    )
     send.add_argument("--category", help="a category key")
 
     keys = command("keys", cmd_keys, "manage API keys", "Create, list and revoke API keys.")
@@ -672,14 +837,18 @@ def _parser() -> argparse.ArgumentParser:
     create.add_argument(
         "--role", choices=api_keys.ROLES, default="send", help="admin or send (default: send)"
     )
-    create.add_argument("--name", help="a label for the key")
+    create.add_argument(
+        "--name", type=_key_name, help=f"a label for the key (up to {api_keys.MAX_NAME} characters)"
+    )
     keys_sub.add_parser(
         "list", help="list keys (never the keys themselves)", description="List API keys."
     )
     revoke = keys_sub.add_parser(
         "revoke", help="revoke a key", description="Revoke an API key by id."
     )
-    revoke.add_argument("id", type=int)
+    revoke.add_argument(
+        "id", type=_id, metavar="ID", help="the key's id (see 'postbell keys list')"
+    )
 
     queues = command(
         "queues",
@@ -689,7 +858,13 @@ def _parser() -> argparse.ArgumentParser:
         "letters and stalled jobs: the same data as the SQL views in schema postbell.",
     )
     queues.add_argument("--watch", action="store_true", help="refresh until interrupted")
-    queues.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes (2)")
+    queues.add_argument(
+        "--interval",
+        type=_number(0.5, 3600),
+        default=2.0,
+        metavar="SECONDS",
+        help="seconds between refreshes, 0.5 to 3600 (2)",
+    )
     dead = command(
         "dead-letters",
         cmd_dead_letters,
@@ -700,10 +875,20 @@ def _parser() -> argparse.ArgumentParser:
     dead.add_argument("--channel", help="only this channel (EMAIL, PUSH, ...)")
     dead.add_argument("--reason", help="only this reason (retries_exhausted, invalid_address, ...)")
     dead.add_argument("--older-than", metavar="AGE", help="only those dead for longer: 30m, 2h, 7d")
-    dead.add_argument("--limit", type=int, default=50, help="rows to list (default 50)")
+    dead.add_argument(
+        "--limit",
+        type=_integer(1, MAX_LIMIT),
+        default=50,
+        metavar="N",
+        help=f"rows to list, 1 to {MAX_LIMIT} (default 50)",
+    )
     action = dead.add_mutually_exclusive_group()
     action.add_argument(
-        "--retry", type=int, action="append", metavar="ID", help="requeue this delivery"
+        "--retry",
+        type=_id,
+        action="append",
+        metavar="ID",
+        help="requeue this dead delivery (repeatable; all or none)",
     )
     action.add_argument(
         "--retry-all", action="store_true", help="requeue every dead delivery matching the filters"

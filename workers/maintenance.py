@@ -198,7 +198,7 @@ async def loop(
         try:
             suspects = await requeue_orphans(runtime, suspects)
         except Exception as exc:
-            log.warning("maintenance_failed", error=f"{type(exc).__name__}: {exc}")
+            log.warning("maintenance_failed", error=db.describe_error(exc))
         try:
             async with runtime.pool.connection() as conn:
                 cursor = await conn.execute("SELECT pg_try_advisory_lock(%s) AS got", (_LOCK_KEY,))
@@ -223,4 +223,4 @@ async def loop(
                 finally:
                     await conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_KEY,))
         except Exception as exc:
-            log.warning("maintenance_failed", error=f"{type(exc).__name__}: {exc}")
+            log.warning("maintenance_failed", error=db.describe_error(exc))

@@ -17,7 +17,7 @@ from typing import Any
 import structlog
 from procrastinate import PsycopgConnector
 
-from postbell.app.core import db
+from postbell.app.core import db, migrations
 from postbell.app.core.channels import QUEUES, ROUTE_QUEUE
 from postbell.app.core.settings import Settings
 from postbell.workers import maintenance, procrastinate_app
@@ -67,17 +67,25 @@ async def run(
     concurrency: int | None = None,
     pool: db.Pool | None = None,
 ) -> None:
-    """Run until ``stop`` is set. Uses ``pool`` when given (``postbell dev`` shares one)."""
+    """Run until ``stop`` is set. Uses ``pool`` when given (``postbell dev`` shares one).
+
+    It starts (and restarts) procrastinate only once the database answers and is
+    migrated; until then it logs ``waiting_for_database`` once per attempt.
+    """
+    assert settings.database_url
+    channels = Channels.from_settings(settings)
+    for name in channels.unconfigured:
+        log.warning("channel_not_configured", channel=name, effect="its deliveries are skipped")
+    if not await wait_for_database(settings.database_url, stop):
+        await channels.close()
+        log.info("worker_stopped")
+        return
     own_pool = pool is None
     if pool is None:
-        assert settings.database_url
         pool = db.create_pool(
             settings.database_url, max_size=settings.db_pool_size, name="postbell-worker"
         )
         await pool.open(wait=False)
-    channels = Channels.from_settings(settings)
-    for name in channels.unconfigured:
-        log.warning("channel_not_configured", channel=name, effect="its deliveries are skipped")
     runtime = Runtime(
         settings=settings,
         pool=pool,
@@ -121,12 +129,16 @@ async def run(
                 delay = 1.0
             log.warning(
                 "worker_restarting",
-                error=f"{type(error).__name__}: {error}" if error else "worker stopped",
+                error=db.describe_error(error, settings.database_url)
+                if error
+                else "worker stopped",
                 in_seconds=delay,
             )
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=delay)
             delay = min(delay * 2, RESTART_MAX_DELAY)
+            if not await wait_for_database(settings.database_url, stop):
+                break
     finally:
         upkeep.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -136,6 +148,34 @@ async def run(
         if own_pool:
             await pool.close()
         log.info("worker_stopped")
+
+
+async def wait_for_database(database_url: str, stop: asyncio.Event) -> bool:
+    """Return once ``database_url`` answers and is migrated (True), or once ``stop`` is
+    set (False). Each failed attempt is one ``waiting_for_database`` line saying why;
+    the delay between attempts doubles up to ``RESTART_MAX_DELAY``."""
+    delay, attempt = 1.0, 0
+    while not stop.is_set():
+        attempt += 1
+        check = asyncio.create_task(migrations.database_problem(database_url))
+        stopping = asyncio.create_task(stop.wait())
+        await asyncio.wait({check, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        if not check.done():
+            check.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await check
+            return False
+        problem = check.result()
+        if problem is None:
+            if attempt > 1:
+                log.info("database_ready", attempts=attempt)
+            return True
+        log.warning("waiting_for_database", error=problem, attempt=attempt, retry_in=delay)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=delay)
+        delay = min(delay * 2, RESTART_MAX_DELAY)
+    return False
 
 
 async def _run_lanes(app: Any, options: dict[str, Any]) -> None:

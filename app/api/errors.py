@@ -78,7 +78,7 @@ def _validation_error(_: Request[Any, Any, Any], exc: ValidationException) -> Re
     source = first.get("source")
     if source == "body" and message == "'data'":  # Litestar's wording for "no body at all"
         return error_response(400, "missing_body", "the request needs a JSON body")
-    message = _explain(message, field)
+    message = explain(message, field)
     if source in ("query", "path", "header"):
         return error_response(400, "invalid_parameter", message, field)
     return error_response(422, "invalid", message, field)
@@ -88,7 +88,7 @@ _REGEX_RE = re.compile(r"Expected `str` matching regex '(.*)'")
 _ENUM_RE = re.compile(r"Invalid enum value '([^']*)'")
 
 
-def _explain(message: str, field: str | None) -> str:
+def explain(message: str, field: str | None) -> str:
     """msgspec's wording, made to say what is wrong in the caller's terms."""
     where = f"{field}: " if field else ""
     pattern = _REGEX_RE.search(message)

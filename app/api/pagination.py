@@ -5,8 +5,8 @@ from __future__ import annotations
 import base64
 import binascii
 
-from postbell.app.api.types import MAX_ID
 from postbell.app.core.errors import InvalidParameter
+from postbell.app.core.validation import MAX_ID
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 500

@@ -14,13 +14,13 @@ from typing import Annotated
 import msgspec
 from litestar.params import Parameter
 
+from postbell.app.core.validation import MAX_ID
+
 #: one line: no control characters at all (CR, LF, TAB, NUL, DEL ...)
 LINE_PATTERN = r"^[^\x00-\x1f\x7f]*$"
 #: free text: line breaks and tabs allowed, no NUL or other control characters
 TEXT_PATTERN = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f]*$"
 KEY_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]*$"
-#: the largest id a bigint column holds
-MAX_ID = 2**63 - 1
 
 MAX_RECIPIENTS = 10_000
 MAX_BODY_CHARS = 20_000

@@ -59,6 +59,6 @@ class Waker:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.warning("wakeups_lost", error=f"{type(exc).__name__}: {exc}", retry_in=delay)
+                log.warning("wakeups_lost", error=db.describe_error(exc, self._url), retry_in=delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)

@@ -30,3 +30,8 @@ def parse_channel(value: str) -> ChannelName | None:
         if name == upper:
             return name
     return None
+
+
+def unknown_channel(value: str) -> str:
+    """The one wording for a channel name that is none (API and CLI alike)."""
+    return f"unknown channel {value!r}; one of {', '.join(CHANNELS)}"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import unicodedata
 from typing import Literal
 
 from postbell.app.core import db
@@ -15,6 +16,19 @@ from postbell.app.core import db
 Role = Literal["admin", "send"]
 ROLES: tuple[Role, ...] = ("admin", "send")
 KEY_PREFIX = "pb_"
+MAX_NAME = 100
+
+
+def name_problem(name: str) -> str | None:
+    """What is wrong with ``name`` as a key's label (None: nothing): 1 to 100
+    printable characters."""
+    if not name.strip():
+        return "the name is empty"
+    if len(name) > MAX_NAME:
+        return f"at most {MAX_NAME} characters, got {len(name)}"
+    if any(unicodedata.category(c) == "Cc" for c in name):
+        return "control characters are not allowed"
+    return None
 
 
 def generate_key() -> str:

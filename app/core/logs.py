@@ -16,6 +16,8 @@ from typing import Any, TextIO
 import psycopg
 import structlog
 
+from postbell.app.core.db import describe_error
+
 _REDACTED_KEYS = frozenset(
     {
         "password",
@@ -77,6 +79,17 @@ def _console_exception(sio: TextIO, exc_info: Any) -> None:
     sio.write("\n" + exception_text(exc_info))
 
 
+def _one_line_database_errors(record: logging.LogRecord) -> bool:
+    # psycopg_pool logs each failed connection attempt with libpq's text, hints and
+    # line breaks included ("error connecting in 'x': connection failed: ...\n\tIs the
+    # server running ...?"): say it in one line, as postbell's own events do.
+    if record.name.startswith("psycopg") and isinstance(record.args, tuple):
+        record.args = tuple(
+            describe_error(arg) if isinstance(arg, BaseException) else arg for arg in record.args
+        )
+    return True
+
+
 def configure(*, fmt: str = "json", level: str = "info") -> None:
     """Configure structlog and the standard library's logging once per process."""
     render_exception = structlog.processors.ExceptionRenderer(exception_text)
@@ -112,6 +125,7 @@ def configure(*, fmt: str = "json", level: str = "info") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(formatter)
     handler.addFilter(_drop_job_args)
+    handler.addFilter(_one_line_database_errors)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -7,11 +7,13 @@ together with the row that records it.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import hashlib
 import re
 from importlib import resources
 
+import psycopg
 import structlog
 
 from postbell.app.core import db
@@ -67,6 +69,21 @@ async def pending(conn: db.Conn) -> list[Migration]:
     return [m for m in available() if m.version not in done]
 
 
+async def not_ready(conn: db.Conn) -> str | None:
+    """Why this database cannot serve this version of postbell yet, in one line that
+    says what to run; None when every migration is applied."""
+    done = await applied_versions(conn)
+    waiting = [m for m in available() if m.version not in done]
+    if not waiting:
+        return None
+    name = conn.info.dbname
+    if not done:
+        return f"database \"{name}\" has no postbell schema; run 'postbell migrate'"
+    names = ", ".join(f"{m.version:04d}_{m.name}" for m in waiting[:3])
+    more = f" and {len(waiting) - 3} more" if len(waiting) > 3 else ""
+    return f"database \"{name}\" lacks migrations {names}{more}; run 'postbell migrate'"
+
+
 async def migrate(database_url: str, *, target: int | None = None) -> list[Migration]:
     """Apply every pending migration (up to ``target``, when given); answer the ones applied."""
     applied: list[Migration] = []
@@ -111,3 +128,26 @@ async def migrate(database_url: str, *, target: int | None = None) -> list[Migra
         finally:
             await conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_KEY,))
     return applied
+
+
+async def database_problem(
+    database_url: str, *, need_schema: bool = True, within: float = 30.0
+) -> str | None:
+    """Why ``database_url`` cannot be used right now, in one line (None: it can).
+
+    One connection, closed again: unreachable, refused (unknown database or role, bad
+    password), or, with ``need_schema``, not migrated to this version. ``within``
+    bounds it all, name resolution included (``connect_timeout`` does not cover that).
+    The CLI refuses to run on the answer; the worker waits until there is none.
+    """
+    try:
+        async with asyncio.timeout(within):
+            conn = await db.connect(database_url, name="postbell-check")
+    except (psycopg.Error, TimeoutError) as exc:
+        return db.describe_error(exc, database_url)
+    try:
+        return await not_ready(conn) if need_schema else None
+    except psycopg.Error as exc:
+        return db.describe_error(exc, database_url)
+    finally:
+        await conn.close()

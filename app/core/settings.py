@@ -32,6 +32,11 @@ _RATE_UNITS |= {"h": 3600, "hour": 3600}
 #: and ours both drift; NTP keeps them well inside this).
 CALLBACK_CLOCK_SKEW_SECONDS = 300
 
+#: Bounds of the process counts: ``serve --workers`` / WEB_CONCURRENCY and
+#: ``worker --concurrency`` / POSTBELL_WORKER_CONCURRENCY.
+MAX_WEB_WORKERS = 128
+MAX_WORKER_CONCURRENCY = 1000
+
 
 class ConfigError(Exception):
     """A configuration variable is missing or malformed; the message names it."""
@@ -125,6 +130,8 @@ class Settings:
     retention_days: int | None
     poll_interval: float
     worker_concurrency: int
+    #: WEB_CONCURRENCY: server processes of ``postbell serve`` (Heroku's buildpack sets it)
+    web_concurrency: int
     heartbeat_seconds: float
     data_dir: Path
     dev: bool
@@ -193,7 +200,10 @@ class Settings:
             idempotency_ttl_hours=env.integer("POSTBELL_IDEMPOTENCY_TTL_HOURS", 24, minimum=1),
             retention_days=env.integer_or_none("POSTBELL_RETENTION_DAYS", minimum=1),
             poll_interval=env.number("POSTBELL_POLL_INTERVAL", 1.0, minimum=0.05, maximum=60),
-            worker_concurrency=env.integer("POSTBELL_WORKER_CONCURRENCY", 16, minimum=1),
+            worker_concurrency=env.integer(
+                "POSTBELL_WORKER_CONCURRENCY", 16, minimum=1, maximum=MAX_WORKER_CONCURRENCY
+            ),
+            web_concurrency=env.integer("WEB_CONCURRENCY", 1, minimum=1, maximum=MAX_WEB_WORKERS),
             heartbeat_seconds=env.number("POSTBELL_HEARTBEAT_SECONDS", 10.0, minimum=0.2),
             data_dir=Path(env.text("POSTBELL_DATA_DIR") or ".data"),
             dev=dev,
@@ -445,16 +455,24 @@ class _Env:
         raw = self.text(name)
         if raw is None:
             return None
-        if "://" in raw:
-            return self.url(name, schemes=("postgres", "postgresql"))
         from psycopg.conninfo import conninfo_to_dict
 
+        is_url = "://" in raw
+        if is_url:
+            self.url(name, schemes=("postgres", "postgresql"))
         try:
-            conninfo_to_dict(raw)
+            params = conninfo_to_dict(raw)
         except Exception:
-            raise ConfigError(
-                f"{name} is neither a postgres:// URL nor a libpq connection string"
-            ) from None
+            # No detail: libpq's message quotes the part it cannot read, maybe the password.
+            what = (
+                "a URL libpq can read"
+                if is_url
+                else "a postgres:// URL or a libpq connection string"
+            )
+            raise ConfigError(f"{name} is not {what}") from None
+        for port in str(params.get("port") or "").split(","):  # "a,b": several hosts
+            if port and not (port.isdigit() and 1 <= int(port) <= 65535):
+                raise ConfigError(f"{name}: the port must be a number from 1 to 65535")
         return raw
 
     def _check_channel_suffixes(self, prefix: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import unicodedata
 import zoneinfo
 from typing import Any
 from urllib.parse import urlsplit
@@ -13,11 +14,29 @@ import msgspec
 from postbell.app.core.addresses import AddressGuard
 from postbell.app.core.errors import Invalid
 
+#: The largest id of a bigint column (deliveries, API keys): ids run 1..MAX_ID.
+MAX_ID = 2**63 - 1
+
 _EMAIL_RE = re.compile(
     r"^[^@\s<>(),;:\"\[\]]+@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)+$"
 )
 _E164_RE = re.compile(r"^\+[1-9]\d{6,14}$")
 _LOCALE_RE = re.compile(r"^[A-Za-z]{2,3}(?:[-_][A-Za-z0-9]{2,8})*$")
+
+
+def no_nul(value: str, field: str) -> str:
+    """Text for a Postgres text column, which cannot hold NUL characters."""
+    if "\x00" in value:
+        raise Invalid(f"{field}: contains a NUL character", field=field)
+    return value
+
+
+def external_id(value: str, field: str) -> str:
+    """A host app's id of a recipient: printable, no control characters (no NUL, no
+    line breaks), so that it reads the same in logs, tokens and the CLI's tables."""
+    if any(unicodedata.category(c) == "Cc" for c in value):
+        raise Invalid(f"{field}: recipient ids may not contain control characters", field=field)
+    return value
 
 
 def email(value: str, field: str) -> str:

@@ -129,7 +129,7 @@ requeued AS (
      WHERE d.id = picked.id
     RETURNING d.id, d.channel, d.notification_id
 )
-SELECT count(*) AS deliveries,
+SELECT count(*) AS deliveries, array_agg(q.id) AS ids,
        defer_deliveries(array_agg(q.id), array_agg(q.channel), array_agg(job_priority(n.priority)),
                         array_agg(NULL::timestamptz), %(batch_sizes)s::jsonb) AS jobs
   FROM requeued AS q

@@ -81,7 +81,9 @@ async def test_filters_and_bad_input(api: httpx.AsyncClient) -> None:
         ({"older_than": "100000000d"}, "older_than"),
         ({"older_than": "9999-12-31T23:59:59-23:59"}, "older_than"),
         ({"cursor": "eDo5OTk5OTk5OTk5OTk5OTk5OTk5OTk5"}, "cursor"),
-        ({"reason": "a\x00b"}, "reason"),
+        ({"reason": "a\x00b"}, "reason"),  # were 500s: NUL Postgres text cannot hold
+        ({"reason": "Retries Exhausted"}, "reason"),
+        ({"older_than": "9" * 400}, "older_than"),
         ({"limit": "0"}, "limit"),
     ):
         response = await api.get("/api/dead-letters", headers=ADMIN, params=params)
@@ -98,6 +100,12 @@ async def test_filters_and_bad_input(api: httpx.AsyncClient) -> None:
     assert (huge.status_code, huge.json()["field"]) == (400, "delivery_id")
     empty = await api.post("/api/dead-letters/retry", headers=ADMIN, json={})
     assert (empty.status_code, empty.json()["field"]) == (422, "ids")
+    # Ids are bigints: beyond 2**63 - 1 is a bad parameter, named (it was a 500).
+    beyond = await api.post("/api/dead-letters/99999999999999999999/retry", headers=ADMIN)
+    assert (beyond.status_code, beyond.json()["field"]) == (400, "delivery_id")
+    for ids in ([2**63], [0]):
+        bulk = await api.post("/api/dead-letters/retry", headers=ADMIN, json={"ids": ids})
+        assert (bulk.status_code, bulk.json()["field"]) == (422, "ids[0]"), bulk.text
 
 
 async def test_dead_letters_need_an_admin_key(api: httpx.AsyncClient, pool: Any) -> None:
@@ -129,3 +137,45 @@ async def test_cli_lists_and_requeues(
     )
     assert requeued.stdout.strip() == "requeued 1 dead delivery"
     await settled(api, nid, {"sent": 1})
+
+
+async def test_cli_retry_says_what_the_api_says(
+    api: httpx.AsyncClient, worker: None, smtp: SmtpPeer, database_url: str
+) -> None:
+    """`dead-letters --retry ID` on a delivery that is not dead fails as
+    POST /api/dead-letters/{id}/retry does: the API's 404 detail, exit status 2. With
+    several ids it names every one that is not dead and requeues none of them."""
+    import asyncio
+
+    from tests.e2e.procs import env, run
+
+    _, dead_nid, dead_id = await make_dead(api, smtp, code="554 5.7.1 Refused")
+    rid = unique("alive")
+    await api.put(f"/api/recipients/{rid}", headers=ADMIN, json={})
+    nid = await send(api, to=[rid], message="Alive", channels=["IN_APP"])
+    (delivery,) = (await settled(api, nid, {"sent": 1}))["deliveries"]
+    sent_id = int(delivery["id"])
+    environ = env(DATABASE_URL=database_url)
+
+    answer = await api.post(f"/api/dead-letters/{sent_id}/retry", headers=ADMIN)
+    assert answer.status_code == 404
+    cli = await asyncio.to_thread(run, "dead-letters", "--retry", str(sent_id), environ=environ)
+    assert (cli.returncode, cli.stderr, cli.stdout) == (
+        2,
+        f"postbell: {answer.json()['detail']}\n",
+        "",
+    )
+
+    missing = 2**63 - 1
+    several = await asyncio.to_thread(
+        run,
+        *("dead-letters", "--retry", str(dead_id), "--retry", str(sent_id)),
+        *("--retry", str(missing)),
+        environ=environ,
+    )
+    assert (several.returncode, several.stderr) == (
+        2,
+        f"postbell: no dead delivery {sent_id}, {missing}; nothing was requeued\n",
+    )
+    (still,) = (await settled(api, dead_nid, {"dead": 1}))["deliveries"]
+    assert (still["id"], still["status"]) == (dead_id, "dead")

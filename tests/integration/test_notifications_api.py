@@ -41,6 +41,13 @@ BAD_REQUESTS: list[tuple[str, Any, int, str | None]] = [
     ("too many recipients", {"to": [f"u{i}" for i in range(10_001)], "message": "hi"}, 422, "to"),
     ("empty recipient id", {"to": [""], "message": "hi"}, 422, "to[0]"),
     ("recipient id not a string", {"to": [7], "message": "hi"}, 422, "to[0]"),
+    # Postgres text cannot hold NUL (it was a 500); ids are printable (the CLI's too).
+    ("NUL in a recipient id", {"to": ["a", "b\x00c"], "message": "hi"}, 422, "to[1]"),
+    ("line break in a recipient id", {"to": ["a\nb"], "message": "hi"}, 422, "to[0]"),
+    ("escape in a recipient id", {"to": ["a\x1b[31m"], "message": "hi"}, 422, "to[0]"),
+    ("NUL in the message", {"to": ["a"], "message": "x\x00y"}, 422, "message"),
+    ("NUL in the body", {"to": ["a"], "body": "x\x00y"}, 422, "body"),
+    ("NUL in the title", {"to": ["a"], "message": "x", "title": "\x00"}, 422, "title"),
     ("unknown field", {"to": ["a"], "message": "hi", "colour": "red"}, 422, "colour"),
     ("bad priority", {"to": ["a"], "message": "hi", "priority": "asap"}, 422, "priority"),
     (

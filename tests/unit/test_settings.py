@@ -38,6 +38,14 @@ def test_smtp_host_selects_smtp_provider() -> None:
         ({"PORT": "eighty"}, "PORT"),
         ({"PORT": "70000"}, "PORT"),
         ({"DATABASE_URL": "mysql://x/y"}, "DATABASE_URL"),
+        ({"DATABASE_URL": "postgresql://u:pw@db:port/x"}, "DATABASE_URL"),
+        ({"DATABASE_URL": "postgresql://u:pw@db:99999/x"}, "DATABASE_URL"),
+        ({"DATABASE_URL": "host=db port=abc"}, "DATABASE_URL"),
+        ({"DATABASE_URL": "postgresql://u:pw@db/x?no_such_option=1"}, "DATABASE_URL"),
+        ({"WEB_CONCURRENCY": "lots"}, "WEB_CONCURRENCY"),
+        ({"WEB_CONCURRENCY": "0"}, "WEB_CONCURRENCY"),
+        ({"WEB_CONCURRENCY": "1000"}, "WEB_CONCURRENCY"),
+        ({"POSTBELL_WORKER_CONCURRENCY": "100000"}, "POSTBELL_WORKER_CONCURRENCY"),
         ({"POSTBELL_PUBLIC_URL": "ftp://example.org"}, "POSTBELL_PUBLIC_URL"),
         ({"POSTBELL_DB_POOL_SIZE": "0"}, "POSTBELL_DB_POOL_SIZE"),
         ({"POSTBELL_EMAIL_PROVIDER": "pigeon"}, "POSTBELL_EMAIL_PROVIDER"),
@@ -75,6 +83,21 @@ def test_bad_value_names_the_variable(env: dict[str, str], variable: str) -> Non
     message = str(raised.value)
     assert variable in message
     assert "\n" not in message
+
+
+@pytest.mark.parametrize(
+    "url", ["postgresql://ada:s3cr%zz@db/x", "host=db password=s3cr et", "password='s3cr"]
+)
+def test_an_unreadable_database_url_is_refused_without_quoting_it(url: str) -> None:
+    """libpq's own message quotes the part it cannot read, which may be the password."""
+    with pytest.raises(ConfigError) as raised:
+        Settings.from_env({"DATABASE_URL": url})
+    assert "DATABASE_URL" in str(raised.value) and "s3cr" not in str(raised.value)
+
+
+def test_a_database_url_with_several_hosts_is_fine() -> None:
+    url = "postgresql://ada@db1:5432,db2/x?target_session_attrs=read-write"
+    assert Settings.from_env({"DATABASE_URL": url}).database_url == url
 
 
 def test_rates_and_per_channel_overrides() -> None:

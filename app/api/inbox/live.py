@@ -127,7 +127,7 @@ class InboxHub:
                 raise
             except Exception as exc:
                 log.warning(
-                    "inbox_listen_lost", error=f"{type(exc).__name__}: {exc}", retry_in=delay
+                    "inbox_listen_lost", error=db.describe_error(exc, self._url), retry_in=delay
                 )
             await asyncio.sleep(delay)
             delay = min(delay * 2, 10.0)

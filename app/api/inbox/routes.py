@@ -14,8 +14,9 @@ from postbell.app.api.deps import Hub, Pool
 from postbell.app.api.inbox import live, service
 from postbell.app.api.inbox.schemas import InboxPage, MarkIn, MarkOut
 from postbell.app.api.pagination import DEFAULT_LIMIT, MAX_LIMIT
-from postbell.app.api.types import MAX_ID, CursorParam, FilterParam, RecipientParam
+from postbell.app.api.types import CursorParam, FilterParam, RecipientParam
 from postbell.app.core.errors import NotFound
+from postbell.app.core.validation import MAX_ID
 
 
 @get("/")

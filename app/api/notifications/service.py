@@ -38,15 +38,21 @@ def request_hash(payload: NotificationIn) -> bytes:
     return hashlib.sha256(canonical).digest()
 
 
-def _check(
+def check(
     settings: Settings, payload: NotificationIn, now: dt.datetime
 ) -> tuple[str, list[str] | None]:
-    """Rules beyond the types; answer the body text and the de-duplicated recipients."""
+    """Rules beyond the types (no database needed); answer the body text and the
+    de-duplicated recipients. Raises ``Invalid`` naming the field."""
     if payload.message is not None and payload.body is not None:
         raise Invalid("give either 'message' or 'body', not both", field="body")
     text = payload.message if payload.message is not None else payload.body
     if text is None or not text.strip():
         raise Invalid("the notification needs a 'message' (or 'body')", field="message")
+    validation.no_nul(text, "message" if payload.message is not None else "body")
+    if payload.title is not None:
+        validation.no_nul(payload.title, "title")
+    for index, recipient in enumerate(payload.to or ()):
+        validation.external_id(recipient, f"to[{index}]")
     if payload.to is not None and payload.topic is not None:
         raise Invalid("give either 'to' or 'topic', not both", field="topic")
     if payload.to is None and payload.topic is None:
@@ -99,7 +105,7 @@ async def accept(
     """
     if idempotency_key is not None and not 1 <= len(idempotency_key) <= MAX_IDEMPOTENCY_KEY:
         raise Invalid("Idempotency-Key must be 1 to 255 characters", field="Idempotency-Key")
-    text, recipients = _check(settings, payload, dt.datetime.now(dt.UTC))
+    text, recipients = check(settings, payload, dt.datetime.now(dt.UTC))
     digest = request_hash(payload) if idempotency_key else None
     async with pool.connection() as conn:
         await _check_targets(conn, payload)

@@ -14,15 +14,19 @@ import msgspec
 from psycopg.types.json import Jsonb
 
 from postbell.app.api.pagination import decode_cursor, encode_cursor
-from postbell.app.api.types import LINE_PATTERN, DbId
+from postbell.app.api.types import DbId
 from postbell.app.core import db
-from postbell.app.core.channels import CHANNELS, ChannelName, parse_channel
+from postbell.app.core.channels import CHANNELS, ChannelName, parse_channel, unknown_channel
 from postbell.app.core.errors import Invalid, InvalidParameter, NotFound, PostbellError
 from postbell.app.core.settings import Settings
+from postbell.app.core.validation import MAX_ID
 
 MAX_BULK = 10_000
+#: The furthest back ``older_than`` reaches (as an age): a century.
+MAX_AGE_DAYS = 36_500
 _AGE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)?\s*$")
 _AGE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
+_REASON_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 
 
 class DeadLetter(msgspec.Struct):
@@ -48,8 +52,8 @@ class RetryIn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
     ids: Annotated[list[DbId], msgspec.Meta(min_length=1, max_length=MAX_BULK)] | None = None
     channel: ChannelName | None = None
-    reason: Annotated[str, msgspec.Meta(max_length=100, pattern=LINE_PATTERN)] | None = None
-    older_than: Annotated[str, msgspec.Meta(max_length=40, pattern=LINE_PATTERN)] | None = None
+    reason: Annotated[str, msgspec.Meta(max_length=64)] | None = None
+    older_than: Annotated[str, msgspec.Meta(max_length=40)] | None = None
     all: bool = False
 
 
@@ -57,23 +61,23 @@ class Retried(msgspec.Struct):
     retried: int
 
 
-#: The oldest age a filter may name (a typo like 100000000d is refused, not overflowed).
-MAX_AGE = dt.timedelta(days=3650)
-
-
 def parse_older_than(
     value: str | None, *, error: type[PostbellError] = Invalid
 ) -> dt.datetime | None:
-    """``older_than`` as an age (``90``, ``30m``, ``2h``, ``7d``; at most ten years) or an
-    RFC 3339 time. ``error`` is raised naming the field (query parameters: 400)."""
+    """``older_than`` as an age (``90``, ``30m``, ``2h``, ``7d``; at most a century) or an
+    RFC 3339 time within a century of now. ``error`` is what a bad value raises,
+    naming the field (a query parameter's is ``InvalidParameter``: 400)."""
     if value is None or value == "":
         return None
     now = dt.datetime.now(dt.UTC)
     match = _AGE_RE.match(value)
     if match:
         seconds = float(match.group(1)) * _AGE_UNITS[match.group(2)]
-        if seconds > MAX_AGE.total_seconds():
-            raise error("older_than is more than ten years", field="older_than")
+        if not seconds <= MAX_AGE_DAYS * 86400:  # also inf, from a very long number
+            raise error(
+                f"older_than reaches back at most {MAX_AGE_DAYS}d, got {value.strip()[:40]!r}",
+                field="older_than",
+            )
         return now - dt.timedelta(seconds=seconds)
     try:
         moment = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
@@ -83,20 +87,34 @@ def parse_older_than(
         ) from None
     if moment.tzinfo is None:
         raise error("older_than needs a time zone offset", field="older_than")
-    if not now - MAX_AGE <= moment <= now + MAX_AGE:
-        raise error("older_than is more than ten years away", field="older_than")
+    reach = dt.timedelta(days=MAX_AGE_DAYS)
+    try:
+        within = now - reach <= moment <= now + reach
+    except OverflowError:
+        within = False
+    if not within:
+        raise error(f"older_than must be within {MAX_AGE_DAYS}d of now", field="older_than")
     return moment
 
 
 def _channel(value: str | None, *, error: type[PostbellError] = Invalid) -> str | None:
     if value is None or value == "":
         return None
-    found = parse_channel(value)
-    if found is None:
+    channel = parse_channel(value)
+    if channel is None:
+        raise error(unknown_channel(value), field="channel")
+    return channel
+
+
+def _reason(value: str | None, *, error: type[PostbellError] = Invalid) -> str | None:
+    if value is None or value == "":
+        return None
+    if not _REASON_RE.match(value):
         raise error(
-            f"unknown channel {value!r}; channels are {', '.join(CHANNELS)}", field="channel"
+            "reason must be a reason code like retries_exhausted or permanent_error",
+            field="reason",
         )
-    return found
+    return value
 
 
 def batch_sizes(settings: Settings) -> Jsonb:
@@ -114,7 +132,7 @@ async def list_page(
 ) -> DeadLetterPage:
     filters: dict[str, Any] = {
         "channel": _channel(channel, error=InvalidParameter),
-        "reason": reason or None,
+        "reason": _reason(reason, error=InvalidParameter),
         "older_than": parse_older_than(older_than, error=InvalidParameter),
     }
     after = decode_cursor("x", cursor) or 0
@@ -144,24 +162,53 @@ async def requeue(
     older_than: str | None = None,
 ) -> int:
     """Requeue dead deliveries (by ids, or every one matching the filters); answer how many."""
+    async with pool.connection() as conn, conn.transaction():
+        requeued = await _requeue(
+            conn, settings, ids=ids, channel=channel, reason=reason, older_than=older_than
+        )
+    return len(requeued)
+
+
+async def _requeue(
+    conn: db.Conn,
+    settings: Settings,
+    *,
+    ids: list[int] | None,
+    channel: str | None = None,
+    reason: str | None = None,
+    older_than: str | None = None,
+) -> list[int]:
+    """The ids requeued, in the caller's transaction."""
     params = {
-        "ids": ids,
+        "ids": [i for i in ids if 1 <= i <= MAX_ID] if ids is not None else None,
         "channel": _channel(channel),
-        "reason": reason or None,
+        "reason": _reason(reason),
         "older_than": parse_older_than(older_than),
         "limit": MAX_BULK,
         "batch_sizes": batch_sizes(settings),
     }
+    row = await db.fetch_one(conn, "deliveries_requeue_dead", params)
+    return list(row["ids"] or []) if row else []
+
+
+async def retry_exactly(pool: db.Pool, settings: Settings, ids: list[int]) -> Retried:
+    """Requeue exactly these dead deliveries, all or none: when one of them is not dead
+    (or does not exist), ``NotFound`` names every such id and nothing is requeued."""
+    wanted = list(dict.fromkeys(ids))
+    if len(wanted) > MAX_BULK:
+        raise Invalid(f"at most {MAX_BULK} ids at once, got {len(wanted)}", field="ids")
     async with pool.connection() as conn, conn.transaction():
-        row = await db.fetch_one(conn, "deliveries_requeue_dead", params)
-    return int(row["deliveries"]) if row else 0
+        requeued = set(await _requeue(conn, settings, ids=wanted))
+        missing = [i for i in wanted if i not in requeued]
+        if missing:  # raising rolls back the requeue of the others
+            listed = ", ".join(str(i) for i in missing)
+            rest = "; nothing was requeued" if len(wanted) > 1 else ""
+            raise NotFound(f"no dead delivery {listed}{rest}")
+    return Retried(retried=len(requeued))
 
 
 async def retry_one(pool: db.Pool, settings: Settings, delivery_id: int) -> Retried:
-    count = await requeue(pool, settings, ids=[delivery_id])
-    if not count:
-        raise NotFound(f"no dead delivery {delivery_id}")
-    return Retried(retried=count)
+    return await retry_exactly(pool, settings, [delivery_id])
 
 
 async def retry_many(pool: db.Pool, settings: Settings, data: RetryIn) -> Retried:

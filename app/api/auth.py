@@ -141,11 +141,19 @@ def _query_token(connection: ASGIConnection[Any, Any, Any, Any]) -> str | None:
     return str(token)
 
 
+def _is_options(connection: ASGIConnection[Any, Any, Any, Any]) -> bool:
+    """OPTIONS (the Allow header, CORS preflights) carries no credential and shows no
+    data: the authentication middleware lets it through, so the guards do too."""
+    return bool(connection.scope.get("method") == "OPTIONS")
+
+
 def require_role(role: Role) -> Any:
     """Guard: an API key with ``role`` (admin covers send); recipient tokens get 403."""
 
     # async: Litestar runs a sync guard on a thread, a hop per request.
     async def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+        if _is_options(connection):
+            return
         principal = connection.user
         if isinstance(principal, TokenPrincipal):
             raise Forbidden("a recipient token opens only its own inbox and preferences")
@@ -164,6 +172,8 @@ async def recipient_guard(
 
     API keys pass; a recipient token passes only for the recipient in the path.
     """
+    if _is_options(connection):
+        return
     principal = connection.user
     if isinstance(principal, KeyPrincipal):
         return

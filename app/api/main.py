@@ -27,6 +27,7 @@ from postbell.app.api.categories.routes import router as categories
 from postbell.app.api.deps import Services
 from postbell.app.api.inbox.routes import router as inbox
 from postbell.app.api.notifications.routes import router as notifications
+from postbell.app.api.openapi import document_errors
 from postbell.app.api.ops.routes import dead_letters, health, index
 from postbell.app.api.recipients.routes import preferences, recipients, unsubscribe
 from postbell.app.api.topics.routes import router as topics
@@ -85,7 +86,7 @@ def create_app(settings: Settings, *, pool: db.Pool | None = None) -> Litestar:
             allow_headers=["Authorization", "Content-Type", "Last-Event-ID"],
             allow_credentials=False,
         )
-    return Litestar(
+    app = Litestar(
         route_handlers=[*ROUTERS, create_static_files_router("/static", [STATIC])],
         dependencies=services.dependencies(),
         lifespan=[lifespan],
@@ -112,3 +113,5 @@ def create_app(settings: Settings, *, pool: db.Pool | None = None) -> Litestar:
         logging_config=None,
         debug=False,
     )
+    document_errors(app.openapi_schema, OPEN_PATHS)
+    return app

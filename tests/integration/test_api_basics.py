@@ -112,3 +112,42 @@ async def test_recipient_token_refusals_say_what_is_wrong(database_url: str) -> 
         unknown = await client.get("/api/inbox/user-1", headers={"Authorization": "Bearer nope"})
     assert wrong.status_code == 403 and "'user-1'" in wrong.json()["detail"]
     assert unknown.status_code == 401 and "API key" in unknown.json()["detail"]
+
+
+async def test_every_operation_declares_its_errors_with_the_one_error_body(
+    api: httpx.AsyncClient,
+) -> None:
+    """Generated clients see what the API answers: every /api operation declares 500 and
+    503, the authenticated ones 401/403/429, those with a body 400/413/422, each with
+    the ErrorBody schema (whose `error` enum is the vocabulary of codes)."""
+    from postbell.app.core.errors import CODES
+
+    schema = (await api.get("/schema/openapi.json")).json()
+    assert schema["components"]["schemas"]["ErrorBody"]["properties"]["error"]["enum"] == list(
+        CODES
+    )
+    for path, item in schema["paths"].items():
+        for method, operation in item.items():
+            if method not in ("get", "post", "put", "delete"):
+                continue
+            declared = set(operation["responses"])
+            expected = {"500", "503"}
+            if path.startswith("/api/") and not path.startswith(
+                ("/api/callbacks", "/api/unsubscribe")
+            ):
+                expected |= {"401", "403", "429"}
+            if method in ("post", "put"):
+                expected |= {"400", "413", "422"}
+            assert expected <= declared, (method, path, sorted(declared))
+            for status, response in operation["responses"].items():
+                if int(status) >= 400:
+                    ref = response["content"]["application/json"]["schema"]["$ref"]
+                    assert ref.endswith("/ErrorBody"), (method, path, status)
+
+
+async def test_options_needs_no_credential_and_is_no_server_error(api: httpx.AsyncClient) -> None:
+    """OPTIONS carries no credential (CORS preflights never do): the guards let it be."""
+    for path in ("/api/categories", "/api/inbox/u1", "/api/dead-letters/retry"):
+        response = await api.options(path)
+        assert response.status_code == 204, (path, response.text)
+        assert "GET" in response.headers["allow"] or "POST" in response.headers["allow"]

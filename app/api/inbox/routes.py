@@ -41,7 +41,7 @@ async def get_inbox(
     )
 
 
-@get("/stream")
+@get("/stream", media_type="text/event-stream")
 async def stream(
     pool: Pool,
     hub: Hub,

@@ -6,10 +6,12 @@ import uuid
 from typing import Annotated, Any
 
 from litestar import Request, Response, Router, get, post
+from litestar.openapi import ResponseSpec
 from litestar.params import FromPath, HeaderParameter, JSONBody, QueryParameter
 
 from postbell.app.api.auth import KeyPrincipal, require_role
 from postbell.app.api.deps import AppSettings, Pool, ProcessWaker
+from postbell.app.api.errors import ErrorBody
 from postbell.app.api.notifications import service
 from postbell.app.api.notifications.schemas import (
     Cancelled,
@@ -21,7 +23,13 @@ from postbell.app.api.pagination import DEFAULT_LIMIT, MAX_LIMIT
 from postbell.app.api.types import CursorParam
 
 
-@post("/", status_code=202)
+@post(
+    "/",
+    status_code=202,
+    responses={
+        200: ResponseSpec(NotificationAccepted, description="An idempotent repeat: the original")
+    },
+)
 async def send_notification(
     request: Request[KeyPrincipal, Any, Any],
     pool: Pool,
@@ -53,7 +61,11 @@ async def get_notification(
     return await service.read(pool, notification_id, cursor=cursor, limit=limit)
 
 
-@post("/{notification_id:uuid}/cancel", status_code=200)
+@post(
+    "/{notification_id:uuid}/cancel",
+    status_code=200,
+    responses={409: ResponseSpec(ErrorBody, description="Nothing is left to cancel")},
+)
 async def cancel_notification(pool: Pool, notification_id: FromPath[uuid.UUID]) -> Cancelled:
     """Cancel every delivery not yet sent; 409 when nothing is left to cancel."""
     return await service.cancel(pool, notification_id)

@@ -256,6 +256,13 @@ CREATE VIEW stalled_jobs AS
 
 -- Functions
 
+CREATE OR REPLACE FUNCTION postbell.channel_names()
+ RETURNS text[]
+ LANGUAGE sql
+ IMMUTABLE
+ SET search_path TO 'pg_catalog'
+AS $function$ SELECT ARRAY['IN_APP', 'EMAIL', 'PUSH', 'SMS', 'WEBHOOK', 'SLACK', 'DISCORD'] $function$;
+
 CREATE OR REPLACE FUNCTION postbell.defer_deliveries(p_ids bigint[], p_channels text[], p_priorities integer[], p_run_at timestamp with time zone[], p_batch_sizes jsonb)
  RETURNS integer
  LANGUAGE sql
@@ -404,7 +411,7 @@ BEGIN
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
     SELECT c INTO v_unknown FROM unnest(channels) AS c
-     WHERE c NOT IN ('IN_APP', 'EMAIL', 'PUSH', 'SMS', 'WEBHOOK', 'SLACK', 'DISCORD') LIMIT 1;
+     WHERE c <> ALL (channel_names()) LIMIT 1;
     IF v_unknown IS NOT NULL OR cardinality(channels) = 0 THEN
         RAISE EXCEPTION 'postbell.notify: unknown channel %', coalesce(v_unknown, '(empty list)')
             USING ERRCODE = 'invalid_parameter_value';

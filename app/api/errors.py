@@ -62,6 +62,10 @@ def _postbell_error(_: Request[Any, Any, Any], exc: PostbellError) -> Response[A
 
 def _validation_error(_: Request[Any, Any, Any], exc: ValidationException) -> Response[Any]:
     problems = exc.extra if isinstance(exc.extra, list) else []
+    missing = _MISSING_RE.search(str(exc.detail))
+    if missing:
+        name = missing.group(1)
+        return error_response(400, "invalid_parameter", f"{name}: required", name)
     if not problems:
         # Litestar raises this for bodies msgspec could not parse as JSON at all.
         return error_response(
@@ -84,6 +88,7 @@ def _validation_error(_: Request[Any, Any, Any], exc: ValidationException) -> Re
     return error_response(422, "invalid", message, field)
 
 
+_MISSING_RE = re.compile(r"Missing required (?:query|path|header|cookie) parameter '([^']+)'")
 _REGEX_RE = re.compile(r"Expected `str` matching regex '(.*)'")
 _ENUM_RE = re.compile(r"Invalid enum value '([^']*)'")
 

@@ -3,6 +3,14 @@
 Every token is an HMAC-SHA256 under ``POSTBELL_INBOX_SECRET``; with several secrets
 configured, the first signs and all verify, so secrets rotate. Verification is
 constant-time.
+
+Domain separation: the plain inbox token signs the external id alone (the recipe
+host apps have used from the start). Every other token signs
+``"postbell:<purpose>" NUL field NUL field ...``. External ids, category keys and
+expiry times never hold NUL (the API and ``postbell.notify()`` refuse control
+characters in them), so no external id can make a plain token equal to a signed
+value of another purpose, the fields of a value cannot be shifted into one another,
+and a token of one purpose is never valid for another.
 """
 
 from __future__ import annotations
@@ -19,15 +27,26 @@ from typing import Literal
 _RECIPIENT_TOKEN_RE = re.compile(r"^(?:(\d{1,12})\.)?([0-9a-f]{64})$")
 
 TokenCheck = Literal["ok", "expired", "bad"]
+Purpose = Literal["inbox", "unsubscribe", "read", "click", "open"]
+
+
+def sign(secret: str, purpose: Purpose, *fields: str) -> bytes:
+    """HMAC-SHA256 over ``postbell:<purpose>`` and ``fields``, NUL-separated."""
+    if any("\x00" in field for field in fields):
+        raise ValueError("a signed field may not hold NUL")
+    message = "\x00".join([f"postbell:{purpose}", *fields]).encode()
+    return hmac.new(secret.encode(), message, hashlib.sha256).digest()
 
 
 def recipient_token(secret: str, external_id: str, expires_at: int | None = None) -> str:
-    """The token a host app hands its front-end for ``external_id``."""
+    """The token a host app hands its front-end for ``external_id``: without an expiry
+    ``hex(HMAC-SHA256(secret, external_id))``; with one ``<unix_exp>.<hex(HMAC-SHA256(
+    secret, "postbell:inbox" NUL external_id NUL unix_exp))>``."""
+    if "\x00" in external_id:
+        raise ValueError("an external id may not hold NUL")
     if expires_at is None:
         return hmac.new(secret.encode(), external_id.encode(), hashlib.sha256).hexdigest()
-    message = f"{external_id}.{expires_at}".encode()
-    digest = hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
-    return f"{expires_at}.{digest}"
+    return f"{expires_at}.{sign(secret, 'inbox', external_id, str(expires_at)).hex()}"
 
 
 def check_recipient_token(
@@ -35,7 +54,7 @@ def check_recipient_token(
 ) -> TokenCheck:
     """Verify ``token`` for ``external_id`` against every configured secret, in constant time."""
     match = _RECIPIENT_TOKEN_RE.match(token)
-    if not match or not secrets_:
+    if not match or not secrets_ or "\x00" in external_id:
         return "bad"
     expiry = int(match.group(1)) if match.group(1) else None
     valid = False
@@ -55,26 +74,26 @@ def looks_like_recipient_token(credential: str) -> bool:
 
 def unsubscribe_token(secret: str, external_id: str, category: str) -> str:
     """The token of a one-click unsubscribe link: ``recipient`` out of ``category``'s EMAIL."""
-    payload = f"{external_id}\n{category}".encode()
-    return f"{_b64(payload)}.{_b64(_unsubscribe_mac(secret, payload))}"
+    payload = f"{external_id}\x00{category}".encode()
+    mac = sign(secret, "unsubscribe", external_id, category)[:16]
+    return f"{_b64(payload)}.{_b64(mac)}"
 
 
 def read_unsubscribe_token(secrets_: Sequence[str], token: str) -> tuple[str, str] | None:
     """(external_id, category) of a valid unsubscribe token, else None."""
     try:
-        payload_part, _, mac_part = token.partition(".")
+        payload_part, dot, mac_part = token.partition(".")
         payload, mac = _unb64(payload_part), _unb64(mac_part)
-        external_id, _, category = payload.decode().partition("\n")
+        external_id, separator, category = payload.decode().partition("\x00")
     except (ValueError, binascii.Error, UnicodeDecodeError):
         return None
+    if not (dot and separator and external_id and category) or "\x00" in category:
+        return None
+    valid = False
     for secret in secrets_:
-        if hmac.compare_digest(_unsubscribe_mac(secret, payload), mac) and external_id and category:
-            return external_id, category
-    return None
-
-
-def _unsubscribe_mac(secret: str, payload: bytes) -> bytes:
-    return hmac.new(secret.encode(), b"unsubscribe\n" + payload, hashlib.sha256).digest()[:16]
+        expected = sign(secret, "unsubscribe", external_id, category)[:16]
+        valid |= hmac.compare_digest(expected, mac)
+    return (external_id, category) if valid else None
 
 
 def _b64(data: bytes) -> str:

@@ -151,3 +151,19 @@ async def test_options_needs_no_credential_and_is_no_server_error(api: httpx.Asy
         response = await api.options(path)
         assert response.status_code == 204, (path, response.text)
         assert "GET" in response.headers["allow"] or "POST" in response.headers["allow"]
+
+
+async def test_unsubscribe_without_or_with_a_bad_token(api: httpx.AsyncClient) -> None:
+    """No token: 400 naming it (it was "not valid JSON"); a token that does not verify:
+    the page says so with 403 instead of showing a button, and POST refuses it."""
+    for method in ("GET", "POST"):
+        missing = await api.request(method, "/api/unsubscribe")
+        assert (missing.status_code, missing.json()["error"], missing.json()["field"]) == (
+            400,
+            "invalid_parameter",
+            "token",
+        )
+    page = await api.get("/api/unsubscribe", params={"token": "garbage.garbage"})
+    assert page.status_code == 403 and "not valid" in page.text and "<button" not in page.text
+    refused = await api.post("/api/unsubscribe", params={"token": "garbage.garbage"})
+    assert refused.status_code == 403

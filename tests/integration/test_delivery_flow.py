@@ -6,6 +6,7 @@ with STARTTLS on a self-signed certificate and AUTH.
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import httpx
@@ -70,7 +71,9 @@ async def test_in_app_and_email(api: httpx.AsyncClient, worker: None, smtp: Smtp
     assert message["Subject"] == "Event announced"
     assert message["To"] == f"Ada Lovelace <{address}>"
     assert message["From"] == "Postbell <notify@postbell.test>"
-    assert message["Message-ID"] == f"<{by_channel['EMAIL']['id']}@postbell.test>"
+    assert (
+        message["Message-ID"] == f"<{by_channel['EMAIL']['id']}.{uuid.UUID(nid).hex}@postbell.test>"
+    )
     text = message.get_body(preferencelist=("plain",)).get_content()
     html = message.get_body(preferencelist=("html",)).get_content()
     assert "Meet-up on Friday." in text and "https://example.org/events/1" in text

@@ -27,8 +27,9 @@ def test_rotated_secrets_all_verify() -> None:
 
 
 def test_expiring_token() -> None:
+    """The documented host-side recipe: hex(HMAC(secret, "postbell:inbox" NUL id NUL exp))."""
     token = tokens.recipient_token("s3", "u", expires_at=2_000)
-    digest = hmac.new(b"s3", b"u.2000", hashlib.sha256).hexdigest()
+    digest = hmac.new(b"s3", b"postbell:inbox\x00u\x002000", hashlib.sha256).hexdigest()
     assert token == f"2000.{digest}"
     assert tokens.check_recipient_token(["s3"], "u", token, now=1_999) == "ok"
     assert tokens.check_recipient_token(["s3"], "u", token, now=2_001) == "expired"
@@ -44,3 +45,47 @@ def test_keys_are_random_and_stored_as_sha256() -> None:
     a, b = keys.generate_key(), keys.generate_key()
     assert a != b and a.startswith("pb_") and len(a) > 40
     assert keys.hash_key(a) == hashlib.sha256(a.encode()).digest()
+
+
+def test_an_id_with_a_dot_cannot_forge_another_recipients_expiring_token() -> None:
+    """The old ambiguity: the plain token of "user-1.99999999999", rewritten as
+    "99999999999.<hex>", opened user-1's inbox. Plain and expiring tokens now sign
+    inputs no external id can make equal."""
+    plain = tokens.recipient_token("s3", "user-1.99999999999")
+    forged = "99999999999." + plain
+    assert tokens.check_recipient_token(["s3"], "user-1", forged, now=0) == "bad"
+    assert tokens.check_recipient_token(["s3"], "user-1.99999999999", plain) == "ok"
+
+
+def test_a_token_of_one_purpose_is_never_valid_for_another() -> None:
+    """An inbox token for a crafted id is not an unsubscribe link (the old flaw: a prefix
+    of the token for "unsubscribe\\nuser-1\\nnews" unsubscribed user-1 from news). The
+    one id that would sign the same bytes holds NUL, which no external id may."""
+    import base64
+
+    import pytest
+
+    unsubscribe = tokens.unsubscribe_token("s3", "user-1", "news")
+    assert tokens.read_unsubscribe_token(["s3"], unsubscribe) == ("user-1", "news")
+    payload = base64.urlsafe_b64encode(b"user-1\x00news").decode().rstrip("=")
+    for crafted_id in ("unsubscribe\nuser-1\nnews", "postbell:unsubscribe\nuser-1\nnews"):
+        inbox = bytes.fromhex(tokens.recipient_token("s3", crafted_id))
+        mac = base64.urlsafe_b64encode(inbox[:16]).decode().rstrip("=")
+        assert tokens.read_unsubscribe_token(["s3"], f"{payload}.{mac}") is None
+    with pytest.raises(ValueError):
+        tokens.recipient_token("s3", "postbell:unsubscribe\x00user-1\x00news")
+    # fields cannot be shifted into one another: ("ab", "c") and ("a", "bc") differ
+    assert tokens.sign("s3", "unsubscribe", "ab", "c") != tokens.sign(
+        "s3", "unsubscribe", "a", "bc"
+    )
+    assert tokens.sign("s3", "inbox", "u", "1") != tokens.sign("s3", "unsubscribe", "u", "1")
+
+
+def test_signed_fields_refuse_nul() -> None:
+    import pytest
+
+    with pytest.raises(ValueError):
+        tokens.sign("s3", "inbox", "a\x00b")
+    assert tokens.check_recipient_token(["s3"], "a\x00b", "0" * 64) == "bad"
+    assert tokens.read_unsubscribe_token(["s3"], "garbage") is None
+    assert tokens.read_unsubscribe_token(["s3"], "") is None

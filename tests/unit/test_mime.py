@@ -47,7 +47,7 @@ def test_round_trip_with_non_ascii_everywhere() -> None:
     assert message["Subject"] == d.title
     assert message["To"] == "Zoë Ünal <zoe@example.org>"
     assert message["From"] == "Communauté <notify@postbell.test>"
-    assert message["Message-ID"] == "<42@postbell.test>"
+    assert message["Message-ID"] == "<42.12345678123456781234567812345678@postbell.test>"
     assert message["X-Postbell-Delivery"] == "42"
     text = message.get_body(preferencelist=("plain",))
     html = message.get_body(preferencelist=("html",))
@@ -91,3 +91,22 @@ def test_body_that_looks_like_a_boundary_cannot_break_the_message() -> None:
     d = delivery(body="--=_pb_12345678123456781234567812345678\nnot a boundary")
     content = content_of(d)
     assert content.boundary not in content.text_qp
+
+
+def test_message_ids_are_stable_per_delivery_and_unique_across_installations() -> None:
+    """The same delivery (a retry) gets the same Message-ID; the same delivery id in
+    another installation (another notification uuid) gets another one."""
+    import uuid
+
+    from postbell.workers.channels.email import message_id
+
+    recipient = Recipient(external_id="r", email="r@example.org")
+    first = Delivery(id=7, attempts=0, notification_id=uuid.uuid4(), recipient=recipient, body="b")
+    retry = Delivery(
+        id=7, attempts=3, notification_id=first.notification_id, recipient=recipient, body="b"
+    )
+    elsewhere = Delivery(
+        id=7, attempts=0, notification_id=uuid.uuid4(), recipient=recipient, body="b"
+    )
+    assert message_id(first, "example.org") == message_id(retry, "example.org")
+    assert message_id(first, "example.org") != message_id(elsewhere, "example.org")

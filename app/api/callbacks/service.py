@@ -43,7 +43,8 @@ from postbell.app.core.settings import Settings
 log = structlog.get_logger("postbell.callbacks")
 
 #: The delivery id in a Message-ID postbell wrote: <delivery-id@sender-domain>.
-_MESSAGE_ID = re.compile(r"<?([0-9]{1,18})@")
+#: postbell's Message-ID: <delivery-id.notification-id@domain> (older: <delivery-id@domain>)
+_MESSAGE_ID = re.compile(r"<?([0-9]{1,18})(?:\.[0-9a-f]{32})?@")
 #: A delivery id postbell wrote: a positive bigint, as ASCII digits.
 _DELIVERY_ID = re.compile(r"[1-9][0-9]{0,17}")
 _TWILIO_SID = re.compile(r"[A-Za-z0-9]{2,64}")

@@ -3,7 +3,7 @@ preferences (also its own recipient token) and one-click unsubscribe (a signed l
 
 from __future__ import annotations
 
-from litestar import Router, delete, get, post, put
+from litestar import Response, Router, delete, get, post, put
 from litestar.params import JSONBody
 
 from postbell.app.api.auth import recipient_guard, require_role
@@ -13,6 +13,7 @@ from postbell.app.api.recipients import preferences as preferences_service
 from postbell.app.api.recipients import unsubscribe as unsubscribe_service
 from postbell.app.api.recipients.schemas import BulkIn, BulkOut, RecipientIn, RecipientOut
 from postbell.app.api.types import RecipientParam, TokenParam
+from postbell.app.core.tokens import read_unsubscribe_token
 
 
 @put("/{recipient:str}")
@@ -82,10 +83,19 @@ _UNSUBSCRIBE_PAGE = (
 )
 
 
+_INVALID_LINK_PAGE = (
+    '<!doctype html><html><head><meta charset="utf-8"><title>Unsubscribe</title></head><body>'
+    "<p>This unsubscribe link is not valid. Use the link in a recent email.</p></body></html>"
+)
+
+
 @get("/", media_type="text/html", include_in_schema=False)
-async def unsubscribe_page(token: TokenParam) -> str:
-    """A page with one button: following the link alone unsubscribes nobody."""
-    return _UNSUBSCRIBE_PAGE
+async def unsubscribe_page(settings: AppSettings, token: TokenParam) -> Response[str]:
+    """A page with one button: following the link alone unsubscribes nobody. A link that
+    does not verify says so (403) instead of offering a button that would fail."""
+    if read_unsubscribe_token(settings.inbox_secrets, token) is None:
+        return Response(_INVALID_LINK_PAGE, status_code=403, media_type="text/html")
+    return Response(_UNSUBSCRIBE_PAGE, media_type="text/html")
 
 
 @post("/", status_code=200)

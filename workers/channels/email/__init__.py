@@ -6,9 +6,9 @@
 * ``console``: the ``dev`` default when no SMTP is configured (``console.py``).
 
 The channel builds one message per delivery (``mime.py``) and hands the batch to
-its transport. Every message carries ``Message-ID: <delivery-id@sender-domain>``,
-stable across retries, so a receiver can drop the duplicate an at-least-once resend
-may cause.
+its transport. Every message carries ``Message-ID:
+<delivery-id.notification-id@sender-domain>`` (``message_id``): stable across retries,
+so a receiver can drop the duplicate an at-least-once resend may cause.
 """
 
 from __future__ import annotations
@@ -28,6 +28,14 @@ from postbell.workers.channels.email.sendgrid import SendGridTransport
 from postbell.workers.channels.email.ses import SesTransport
 from postbell.workers.channels.email.smtp import SmtpTransport
 from postbell.workers.channels.email.transport import EmailTransport
+
+
+def message_id(delivery: Delivery, domain: str) -> str:
+    """``<delivery-id.notification-uuid@sender-domain>``: the same on every retry of a
+    delivery (receivers drop an at-least-once resend by it), and unique across
+    installations (a staging and a production install sending from one domain, or a
+    database rebuilt from scratch, never reuse one: the notification id is random)."""
+    return f"<{delivery.id}.{delivery.notification_id.hex}@{domain}>"
 
 
 class Unsubscribe:
@@ -117,7 +125,7 @@ class EmailChannel:
             sender_address=self.sender_address,
             to_name=recipient.name,
             to_address=recipient.email,
-            message_id=f"<{delivery.id}@{self.domain}>",
+            message_id=message_id(delivery, self.domain),
             content=content,
             extra_headers=extra,
         )

@@ -36,8 +36,9 @@ class ErrorBody(msgspec.Struct):
 
 
 _FIELD_NAMED_RE = re.compile(r"field `([^`]+)`")
+#: The code of each status Litestar itself may answer (all of them in CODES).
 _LITESTAR_CODES = {
-    400: "bad_request",
+    400: "invalid_parameter",
     401: "unauthorized",
     403: "forbidden",
     404: "not_found",
@@ -131,7 +132,8 @@ def _http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response
         detail = f"{request.method} is not allowed on {request.url.path}"
     if status == 413:
         detail = "the request body is larger than the service accepts"
-    return error_response(status, _LITESTAR_CODES.get(status, "http_error"), detail)
+    code = _LITESTAR_CODES.get(status) or ("invalid" if status < 500 else "internal_error")
+    return error_response(status, code, detail)
 
 
 def _database_unavailable(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:

@@ -150,3 +150,23 @@ def test_no_example_carries_a_fixed_date_far_ahead(path: Path) -> None:
         if day > limit:
             far.append(match.group(0))
     assert far == []
+
+
+def test_the_error_table_is_the_vocabulary_in_code() -> None:
+    """docs/http-api.md lists exactly core.errors.CODES, and every code the code
+    answers with is one of them."""
+    import re
+
+    from postbell.app.core.errors import CODES
+
+    text = (ROOT / "docs" / "http-api.md").read_text()
+    table = text.split("<!-- codes:start -->")[1].split("<!-- codes:end -->")[0]
+    rows = re.findall(r"^\| (\d{3}) \| `([a-z_]+)` \| (.+) \|$", table, re.M)
+    assert [(code, (int(status), meaning)) for status, code, meaning in rows] == list(CODES.items())
+    used: set[str] = set()
+    for path in [*(ROOT / "app").rglob("*.py"), *(ROOT / "postbell").rglob("*.py")]:
+        source = path.read_text()
+        used |= set(re.findall(r'\bcode = "([a-z_]+)"', source))
+        used |= set(re.findall(r'error_response\(\s*\d{3},\s*"([a-z_]+)"', source))
+        used |= set(re.findall(r'^    \d{3}: "([a-z_]+)",$', source, re.M))
+    assert sorted(used - set(CODES)) == []

@@ -49,48 +49,51 @@ UPDATE recipients AS r
  WHERE d.id = ANY(%(delivery_ids)s::bigint[])
    AND r.id = d.recipient_id
 
--- name: recipients_bulk_upsert
--- Up to 10,000 recipients in one statement, with PUT's rule: a field named in a row
--- is set (null clears it), a field left out keeps its value.
+-- name: recipients_bulk_create
+-- The first half of a bulk upsert: the ids that do not exist yet, created bare, in
+-- sorted order (concurrent bulk calls take the unique-index locks in one order, and
+-- one naming an id another is creating waits for it instead of losing its fields).
+INSERT INTO recipients (external_id)
+SELECT x ->> 'external_id'
+  FROM jsonb_array_elements(%(rows)s::jsonb) AS x
+ ORDER BY 1
+    ON CONFLICT (external_id) DO NOTHING
+RETURNING external_id
+
+-- name: recipients_bulk_update
+-- The second half, in the same transaction: every row gets PUT's rule (a field named
+-- in a row is set, null clears it, a field left out keeps its value). Rows are locked
+-- in external_id order first, so two bulk calls on the same ids never deadlock.
 WITH src AS (
     SELECT x AS doc, x ->> 'external_id' AS external_id
       FROM jsonb_array_elements(%(rows)s::jsonb) AS x
 ),
-upd AS (
-    UPDATE recipients AS r
-       SET email = CASE WHEN s.doc ? 'email' THEN s.doc ->> 'email' ELSE r.email END,
-           phone = CASE WHEN s.doc ? 'phone' THEN s.doc ->> 'phone' ELSE r.phone END,
-           name = CASE WHEN s.doc ? 'name' THEN s.doc ->> 'name' ELSE r.name END,
-           locale = CASE WHEN s.doc ? 'locale' THEN s.doc ->> 'locale' ELSE r.locale END,
-           timezone = CASE WHEN s.doc ? 'timezone' THEN s.doc ->> 'timezone' ELSE r.timezone END,
-           webhook_url = CASE WHEN s.doc ? 'webhook_url' THEN s.doc ->> 'webhook_url' ELSE r.webhook_url END,
-           webhook_secret = CASE WHEN s.doc ? 'webhook_secret' THEN s.doc ->> 'webhook_secret'
-                                 ELSE r.webhook_secret END,
-           slack_webhook_url = CASE WHEN s.doc ? 'slack_webhook_url' THEN s.doc ->> 'slack_webhook_url'
-                                    ELSE r.slack_webhook_url END,
-           discord_webhook_url = CASE WHEN s.doc ? 'discord_webhook_url' THEN s.doc ->> 'discord_webhook_url'
-                                      ELSE r.discord_webhook_url END,
-           metadata = CASE WHEN s.doc ? 'metadata' THEN coalesce(s.doc -> 'metadata', '{}') ELSE r.metadata END,
-           email_inactive_at = CASE WHEN s.doc ? 'email' AND s.doc ->> 'email' IS DISTINCT FROM r.email
-                                    THEN NULL ELSE r.email_inactive_at END,
-           phone_inactive_at = CASE WHEN s.doc ? 'phone' AND s.doc ->> 'phone' IS DISTINCT FROM r.phone
-                                    THEN NULL ELSE r.phone_inactive_at END,
-           updated_at = now()
-      FROM src AS s
-     WHERE r.external_id = s.external_id
-    RETURNING r.external_id
-),
-ins AS (
-    INSERT INTO recipients (external_id, email, phone, name, locale, timezone, webhook_url,
-                            webhook_secret, slack_webhook_url, discord_webhook_url, metadata)
-    SELECT s.external_id, s.doc ->> 'email', s.doc ->> 'phone', s.doc ->> 'name', s.doc ->> 'locale',
-           s.doc ->> 'timezone', s.doc ->> 'webhook_url', s.doc ->> 'webhook_secret',
-           s.doc ->> 'slack_webhook_url', s.doc ->> 'discord_webhook_url',
-           coalesce(nullif(s.doc -> 'metadata', 'null'), '{}')
-      FROM src AS s
-     WHERE NOT EXISTS (SELECT 1 FROM recipients AS r WHERE r.external_id = s.external_id)
-     ORDER BY s.external_id
-        ON CONFLICT (external_id) DO NOTHING
-    RETURNING external_id
+locked AS (
+    SELECT r.id
+      FROM recipients AS r
+      JOIN src AS s ON s.external_id = r.external_id
+     ORDER BY r.external_id
+       FOR UPDATE OF r
 )
-SELECT (SELECT count(*) FROM ins) AS created, (SELECT count(*) FROM upd) AS updated
+UPDATE recipients AS r
+   SET email = CASE WHEN s.doc ? 'email' THEN s.doc ->> 'email' ELSE r.email END,
+       phone = CASE WHEN s.doc ? 'phone' THEN s.doc ->> 'phone' ELSE r.phone END,
+       name = CASE WHEN s.doc ? 'name' THEN s.doc ->> 'name' ELSE r.name END,
+       locale = CASE WHEN s.doc ? 'locale' THEN s.doc ->> 'locale' ELSE r.locale END,
+       timezone = CASE WHEN s.doc ? 'timezone' THEN s.doc ->> 'timezone' ELSE r.timezone END,
+       webhook_url = CASE WHEN s.doc ? 'webhook_url' THEN s.doc ->> 'webhook_url' ELSE r.webhook_url END,
+       webhook_secret = CASE WHEN s.doc ? 'webhook_secret' THEN s.doc ->> 'webhook_secret'
+                             ELSE r.webhook_secret END,
+       slack_webhook_url = CASE WHEN s.doc ? 'slack_webhook_url' THEN s.doc ->> 'slack_webhook_url'
+                                ELSE r.slack_webhook_url END,
+       discord_webhook_url = CASE WHEN s.doc ? 'discord_webhook_url' THEN s.doc ->> 'discord_webhook_url'
+                                  ELSE r.discord_webhook_url END,
+       metadata = CASE WHEN s.doc ? 'metadata' THEN coalesce(nullif(s.doc -> 'metadata', 'null'), '{}')
+                       ELSE r.metadata END,
+       email_inactive_at = CASE WHEN s.doc ? 'email' AND s.doc ->> 'email' IS DISTINCT FROM r.email
+                                THEN NULL ELSE r.email_inactive_at END,
+       phone_inactive_at = CASE WHEN s.doc ? 'phone' AND s.doc ->> 'phone' IS DISTINCT FROM r.phone
+                                THEN NULL ELSE r.phone_inactive_at END,
+       updated_at = now()
+  FROM src AS s, locked AS l
+ WHERE r.id = l.id AND r.external_id = s.external_id

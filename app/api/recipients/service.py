@@ -95,7 +95,8 @@ async def bulk(pool: db.Pool, settings: Settings, payload: BulkIn) -> BulkOut:
         seen.add(item.external_id)
         fields, present = _clean(item, guard=settings.address_guard, prefix=prefix)
         rows.append({"external_id": item.external_id, **{k: fields[k] for k in present}})
-    async with pool.connection() as conn:
-        row = await db.fetch_one(conn, "recipients_bulk_upsert", {"rows": Jsonb(rows)})
-    assert row is not None
-    return BulkOut(created=int(row["created"]), updated=int(row["updated"]))
+    params = {"rows": Jsonb(rows)}
+    async with pool.connection() as conn, conn.transaction():
+        created = await db.execute(conn, "recipients_bulk_create", params)
+        await db.execute(conn, "recipients_bulk_update", params)
+    return BulkOut(created=created, updated=len(rows) - created)

@@ -22,6 +22,7 @@ from litestar.connection import ASGIConnection
 from litestar.handlers.base import BaseRouteHandler
 from litestar.middleware import AbstractAuthenticationMiddleware, AuthenticationResult
 
+from postbell.app.api.limits import Limits
 from postbell.app.core import db
 from postbell.app.core.errors import Forbidden, Unauthorized
 from postbell.app.core.keys import Role, hash_key
@@ -65,7 +66,9 @@ class KeyStore:
         self._cache: dict[bytes, tuple[float, KeyPrincipal | None]] = {}
         self._touched: dict[int, float] = {}
 
-    async def lookup(self, credential: str) -> KeyPrincipal | None:
+    async def lookup(self, credential: str, *, ask_database: bool = True) -> KeyPrincipal | None:
+        """The key's principal, or None. Without ``ask_database`` only the bootstrap key
+        and keys this process saw lately are known (a caller over its failure limit)."""
         if self._admin_key and hmac.compare_digest(credential.encode(), self._admin_key):
             return KeyPrincipal(role="admin", key_id=None)
         digest = hash_key(credential)
@@ -73,6 +76,8 @@ class KeyStore:
         cached = self._cache.get(digest)
         if cached and cached[0] > now:
             principal = cached[1]
+        elif not ask_database:
+            return None
         else:
             async with self._pool.connection() as conn:
                 row = await db.fetch_one(conn, "api_keys_find", {"key_hash": digest})
@@ -98,22 +103,37 @@ class AuthMiddleware(AbstractAuthenticationMiddleware):
     async def authenticate_request(
         self, connection: ASGIConnection[Any, Any, Any, Any]
     ) -> AuthenticationResult:
+        services = connection.app.state.services
+        limits: Limits = services.limits
+        client = client_address(connection)
         credential = _credential(connection)
         if not credential:
             credential = _query_token(connection)
             if credential is not None:
+                limits.token.take(credential)
                 return AuthenticationResult(user=TokenPrincipal(token=credential), auth=None)
+            limits.auth_failures.take(client)
             raise Unauthorized("missing credential: send 'Authorization: Bearer <key>'")
-        store: KeyStore = connection.app.state.services.keys
-        principal = await store.lookup(credential)
+        store: KeyStore = services.keys
+        guessing = limits.auth_failures.exhausted(client)
+        principal = await store.lookup(credential, ask_database=not guessing)
         if principal is not None:
+            limits.key.take(principal.idempotency_scope)
             return AuthenticationResult(user=principal, auth=None)
         if looks_like_recipient_token(credential):
+            limits.token.take(credential)
             return AuthenticationResult(user=TokenPrincipal(token=credential), auth=None)
+        limits.auth_failures.take(client)
         raise Unauthorized(
             "invalid credential: neither an API key this server knows (revoked keys stop"
             " working) nor a recipient token (hex HMAC-SHA256, or <unix_exp>.<hex>)"
         )
+
+
+def client_address(connection: ASGIConnection[Any, Any, Any, Any]) -> str:
+    """The caller's address (behind a proxy, uvicorn's proxy_headers put the client's)."""
+    client = connection.scope.get("client")
+    return str(client[0]) if client else "unknown"
 
 
 def _credential(connection: ASGIConnection[Any, Any, Any, Any]) -> str | None:
@@ -186,6 +206,8 @@ async def recipient_guard(
             "recipient tokens are off on this server: set POSTBELL_INBOX_SECRET to sign them"
         )
     verdict = check_recipient_token(secrets, external_id, principal.token)
+    if verdict == "bad":
+        connection.app.state.services.limits.auth_failures.take(client_address(connection))
     if verdict == "expired":
         raise Unauthorized("the recipient token has expired: issue a new one")
     if verdict != "ok":

@@ -12,6 +12,7 @@ from litestar.params import SkipValidation
 
 from postbell.app.api.auth import KeyStore
 from postbell.app.api.inbox.live import InboxHub
+from postbell.app.api.limits import Limits
 from postbell.app.api.wakeups import Waker
 from postbell.app.core import db
 from postbell.app.core.settings import Settings
@@ -22,6 +23,7 @@ Pool = NamedDependency[SkipValidation[db.Pool]]
 AppSettings = NamedDependency[SkipValidation[Settings]]
 ProcessWaker = NamedDependency[SkipValidation[Waker]]
 Hub = NamedDependency[SkipValidation[InboxHub]]
+RateLimits = NamedDependency[SkipValidation[Limits]]
 
 #: Seconds a request waits for a database connection before it answers 503.
 API_POOL_TIMEOUT = 5.0
@@ -37,6 +39,7 @@ class Services:
     keys: KeyStore
     hub: InboxHub
     waker: Waker
+    limits: Limits
     owns_pool: bool
 
     @classmethod
@@ -59,6 +62,7 @@ class Services:
             keys=KeyStore(pool, settings.admin_key),
             hub=InboxHub(settings.database_url, pool),
             waker=Waker(settings.database_url),
+            limits=Limits.from_settings(settings),
             owns_pool=owns_pool,
         )
 
@@ -83,4 +87,5 @@ class Services:
             "settings": value(self.settings),
             "waker": value(self.waker),
             "hub": value(self.hub),
+            "limits": value(self.limits),
         }

@@ -125,6 +125,11 @@ class Settings:
     batch_size: int
     batch_size_by_channel: Mapping[str, int]
     provider_rates: Mapping[str, float]  # channel -> sends per second
+    #: per API process, per second (None: no limit); see app/api/limits.py
+    rate_limit_key: float | None
+    rate_limit_token: float | None
+    rate_limit_auth_failures: float | None
+    max_streams_per_recipient: int
     send_at_horizon_days: int
     idempotency_ttl_hours: int
     retention_days: int | None
@@ -196,6 +201,12 @@ class Settings:
             batch_size=env.integer("POSTBELL_BATCH_SIZE", 500, minimum=1, maximum=10_000),
             batch_size_by_channel=env.per_channel("POSTBELL_BATCH_SIZE"),
             provider_rates=env.rates("POSTBELL_PROVIDER_RATE"),
+            rate_limit_key=env.rate("POSTBELL_RATE_LIMIT_KEY", 5000.0, off=True),
+            rate_limit_token=env.rate("POSTBELL_RATE_LIMIT_TOKEN", 20.0, off=True),
+            rate_limit_auth_failures=env.rate("POSTBELL_RATE_LIMIT_AUTH_FAILURES", 10.0, off=True),
+            max_streams_per_recipient=env.integer(
+                "POSTBELL_MAX_STREAMS_PER_RECIPIENT", 10, minimum=1, maximum=10_000
+            ),
             send_at_horizon_days=env.integer("POSTBELL_SEND_AT_HORIZON_DAYS", 365, minimum=1),
             idempotency_ttl_hours=env.integer("POSTBELL_IDEMPOTENCY_TTL_HOURS", 24, minimum=1),
             retention_days=env.integer_or_none("POSTBELL_RETENTION_DAYS", minimum=1),
@@ -497,15 +508,24 @@ class _Env:
         self._check_channel_suffixes(prefix)
         out: dict[str, float] = {}
         for channel in CHANNELS:
-            name = f"{prefix}_{channel}"
-            raw = self.text(name)
-            if raw is None:
-                continue
-            match = _RATE_RE.match(raw.lower())
-            if not match or float(match.group(1)) <= 0:
-                raise ConfigError(f"{name} must look like '14/s' or '100/min', got {raw!r}")
-            out[channel] = float(match.group(1)) / _RATE_UNITS[match.group(2)]
+            rate = self.rate(f"{prefix}_{channel}", None)
+            if rate is not None:
+                out[channel] = rate
         return out
+
+    def rate(self, name: str, default: float | None, *, off: bool = False) -> float | None:
+        """A rate like ``14/s`` or ``100/min``, in per second; with ``off``, the word
+        ``off`` turns it off (None)."""
+        raw = self.text(name)
+        if raw is None:
+            return default
+        if off and raw.lower() == "off":
+            return None
+        match = _RATE_RE.match(raw.lower())
+        if not match or float(match.group(1)) <= 0:
+            hint = " (or 'off')" if off else ""
+            raise ConfigError(f"{name} must look like '14/s' or '100/min'{hint}, got {raw!r}")
+        return float(match.group(1)) / _RATE_UNITS[match.group(2)]
 
 
 def _check_range(name: str, value: float, minimum: float | None, maximum: float | None) -> None:

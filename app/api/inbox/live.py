@@ -99,6 +99,10 @@ class InboxHub:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
+    def streams_of(self, recipient_id: int) -> int:
+        """How many streams of this recipient this process serves now."""
+        return len(self._clients.get(recipient_id, ()))
+
     def subscribe(self, recipient_id: int) -> Client:
         client = Client(recipient_id)
         self._clients[recipient_id].add(client)

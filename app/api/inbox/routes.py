@@ -10,12 +10,12 @@ from litestar.params import FromPath, FromQuery, HeaderParameter, JSONBody, Quer
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 
 from postbell.app.api.auth import recipient_guard
-from postbell.app.api.deps import Hub, Pool
+from postbell.app.api.deps import Hub, Pool, RateLimits
 from postbell.app.api.inbox import live, service
 from postbell.app.api.inbox.schemas import InboxPage, MarkIn, MarkOut
 from postbell.app.api.pagination import DEFAULT_LIMIT, MAX_LIMIT
 from postbell.app.api.types import CursorParam, FilterParam, RecipientParam
-from postbell.app.core.errors import NotFound
+from postbell.app.core.errors import NotFound, TooManyRequests
 from postbell.app.core.validation import MAX_ID
 
 
@@ -45,6 +45,7 @@ async def get_inbox(
 async def stream(
     pool: Pool,
     hub: Hub,
+    limits: RateLimits,
     recipient: RecipientParam,
     last_event_id: Annotated[str | None, HeaderParameter(name="Last-Event-ID")] = None,
 ) -> ServerSentEvent:
@@ -52,6 +53,12 @@ async def stream(
     changes), ``counts`` (unread/unseen), ``resync`` (refetch); comment heartbeats.
     EventSource cannot send headers: it may pass the recipient token as ``?token=``."""
     recipient_id = await service.ensure_recipient(pool, recipient)
+    if hub.streams_of(recipient_id) >= limits.max_streams_per_recipient:
+        raise TooManyRequests(
+            f"{limits.max_streams_per_recipient} streams of this recipient are open already;"
+            " close one (POSTBELL_MAX_STREAMS_PER_RECIPIENT)",
+            retry_after=30,
+        )
     resume = _event_id(last_event_id)
 
     async def messages() -> AsyncIterator[ServerSentEventMessage]:

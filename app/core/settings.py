@@ -7,6 +7,8 @@ names the variable; the CLI prints it and exits with status 2.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import dataclasses
 import email.utils
 import json
@@ -186,7 +188,7 @@ class Settings:
             fcm=_fcm_from_env(env),
             twilio=_twilio_from_env(env),
             webhook_signing_secret=env.text("WEBHOOK_SIGNING_SECRET"),
-            sendgrid_webhook_key=env.text("SENDGRID_WEBHOOK_PUBLIC_KEY"),
+            sendgrid_webhook_key=_sendgrid_webhook_key(env),
             sns_cert_url_prefixes=_sns_cert_url_prefixes(env),
             sns_topic_arns=env.csv("SNS_TOPIC_ARNS"),
             callback_max_age_seconds=env.integer(
@@ -233,6 +235,36 @@ class Settings:
         skew allowed on both sides (the signer's clock and the database's), so a copy
         is either still remembered or refused as stale."""
         return self.callback_max_age_seconds + 2 * CALLBACK_CLOCK_SKEW_SECONDS
+
+
+def sendgrid_public_key(value: str) -> Any:
+    """SendGrid's Event Webhook verification key as SendGrid shows it (base64 DER), or
+    as PEM: an elliptic-curve public key; ValueError when it is none."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    data = value.encode() if "BEGIN PUBLIC KEY" in value else base64.b64decode(value)
+    key = (
+        serialization.load_pem_public_key(data)
+        if data.startswith(b"-----")
+        else serialization.load_der_public_key(data)
+    )
+    if not isinstance(key, ec.EllipticCurvePublicKey):
+        raise ValueError("not an elliptic-curve public key")
+    return key
+
+
+def _sendgrid_webhook_key(env: _Env) -> str | None:
+    value = env.text("SENDGRID_WEBHOOK_PUBLIC_KEY")
+    if value is not None:
+        try:
+            sendgrid_public_key(value)
+        except (ValueError, TypeError, binascii.Error):
+            raise ConfigError(
+                "SENDGRID_WEBHOOK_PUBLIC_KEY is not an elliptic-curve public key"
+                " (paste the verification key SendGrid shows, base64, or a PEM)"
+            ) from None
+    return value
 
 
 def _address_guard(env: _Env) -> AddressGuard:

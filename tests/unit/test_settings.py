@@ -36,6 +36,10 @@ def test_smtp_host_selects_smtp_provider() -> None:
     ("env", "variable"),
     [
         ({"PORT": "eighty"}, "PORT"),
+        ({"SENDGRID_WEBHOOK_PUBLIC_KEY": "not-a-key"}, "SENDGRID_WEBHOOK_PUBLIC_KEY"),
+        ({"SENDGRID_WEBHOOK_PUBLIC_KEY": "aGVsbG8="}, "SENDGRID_WEBHOOK_PUBLIC_KEY"),
+        ({"POSTBELL_RATE_LIMIT_KEY": "lots"}, "POSTBELL_RATE_LIMIT_KEY"),
+        ({"POSTBELL_MAX_STREAMS_PER_RECIPIENT": "0"}, "POSTBELL_MAX_STREAMS_PER_RECIPIENT"),
         ({"PORT": "70000"}, "PORT"),
         ({"DATABASE_URL": "mysql://x/y"}, "DATABASE_URL"),
         ({"DATABASE_URL": "postgresql://u:pw@db:port/x"}, "DATABASE_URL"),

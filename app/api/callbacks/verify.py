@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as dt
+import functools
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -21,10 +22,10 @@ from urllib.parse import SplitResult, urlsplit
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
-from postbell.app.core.settings import CALLBACK_CLOCK_SKEW_SECONDS
+from postbell.app.core.settings import CALLBACK_CLOCK_SKEW_SECONDS, sendgrid_public_key
 
 SENDGRID_SIGNATURE = "X-Twilio-Email-Event-Webhook-Signature"
 SENDGRID_TIMESTAMP = "X-Twilio-Email-Event-Webhook-Timestamp"
@@ -63,17 +64,10 @@ def fresh(signed_at: float, *, now: float, max_age: float) -> bool:
     return now - max_age <= signed_at <= now + CALLBACK_CLOCK_SKEW_SECONDS
 
 
+@functools.lru_cache(maxsize=4)
 def load_sendgrid_key(value: str) -> ec.EllipticCurvePublicKey:
-    """The verification key as SendGrid shows it (base64 DER), or as PEM."""
-    data = value.encode() if "BEGIN PUBLIC KEY" in value else base64.b64decode(value)
-    key = (
-        serialization.load_pem_public_key(data)
-        if data.startswith(b"-----")
-        else serialization.load_der_public_key(data)
-    )
-    if not isinstance(key, ec.EllipticCurvePublicKey):
-        raise ValueError("not an elliptic-curve public key")
-    return key
+    """The verification key, parsed once (settings checked it at start)."""
+    return sendgrid_public_key(value)
 
 
 def sendgrid_timestamp(headers: Mapping[str, str]) -> int | None:

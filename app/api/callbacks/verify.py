@@ -67,7 +67,8 @@ def fresh(signed_at: float, *, now: float, max_age: float) -> bool:
 @functools.lru_cache(maxsize=4)
 def load_sendgrid_key(value: str) -> ec.EllipticCurvePublicKey:
     """The verification key, parsed once (settings checked it at start)."""
-    return sendgrid_public_key(value)
+    key: ec.EllipticCurvePublicKey = sendgrid_public_key(value)
+    return key
 
 
 def sendgrid_timestamp(headers: Mapping[str, str]) -> int | None:

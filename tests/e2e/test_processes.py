@@ -22,14 +22,14 @@ from tests.peers.smtp import SmtpPeer
 HEADERS = {"Authorization": f"Bearer {ADMIN_KEY}"}
 
 
-def poll(check, timeout: float = 20.0):  # type: ignore[no-untyped-def]
+def poll(check, timeout: float = 20.0, interval: float = 0.1):  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + timeout
     last = None
     while time.monotonic() < deadline:
         last = check()
         if last:
             return last
-        time.sleep(0.1)
+        time.sleep(interval)
     raise AssertionError(f"not reached within {timeout}s: {last!r}")
 
 

@@ -10,6 +10,7 @@ import psycopg
 import pytest
 
 from tests.e2e.procs import background, env, run
+from tests.e2e.test_processes import poll
 
 COMMANDS = [
     [],
@@ -97,7 +98,7 @@ def test_worker_stops_gracefully_on_sigterm(fresh_database_url: str) -> None:
     with background(
         "worker", environ=env(DATABASE_URL=fresh_database_url, POSTBELL_LOG_FORMAT="json")
     ) as proc:
-        time.sleep(2.5)
+        poll(lambda: "worker_started" in proc.output(), timeout=30)
         assert proc.poll() is None
         started = time.monotonic()
         proc.send_signal(signal.SIGTERM)

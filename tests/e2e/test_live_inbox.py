@@ -81,8 +81,16 @@ async def test_two_api_processes_several_clients(fresh_database_url: str) -> Non
                     "unread_count": 0,
                     "unseen_count": 0,
                 }
-                await asyncio.sleep(0.5)
-                assert cat_b.of("notification") == []  # nothing for a recipient not addressed
+                # Nothing for a recipient not addressed: cat's first item is the one
+                # sent to cat afterwards (a stream's events arrive in order).
+                for_cat = await on_b.post(
+                    "/api/notifications",
+                    headers=HEADERS,
+                    json={"to": ["cat"], "message": "Only cat"},
+                )
+                assert for_cat.status_code == 202
+                (first,) = await cat_b.wait_for("notification")
+                assert first.json()["body"] == "Only cat"
             finally:
                 for s in streams:
                     await s.__aexit__(None, None, None)

@@ -142,7 +142,7 @@ def test_topic_of_100k_members_fans_out_in_bounded_memory(fresh_database_url: st
     with background(
         "worker", environ=env(DATABASE_URL=fresh_database_url, POSTBELL_LOG_FORMAT="json")
     ) as worker:
-        time.sleep(1.5)
+        poll(lambda: "worker_started" in worker.output(), timeout=30)
         process = psutil.Process(worker.pid)
         idle_rss = process.memory_info().rss
         with psycopg.connect(conninfo(fresh_database_url), autocommit=True) as conn:

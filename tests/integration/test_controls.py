@@ -311,7 +311,9 @@ async def test_idempotency_key_expires(api: httpx.AsyncClient, pool: db.Pool) ->
 # -- scheduling and cancel -----------------------------------------------------------------
 
 
-async def test_scheduled_send_waits_for_send_at(api: httpx.AsyncClient, worker: None) -> None:
+async def test_scheduled_send_waits_for_send_at(
+    api: httpx.AsyncClient, pool: db.Pool, worker: None
+) -> None:
     rid = unique("later")
     send_at = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=2)
     response = await api.post(
@@ -321,10 +323,14 @@ async def test_scheduled_send_waits_for_send_at(api: httpx.AsyncClient, worker: 
     )
     assert response.json()["status"] == "scheduled"
     nid = response.json()["id"]
-    await asyncio.sleep(1)
-    assert (await api.get(f"/api/notifications/{nid}", headers=ADMIN)).json()[
-        "delivery_counts"
-    ] == {}
+    # Held by its job's schedule, not by luck: the route job runs no earlier than send_at.
+    (job,) = await query(
+        pool,
+        "SELECT scheduled_at FROM procrastinate_jobs WHERE task_name = 'postbell.route'"
+        " AND args ->> 'notification_id' = %s",
+        (nid,),
+    )
+    assert job["scheduled_at"] >= send_at - dt.timedelta(milliseconds=1)
     body = await settled(api, nid, {"sent": 1})
     sent_at = dt.datetime.fromisoformat(body["deliveries"][0]["sent_at"])
     assert sent_at >= send_at
@@ -442,7 +448,7 @@ async def test_quiet_hours_end_across_dst(pool: db.Pool) -> None:
 
 
 async def test_rate_limit_skip_and_defer(
-    api: httpx.AsyncClient, worker: None, smtp: SmtpPeer
+    api: httpx.AsyncClient, pool: db.Pool, worker: None, smtp: SmtpPeer
 ) -> None:
     skip_cat, defer_cat = unique("promo"), unique("digest")
     await api.put(
@@ -482,6 +488,16 @@ async def test_rate_limit_skip_and_defer(
     assert delivery["status"] == "pending" and delivery["attempts"] == 0
     wait = dt.datetime.fromisoformat(delivery["next_attempt_at"]) - dt.datetime.now(dt.UTC)
     assert dt.timedelta(minutes=59) < wait <= dt.timedelta(hours=1)
+    # Held by a job that carries it, scheduled for when the slot frees (not lost).
+    jobs = await query(
+        pool,
+        "SELECT scheduled_at FROM procrastinate_jobs WHERE task_name = 'postbell.deliver'"
+        " AND status = 'todo' AND args -> 'ids' @> %s::jsonb",
+        (f"[{delivery['id']}]",),
+    )
+    assert [j["scheduled_at"] for j in jobs] == [
+        dt.datetime.fromisoformat(delivery["next_attempt_at"])
+    ]
 
 
 async def _final(api: httpx.AsyncClient, nid: str) -> dict[str, Any] | None:

@@ -107,7 +107,11 @@ async def test_sendgrid_wrong_key_is_retried_not_dead(
     env = {**sendgrid.env(), "SENDGRID_API_KEY": "SG.wrong", "POSTBELL_RETRY_MAX_ATTEMPTS": "2"}
     out = await run_emails(fresh_database_url, env, ["ada@example.org"])
     delivery = out["ada@example.org"]
-    assert (delivery["status"], delivery["reason"]) == ("dead", "retries_exhausted")
+    assert (delivery["status"], delivery["reason"], delivery["attempts"]) == (
+        "dead",
+        "retries_exhausted",
+        2,  # retried (a permanent failure would be dead after 1)
+    )
     assert "refused our credentials" in delivery["last_error"]
 
 

@@ -150,12 +150,17 @@ async def test_the_worker_loop_purges_only_when_retention_is_set(
         settings = make_settings(fresh_database_url, **env)
         runtime = Runtime(settings, fresh_pool, Channels.from_settings(settings))
         stop = asyncio.Event()
+        jobs = _NoJobs()
         task = asyncio.create_task(
             maintenance.loop(
-                runtime, _NoJobs(), stop, reap_every=0.05, reconcile_every=0.1, purge_every=0.1
+                runtime, jobs, stop, reap_every=0.05, reconcile_every=0.1, purge_every=0.1
             )
         )
-        await asyncio.sleep(0.6)
+
+        async def rounds() -> bool:  # several rounds ran, purge rounds included
+            return jobs.reaped >= 6
+
+        await wait_until(rounds)
         stop.set()
         await asyncio.wait_for(task, timeout=10)
 
@@ -223,7 +228,10 @@ async def test_the_worker_loop_purges_provider_events_without_retention(
 class _NoJobs:
     """The two job-manager calls the reaper makes, on a database with no workers."""
 
+    reaped = 0
+
     async def get_stalled_jobs(self, seconds_since_heartbeat: float) -> list[object]:
+        self.reaped += 1
         return []
 
     async def prune_stalled_workers(self, seconds: float) -> None:

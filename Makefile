@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: dev test lint bench schema clean
+.PHONY: dev test lint bench schema mutate clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "postbell needs Python 3.11 or newer (set PYTHON=python3.11)")'
@@ -34,6 +34,10 @@ lint: $(STAMP)
 # sql/schema.sql: the schema as the migrations leave it (a test checks it stays so).
 schema: $(STAMP)
 	$(BIN)/python -m tests.tools.dump_schema
+
+# Mutation testing of the guarantee-holding modules (long; not part of make test).
+mutate: $(STAMP)
+	$(BIN)/python -m tests.tools.mutate $(ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench

@@ -1,0 +1,198 @@
+"""Mutation testing of the modules that hold postbell's guarantees (``make mutate``).
+
+mutmut (2.x, which mutates files in place) runs in a throwaway git worktree of HEAD
+with a virtualenv of its own, so a run never touches your checkout: each target
+module is mutated one change at a time and the tests that cover it run against each
+mutant; a mutant the tests do not notice "survives". The report lists survivors per
+module (docs/testing.md says why each one kept is acceptable).
+
+    make mutate                      # every target, a time budget per target
+    make mutate ARGS="--only tokens" # one target
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+MUTMUT = "mutmut>=2.5,<3"
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    name: str
+    path: str
+    tests: tuple[str, ...]
+
+
+TARGETS = (
+    Target("tokens", "app/core/tokens.py", ("tests/unit/test_auth.py",)),
+    Target(
+        "keys",
+        "app/core/keys.py",
+        ("tests/unit/test_auth.py", "tests/integration/test_api_basics.py"),
+    ),
+    Target(
+        "auth",
+        "app/api/auth.py",
+        (
+            "tests/integration/test_api_basics.py",
+            "tests/integration/test_rate_limits.py",
+            "tests/integration/test_inbox_live.py",
+        ),
+    ),
+    Target("address_guard", "app/core/addresses.py", ("tests/integration/test_address_guard.py",)),
+    Target(
+        "enqueue",
+        "app/api/notifications/service.py",
+        (
+            "tests/integration/test_notifications_api.py",
+            "tests/integration/test_hostile_input.py",
+            "tests/integration/test_races.py",
+        ),
+    ),
+    Target(
+        "routing",
+        "workers/router.py",
+        ("tests/integration/test_routing.py", "tests/integration/test_delivery_flow.py"),
+    ),
+    Target(
+        "recording",
+        "workers/delivery.py",
+        (
+            "tests/unit/test_retry_plan.py",
+            "tests/integration/test_channels.py",
+            "tests/integration/test_races.py",
+        ),
+    ),
+    Target(
+        "claims",
+        "workers/claims.py",
+        ("tests/integration/test_maintenance.py", "tests/integration/test_delivery_flow.py"),
+    ),
+    Target(
+        "callback_verify",
+        "app/api/callbacks/verify.py",
+        (
+            "tests/unit/test_callback_verify.py",
+            "tests/integration/test_callbacks.py",
+            "tests/integration/test_callback_replays.py",
+        ),
+    ),
+)
+
+
+def _run(
+    cmd: list[str], cwd: Path, timeout: float | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def _prepare(workdir: Path) -> Path:
+    """A worktree of HEAD with its own virtualenv (editable, so it imports itself)."""
+    _run(["git", "worktree", "add", "--detach", str(workdir), "HEAD"], ROOT).check_returncode()
+    venv = workdir / ".venv"
+    _run([sys.executable, "-m", "venv", str(venv)], workdir).check_returncode()
+    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q"]
+    _run([*pip, "-e", ".[dev]", MUTMUT], workdir).check_returncode()
+    return venv
+
+
+def _ids(venv: Path, workdir: Path, kind: str) -> list[str]:
+    out = _run([str(venv / "bin" / "mutmut"), "result-ids", kind], workdir).stdout
+    return out.split()
+
+
+def _diff(venv: Path, workdir: Path, mutant: str) -> str:
+    shown = _run([str(venv / "bin" / "mutmut"), "show", mutant], workdir).stdout
+    changed = [
+        line.strip()
+        for line in shown.splitlines()
+        if line.startswith(("+", "-")) and not line.startswith(("+++", "---"))
+    ]
+    return " | ".join(changed)
+
+
+def run_target(target: Target, venv: Path, workdir: Path, budget: float) -> dict[str, object]:
+    cache = workdir / ".mutmut-cache"
+    if cache.exists():
+        cache.unlink()
+    runner = (
+        f"{venv / 'bin' / 'python'} -m pytest -x -q -p no:cacheprovider {' '.join(target.tests)}"
+    )
+    started = time.monotonic()
+    try:
+        result = _run(
+            [
+                str(venv / "bin" / "mutmut"),
+                "run",
+                "--paths-to-mutate",
+                target.path,
+                "--runner",
+                runner,
+                "--no-progress",
+                "--simple-output",
+            ],
+            workdir,
+            timeout=budget,
+        )
+        finished = True
+        note = result.stdout.strip().splitlines()[-1:] if result.stdout else []
+    except subprocess.TimeoutExpired:
+        finished, note = False, ["time budget spent"]
+        _run(["git", "checkout", "--", target.path], workdir)  # a mutant may be applied
+    kinds = {k: _ids(venv, workdir, k) for k in ("killed", "survived", "timeout", "suspicious")}
+    return {
+        "target": target.name,
+        "path": target.path,
+        "tests": list(target.tests),
+        "finished": finished,
+        "seconds": round(time.monotonic() - started),
+        **{kind: len(ids) for kind, ids in kinds.items()},
+        "mutants": sum(len(ids) for ids in kinds.values()),
+        "survivors": [{"id": i, "diff": _diff(venv, workdir, i)} for i in kinds["survived"]],
+        "note": note,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="make mutate", description=__doc__)
+    parser.add_argument("--only", help="comma-separated target names")
+    parser.add_argument("--budget", type=float, default=900, help="seconds per target (900)")
+    parser.add_argument("--output", default=str(ROOT / "bench" / "results" / "mutation.json"))
+    args = parser.parse_args()
+    chosen = [t for t in TARGETS if not args.only or t.name in args.only.split(",")]
+    workdir = Path(tempfile.mkdtemp(prefix="postbell-mutate-")) / "tree"
+    try:
+        venv = _prepare(workdir)
+        report = []
+        for target in chosen:
+            entry = run_target(target, venv, workdir, args.budget)
+            report.append(entry)
+            print(
+                f"{target.name:16} {entry['killed']:>4} killed {entry['survived']:>4} survived"
+                f" of {entry['mutants']:>4} in {entry['seconds']} s"
+                + ("" if entry["finished"] else " (budget spent)"),
+                flush=True,
+            )
+            for survivor in entry["survivors"]:  # type: ignore[attr-defined]
+                print(f"    survived {survivor['id']}: {survivor['diff']}")
+        Path(args.output).write_text(json.dumps(report, indent=2) + "\n")
+        print(f"wrote {args.output}")
+    finally:
+        _run(["git", "worktree", "remove", "--force", str(workdir)], ROOT)
+        shutil.rmtree(workdir.parent, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

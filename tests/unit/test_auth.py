@@ -89,3 +89,61 @@ def test_signed_fields_refuse_nul() -> None:
     assert tokens.check_recipient_token(["s3"], "a\x00b", "0" * 64) == "bad"
     assert tokens.read_unsubscribe_token(["s3"], "garbage") is None
     assert tokens.read_unsubscribe_token(["s3"], "") is None
+
+
+def test_every_configured_secret_verifies_whatever_its_place() -> None:
+    """Rotation: a token of the first secret verifies with the second listed after it
+    (a later secret's mismatch must not undo an earlier match)."""
+    old = tokens.recipient_token("old", "u")
+    assert tokens.check_recipient_token(["old", "new"], "u", old) == "ok"
+    link = tokens.unsubscribe_token("old", "u", "news")
+    assert tokens.read_unsubscribe_token(["old", "new"], link) == ("u", "news")
+
+
+def test_a_token_expires_after_its_second_not_at_it() -> None:
+    token = tokens.recipient_token("s3", "u", expires_at=2_000)
+    assert tokens.check_recipient_token(["s3"], "u", token, now=2_000) == "ok"
+    assert tokens.check_recipient_token(["s3"], "u", token, now=2_000.001) == "expired"
+
+
+def test_what_looks_like_a_recipient_token() -> None:
+    assert tokens.looks_like_recipient_token("a" * 64)
+    assert tokens.looks_like_recipient_token("2000." + "a" * 64)
+    for other in ("pb_key", "A" * 64, "a" * 63, "x.aaaa", ""):
+        assert not tokens.looks_like_recipient_token(other), other
+    assert tokens.check_recipient_token(["s3"], "u", "not-a-token") == "bad"
+
+
+def test_unsubscribe_tokens_round_trip_for_every_padding() -> None:
+    """Base64 without padding: ids of every length modulo 3 decode again."""
+    for n in range(1, 8):
+        external_id = "x" * n
+        link = tokens.unsubscribe_token("s3", external_id, "c")
+        assert "=" not in link
+        assert tokens.read_unsubscribe_token(["s3"], link) == (external_id, "c")
+
+
+def test_malformed_unsubscribe_tokens_are_refused() -> None:
+    import base64
+
+    def b64(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).decode().rstrip("=")
+
+    good = tokens.unsubscribe_token("s3", "u", "news")
+    payload, mac = good.split(".")
+    assert tokens.read_unsubscribe_token(["s3"], payload + mac) is None  # no dot
+    assert tokens.read_unsubscribe_token(["s3"], f"{b64(b'unews')}.{mac}") is None  # no NUL
+    assert tokens.read_unsubscribe_token(["s3"], f"{b64(b'u' + bytes([0]))}.{mac}") is None
+    # a category holding NUL would re-split into three signed fields: refused
+    forged_mac = b64(tokens.sign("s3", "unsubscribe", "u", "news", "x")[:16])
+    forged = f"{b64(b'u' + bytes([0]) + b'news' + bytes([0]) + b'x')}.{forged_mac}"
+    assert tokens.read_unsubscribe_token(["s3"], forged) is None
+
+
+def test_nul_is_refused_with_a_clear_message() -> None:
+    import pytest
+
+    with pytest.raises(ValueError, match="NUL"):
+        tokens.sign("s3", "inbox", "a\x00")
+    with pytest.raises(ValueError, match="external id may not hold NUL"):
+        tokens.recipient_token("s3", "a\x00")

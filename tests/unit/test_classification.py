@@ -13,7 +13,7 @@ from twilio.base.exceptions import TwilioRestException
 from postbell.workers.channels.base import Outcome
 from postbell.workers.channels.http import classify_status, retry_after_seconds
 from postbell.workers.channels.push import TokenResult, classify, summarize
-from postbell.workers.channels.sms import classify as classify_sms
+from postbell.workers.channels.sms.twilio import classify as classify_sms
 from postbell.workers.channels.webhook import signature
 
 

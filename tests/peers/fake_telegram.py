@@ -102,8 +102,9 @@ def parse_html(text: str) -> tuple[str, str | None]:
 
 
 class TelegramPeer(HttpPeer):
-    def __init__(self) -> None:
+    def __init__(self, token: str = TOKEN) -> None:
         super().__init__()
+        self.token = token
         self.chats: set[str] = set()
         self.blocked: set[str] = set()
         self.scripts: dict[str, list[Script]] = {}
@@ -111,7 +112,7 @@ class TelegramPeer(HttpPeer):
         self._next_id = 1
 
     def env(self) -> dict[str, str]:
-        return {"TELEGRAM_BOT_TOKEN": TOKEN, "TELEGRAM_API_URL": self.url}
+        return {"TELEGRAM_BOT_TOKEN": self.token, "TELEGRAM_API_URL": self.url}
 
     def chat(self, chat_id: str) -> str:
         """A chat the bot can write to (a member who pressed Start)."""
@@ -139,7 +140,7 @@ class TelegramPeer(HttpPeer):
         bot = request.match_info["bot"]
         if not bot.startswith("bot") or ":" not in bot:
             return _error(404, "Not Found")
-        if bot != f"bot{TOKEN}":
+        if bot != f"bot{self.token}":
             return _error(401, "Unauthorized")
         if request.match_info["method"] != "sendMessage":
             return _error(404, "Not Found: method not found")

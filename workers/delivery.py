@@ -25,7 +25,13 @@ import structlog
 from postbell.app.core import db
 from postbell.app.core.settings import Settings
 from postbell.workers import claims
-from postbell.workers.channels.base import Channel, Delivery, Outcome, Recipient
+from postbell.workers.channels.base import (
+    CategoryOptions,
+    Channel,
+    Delivery,
+    Outcome,
+    Recipient,
+)
 from postbell.workers.runtime import Runtime
 
 log = structlog.get_logger("postbell.deliver")
@@ -170,6 +176,9 @@ def _delivery(row: Any) -> Delivery:
         webhook_secret=row["webhook_secret"],
         slack_webhook_url=row["slack_webhook_url"],
         discord_webhook_url=row["discord_webhook_url"],
+        whatsapp=row["whatsapp"],
+        telegram_chat_id=row["telegram_chat_id"],
+        teams_webhook_url=row["teams_webhook_url"],
         metadata=row["recipient_metadata"] or {},
         devices=row["devices"] or (),
     )
@@ -185,6 +194,12 @@ def _delivery(row: Any) -> Delivery:
         category_required=bool(row["category_required"]),
         priority=row["priority"],
         metadata=row["metadata"] or {},
+        category_options=CategoryOptions(
+            teams_webhook_url=row["category_teams_webhook_url"],
+            apprise_urls=tuple(row["category_apprise_urls"] or ()),
+            sms_type=row["category_sms_type"],
+            whatsapp_content_sid=row["category_whatsapp_content_sid"],
+        ),
     )
 
 
@@ -305,7 +320,7 @@ async def _apply_pacing(
 ) -> list[int]:
     """The provider's pace (POSTBELL_PROVIDER_RATE_<CHANNEL>), one token bucket in
     Postgres for every worker: what gets no token waits for the next ones."""
-    rate = runtime.settings.provider_rates.get(channel_name)
+    rate = runtime.settings.provider_rate(channel_name)
     if not rate or not to_send:
         return to_send
     burst = max(1.0, rate)
@@ -412,11 +427,12 @@ async def _record(conn: db.Conn, runtime: Runtime, channel_name: str, plan: Plan
             "deliveries_defer_retries",
             {"channel": channel_name, "groups": plan.retry_groups()},
         )
-    if plan.inactive:
+    inactive_field = runtime.channels.inactive_field(channel_name)
+    if plan.inactive and inactive_field:
         await db.execute(
             conn,
             "recipients_mark_inactive",
-            {"delivery_ids": plan.inactive, "channel": channel_name},
+            {"delivery_ids": plan.inactive, "field": inactive_field},
         )
     if plan.disable_tokens:
         await db.execute(

@@ -9,7 +9,19 @@ from __future__ import annotations
 
 from typing import Literal, get_args
 
-ChannelName = Literal["IN_APP", "EMAIL", "PUSH", "SMS", "WEBHOOK", "SLACK", "DISCORD"]
+ChannelName = Literal[
+    "IN_APP",
+    "EMAIL",
+    "PUSH",
+    "SMS",
+    "WEBHOOK",
+    "SLACK",
+    "DISCORD",
+    "WHATSAPP",
+    "TELEGRAM",
+    "TEAMS",
+    "APPRISE",
+]
 CHANNELS: tuple[ChannelName, ...] = get_args(ChannelName)
 
 #: The queue of routing jobs; every channel has a queue of its own, its name in

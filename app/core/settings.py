@@ -24,6 +24,7 @@ from postbell.app.core.channels import CHANNELS
 
 LogFormat = Literal["json", "console"]
 EmailProvider = Literal["smtp", "sendgrid", "ses", "console"]
+SmsProvider = Literal["twilio", "sns"]
 
 _RATE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(s|sec|second|m|min|minute|h|hour)\s*$")
 _RATE_UNITS = {"s": 1, "sec": 1, "second": 1, "m": 60, "min": 60, "minute": 60}
@@ -33,6 +34,10 @@ _RATE_UNITS |= {"h": 3600, "hour": 3600}
 #: How far ahead of this host's clock a provider's signed time may be (their clocks
 #: and ours both drift; NTP keeps them well inside this).
 CALLBACK_CLOCK_SKEW_SECONDS = 300
+
+#: Paces that hold without a POSTBELL_PROVIDER_RATE_<CHANNEL>: Telegram's Bot API
+#: allows about 30 messages a second per bot and answers 429 beyond it.
+DEFAULT_PROVIDER_RATES: Mapping[str, float] = {"TELEGRAM": 25.0}
 
 #: Bounds of the process counts: ``serve --workers`` / WEB_CONCURRENCY and
 #: ``worker --concurrency`` / POSTBELL_WORKER_CONCURRENCY.
@@ -89,6 +94,34 @@ class TwilioSettings:
     from_number: str | None
     messaging_service_sid: str | None
     api_url: str | None
+    #: TWILIO_WHATSAPP_FROM: the WhatsApp-enabled sender, E.164 (WHATSAPP needs it)
+    whatsapp_from: str | None = None
+
+    @property
+    def sms_sender(self) -> bool:
+        """Whether SMS can be sent: a from number or a messaging service."""
+        return bool(self.from_number or self.messaging_service_sid)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SnsSettings:
+    """Amazon SNS ``Publish`` to a phone number: SMS through AWS (POSTBELL_SMS_PROVIDER=sns)."""
+
+    region: str
+    access_key_id: str
+    secret_access_key: str = dataclasses.field(repr=False)
+    endpoint_url: str
+    #: SNS_SENDER_ID: an alphanumeric sender ID, sent where carriers take one (not +1)
+    sender_id: str | None = None
+    #: SNS_ORIGINATION_NUMBER: the number (or short code) to send from, E.164
+    origination_number: str | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class TelegramSettings:
+    #: TELEGRAM_BOT_TOKEN: part of every request's path, so never in a log or an error
+    bot_token: str = dataclasses.field(repr=False)
+    api_url: str = "https://api.telegram.org"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -110,6 +143,12 @@ class Settings:
     ses: SesSettings | None
     fcm: FcmSettings | None
     twilio: TwilioSettings | None
+    #: POSTBELL_SMS_PROVIDER: which provider SMS goes through (None: SMS not configured)
+    sms_provider: SmsProvider | None
+    sns: SnsSettings | None
+    telegram: TelegramSettings | None
+    #: POSTBELL_APPRISE_THREADS: Apprise sends at once per worker process (it blocks)
+    apprise_threads: int
     webhook_signing_secret: str | None = dataclasses.field(repr=False)
     sendgrid_webhook_key: str | None  # the Event Webhook's public verification key
     sns_cert_url_prefixes: tuple[str, ...]  # extra allowed SigningCertURL prefixes (emulators)
@@ -166,6 +205,21 @@ class Settings:
             missing = needs[email_provider][1]
             raise ConfigError(f"POSTBELL_EMAIL_PROVIDER={email_provider} needs {missing} to be set")
         log_format = env.choice("POSTBELL_LOG_FORMAT", ("json", "console"), None)
+        twilio = _twilio_from_env(env)
+        sns = _sns_from_env(env)
+        sms_provider = env.choice("POSTBELL_SMS_PROVIDER", ("twilio", "sns"), None)
+        if sms_provider is None and twilio is not None and twilio.sms_sender:
+            sms_provider = "twilio"
+        if sms_provider == "twilio" and (twilio is None or not twilio.sms_sender):
+            raise ConfigError(
+                "POSTBELL_SMS_PROVIDER=twilio needs TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN and"
+                " TWILIO_FROM_NUMBER (or TWILIO_MESSAGING_SERVICE_SID) to be set"
+            )
+        if sms_provider == "sns" and sns is None:
+            raise ConfigError(
+                "POSTBELL_SMS_PROVIDER=sns needs AWS_REGION, AWS_ACCESS_KEY_ID and"
+                " AWS_SECRET_ACCESS_KEY to be set"
+            )
         return cls(
             database_url=env.database_url("DATABASE_URL"),
             port=env.integer("PORT", 8000, minimum=0, maximum=65535),
@@ -186,7 +240,11 @@ class Settings:
             sendgrid=sendgrid,
             ses=ses,
             fcm=_fcm_from_env(env),
-            twilio=_twilio_from_env(env),
+            twilio=twilio,
+            sms_provider=sms_provider,  # type: ignore[arg-type]
+            sns=sns,
+            telegram=_telegram_from_env(env),
+            apprise_threads=env.integer("POSTBELL_APPRISE_THREADS", 4, minimum=1, maximum=64),
             webhook_signing_secret=env.text("WEBHOOK_SIGNING_SECRET"),
             sendgrid_webhook_key=_sendgrid_webhook_key(env),
             sns_cert_url_prefixes=_sns_cert_url_prefixes(env),
@@ -221,6 +279,11 @@ class Settings:
             data_dir=Path(env.text("POSTBELL_DATA_DIR") or ".data"),
             dev=dev,
         )
+
+    def provider_rate(self, channel: str) -> float | None:
+        """Sends per second for ``channel`` shared by every worker
+        (POSTBELL_PROVIDER_RATE_<CHANNEL>, else the provider's documented pace)."""
+        return self.provider_rates.get(channel, DEFAULT_PROVIDER_RATES.get(channel))
 
     def max_attempts(self, channel: str) -> int:
         return self.retry_max_attempts_by_channel.get(channel, self.retry_max_attempts)
@@ -384,21 +447,80 @@ def _fcm_from_env(env: _Env) -> FcmSettings | None:
     return FcmSettings(credentials=credentials, api_url=url.rstrip("/") if url else None)
 
 
+_E164 = re.compile(r"^\+[1-9]\d{6,14}$")
+
+
 def _twilio_from_env(env: _Env) -> TwilioSettings | None:
     sid = env.text("TWILIO_ACCOUNT_SID")
     token = env.text("TWILIO_AUTH_TOKEN")
     sender = env.text("TWILIO_FROM_NUMBER")
     service = env.text("TWILIO_MESSAGING_SERVICE_SID")
+    whatsapp = env.text("TWILIO_WHATSAPP_FROM")
     url = env.url("TWILIO_API_URL", schemes=("http", "https"))
     if not (sid or token):
         return None
     if not (sid and token):
         raise ConfigError("TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN must be set together")
-    if not (sender or service):
-        raise ConfigError("TWILIO_FROM_NUMBER (or TWILIO_MESSAGING_SERVICE_SID) must be set")
-    if sender and not re.match(r"^\+[1-9]\d{6,14}$", sender):
+    if not (sender or service or whatsapp):
+        raise ConfigError(
+            "TWILIO_FROM_NUMBER (or TWILIO_MESSAGING_SERVICE_SID, or TWILIO_WHATSAPP_FROM)"
+            " must be set"
+        )
+    if sender and not _E164.match(sender):
         raise ConfigError(f"TWILIO_FROM_NUMBER must be an E.164 number, got {sender!r}")
-    return TwilioSettings(sid, token, sender, service, url.rstrip("/") if url else None)
+    if whatsapp is not None:
+        whatsapp = whatsapp.removeprefix("whatsapp:")
+        if not _E164.match(whatsapp):
+            raise ConfigError(
+                "TWILIO_WHATSAPP_FROM must be an E.164 number (like +14155238886),"
+                f" got {whatsapp!r}"
+            )
+    return TwilioSettings(
+        sid, token, sender, service, url.rstrip("/") if url else None, whatsapp_from=whatsapp
+    )
+
+
+_SENDER_ID = re.compile(r"^(?=.*[A-Za-z])[A-Za-z0-9]{1,11}$")
+
+
+def _sns_from_env(env: _Env) -> SnsSettings | None:
+    """SNS reuses SES's AWS credentials and region; SNS_ENDPOINT_URL points elsewhere."""
+    region = env.text("AWS_REGION")
+    key_id = env.text("AWS_ACCESS_KEY_ID")
+    secret = env.text("AWS_SECRET_ACCESS_KEY")
+    url = env.url("SNS_ENDPOINT_URL", schemes=("http", "https"))
+    sender_id = env.text("SNS_SENDER_ID")
+    origination = env.text("SNS_ORIGINATION_NUMBER")
+    if sender_id is not None and not _SENDER_ID.match(sender_id):
+        raise ConfigError(
+            "SNS_SENDER_ID must be 1-11 letters and digits with at least one letter,"
+            f" got {sender_id!r}"
+        )
+    if origination is not None and not (_E164.match(origination) or origination.isdigit()):
+        raise ConfigError(
+            f"SNS_ORIGINATION_NUMBER must be an E.164 number or a short code, got {origination!r}"
+        )
+    if not (region and key_id and secret):
+        return None
+    endpoint = (url or f"https://sns.{region}.amazonaws.com").rstrip("/")
+    return SnsSettings(region, key_id, secret, endpoint, sender_id, origination)
+
+
+_BOT_TOKEN = re.compile(r"^[0-9]{1,20}:[A-Za-z0-9_-]{20,100}$")
+
+
+def _telegram_from_env(env: _Env) -> TelegramSettings | None:
+    token = env.text("TELEGRAM_BOT_TOKEN")
+    url = env.url("TELEGRAM_API_URL", schemes=("http", "https"))
+    if token is None:
+        return None
+    if not _BOT_TOKEN.match(token):
+        # Never the value: it is a credential.
+        raise ConfigError(
+            "TELEGRAM_BOT_TOKEN does not look like a bot token (digits, ':', then"
+            " 20-100 letters, digits, '-' or '_', as @BotFather gives it)"
+        )
+    return TelegramSettings(token, (url or "https://api.telegram.org").rstrip("/"))
 
 
 class _Env:

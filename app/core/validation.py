@@ -21,6 +21,7 @@ _EMAIL_RE = re.compile(
     r"^[^@\s<>(),;:\"\[\]]+@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)+$"
 )
 _E164_RE = re.compile(r"^\+[1-9]\d{6,14}$")
+_TELEGRAM_CHAT_RE = re.compile(r"^(?:-?[1-9][0-9]{0,18}|@[A-Za-z][A-Za-z0-9_]{3,31})$")
 _LOCALE_RE = re.compile(r"^[A-Za-z]{2,3}(?:[-_][A-Za-z0-9]{2,8})*$")
 
 
@@ -54,6 +55,18 @@ def email(value: str, field: str) -> str:
 def phone(value: str, field: str) -> str:
     if not _E164_RE.match(value):
         raise Invalid(f"{field}: not an E.164 phone number (like +14155550123)", field=field)
+    return value
+
+
+def telegram_chat_id(value: str, field: str) -> str:
+    """A chat the Bot API can send to: a numeric id (negative for groups and channels)
+    or a public channel's @username."""
+    if not _TELEGRAM_CHAT_RE.match(value):
+        raise Invalid(
+            f"{field}: not a Telegram chat id (a number like 123456789 or -1001234567890,"
+            " or @channelname)",
+            field=field,
+        )
     return value
 
 
@@ -122,3 +135,30 @@ def json_value(value: Any, field: str, limit: int) -> None:
         raise Invalid(f"{field}: larger than {limit} bytes as JSON", field=field)
     if _JSON_NUL_RE.search(encoded):
         raise Invalid(f"{field}: a string in it holds NUL (\\u0000)", field=field)
+
+
+_CONTENT_SID_RE = re.compile(r"^HX[0-9a-fA-F]{32}$")
+MAX_TEMPLATE_VARIABLES = 100
+
+
+def whatsapp_template(metadata: dict[str, Any]) -> None:
+    """A notification's WhatsApp template, when its metadata names one:
+    ``whatsapp_content_sid`` a Twilio content SID, ``whatsapp_variables`` an object of
+    strings (at most 100)."""
+    sid = metadata.get("whatsapp_content_sid")
+    if sid is not None and not (isinstance(sid, str) and _CONTENT_SID_RE.match(sid)):
+        field = "metadata.whatsapp_content_sid"
+        raise Invalid(f"{field}: a Twilio content SID (HX and 32 hex digits)", field=field)
+    variables = metadata.get("whatsapp_variables")
+    if variables is not None:
+        field = "metadata.whatsapp_variables"
+        if (
+            not isinstance(variables, dict)
+            or len(variables) > MAX_TEMPLATE_VARIABLES
+            or not all(isinstance(v, str) for v in variables.values())
+        ):
+            raise Invalid(
+                f"{field}: an object of at most {MAX_TEMPLATE_VARIABLES} strings,"
+                ' like {"1": "Ana"}',
+                field=field,
+            )

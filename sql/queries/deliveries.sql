@@ -1,12 +1,18 @@
 -- name: deliveries_load_sendable
 -- What a deliver job needs to send: its deliveries that are still unsent, with the
--- notification's content and the recipient's addresses (and, for PUSH, devices).
+-- notification's content, the recipient's addresses (and, for PUSH, devices), and
+-- what the category sets per channel (the Apprise URLs only for APPRISE: they hold
+-- credentials, so no other channel's run loads them).
 SELECT d.id, d.attempts, d.notification_id, d.recipient_id, job_priority(n.priority) AS job_priority,
        n.title, n.body, n.action_url, n.metadata, n.category, n.priority, n.expires_at,
        c.rate_limits -> d.channel AS rate_limit, coalesce(c.required, false) AS category_required,
        r.external_id, r.email, r.phone, r.name, r.locale, r.timezone, r.webhook_url,
-       r.webhook_secret, r.slack_webhook_url, r.discord_webhook_url,
+       r.webhook_secret, r.slack_webhook_url, r.discord_webhook_url, r.whatsapp,
+       r.telegram_chat_id, r.teams_webhook_url,
        r.metadata AS recipient_metadata,
+       c.teams_webhook_url AS category_teams_webhook_url, c.sms_type AS category_sms_type,
+       c.whatsapp_content_sid AS category_whatsapp_content_sid,
+       CASE WHEN d.channel = 'APPRISE' THEN c.apprise_urls END AS category_apprise_urls,
        CASE WHEN d.channel = 'PUSH' THEN
            (SELECT coalesce(jsonb_agg(jsonb_build_object('token', v.token, 'platform', v.platform)
                                       ORDER BY v.id), '[]')
@@ -225,16 +231,21 @@ marked AS (
        SET email_inactive_at = CASE WHEN %(channel)s = 'EMAIL'
                                     THEN coalesce(r.email_inactive_at, now()) ELSE r.email_inactive_at END,
            phone_inactive_at = CASE WHEN %(channel)s = 'SMS'
-                                    THEN coalesce(r.phone_inactive_at, now()) ELSE r.phone_inactive_at END
+                                    THEN coalesce(r.phone_inactive_at, now()) ELSE r.phone_inactive_at END,
+           whatsapp_inactive_at = CASE WHEN %(channel)s = 'WHATSAPP'
+                                       THEN coalesce(r.whatsapp_inactive_at, now())
+                                       ELSE r.whatsapp_inactive_at END
       FROM moved AS m
      WHERE r.id = m.recipient_id
        AND m.inactive
-       AND CASE WHEN %(channel)s = 'EMAIL' THEN r.email_inactive_at IS NULL
-                ELSE r.phone_inactive_at IS NULL END
+       AND CASE %(channel)s WHEN 'EMAIL' THEN r.email_inactive_at IS NULL
+                            WHEN 'WHATSAPP' THEN r.whatsapp_inactive_at IS NULL
+                            ELSE r.phone_inactive_at IS NULL END
        AND EXISTS (SELECT 1
                      FROM jsonb_array_elements_text(m.addresses::jsonb) AS a(address)
-                    WHERE CASE WHEN %(channel)s = 'EMAIL' THEN lower(a.address) = lower(r.email)
-                               ELSE a.address = r.phone END)
+                    WHERE CASE %(channel)s WHEN 'EMAIL' THEN lower(a.address) = lower(r.email)
+                                           WHEN 'WHATSAPP' THEN a.address = r.whatsapp
+                                           ELSE a.address = r.phone END)
     RETURNING r.id
 )
 SELECT (SELECT count(*) FROM ev) AS events, (SELECT count(*) FROM fresh) AS fresh,

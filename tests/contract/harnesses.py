@@ -13,12 +13,15 @@ import itertools
 from collections.abc import Callable
 from typing import Any, Literal
 
-from postbell.workers.channels.base import Recipient
+from postbell.workers.channels.base import CategoryOptions, Delivery, Recipient
 from tests.peers.fake_fcm import FcmPeer
+from tests.peers.fake_teams import TeamsPeer
+from tests.peers.fake_telegram import TelegramPeer
 from tests.peers.fake_twilio import TwilioPeer
 from tests.peers.sendgrid import SendGridPeer
 from tests.peers.ses import SesPeer
 from tests.peers.smtp import SmtpPeer
+from tests.peers.sns_sms import SnsSmsPeer
 from tests.peers.webhooks import WebhookReceiver
 
 Failure = Literal["transient", "permanent"]
@@ -45,6 +48,8 @@ class Harness:
     #: reason a permanent failure is recorded with
     permanent_reason: str = "permanent_error"
     no_address_reason: str = "no_address"
+    #: what routing adds to a delivery beyond its recipient (APPRISE: the category's URLs)
+    prepare: Callable[[Delivery], Delivery] = lambda d: d
 
 
 def smtp(peer: SmtpPeer) -> Harness:
@@ -192,3 +197,138 @@ def slack(peer: WebhookReceiver) -> Harness:
 
 def discord(peer: WebhookReceiver) -> Harness:
     return _hook(peer, "DISCORD", "discord_webhook_url", lambda body: body["content"])
+
+
+def sns(peer: SnsSmsPeer) -> Harness:
+    def recipient() -> Recipient:
+        return Recipient(external_id=f"c-{_next()}", phone=f"+4420790{_next():05d}")
+
+    def fail_next(r: Recipient, kind: Failure) -> None:
+        assert r.phone
+        peer.script(r.phone, "Throttled" if kind == "transient" else "InvalidParameter")
+
+    def received(r: Recipient) -> list[str]:
+        assert r.phone
+        return [m.message for m in peer.to(r.phone)]
+
+    return Harness(
+        "SMS/sns",
+        "SMS",
+        peer.env,
+        recipient,
+        lambda: Recipient(external_id=f"c-{_next()}"),
+        fail_next,
+        received,
+        permanent_reason="invalid_address",
+    )
+
+
+def whatsapp(peer: TwilioPeer) -> Harness:
+    def recipient() -> Recipient:
+        number = f"+5511955{_next():05d}"
+        peer.open_session(number)
+        return Recipient(external_id=f"c-{_next()}", whatsapp=number)
+
+    def fail_next(r: Recipient, kind: Failure) -> None:
+        peer.script(f"whatsapp:{r.whatsapp}", [503 if kind == "transient" else 63003])
+
+    def received(r: Recipient) -> list[str]:
+        return [m["Body"] for m in peer.to(f"whatsapp:{r.whatsapp}")]
+
+    return Harness(
+        "WHATSAPP/twilio",
+        "WHATSAPP",
+        peer.env,
+        recipient,
+        lambda: Recipient(external_id=f"c-{_next()}", phone="+15005550009"),
+        fail_next,
+        received,
+        permanent_reason="invalid_address",
+    )
+
+
+def telegram(peer: TelegramPeer) -> Harness:
+    def recipient() -> Recipient:
+        return Recipient(
+            external_id=f"c-{_next()}", telegram_chat_id=peer.chat(str(7_000_000 + _next()))
+        )
+
+    def fail_next(r: Recipient, kind: Failure) -> None:
+        assert r.telegram_chat_id
+        peer.script(r.telegram_chat_id, 500 if kind == "transient" else 403)
+
+    def received(r: Recipient) -> list[str]:
+        assert r.telegram_chat_id
+        return [m.visible for m in peer.to(r.telegram_chat_id)]
+
+    return Harness(
+        "TELEGRAM/bot-api",
+        "TELEGRAM",
+        peer.env,
+        recipient,
+        lambda: Recipient(external_id=f"c-{_next()}"),
+        fail_next,
+        received,
+        permanent_reason="unsubscribed",  # the member blocked the bot
+    )
+
+
+def teams(peer: TeamsPeer) -> Harness:
+    def recipient() -> Recipient:
+        return Recipient(
+            external_id=f"c-{_next()}", teams_webhook_url=peer.url_for(f"/contract/teams/{_next()}")
+        )
+
+    def path(r: Recipient) -> str:
+        return str(r.teams_webhook_url).removeprefix(peer.url)
+
+    def fail_next(r: Recipient, kind: Failure) -> None:
+        peer.script(path(r), 503 if kind == "transient" else 404)
+
+    def received(r: Recipient) -> list[str]:
+        return [card["body"][-1]["text"] for card in peer.cards_at(path(r))]
+
+    return Harness(
+        "TEAMS/webhook",
+        "TEAMS",
+        dict,
+        recipient,
+        lambda: Recipient(external_id=f"c-{_next()}"),
+        fail_next,
+        received,
+    )
+
+
+def apprise(peer: WebhookReceiver) -> Harness:
+    """Apprise's json:// service against the webhook receiver: the URLs are the
+    category's, so ``prepare`` puts the recipient's path in the delivery's options."""
+    paths: dict[str, str] = {}
+
+    def recipient() -> Recipient:
+        r = Recipient(external_id=f"c-apprise-{_next()}")
+        paths[r.external_id] = f"/contract/apprise/{_next()}"
+        return r
+
+    def prepare(d: Delivery) -> Delivery:
+        path = paths.get(d.recipient.external_id)
+        if path is None:
+            return d
+        url = f"json://127.0.0.1:{peer.port}{path}"
+        return dataclasses.replace(d, category_options=CategoryOptions(apprise_urls=(url,)))
+
+    def fail_next(r: Recipient, kind: Failure) -> None:
+        peer.script(paths[r.external_id], [503 if kind == "transient" else 404])
+
+    def received(r: Recipient) -> list[str]:
+        return [body["message"] for body in peer.accepted_json(paths[r.external_id])]
+
+    return Harness(
+        "APPRISE/json",
+        "APPRISE",
+        dict,
+        recipient,
+        lambda: Recipient(external_id=f"c-{_next()}"),
+        fail_next,
+        received,
+        prepare=prepare,
+    )

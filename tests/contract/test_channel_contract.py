@@ -39,6 +39,11 @@ HARNESSES: dict[str, Callable[[pytest.FixtureRequest], Harness]] = {
     "WEBHOOK/http": lambda r: harnesses.webhook(r.getfixturevalue("receiver")),
     "SLACK/http": lambda r: harnesses.slack(r.getfixturevalue("receiver")),
     "DISCORD/http": lambda r: harnesses.discord(r.getfixturevalue("receiver")),
+    "SMS/sns": lambda r: harnesses.sns(r.getfixturevalue("sns_sms")),
+    "WHATSAPP/twilio": lambda r: harnesses.whatsapp(r.getfixturevalue("twilio")),
+    "TELEGRAM/bot-api": lambda r: harnesses.telegram(r.getfixturevalue("telegram")),
+    "TEAMS/webhook": lambda r: harnesses.teams(r.getfixturevalue("teams")),
+    "APPRISE/json": lambda r: harnesses.apprise(r.getfixturevalue("receiver")),
 }
 
 
@@ -67,7 +72,11 @@ async def channel(harness: Harness) -> AsyncIterator[Channel]:
         await built.close()
 
 
-def delivery(recipient: Recipient, body: str) -> Delivery:
+def delivery(harness: Harness, recipient: Recipient, body: str) -> Delivery:
+    return harness.prepare(make_delivery(recipient, body))
+
+
+def make_delivery(recipient: Recipient, body: str) -> Delivery:
     return Delivery(
         id=int(uuid.uuid4().int % 2**62),
         attempts=0,
@@ -87,7 +96,7 @@ def text(tag: str) -> str:
 
 async def test_send_ok(harness: Harness, channel: Channel) -> None:
     r, body = harness.recipient(), text("ok")
-    (outcome,) = await channel.send([delivery(r, body)])
+    (outcome,) = await channel.send([delivery(harness, r, body)])
     assert (outcome.kind, outcome.error) == ("sent", None)
     assert [body in got for got in harness.received(r)] == [True]
 
@@ -95,7 +104,7 @@ async def test_send_ok(harness: Harness, channel: Channel) -> None:
 async def test_transient_error_is_retry(harness: Harness, channel: Channel) -> None:
     r = harness.recipient()
     harness.fail_next(r, "transient")
-    (outcome,) = await channel.send([delivery(r, text("transient"))])
+    (outcome,) = await channel.send([delivery(harness, r, text("transient"))])
     assert outcome.kind == "retry" and outcome.error
     assert harness.received(r) == []
 
@@ -103,14 +112,14 @@ async def test_transient_error_is_retry(harness: Harness, channel: Channel) -> N
 async def test_permanent_error_is_fail(harness: Harness, channel: Channel) -> None:
     r = harness.recipient()
     harness.fail_next(r, "permanent")
-    (outcome,) = await channel.send([delivery(r, text("permanent"))])
+    (outcome,) = await channel.send([delivery(harness, r, text("permanent"))])
     assert (outcome.kind, outcome.reason) == ("fail", harness.permanent_reason)
     assert outcome.error
     assert harness.received(r) == []
 
 
 async def test_missing_address_is_skipped(harness: Harness, channel: Channel) -> None:
-    (outcome,) = await channel.send([delivery(harness.without_address(), text("nowhere"))])
+    (outcome,) = await channel.send([delivery(harness, harness.without_address(), text("nowhere"))])
     assert (outcome.kind, outcome.reason) == ("skip", harness.no_address_reason)
 
 
@@ -123,7 +132,7 @@ async def test_mixed_batch_answers_each_delivery_in_order(
     missing = harness.without_address()
     bodies = [text(f"mixed-{i}") for i in range(7)]
     order = [*recipients[:4], missing, *recipients[4:]]
-    batch = [delivery(r, b) for r, b in zip(order, bodies, strict=True)]
+    batch = [delivery(harness, r, b) for r, b in zip(order, bodies, strict=True)]
     outcomes = await channel.send(batch)
     assert [o.kind for o in outcomes] == ["sent", "retry", "sent", "fail", "skip", "sent", "sent"]
     for index, r in [
@@ -140,7 +149,7 @@ async def test_a_failed_delivery_sends_on_retry(harness: Harness, channel: Chann
     """A transient failure leaves no trace that stops the next attempt."""
     r, body = harness.recipient(), text("again")
     harness.fail_next(r, "transient")
-    (first,) = await channel.send([delivery(r, body)])
-    (second,) = await channel.send([delivery(r, body)])
+    (first,) = await channel.send([delivery(harness, r, body)])
+    (second,) = await channel.send([delivery(harness, r, body)])
     assert (first.kind, second.kind) == ("retry", "sent")
     assert [body in got for got in harness.received(r)] == [True]

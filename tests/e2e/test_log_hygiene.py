@@ -18,6 +18,7 @@ import httpx
 import psycopg
 
 from tests.e2e.procs import background, env, wait_http
+from tests.peers.fake_telegram import TelegramPeer
 from tests.peers.net import free_port
 from tests.peers.smtp import PASSWORD, SmtpPeer
 from tests.peers.webhooks import WebhookReceiver
@@ -41,6 +42,13 @@ def test_no_secret_or_content_in_any_output(
     address = f"{_marker('addr')}@example.org"
     refused_address = f"{_marker('refused')}@example.org"
     smtp.fail_next(refused_address, "550 5.1.1 no such user")
+    # the bot token rides in every Bot API path; an Apprise URL holds its credentials
+    bot_token = f"987654321:{uuid.uuid4().hex}"
+    apprise_path = f"/{_marker('apprisesecret')}"
+    receiver.script(apprise_path, [503])
+    telegram = TelegramPeer(token=bot_token).start()
+    chat = telegram.chat("777000111")
+    telegram.script(chat, (429, 0))
     token = hmac.new(inbox_secret.encode(), rid.encode(), hashlib.sha256).hexdigest()
     secrets = [
         admin_key,
@@ -56,6 +64,9 @@ def test_no_secret_or_content_in_any_output(
         refused_address,
         token,
         PASSWORD,
+        bot_token,
+        bot_token.split(":")[1],
+        apprise_path.lstrip("/"),
     ]
     port = free_port()
     environ = env(
@@ -70,6 +81,7 @@ def test_no_secret_or_content_in_any_output(
         POSTBELL_LOG_LEVEL="debug",
         POSTBELL_POLL_INTERVAL="0.2",
         **smtp.env(),
+        **telegram.env(),
     )
     base = f"http://127.0.0.1:{port}"
     with background("serve", environ=environ) as web, background("worker", environ=environ) as work:
@@ -84,12 +96,18 @@ def test_no_secret_or_content_in_any_output(
                         "email": address,
                         "webhook_url": receiver.url_for(f"/hygiene/{rid}"),
                         "webhook_secret": recipient_secret,
+                        "telegram_chat_id": chat,
                         "metadata": {"note": meta},
                     },
                 ).status_code
                 == 200
             )
             api.put("/api/recipients/refused", json={"email": refused_address})
+            ops = api.put(
+                "/api/categories/ops",
+                json={"apprise_urls": [f"json://127.0.0.1:{receiver.port}{apprise_path}"]},
+            )
+            assert ops.status_code == 200, ops.text
             sent = api.post(
                 "/api/notifications",
                 json={
@@ -97,7 +115,8 @@ def test_no_secret_or_content_in_any_output(
                     "title": title,
                     "message": body,
                     "metadata": {"m": meta},
-                    "channels": ["IN_APP", "EMAIL", "WEBHOOK"],
+                    "category": "ops",
+                    "channels": ["IN_APP", "EMAIL", "WEBHOOK", "TELEGRAM", "APPRISE"],
                 },
             )
             assert sent.status_code == 202, sent.text
@@ -105,10 +124,12 @@ def test_no_secret_or_content_in_any_output(
             deadline = time.monotonic() + 30
             while time.monotonic() < deadline:
                 counts = api.get(f"/api/notifications/{nid}").json()["delivery_counts"]
-                if counts == {"sent": 4, "dead": 1, "skipped": 1}:
+                if counts == {"sent": 7, "dead": 1, "skipped": 2}:
                     break
                 time.sleep(0.2)
-            assert counts == {"sent": 4, "dead": 1, "skipped": 1}, counts
+            assert counts == {"sent": 7, "dead": 1, "skipped": 2}, counts
+            # Telegram's 429 and Apprise's 503 were retried, with their error texts
+            assert [m.chat_id for m in telegram.sent] == [chat]
             # the recipient's token, in a header and in a stream URL
             assert (
                 api.get(
@@ -144,6 +165,7 @@ def test_no_secret_or_content_in_any_output(
                 "detail": "an internal error occurred",
                 "field": None,
             }
+    telegram.stop()
     output = web.output() + work.output()
     events = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
     assert any(e.get("event") == "unhandled_error" for e in events)  # the 500 was logged

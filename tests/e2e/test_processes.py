@@ -75,17 +75,17 @@ def test_serve_and_worker_processes_deliver_in_app_and_email(
         assert mail.tls and mail.message["Subject"] == "Test"
 
 
-def test_dev_runs_everything_on_an_embedded_postgres(tmp_path: Path) -> None:
+def test_dev_runs_everything_on_an_embedded_postgres(pg_dir: Path) -> None:
     """`postbell dev` with no DATABASE_URL: embedded Postgres, migrations, API, worker, key."""
     port = free_port()
     environ = env(
-        PORT=str(port), POSTBELL_DATA_DIR=str(tmp_path / "data"), POSTBELL_LOG_FORMAT="json"
+        PORT=str(port), POSTBELL_DATA_DIR=str(pg_dir / "data"), POSTBELL_LOG_FORMAT="json"
     )
     base = f"http://127.0.0.1:{port}"
     try:
         with background("dev", environ=environ) as proc:
             wait_http(f"{base}/health", timeout=60, proc=proc)
-            key = (tmp_path / "data" / "dev-admin-key").read_text().strip()
+            key = (pg_dir / "data" / "dev-admin-key").read_text().strip()
             with httpx.Client(
                 base_url=base, headers={"Authorization": f"Bearer {key}"}, timeout=10
             ) as client:
@@ -106,7 +106,7 @@ def test_dev_runs_everything_on_an_embedded_postgres(tmp_path: Path) -> None:
                 assert client.get("/api/inbox/user-1").json()["unread_count"] == 1
                 assert client.get("/schema/openapi.json").status_code == 200
                 # The recipient token as the docs compute it opens the inbox in dev.
-                secret = (tmp_path / "data" / "dev-inbox-secret").read_text().strip()
+                secret = (pg_dir / "data" / "dev-inbox-secret").read_text().strip()
                 token = hmac.new(secret.encode(), b"user-1", hashlib.sha256).hexdigest()
                 inbox = client.get(
                     "/api/inbox/user-1", headers={"Authorization": f"Bearer {token}"}
@@ -120,7 +120,7 @@ def test_dev_runs_everything_on_an_embedded_postgres(tmp_path: Path) -> None:
         output = proc.output()
         assert "is still running" in output and "postbell db stop" in output
         assert f"admin key    {key}" in output
-        secret = (tmp_path / "data" / "dev-inbox-secret").read_text().strip()
+        secret = (pg_dir / "data" / "dev-inbox-secret").read_text().strip()
         assert f"inbox secret {secret}" in output
         assert f"{base}/schema" in output
         assert "Test" not in "".join(line for line in output.splitlines() if line.startswith("{"))
@@ -130,8 +130,8 @@ def test_dev_runs_everything_on_an_embedded_postgres(tmp_path: Path) -> None:
         run("db", "stop", environ=environ)
 
 
-def test_db_commands_and_stale_pid_recovery(tmp_path: Path) -> None:
-    environ = env(POSTBELL_DATA_DIR=str(tmp_path))
+def test_db_commands_and_stale_pid_recovery(pg_dir: Path) -> None:
+    environ = env(POSTBELL_DATA_DIR=str(pg_dir))
     started = run("db", "start", environ=environ)
     assert started.returncode == 0, started.stderr
     url = started.stdout.strip()
@@ -140,7 +140,7 @@ def test_db_commands_and_stale_pid_recovery(tmp_path: Path) -> None:
     assert run("db", "stop", environ=environ).stdout.strip() == "stopped"
     assert run("db", "url", environ=environ).returncode == 2
     # A crash leaves pid files behind; pid 1 is not a postgres process.
-    pgdata = tmp_path / "pg"
+    pgdata = pg_dir / "pg"
     (pgdata / ".handle_pids.json").write_text("[999999, 1]")
     (pgdata / "postmaster.pid").write_text("1\n" + str(pgdata) + "\n0\n5432\n\n\n\n")
     again = run("db", "start", environ=environ)
@@ -148,7 +148,7 @@ def test_db_commands_and_stale_pid_recovery(tmp_path: Path) -> None:
     assert run("db", "stop", environ=environ).stdout.strip() == "stopped"
 
 
-def test_a_port_in_use_is_one_line_naming_port(database_url: str, tmp_path: Path) -> None:
+def test_a_port_in_use_is_one_line_naming_port(database_url: str, pg_dir: Path) -> None:
     """`serve` and `dev` bind before they say anything: a taken port is one line."""
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -158,7 +158,7 @@ def test_a_port_in_use_is_one_line_naming_port(database_url: str, tmp_path: Path
             DATABASE_URL=database_url,
             PORT=str(port),
             POSTBELL_HOST="127.0.0.1",
-            POSTBELL_DATA_DIR=str(tmp_path),
+            POSTBELL_DATA_DIR=str(pg_dir),
         )
         for command in ("serve", "dev"):
             result = run(command, environ=environ)

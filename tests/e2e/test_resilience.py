@@ -116,10 +116,10 @@ def test_smtp_outage_delays_only_email(
     assert len(smtp.to("o1@outage.example.org")) == 1
 
 
-def test_postgres_restart_loses_nothing(tmp_path: Path) -> None:
+def test_postgres_restart_loses_nothing(pg_dir: Path) -> None:
     """The database restarts under a running API and worker: requests fail with 503
     meanwhile, every accepted notification is delivered, the worker carries on."""
-    pgdata = tmp_path / "pg"
+    pgdata = pg_dir / "pg"
     url = embedded.start(pgdata)
     port = free_port()
     environ = env(
@@ -179,14 +179,14 @@ def _post(client: httpx.Client, n: int) -> str | None:
     return str(response.json()["id"]) if response.status_code == 202 else None
 
 
-def test_postgres_restart_mid_send_and_mid_route_loses_nothing(tmp_path: Path) -> None:
+def test_postgres_restart_mid_send_and_mid_route_loses_nothing(pg_dir: Path) -> None:
     """The database stops while work is provably in flight: a webhook batch is inside a
-    slow receiver (sent, not yet answered, so not yet recorded) and a 60,000-member
+    receiver that holds it (sent, not yet answered, so not yet recorded) and a 60,000-member
     topic is half routed (its first chunk committed, the rest not). After the restart
     every delivery ends sent, each webhook reached the receiver at least once under
     its stable X-Postbell-Delivery id, and the topic has exactly one delivery per
     member (the resumed routing made no duplicates)."""
-    pgdata = tmp_path / "pg"
+    pgdata = pg_dir / "pg"
     url = embedded.start(pgdata)
     slow = WebhookReceiver().start()
     port = free_port()
@@ -207,6 +207,7 @@ def test_postgres_restart_mid_send_and_mid_route_loses_nothing(tmp_path: Path) -
     assert run("migrate", environ=environ).returncode == 0
     members = 60_000
     hooks = 20
+    gate = slow.hold(*(f"/slow/h{n}" for n in range(hooks)))
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(
             "INSERT INTO postbell.recipients (external_id) SELECT 'm' || i FROM generate_series(1, %s) i",
@@ -222,7 +223,6 @@ def test_postgres_restart_mid_send_and_mid_route_loses_nothing(tmp_path: Path) -
                 "INSERT INTO postbell.recipients (external_id, webhook_url) VALUES (%s, %s)",
                 (f"h{n}", slow.url_for(f"/slow/h{n}")),
             )
-            slow.delay[f"/slow/h{n}"] = 3.0
     try:
         with background("serve", environ=environ), background("worker", environ=environ) as worker:
             wait_http(f"{base}/health")
@@ -251,7 +251,8 @@ def test_postgres_restart_mid_send_and_mid_route_loses_nothing(tmp_path: Path) -
                 poll(half_routed, timeout=60, interval=0.01)
                 in_flight = len(slow.received) - len(slow.accepted)
                 embedded.stop(pgdata)
-                assert in_flight > 0  # webhooks were sent and not yet answered at the stop
+                assert in_flight == hooks  # every webhook sent and not yet answered
+                gate.set()  # the receiver answers now, while the database is down
                 embedded.start(pgdata)
                 poll(lambda: client.get("/ready").status_code == 200, timeout=30)
 

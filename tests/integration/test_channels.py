@@ -11,9 +11,12 @@ from typing import Any
 import httpx
 
 from postbell.app.core import db
+from postbell.app.core.channels import CHANNELS
 from tests.conftest import ADMIN, WEBHOOK_SECRET, unique, wait_until
 from tests.integration.test_delivery_flow import send, settled
 from tests.peers.fake_fcm import FcmPeer
+from tests.peers.fake_teams import TeamsPeer
+from tests.peers.fake_telegram import TelegramPeer
 from tests.peers.fake_twilio import FROM_NUMBER, TwilioPeer
 from tests.peers.webhooks import WebhookReceiver, verify_signature
 
@@ -337,8 +340,19 @@ async def test_every_channel_in_one_notification(
     receiver: WebhookReceiver,
     fcm: FcmPeer,
     twilio: TwilioPeer,
+    telegram: TelegramPeer,
+    teams: TeamsPeer,
 ) -> None:
+    """Every channel in CHANNELS, each through its peer, for one recipient."""
     rid, number, token = unique("all"), phone(), unique("tok")
+    twilio.open_session(number)
+    key = unique("all-cat")
+    response = await api.put(
+        f"/api/categories/{key}",
+        headers=ADMIN,
+        json={"apprise_urls": [f"json://127.0.0.1:{receiver.port}/all/{rid}/apprise"]},
+    )
+    assert response.status_code == 200, response.text
     await api.put(
         f"/api/recipients/{rid}",
         headers=ADMIN,
@@ -348,6 +362,9 @@ async def test_every_channel_in_one_notification(
             "webhook_url": receiver.url_for(f"/all/{rid}"),
             "slack_webhook_url": receiver.url_for(f"/all/{rid}/slack"),
             "discord_webhook_url": receiver.url_for(f"/all/{rid}/discord"),
+            "whatsapp": number,
+            "telegram_chat_id": telegram.chat("31337"),
+            "teams_webhook_url": teams.url_for(f"/all/{rid}/teams"),
         },
     )
     await api.post(
@@ -355,10 +372,10 @@ async def test_every_channel_in_one_notification(
         headers=ADMIN,
         json={"token": token, "platform": "android"},
     )
-    channels = ["IN_APP", "EMAIL", "PUSH", "SMS", "WEBHOOK", "SLACK", "DISCORD"]
-    nid = await send(api, to=[rid], message="everywhere", channels=channels)
-    body = await settled(api, nid, {"sent": 7})
-    assert sorted(body["deliveries"][i]["channel"] for i in range(7)) == sorted(channels)
+    channels = list(CHANNELS)
+    nid = await send(api, to=[rid], message="everywhere", channels=channels, category=key)
+    body = await settled(api, nid, {"sent": len(channels)})
+    assert sorted(d["channel"] for d in body["deliveries"]) == sorted(channels)
 
 
 async def test_unconfigured_channel_is_skipped(fresh_database_url: str) -> None:

@@ -5,11 +5,24 @@ fields To, From (or MessagingServiceSid), Body, StatusCallback; answers 201 with
 message resource. ``script(number, [...])`` answers a number's next sends with Twilio
 errors in order: ``21211`` (invalid number), ``21610`` (unsubscribed), ``429``,
 ``503``; then success.
+
+WhatsApp, as Twilio serves it on the same endpoint: ``To`` and ``From`` both
+``whatsapp:+E164`` (a mixed pair is error 21910), the sender one of the account's
+WhatsApp senders (63007 otherwise); either ``Body`` (free text) or ``ContentSid``
+(``HX`` + 32 hex digits, one of ``templates``: 21655 otherwise) with
+``ContentVariables`` (a JSON object of strings: 21656 otherwise; its keys must be
+the template's placeholders: 63028 otherwise). WhatsApp's 24-hour rule: with
+``enforce_window`` on, free text to a number without an open session
+(``open_session``) is accepted (201, ``queued``) and then fails as Twilio reports it,
+with error 63016, in ``failed``; templates go out anyway. Scripted WhatsApp errors:
+``63016``, ``63003`` (not on WhatsApp), ``63018`` (rate limit), ``21610``.
 """
 
 from __future__ import annotations
 
 import base64
+import json
+import re
 import secrets
 from email.utils import formatdate
 from typing import Any
@@ -21,13 +34,29 @@ from tests.peers.http import HttpPeer
 ACCOUNT_SID = "AC" + "0123456789abcdef" * 2
 AUTH_TOKEN = "twilio-test-auth-token"
 FROM_NUMBER = "+15005550006"
+WHATSAPP_FROM = "+14155238886"
+#: The account's approved WhatsApp templates: content SID -> its placeholders.
+TEMPLATES = {
+    "HX" + "0" * 31 + "1": ("1", "2"),
+    "HX" + "0" * 31 + "2": ("1", "2", "3"),
+    "HX" + "ab" * 16: ("name",),
+}
 _ERRORS = {
     21211: (400, "The 'To' number is not a valid phone number."),
     21610: (400, "Attempt to send to unsubscribed recipient"),
     429: (429, "Too Many Requests"),
     503: (503, "Service Unavailable"),
     500: (500, "Internal Server Error"),
+    63016: (
+        400,
+        "Failed to send freeform message because you are outside the allowed window."
+        " If you are using WhatsApp, please use a Message Template.",
+    ),
+    63003: (400, "Channel could not find To address"),
+    63018: (429, "Rate limit exceeded for Channel"),
 }
+_CONTENT_SID = re.compile(r"^HX[0-9a-fA-F]{32}$")
+_WHATSAPP = re.compile(r"^whatsapp:\+[1-9]\d{6,14}$")
 
 
 class TwilioPeer(HttpPeer):
@@ -35,14 +64,25 @@ class TwilioPeer(HttpPeer):
         super().__init__()
         self.messages: list[dict[str, str]] = []
         self.scripts: dict[str, list[int]] = {}
+        #: WhatsApp numbers with an open 24-hour session (they wrote to the business)
+        self.sessions: set[str] = set()
+        self.enforce_window = False
+        #: messages accepted and then failed, as Twilio's status callback reports them
+        self.failed: list[dict[str, str]] = []
 
     def env(self) -> dict[str, str]:
         return {
             "TWILIO_ACCOUNT_SID": ACCOUNT_SID,
             "TWILIO_AUTH_TOKEN": AUTH_TOKEN,
             "TWILIO_FROM_NUMBER": FROM_NUMBER,
+            "TWILIO_WHATSAPP_FROM": WHATSAPP_FROM,
             "TWILIO_API_URL": self.url,
         }
+
+    def open_session(self, number: str) -> None:
+        """``number`` (E.164) wrote to the business: free text may go for 24 hours."""
+        with self.lock:
+            self.sessions.add(number)
 
     def script(self, number: str, codes: list[int]) -> None:
         with self.lock:
@@ -76,6 +116,11 @@ class TwilioPeer(HttpPeer):
         with self.lock:
             queue = self.scripts.get(number)
             code = queue.pop(0) if queue else None
+        whatsapp = number.startswith("whatsapp:") or form.get("From", "").startswith("whatsapp:")
+        if code is None and whatsapp:
+            refusal = self._whatsapp_refusal(form)
+            if refusal is not None:
+                return refusal
         if code is not None:
             status, message = _ERRORS[code]
             headers = {"Retry-After": "1"} if status == 429 else {}
@@ -88,8 +133,61 @@ class TwilioPeer(HttpPeer):
             return web.json_response(body, status=status, headers=headers)
         sid = "SM" + secrets.token_hex(16)
         with self.lock:
-            self.messages.append({**form, "sid": sid})
+            if (
+                whatsapp
+                and self.enforce_window
+                and "Body" in form
+                and number.removeprefix("whatsapp:") not in self.sessions
+            ):
+                self.failed.append({**form, "sid": sid, "ErrorCode": "63016"})
+            else:
+                self.messages.append({**form, "sid": sid})
         return web.json_response(_resource(sid, form), status=201)
+
+    def _whatsapp_refusal(self, form: dict[str, str]) -> web.Response | None:
+        to, sender = form.get("To", ""), form.get("From", "")
+        if not (_WHATSAPP.match(to) and _WHATSAPP.match(sender)):
+            return _error(
+                21910, 400, "Invalid From and To pair. From and To should be of the same channel"
+            )
+        if sender != f"whatsapp:{WHATSAPP_FROM}":
+            return _error(
+                63007, 400, "Twilio could not find a Channel with the specified From address"
+            )
+        sid = form.get("ContentSid")
+        if sid is None:
+            return (
+                None
+                if form.get("Body")
+                else _error(21619, 400, "A text message body or media urls must be specified.")
+            )
+        if not _CONTENT_SID.match(sid) or sid not in TEMPLATES:
+            return _error(21655, 400, "The ContentSid is Invalid")
+        try:
+            variables = json.loads(form.get("ContentVariables", "{}"))
+        except ValueError:
+            variables = None
+        if not isinstance(variables, dict) or not all(
+            isinstance(v, str) for v in variables.values()
+        ):
+            return _error(21656, 400, "The ContentVariables Parameter is invalid")
+        if sorted(variables) != sorted(TEMPLATES[sid]):
+            return _error(
+                63028,
+                400,
+                "Number of parameters provided does not match the expected number of parameters",
+            )
+        return None
+
+
+def _error(code: int, status: int, message: str) -> web.Response:
+    body = {
+        "code": code,
+        "message": message,
+        "more_info": f"https://www.twilio.com/docs/errors/{code}",
+        "status": status,
+    }
+    return web.json_response(body, status=status)
 
 
 def _resource(sid: str, form: dict[str, str]) -> dict[str, Any]:

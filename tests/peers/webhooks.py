@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import threading
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -56,6 +57,16 @@ class WebhookReceiver(HttpPeer):
         self.delay: dict[str, float] = {}
         #: the requests answered 2xx (``received`` holds every request)
         self.accepted: list[Recorded] = []
+        #: paths whose requests wait, unanswered, until the event is set (``hold``)
+        self.held: dict[str, threading.Event] = {}
+
+    def hold(self, *paths: str) -> threading.Event:
+        """Keep requests to ``paths`` unanswered until the returned event is set: work
+        provably inside the provider."""
+        gate = threading.Event()
+        for path in paths:
+            self.held[path] = gate
+        return gate
 
     def script(self, path: str, replies: list[Reply]) -> None:
         with self.lock:
@@ -69,6 +80,9 @@ class WebhookReceiver(HttpPeer):
         path = request.path
         if self.delay.get(path):
             await asyncio.sleep(self.delay[path])
+        gate = self.held.get(path)
+        while gate is not None and not gate.is_set():
+            await asyncio.sleep(0.02)
         with self.lock:
             replies = self.scripts.get(path)
             reply: Reply | None = replies.pop(0) if replies else None

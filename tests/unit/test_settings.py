@@ -134,3 +134,62 @@ def test_callback_window_and_certificate_prefixes() -> None:
     )
     assert (settings.callback_max_age_seconds, settings.provider_event_keep_seconds) == (600, 1200)
     assert settings.sns_cert_url_prefixes == ("http://127.0.0.1:4566/", "https://sns.local/certs")
+
+
+def test_telegram_token_is_checked_and_never_repeated() -> None:
+    """A malformed bot token stops with a line that names the variable, not the value;
+    a good one never shows in the settings' repr."""
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env({"TELEGRAM_BOT_TOKEN": "not-a-token-hunter2"})
+    assert "TELEGRAM_BOT_TOKEN" in str(caught.value) and "hunter2" not in str(caught.value)
+    token = "123456789:AAEhBOweik6ad9r_QXMENQjcrGbqCr4K-ra"
+    settings = Settings.from_env({"TELEGRAM_BOT_TOKEN": token})
+    assert settings.telegram is not None and settings.telegram.api_url == "https://api.telegram.org"
+    assert token not in repr(settings)
+    assert settings.provider_rate("TELEGRAM") == 25.0  # Telegram's pace without a setting
+    paced = Settings.from_env(
+        {"TELEGRAM_BOT_TOKEN": token, "POSTBELL_PROVIDER_RATE_TELEGRAM": "5/s"}
+    )
+    assert paced.provider_rate("TELEGRAM") == 5.0
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"SNS_SENDER_ID": "Too-Long-Sender"}, "SNS_SENDER_ID must be 1-11 letters"),
+        ({"SNS_SENDER_ID": "12345"}, "SNS_SENDER_ID must be 1-11 letters"),
+        ({"SNS_ORIGINATION_NUMBER": "call me"}, "SNS_ORIGINATION_NUMBER must be an E.164"),
+        ({"SNS_ENDPOINT_URL": "ftp://x"}, "SNS_ENDPOINT_URL must be a http/https URL"),
+        ({"POSTBELL_SMS_PROVIDER": "carrier-pigeon"}, "POSTBELL_SMS_PROVIDER must be one of"),
+        ({"POSTBELL_SMS_PROVIDER": "twilio"}, "POSTBELL_SMS_PROVIDER=twilio needs"),
+        (
+            {"TWILIO_ACCOUNT_SID": "AC1", "TWILIO_AUTH_TOKEN": "t", "TWILIO_WHATSAPP_FROM": "x"},
+            "TWILIO_WHATSAPP_FROM must be an E.164 number",
+        ),
+        ({"POSTBELL_APPRISE_THREADS": "0"}, "POSTBELL_APPRISE_THREADS must be at least 1"),
+        ({"POSTBELL_BATCH_SIZE_SIGNAL": "5"}, "no channel 'SIGNAL'"),
+    ],
+)
+def test_new_channel_settings_are_checked(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        Settings.from_env(env)
+
+
+def test_sns_settings_reuse_the_aws_credentials() -> None:
+    """SNS takes SES's AWS_* variables; its endpoint follows the region unless set."""
+    settings = Settings.from_env(
+        {
+            "AWS_REGION": "ap-south-1",
+            "AWS_ACCESS_KEY_ID": "AKID",
+            "AWS_SECRET_ACCESS_KEY": "secret-value",
+            "POSTBELL_SMS_PROVIDER": "sns",
+            "SNS_SENDER_ID": "Postbell",
+        }
+    )
+    assert settings.sns is not None
+    assert (settings.sms_provider, settings.sns.endpoint_url, settings.sns.sender_id) == (
+        "sns",
+        "https://sns.ap-south-1.amazonaws.com",
+        "Postbell",
+    )
+    assert "secret-value" not in repr(settings)

@@ -29,9 +29,27 @@ class Recipient:
     webhook_secret: str | None = dataclasses.field(default=None, repr=False)
     slack_webhook_url: str | None = None
     discord_webhook_url: str | None = None
+    whatsapp: str | None = None
+    telegram_chat_id: str | None = None
+    teams_webhook_url: str | None = None
     metadata: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     #: Active push devices, [{"token": ..., "platform": "android|ios|web"}] (PUSH only).
     devices: Sequence[Mapping[str, str]] = ()
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class CategoryOptions:
+    """What the notification's category sets for some channels (an operator's choice,
+    set with an admin key: never from a recipient or a send key)."""
+
+    #: TEAMS: the team channel's webhook, used when the recipient has none of their own
+    teams_webhook_url: str | None = None
+    #: APPRISE: where the category's notifications go; they hold credentials
+    apprise_urls: tuple[str, ...] = dataclasses.field(default=(), repr=False)
+    #: SMS through SNS: "transactional" or "promotional" instead of the priority's
+    sms_type: str | None = None
+    #: WHATSAPP: the approved template (content SID) the category's messages use
+    whatsapp_content_sid: str | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -49,6 +67,7 @@ class Delivery:
     category_required: bool = False
     priority: str = "normal"
     metadata: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    category_options: CategoryOptions = dataclasses.field(default_factory=CategoryOptions)
 
     @property
     def subject(self) -> str:

@@ -123,6 +123,8 @@ class HttpChannel:
     address_field: ClassVar[str | None]
     inactive_field: ClassVar[str | None] = None
     what: ClassVar[str]
+    #: Read 2xx answers' bodies too, for a provider that reports errors inside a 200.
+    read_success_body: ClassVar[bool] = False
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -167,7 +169,8 @@ class HttpChannel:
                 async with self.session.post(
                     url, data=body, headers=headers, allow_redirects=False
                 ) as response:
-                    text = await response.text() if response.status >= 400 else ""
+                    wanted = response.status >= 400 or self.read_success_body
+                    text = (await response.text(errors="replace"))[:2000] if wanted else ""
                     return self.outcome(response.status, response.headers, text)
             except Exception as exc:
                 return classify_exception(exc, self.what)

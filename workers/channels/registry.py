@@ -16,6 +16,7 @@ from psycopg.types.json import Jsonb
 
 from postbell.app.core.channels import ChannelName
 from postbell.app.core.settings import Settings
+from postbell.workers.channels.apprise import AppriseChannel
 from postbell.workers.channels.base import Channel, ChannelFactory
 from postbell.workers.channels.discord import DiscordChannel
 from postbell.workers.channels.email import EmailChannel
@@ -23,7 +24,10 @@ from postbell.workers.channels.in_app import InAppChannel
 from postbell.workers.channels.push import PushChannel
 from postbell.workers.channels.slack import SlackChannel
 from postbell.workers.channels.sms import SmsChannel
+from postbell.workers.channels.teams import TeamsChannel
+from postbell.workers.channels.telegram import TelegramChannel
 from postbell.workers.channels.webhook import WebhookChannel
+from postbell.workers.channels.whatsapp import WhatsAppChannel
 
 REGISTRY: Mapping[ChannelName, type[ChannelFactory]] = {
     "IN_APP": InAppChannel,
@@ -33,6 +37,10 @@ REGISTRY: Mapping[ChannelName, type[ChannelFactory]] = {
     "WEBHOOK": WebhookChannel,
     "SLACK": SlackChannel,
     "DISCORD": DiscordChannel,
+    "WHATSAPP": WhatsAppChannel,
+    "TELEGRAM": TelegramChannel,
+    "TEAMS": TeamsChannel,
+    "APPRISE": AppriseChannel,
 }
 
 
@@ -58,6 +66,11 @@ class Channels:
 
     def get(self, name: str) -> Channel | None:
         return self.configured.get(name)
+
+    def inactive_field(self, name: str) -> str | None:
+        """The recipient column set when ``name``'s address stops working (None: never)."""
+        factory = REGISTRY.get(name)  # type: ignore[call-overload]
+        return factory.inactive_field if factory is not None else None
 
     def routing_spec(self) -> dict[str, Any]:
         """The per-channel facts routing decides with: SQL arrays plus batch sizes."""

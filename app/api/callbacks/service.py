@@ -1,8 +1,8 @@
 """Provider delivery feedback: SendGrid's Event Webhook, Amazon SES through SNS,
-Twilio's status callbacks. Each is verified first; then its events move deliveries
-from ``sent`` to ``delivered``, ``bounced``, ``complained`` or ``undelivered``. A
-hard bounce, a complaint or a carrier opt-out marks the address inactive, so later
-deliveries to it are skipped (``address_inactive``) until it changes.
+Twilio's status callbacks (SMS and WhatsApp). Each is verified first; then its events
+move deliveries from ``sent`` to ``delivered``, ``bounced``, ``complained`` or
+``undelivered``. A hard bounce, a complaint or a carrier opt-out marks the address
+inactive, so later deliveries to it are skipped (``address_inactive``) until it changes.
 
 What keeps replayed or forged feedback from changing anything:
 
@@ -443,6 +443,15 @@ def twilio_delivery_id(query: str) -> int:
     return delivery_id(found[0], field="d")
 
 
+WHATSAPP_PREFIX = "whatsapp:"
+
+
+def twilio_channel(params: Mapping[str, str]) -> str:
+    """SMS, or WHATSAPP for a message between ``whatsapp:`` addresses."""
+    ends = (params.get("To", ""), params.get("From", ""))
+    return "WHATSAPP" if any(e.startswith(WHATSAPP_PREFIX) for e in ends) else "SMS"
+
+
 def twilio_feedback(delivery: int, params: Mapping[str, str]) -> list[Feedback]:
     """What a status callback reports. Every callback carries MessageSid and
     MessageStatus (422 without them); statuses other than delivered, undelivered and
@@ -459,7 +468,8 @@ def twilio_feedback(delivery: int, params: Mapping[str, str]) -> list[Feedback]:
     if status not in ("delivered", "undelivered", "failed"):
         return []
     key = f"{sid}:{status}:{code}"
-    addresses = (params["To"],) if params.get("To") else ()
+    to = params.get("To", "").removeprefix(WHATSAPP_PREFIX)
+    addresses = (to,) if to else ()
     if status == "delivered":
         return [Feedback(key, delivery, "delivered", "delivered", addresses)]
     reason = f"twilio:{status}:{code}".rstrip(":")
@@ -484,4 +494,5 @@ async def twilio(
     if not signature or not verify.twilio(settings.twilio.auth_token, url, params, signature):
         raise Forbidden("the Twilio signature does not verify", field="X-Twilio-Signature")
     delivery = twilio_delivery_id(query_text)
-    return await apply(pool, "twilio", "SMS", twilio_feedback(delivery, params))
+    feedback = twilio_feedback(delivery, params)
+    return await apply(pool, "twilio", twilio_channel(params), feedback)

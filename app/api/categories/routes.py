@@ -7,7 +7,7 @@ from litestar.params import JSONBody
 
 from postbell.app.api.auth import require_role
 from postbell.app.api.categories import service
-from postbell.app.api.deps import Pool
+from postbell.app.api.deps import AppSettings, Pool
 from postbell.app.api.types import KeyParam
 
 
@@ -23,10 +23,13 @@ async def get_category(pool: Pool, key: KeyParam) -> service.CategoryOut:
 
 @put("/{key:str}", guards=[require_role("admin")])
 async def put_category(
-    pool: Pool, key: KeyParam, data: JSONBody[service.CategoryIn]
+    pool: Pool, settings: AppSettings, key: KeyParam, data: JSONBody[service.CategoryIn]
 ) -> service.CategoryOut:
-    """Create or replace a category: default channels, required, fallback, rate limits."""
-    return await service.put(pool, key, data)
+    """Create or replace a category: default channels, required, fallback, rate limits,
+    and per-channel settings (Teams URL, Apprise URLs, SMS type, WhatsApp template).
+    Apprise URLs are write-only: answers show each one's scheme only, and a PUT that
+    leaves them out keeps the stored ones."""
+    return await service.put(pool, settings, key, data)
 
 
 router = Router(

@@ -61,6 +61,7 @@ def check(
         validation.http_url(payload.action_url, "action_url")
     if payload.metadata is not None:
         validation.json_value(payload.metadata, "metadata", MAX_METADATA_BYTES)
+        validation.whatsapp_template(payload.metadata)
     send_at = validation.aware(payload.send_at, "send_at") if payload.send_at else None
     expires_at = validation.aware(payload.expires_at, "expires_at") if payload.expires_at else None
     if send_at is not None:

@@ -26,6 +26,12 @@ class RecipientIn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     webhook_secret: Short | UnsetType | None = UNSET
     slack_webhook_url: Url | UnsetType | None = UNSET
     discord_webhook_url: Url | UnsetType | None = UNSET
+    #: WhatsApp number, E.164 (like +14155550123)
+    whatsapp: Short | UnsetType | None = UNSET
+    #: Telegram chat: the numeric id the bot saw (groups are negative), or @channelname
+    telegram_chat_id: Short | UnsetType | None = UNSET
+    #: Microsoft Teams incoming-webhook or Workflows URL
+    teams_webhook_url: Url | UnsetType | None = UNSET
     metadata: dict[str, Any] | UnsetType | None = UNSET
 
 
@@ -39,9 +45,14 @@ class RecipientOut(msgspec.Struct):
     webhook_url: str | None
     slack_webhook_url: str | None
     discord_webhook_url: str | None
+    whatsapp: str | None
+    telegram_chat_id: str | None
+    teams_webhook_url: str | None
     metadata: dict[str, Any]
     email_inactive_at: dt.datetime | None
     phone_inactive_at: dt.datetime | None
+    whatsapp_inactive_at: dt.datetime | None
+    telegram_inactive_at: dt.datetime | None
     created_at: dt.datetime
     updated_at: dt.datetime
 

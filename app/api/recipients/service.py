@@ -20,10 +20,12 @@ MAX_EXTERNAL_ID = 255
 _CHECKS = {
     "email": validation.email,
     "phone": validation.phone,
+    "whatsapp": validation.phone,
+    "telegram_chat_id": validation.telegram_chat_id,
     "locale": validation.locale,
     "timezone": validation.timezone,
 }
-_URLS = ("webhook_url", "slack_webhook_url", "discord_webhook_url")
+_URLS = ("webhook_url", "slack_webhook_url", "discord_webhook_url", "teams_webhook_url")
 FIELDS = tuple(RecipientIn.__struct_fields__)
 
 

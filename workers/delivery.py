@@ -66,6 +66,8 @@ class Plan:
     attempted: list[bool] = dataclasses.field(default_factory=list)
     retries: dict[tuple[int, dt.datetime], list[int]] = dataclasses.field(default_factory=dict)
     inactive: list[int] = dataclasses.field(default_factory=list)
+    #: the address each of ``inactive`` was sent to: only that address is marked
+    inactive_addresses: list[str | None] = dataclasses.field(default_factory=list)
     disable_tokens: list[str] = dataclasses.field(default_factory=list)
     #: deliveries now dead or without device/address: a fallback channel may take over
     fallback_candidates: list[int] = dataclasses.field(default_factory=list)
@@ -115,8 +117,10 @@ def plan_outcomes(
     rows: Sequence[Any],
     outcomes: Sequence[Outcome],
     now: dt.datetime,
+    address_field: str | None = None,
 ) -> Plan:
-    """Decide each delivery's new state from its outcome (pure: no I/O)."""
+    """Decide each delivery's new state from its outcome (pure: no I/O).
+    ``address_field``: the row's column holding the address each delivery went to."""
     plan = Plan()
     max_attempts = settings.max_attempts(channel)
     # One retry time per (priority, attempts) group: jitter spreads groups, and one
@@ -146,6 +150,8 @@ def plan_outcomes(
             plan.fallback_candidates.append(row["id"])
             if outcome.address_inactive:
                 plan.inactive.append(row["id"])
+                used = row.get(address_field) if address_field else None
+                plan.inactive_addresses.append(str(used) if used is not None else None)
         elif attempts >= max_attempts:
             plan.add(row["id"], "dead", reason="retries_exhausted", error=outcome.error)
             plan.fallback_candidates.append(row["id"])
@@ -398,7 +404,14 @@ async def _deliver(
             )
         now = dt.datetime.now(dt.UTC)
         outcomes = await _send(runtime, channel_name, rows, now)
-        plan = plan_outcomes(runtime.settings, channel_name, rows, outcomes, now)
+        plan = plan_outcomes(
+            runtime.settings,
+            channel_name,
+            rows,
+            outcomes,
+            now,
+            address_field=runtime.channels.address_field(channel_name),
+        )
         async with runtime.pool.connection() as conn, conn.transaction():
             await _record(conn, runtime, channel_name, plan)
             await claims.finish(conn, claimed)
@@ -432,7 +445,12 @@ async def _record(conn: db.Conn, runtime: Runtime, channel_name: str, plan: Plan
         await db.execute(
             conn,
             "recipients_mark_inactive",
-            {"delivery_ids": plan.inactive, "field": inactive_field},
+            {
+                "delivery_ids": plan.inactive,
+                "addresses": plan.inactive_addresses,
+                "address_field": runtime.channels.address_field(channel_name),
+                "field": inactive_field,
+            },
         )
     if plan.disable_tokens:
         await db.execute(

@@ -56,7 +56,8 @@ SELECT (SELECT count(*) FROM r) AS recipients, (SELECT count(*) FROM d) AS deliv
 -- A hard bounce, complaint, carrier opt-out or blocked bot: later deliveries to this
 -- address are skipped (address_inactive) until the address changes. %(field)s is
 -- the channel's inactive_field (registry.py); a name that is none of these columns
--- changes nothing.
+-- changes nothing. Only the address each delivery was sent to is marked: when the
+-- recipient's %(address_field)s changed meanwhile, the new one stays active.
 UPDATE recipients AS r
    SET email_inactive_at = CASE WHEN %(field)s = 'email_inactive_at'
                                 THEN coalesce(r.email_inactive_at, now()) ELSE r.email_inactive_at END,
@@ -66,9 +67,11 @@ UPDATE recipients AS r
                                    THEN coalesce(r.whatsapp_inactive_at, now()) ELSE r.whatsapp_inactive_at END,
        telegram_inactive_at = CASE WHEN %(field)s = 'telegram_inactive_at'
                                    THEN coalesce(r.telegram_inactive_at, now()) ELSE r.telegram_inactive_at END
-  FROM deliveries AS d
- WHERE d.id = ANY(%(delivery_ids)s::bigint[])
+  FROM deliveries AS d,
+       unnest(%(delivery_ids)s::bigint[], %(addresses)s::text[]) AS u(id, address)
+ WHERE d.id = u.id
    AND r.id = d.recipient_id
+   AND (u.address IS NULL OR to_jsonb(r) ->> %(address_field)s::text = u.address)
 
 -- name: recipients_bulk_create
 -- The first half of a bulk upsert: the ids that do not exist yet, created bare, in

@@ -14,7 +14,8 @@ from postbell.app.api.notifications.schemas import NotificationIn
 from postbell.app.api.notifications.service import request_hash
 from postbell.app.core import db
 from tests.conftest import ADMIN, query, unique, wait_until
-from tests.integration.test_delivery_flow import send
+from tests.integration.test_delivery_flow import send, settled
+from tests.peers.smtp import SmtpPeer
 from tests.peers.webhooks import WebhookReceiver
 
 
@@ -93,3 +94,29 @@ async def _no_job_carries(pool: db.Pool, delivery_id: int) -> bool:
         (f"[{delivery_id}]",),
     )
     return rows[0]["n"] == 0
+
+
+async def test_a_bounce_marks_only_the_address_it_was_sent_to(
+    api: httpx.AsyncClient, pool: db.Pool, worker: None, smtp: SmtpPeer
+) -> None:
+    """A 550 for the old address arrives after the host changed the recipient's email:
+    the delivery is dead, and the new address stays active."""
+    rid = unique("moved")
+    old, new = f"{rid}-old@example.org", f"{rid}-new@example.org"
+    await api.put(f"/api/recipients/{rid}", headers=ADMIN, json={"email": old})
+    smtp.fail_next(old, "550 5.1.1 no such user")
+    gate = smtp.hold(old)
+    try:
+        nid = await send(api, to=[rid], message="moving", channels=["EMAIL"])
+        await wait_until(lambda: _waiting(smtp, old))  # inside the relay, mid-send
+        await api.put(f"/api/recipients/{rid}", headers=ADMIN, json={"email": new})
+    finally:
+        gate.set()
+    body = await settled(api, nid, {"dead": 1})
+    assert body["deliveries"][0]["reason"] == "invalid_address"
+    recipient = (await api.get(f"/api/recipients/{rid}", headers=ADMIN)).json()
+    assert (recipient["email"], recipient["email_inactive_at"]) == (new, None)
+
+
+async def _waiting(smtp: SmtpPeer, address: str) -> bool:
+    return address in smtp.waiting

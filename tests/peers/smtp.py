@@ -43,6 +43,12 @@ class _Handler:
     async def handle_RCPT(
         self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: Any
     ) -> str:
+        gate = self.peer.held.get(address)
+        if gate is not None:
+            with self.peer._lock:
+                self.peer.waiting.append(address)
+            while not gate.is_set():  # the sender is provably mid-send
+                await asyncio.sleep(0.02)
         reply = self.peer._next_reply(address)
         if reply is not None and not reply.startswith("250"):
             return reply
@@ -83,6 +89,9 @@ class SmtpPeer:
         self.received: list[Received] = []
         self.script: dict[str, list[str]] = {}
         self.delay = 0.0
+        #: addresses whose RCPT TO waits until the event is set (``hold``)
+        self.held: dict[str, threading.Event] = {}
+        self.waiting: list[str] = []
         self._lock = threading.Lock()
         self._controller: Controller | None = None
 
@@ -122,6 +131,12 @@ class SmtpPeer:
             "SMTP_CA_FILE": str(self.cert),
             "EMAIL_FROM": "Postbell <notify@postbell.test>",
         }
+
+    def hold(self, address: str) -> threading.Event:
+        """Keep RCPT TO for ``address`` waiting until the returned event is set."""
+        gate = threading.Event()
+        self.held[address] = gate
+        return gate
 
     def fail_next(self, address: str, *replies: str) -> None:
         """Answer the next RCPT TOs of ``address`` with these replies, in order."""

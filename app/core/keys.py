@@ -13,7 +13,7 @@ from typing import Literal
 
 from postbell.app.core import db
 
-Role = Literal["admin", "send"]
+Role = Literal["admin", "send"]  # pragma: no mutate (type only)
 ROLES: tuple[Role, ...] = ("admin", "send")
 KEY_PREFIX = "pb_"
 MAX_NAME = 100

@@ -26,8 +26,9 @@ from typing import Literal
 
 _RECIPIENT_TOKEN_RE = re.compile(r"^(?:(\d{1,12})\.)?([0-9a-f]{64})$")
 
-TokenCheck = Literal["ok", "expired", "bad"]
-Purpose = Literal["inbox", "unsubscribe", "read", "click", "open"]
+# Type-only aliases: a mutant of them changes no behaviour (make mutate skips them).
+TokenCheck = Literal["ok", "expired", "bad"]  # pragma: no mutate
+Purpose = Literal["inbox", "unsubscribe", "read", "click", "open"]  # pragma: no mutate
 
 
 def sign(secret: str, purpose: Purpose, *fields: str) -> bytes:

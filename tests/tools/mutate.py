@@ -8,7 +8,7 @@ module (docs/testing.md says why each one kept is acceptable).
 
     make mutate                      # every target, a time budget per target
     make mutate ARGS="--only tokens" # one target
-    make mutate ARGS="--rev 60e60d7 --output before.json"  # the same run on older code
+    make mutate ARGS="--tests-rev 60e60d7 --output before.json"  # today's mutants, older tests
 """
 
 from __future__ import annotations
@@ -99,9 +99,13 @@ def _run(
     )
 
 
-def _prepare(workdir: Path, rev: str) -> Path:
-    """A worktree of ``rev`` with its own virtualenv (editable, so it imports itself)."""
+def _prepare(workdir: Path, rev: str, tests_rev: str | None) -> Path:
+    """A worktree of ``rev`` with its own virtualenv (editable, so it imports itself);
+    with ``tests_rev``, its tests/ folder as it was at that commit."""
     _run(["git", "worktree", "add", "--detach", str(workdir), rev], ROOT).check_returncode()
+    if tests_rev:
+        _run(["git", "rm", "-r", "-q", "tests"], workdir).check_returncode()
+        _run(["git", "checkout", tests_rev, "--", "tests"], workdir).check_returncode()
     venv = workdir / ".venv"
     _run([sys.executable, "-m", "venv", str(venv)], workdir).check_returncode()
     pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q"]
@@ -115,12 +119,14 @@ def _ids(venv: Path, workdir: Path, kind: str) -> list[str]:
 
 
 def _diff(venv: Path, workdir: Path, mutant: str) -> str:
-    shown = _run([str(venv / "bin" / "mutmut"), "show", mutant], workdir).stdout
+    result = _run([str(venv / "bin" / "mutmut"), "show", mutant], workdir)
     changed = [
         line.strip()
-        for line in shown.splitlines()
+        for line in result.stdout.splitlines()
         if line.startswith(("+", "-")) and not line.startswith(("+++", "---"))
     ]
+    if not changed:  # say what mutmut said rather than print an empty diff
+        changed = (result.stdout + result.stderr).strip().splitlines()[-2:]
     return " | ".join(changed)
 
 
@@ -176,11 +182,16 @@ def main() -> None:
         default="HEAD",
         help="the commit whose code and tests are mutated (HEAD); an older one gives 'before'",
     )
+    parser.add_argument(
+        "--tests-rev",
+        help="run the mutants of --rev's code against the tests of this older commit: the"
+        " same mutants, so the two runs say what the newer tests added",
+    )
     args = parser.parse_args()
     chosen = [t for t in TARGETS if not args.only or t.name in args.only.split(",")]
     workdir = Path(tempfile.mkdtemp(prefix="postbell-mutate-")) / "tree"
     try:
-        venv = _prepare(workdir, args.rev)
+        venv = _prepare(workdir, args.rev, args.tests_rev)
         report = []
         for target in chosen:
             entry = run_target(target, venv, workdir, args.budget)
@@ -195,7 +206,16 @@ def main() -> None:
                 print(f"    survived {survivor['id']}: {survivor['diff']}")
         revision = _run(["git", "rev-parse", args.rev], ROOT).stdout.strip()
         Path(args.output).write_text(
-            json.dumps({"rev": revision, "budget": args.budget, "targets": report}, indent=2) + "\n"
+            json.dumps(
+                {
+                    "rev": revision,
+                    "tests_rev": args.tests_rev,
+                    "budget": args.budget,
+                    "targets": report,
+                },
+                indent=2,
+            )
+            + "\n"
         )
         print(f"wrote {args.output}")
     finally:

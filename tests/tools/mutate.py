@@ -167,6 +167,7 @@ def run_target(target: Target, venv: Path, workdir: Path, budget: float) -> dict
         "seconds": round(time.monotonic() - started),
         **{kind: len(ids) for kind, ids in kinds.items()},
         "mutants": sum(len(ids) for ids in kinds.values()),
+        "killed_ids": kinds["killed"],
         "survivors": [{"id": i, "diff": _diff(venv, workdir, i)} for i in kinds["survived"]],
         "note": note,
     }

@@ -25,6 +25,7 @@ render with it.
 
 from __future__ import annotations
 
+import collections
 import contextvars
 import dataclasses
 import datetime as dt
@@ -860,3 +861,35 @@ def html_to_text(markup: str) -> str:
     text = "".join(writer.out)
     lines = [line.strip() for line in text.split("\n")]
     return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
+
+
+class CompiledCache:
+    """Compiled versions by (key, version), least recently used out first. A
+    version never changes once saved, so an entry never goes stale."""
+
+    def __init__(self, size: int = 256) -> None:
+        self.size = size
+        self._items: collections.OrderedDict[tuple[str, int], Compiled] = collections.OrderedDict()
+
+    def get(self, key: str, version: int) -> Compiled | None:
+        found = self._items.get((key, version))
+        if found is not None:
+            self._items.move_to_end((key, version))
+        return found
+
+    def put(
+        self,
+        key: str,
+        version: int,
+        locales: Mapping[str, Mapping[str, Mapping[str, str]]],
+        default_locale: str,
+    ) -> Compiled:
+        compiled = Compiled(locales, default_locale)
+        self._items[(key, version)] = compiled
+        while len(self._items) > self.size:
+            self._items.popitem(last=False)
+        return compiled
+
+
+#: The process's compiled versions (API and workers each have their own).
+CACHE = CompiledCache()

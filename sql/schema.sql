@@ -62,7 +62,8 @@ CREATE TABLE deliveries (
     seen_at timestamp with time zone,
     archived_at timestamp with time zone,
     fallback_for bigint,
-    fallback_reason text
+    fallback_reason text,
+    content jsonb
 );
 ALTER TABLE deliveries ADD CONSTRAINT deliveries_pkey PRIMARY KEY (id);
 ALTER TABLE deliveries ADD CONSTRAINT deliveries_status_check CHECK ((status = ANY (ARRAY['pending'::text, 'failed'::text, 'sent'::text, 'delivered'::text, 'bounced'::text, 'complained'::text, 'undelivered'::text, 'dead'::text, 'skipped'::text, 'cancelled'::text])));
@@ -109,9 +110,14 @@ CREATE TABLE notifications (
     request_hash bytea,
     created_at timestamp with time zone DEFAULT now() NOT NULL,
     routed_at timestamp with time zone,
-    routed_through bigint
+    routed_through bigint,
+    template_key text,
+    template_version integer,
+    template_data jsonb,
+    rendered jsonb
 );
 ALTER TABLE notifications ADD CONSTRAINT notifications_pkey PRIMARY KEY (id);
+ALTER TABLE notifications ADD CONSTRAINT notifications_template_fkey FOREIGN KEY (template_key, template_version) REFERENCES template_versions(template_key, version) NOT VALID;
 ALTER TABLE notifications ADD CONSTRAINT notifications_one_target CHECK (((recipients IS NULL) <> (topic IS NULL)));
 ALTER TABLE notifications ADD CONSTRAINT notifications_priority_check CHECK ((priority = ANY (ARRAY['low'::text, 'normal'::text, 'high'::text, 'urgent'::text])));
 ALTER TABLE notifications ADD CONSTRAINT notifications_status_check CHECK ((status = ANY (ARRAY['scheduled'::text, 'queued'::text, 'routed'::text, 'cancelled'::text])));
@@ -119,6 +125,7 @@ ALTER TABLE notifications ADD CONSTRAINT notifications_times_in_range CHECK (((s
 CREATE INDEX notifications_created_brin_idx ON postbell.notifications USING brin (created_at);
 CREATE UNIQUE INDEX notifications_idempotency_idx ON postbell.notifications USING btree (idempotency_scope, idempotency_key) WHERE (idempotency_key IS NOT NULL);
 CREATE INDEX notifications_send_at_idx ON postbell.notifications USING btree (send_at) WHERE (send_at IS NOT NULL);
+CREATE INDEX notifications_template_scheduled_idx ON postbell.notifications USING btree (template_key) WHERE ((status = 'scheduled'::text) AND (template_key IS NOT NULL));
 
 CREATE TABLE preferences (
     recipient_id bigint NOT NULL,
@@ -179,6 +186,32 @@ CREATE TABLE schema_migrations (
     applied_at timestamp with time zone DEFAULT now() NOT NULL
 );
 ALTER TABLE schema_migrations ADD CONSTRAINT schema_migrations_pkey PRIMARY KEY (version);
+
+CREATE TABLE template_versions (
+    template_key text NOT NULL,
+    version integer NOT NULL,
+    category text,
+    description text,
+    default_locale text NOT NULL,
+    example_data jsonb DEFAULT '{}'::jsonb NOT NULL,
+    example_recipient jsonb,
+    locales jsonb NOT NULL,
+    required_data text[] DEFAULT '{}'::text[] NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL
+);
+ALTER TABLE template_versions ADD CONSTRAINT template_versions_pkey PRIMARY KEY (template_key, version);
+ALTER TABLE template_versions ADD CONSTRAINT template_versions_template_key_fkey FOREIGN KEY (template_key) REFERENCES templates(key);
+
+CREATE TABLE templates (
+    key text NOT NULL,
+    active_version integer NOT NULL,
+    latest_version integer NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    deleted_at timestamp with time zone
+);
+ALTER TABLE templates ADD CONSTRAINT templates_pkey PRIMARY KEY (key);
+ALTER TABLE templates ADD CONSTRAINT templates_key_check CHECK (((key ~ '^[A-Za-z0-9][A-Za-z0-9._:-]*$'::text) AND (length(key) <= 100)));
 
 CREATE TABLE topic_subscribers (
     topic_key text NOT NULL,
@@ -310,7 +343,7 @@ CREATE OR REPLACE FUNCTION postbell.delivery_skip_reason(p_channel text, p_confi
  STABLE
 RETURN CASE WHEN (p_expires_at <= now()) THEN 'expired'::text WHEN (p_configured IS NOT TRUE) THEN 'channel_not_configured'::text WHEN ((p_required IS NOT TRUE) AND ((((p_preferences).channels ->> p_channel) = 'false'::text) OR ((((p_preferences).categories -> p_category) ->> p_channel) = 'false'::text))) THEN 'opted_out'::text WHEN (p_address_field IS NULL) THEN NULL::text WHEN (p_address_field = '@devices'::text) THEN CASE WHEN (EXISTS (SELECT 1 FROM devices d WHERE ((d.recipient_id = (delivery_skip_reason.p_recipient).id) AND (d.disabled_at IS NULL)))) THEN NULL::text ELSE 'no_device'::text END WHEN ((to_jsonb(p_recipient) ->> p_address_field) IS NULL) THEN CASE WHEN category_address(p_category, p_address_field) THEN NULL::text ELSE 'no_address'::text END WHEN ((to_jsonb(p_recipient) ->> p_inactive_field) IS NOT NULL) THEN 'address_inactive'::text ELSE NULL::text END;
 
-CREATE OR REPLACE FUNCTION postbell.enqueue_notification(p_recipients text[], p_topic text, p_title text, p_body text, p_action_url text, p_metadata jsonb, p_channels text[], p_priority text, p_category text, p_fallback jsonb, p_send_at timestamp with time zone, p_expires_at timestamp with time zone, p_idempotency_scope text, p_idempotency_key text, p_request_hash bytea, p_idempotency_ttl interval, p_wakeup boolean DEFAULT true)
+CREATE OR REPLACE FUNCTION postbell.enqueue_notification(p_recipients text[], p_topic text, p_title text, p_body text, p_action_url text, p_metadata jsonb, p_channels text[], p_priority text, p_category text, p_fallback jsonb, p_send_at timestamp with time zone, p_expires_at timestamp with time zone, p_idempotency_scope text, p_idempotency_key text, p_request_hash bytea, p_idempotency_ttl interval, p_wakeup boolean DEFAULT true, p_template_key text DEFAULT NULL::text, p_template_version integer DEFAULT NULL::integer, p_template_data jsonb DEFAULT NULL::jsonb)
  RETURNS TABLE(id uuid, status text, created boolean, request_hash bytea)
  LANGUAGE plpgsql
  SET search_path TO 'pg_catalog', 'postbell'
@@ -331,11 +364,14 @@ BEGIN
     INSERT INTO notifications AS n (
         status, priority, category, title, body, action_url, metadata, channels,
         recipients, topic, fallback, send_at, expires_at,
-        idempotency_scope, idempotency_key, request_hash)
+        idempotency_scope, idempotency_key, request_hash,
+        template_key, template_version, template_data)
     VALUES (
         v_status, coalesce(p_priority, 'normal'), p_category, p_title, p_body, p_action_url,
         coalesce(p_metadata, '{}'), p_channels, p_recipients, p_topic, p_fallback,
-        p_send_at, p_expires_at, p_idempotency_scope, p_idempotency_key, p_request_hash)
+        p_send_at, p_expires_at, p_idempotency_scope, p_idempotency_key, p_request_hash,
+        p_template_key, p_template_version,
+        CASE WHEN p_template_key IS NOT NULL THEN coalesce(p_template_data, '{}') END)
     ON CONFLICT (idempotency_scope, idempotency_key) WHERE idempotency_key IS NOT NULL
     DO NOTHING
     RETURNING n.id INTO v_id;
@@ -362,6 +398,13 @@ BEGIN
 END;
 $function$;
 
+CREATE OR REPLACE FUNCTION postbell.inbox_content(p_content jsonb, p_rendered jsonb, p_locale text)
+ RETURNS jsonb
+ LANGUAGE sql
+ IMMUTABLE PARALLEL SAFE
+ SET search_path TO 'pg_catalog'
+RETURN COALESCE(p_content, ((p_rendered -> 'locales'::text) -> lower(replace(p_locale, '_'::text, '-'::text))), ((p_rendered -> 'locales'::text) -> regexp_replace(lower(replace(p_locale, '_'::text, '-'::text)), '-[^-]*$'::text, ''::text)), ((p_rendered -> 'locales'::text) -> split_part(lower(replace(p_locale, '_'::text, '-'::text)), '-'::text, 1)), ((p_rendered -> 'locales'::text) -> (p_rendered ->> 'default'::text)));
+
 CREATE OR REPLACE FUNCTION postbell.job_priority(p_priority text)
  RETURNS integer
  LANGUAGE sql
@@ -374,11 +417,15 @@ CREATE OR REPLACE FUNCTION postbell.notify(recipients text[], body jsonb, channe
  SET search_path TO 'pg_catalog', 'postbell'
 AS $function$
 DECLARE
+    v_template text := body ->> 'template';
     v_text     text := coalesce(body ->> 'message', body ->> 'body');
     v_unknown  text;
     v_hash     bytea;
     v_result   record;
     v_expires  timestamptz;
+    v_version  record;
+    v_pinned   integer;
+    v_missing  text;
 BEGIN
     IF recipients IS NULL OR cardinality(recipients) = 0 THEN
         RAISE EXCEPTION 'postbell.notify: recipients must name at least one recipient'
@@ -400,12 +447,46 @@ BEGIN
         RAISE EXCEPTION 'postbell.notify: body must be a JSON object'
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    IF v_text IS NULL OR btrim(v_text) = '' THEN
-        RAISE EXCEPTION 'postbell.notify: body needs "message" (or "body")'
-            USING ERRCODE = 'invalid_parameter_value';
+    IF v_template IS NOT NULL THEN
+        -- A template: its text comes from the active version, pinned here.
+        IF body ?| ARRAY['message', 'body', 'title', 'action_url'] THEN
+            RAISE EXCEPTION 'postbell.notify: give either "template" or message fields, not both'
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        IF body ? 'data' AND jsonb_typeof(body -> 'data') <> 'object' THEN
+            RAISE EXCEPTION 'postbell.notify: "data" must be a JSON object'
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        SELECT v.version, v.required_data, v.category INTO v_version
+          FROM templates AS t
+          JOIN template_versions AS v ON v.template_key = t.key AND v.version = t.active_version
+         WHERE t.key = v_template AND t.deleted_at IS NULL
+           FOR SHARE OF t;
+        IF NOT FOUND THEN
+            RAISE EXCEPTION 'postbell.notify: unknown template %', v_template
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        SELECT k INTO v_missing FROM unnest(v_version.required_data) AS k
+         WHERE NOT coalesce(body -> 'data', '{}') ? k ORDER BY k LIMIT 1;
+        IF v_missing IS NOT NULL THEN
+            RAISE EXCEPTION 'postbell.notify: data lacks "%", which template % requires', v_missing, v_template
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        v_text := '';
+        v_pinned := v_version.version;
+        category := coalesce(category, v_version.category);
+    ELSE
+        IF v_text IS NULL OR btrim(v_text) = '' THEN
+            RAISE EXCEPTION 'postbell.notify: body needs "message" (or "body", or "template")'
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
     END IF;
     IF length(v_text) > 20000 OR length(coalesce(body ->> 'title', '')) > 300 THEN
         RAISE EXCEPTION 'postbell.notify: message over 20000 or title over 300 characters'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF length(coalesce((body -> 'data')::text, '')) > 65536 THEN
+        RAISE EXCEPTION 'postbell.notify: data over 65536 bytes'
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
     -- One-line fields: a line break in a title would reach an email header.
@@ -455,7 +536,9 @@ BEGIN
                (SELECT array_agg(DISTINCT c) FROM unnest(channels) AS c), coalesce(priority, 'normal'),
                category, body -> 'fallback', send_at, v_expires,
                CASE WHEN idempotency_key IS NOT NULL THEN 'sql' END, idempotency_key,
-               CASE WHEN idempotency_key IS NOT NULL THEN v_hash END, interval '24 hours');
+               CASE WHEN idempotency_key IS NOT NULL THEN v_hash END, interval '24 hours',
+               true, v_template, v_pinned,
+               CASE WHEN v_template IS NOT NULL THEN coalesce(body -> 'data', '{}') END);
     IF NOT v_result.created AND v_result.request_hash IS DISTINCT FROM v_hash THEN
         RAISE EXCEPTION 'postbell.notify: idempotency key % was used with other arguments', idempotency_key
             USING ERRCODE = 'unique_violation';

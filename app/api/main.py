@@ -30,6 +30,7 @@ from postbell.app.api.notifications.routes import router as notifications
 from postbell.app.api.openapi import document_errors
 from postbell.app.api.ops.routes import dead_letters, health, index
 from postbell.app.api.recipients.routes import preferences, recipients, unsubscribe
+from postbell.app.api.templates.routes import router as templates
 from postbell.app.api.topics.routes import router as topics
 from postbell.app.core import db
 from postbell.app.core.settings import Settings
@@ -46,6 +47,7 @@ ROUTERS: list[Router] = [
     preferences,
     unsubscribe,
     categories,
+    templates,
     topics,
     inbox,
     dead_letters,

@@ -74,6 +74,21 @@ CREATE INDEX deliveries_recipient_channel_idx ON postbell.deliveries USING btree
 CREATE INDEX deliveries_recipient_channel_sent_idx ON postbell.deliveries USING btree (recipient_id, channel, sent_at) WHERE ((sent_at IS NOT NULL) AND (channel <> 'IN_APP'::text));
 CREATE INDEX deliveries_unsent_idx ON postbell.deliveries USING btree (next_attempt_at) WHERE (status = ANY (ARRAY['pending'::text, 'failed'::text]));
 
+CREATE TABLE delivery_events (
+    delivery_id bigint NOT NULL,
+    at timestamp with time zone DEFAULT now() NOT NULL,
+    kind text NOT NULL,
+    outcome text,
+    error_class text,
+    error text,
+    provider_message_id text,
+    started_at timestamp with time zone,
+    duration_ms double precision,
+    detail jsonb
+);
+ALTER TABLE delivery_events ADD CONSTRAINT delivery_events_kind_check CHECK ((kind = ANY (ARRAY['attempt'::text, 'skip'::text, 'feedback'::text, 'requeue'::text, 'replay'::text, 'cancel'::text])));
+CREATE INDEX delivery_events_delivery_idx ON postbell.delivery_events USING btree (delivery_id, at);
+
 CREATE TABLE devices (
     id bigint GENERATED ALWAYS AS IDENTITY NOT NULL,
     recipient_id bigint NOT NULL,
@@ -89,6 +104,13 @@ ALTER TABLE devices ADD CONSTRAINT devices_pkey PRIMARY KEY (id);
 ALTER TABLE devices ADD CONSTRAINT devices_recipient_id_fkey FOREIGN KEY (recipient_id) REFERENCES recipients(id) ON DELETE CASCADE;
 ALTER TABLE devices ADD CONSTRAINT devices_platform_check CHECK ((platform = ANY (ARRAY['android'::text, 'ios'::text, 'web'::text])));
 CREATE INDEX devices_active_recipient_idx ON postbell.devices USING btree (recipient_id) WHERE (disabled_at IS NULL);
+
+CREATE TABLE metric_counts (
+    metric text NOT NULL,
+    channel text NOT NULL,
+    label text DEFAULT ''::text NOT NULL,
+    value double precision NOT NULL
+);
 
 CREATE TABLE notifications (
     id uuid DEFAULT gen_random_uuid() NOT NULL,
@@ -122,7 +144,9 @@ ALTER TABLE notifications ADD CONSTRAINT notifications_one_target CHECK (((recip
 ALTER TABLE notifications ADD CONSTRAINT notifications_priority_check CHECK ((priority = ANY (ARRAY['low'::text, 'normal'::text, 'high'::text, 'urgent'::text])));
 ALTER TABLE notifications ADD CONSTRAINT notifications_status_check CHECK ((status = ANY (ARRAY['scheduled'::text, 'queued'::text, 'routed'::text, 'cancelled'::text])));
 ALTER TABLE notifications ADD CONSTRAINT notifications_times_in_range CHECK (((send_at < '9999-01-01 00:00:00+00'::timestamp with time zone) AND (expires_at < '9999-01-01 00:00:00+00'::timestamp with time zone))) NOT VALID;
+CREATE INDEX notifications_category_created_idx ON postbell.notifications USING btree (category, created_at, id) WHERE (category IS NOT NULL);
 CREATE INDEX notifications_created_brin_idx ON postbell.notifications USING brin (created_at);
+CREATE INDEX notifications_created_idx ON postbell.notifications USING btree (created_at, id);
 CREATE UNIQUE INDEX notifications_idempotency_idx ON postbell.notifications USING btree (idempotency_scope, idempotency_key) WHERE (idempotency_key IS NOT NULL);
 CREATE INDEX notifications_send_at_idx ON postbell.notifications USING btree (send_at) WHERE (send_at IS NOT NULL);
 CREATE INDEX notifications_template_scheduled_idx ON postbell.notifications USING btree (template_key) WHERE ((status = 'scheduled'::text) AND (template_key IS NOT NULL));
@@ -337,6 +361,111 @@ CREATE OR REPLACE FUNCTION postbell.deliver_job(p_channel text, p_ids jsonb, p_p
  IMMUTABLE
 RETURN ROW((lower(p_channel))::character varying, 'postbell.deliver'::character varying, p_priority, NULL::text, NULL::text, jsonb_build_object('channel', p_channel, 'ids', p_ids), p_run_at)::procrastinate_job_to_defer_v1;
 
+CREATE OR REPLACE FUNCTION postbell.deliveries_rollup_delete()
+ RETURNS trigger
+ LANGUAGE plpgsql
+ SET search_path TO 'pg_catalog', 'postbell'
+AS $function$
+BEGIN
+    INSERT INTO metric_counts (metric, channel, label, value)
+    SELECT 'deliveries', channel, status, -count(*) FROM old_rows GROUP BY channel, status
+    UNION ALL
+    SELECT 'dead', channel, coalesce(reason, ''), -count(*)
+      FROM old_rows WHERE status = 'dead' GROUP BY channel, coalesce(reason, '');
+    -- A delivery's timeline goes with it.
+    DELETE FROM delivery_events AS e USING old_rows AS o WHERE e.delivery_id = o.id;
+    RETURN NULL;
+END;
+$function$;
+
+CREATE OR REPLACE FUNCTION postbell.deliveries_rollup_insert()
+ RETURNS trigger
+ LANGUAGE plpgsql
+ SET search_path TO 'pg_catalog', 'postbell'
+AS $function$
+BEGIN
+    WITH g AS (
+        SELECT channel, status, CASE WHEN status = 'dead' THEN coalesce(reason, '') END AS dead_reason,
+               count(*)::double precision AS n
+          FROM new_rows
+         GROUP BY 1, 2, 3
+    ),
+    sent AS (
+        SELECT s.channel,
+               greatest(extract(epoch FROM s.sent_at - greatest(n.send_at, n.created_at)), 0)
+                   AS seconds,
+               s.n
+          FROM (SELECT notification_id, channel, sent_at, count(*)::double precision AS n
+                  FROM new_rows
+                 WHERE status = 'sent' AND sent_at IS NOT NULL
+                 GROUP BY 1, 2, 3) AS s
+          JOIN notifications AS n ON n.id = s.notification_id
+    )
+    INSERT INTO metric_counts (metric, channel, label, value)
+    SELECT 'deliveries', channel, status, sum(n) FROM g GROUP BY channel, status
+    UNION ALL
+    SELECT 'status_total', channel, status, sum(n) FROM g GROUP BY channel, status
+    UNION ALL
+    SELECT 'dead', channel, dead_reason, n FROM g WHERE status = 'dead'
+    UNION ALL
+    SELECT 'send_seconds', channel, metric_send_bucket(seconds), sum(n) FROM sent
+     GROUP BY channel, metric_send_bucket(seconds)
+    UNION ALL
+    SELECT 'send_seconds_sum', channel, '', sum(seconds * n) FROM sent GROUP BY channel;
+    RETURN NULL;
+END;
+$function$;
+
+CREATE OR REPLACE FUNCTION postbell.deliveries_rollup_update()
+ RETURNS trigger
+ LANGUAGE plpgsql
+ SET search_path TO 'pg_catalog', 'postbell'
+AS $function$
+BEGIN
+    WITH c AS (
+        SELECT o.channel, o.status AS old_status, d.status AS new_status,
+               o.reason AS old_reason, d.reason AS new_reason, d.notification_id, d.sent_at
+          FROM old_rows AS o
+          JOIN new_rows AS d ON d.id = o.id
+         WHERE o.status IS DISTINCT FROM d.status
+            OR (d.status = 'dead' AND o.reason IS DISTINCT FROM d.reason)
+    ),
+    moves AS (
+        SELECT 'deliveries' AS metric, channel, old_status AS label, -1.0 AS n
+          FROM c WHERE old_status IS DISTINCT FROM new_status
+        UNION ALL
+        SELECT 'deliveries', channel, new_status, 1.0
+          FROM c WHERE old_status IS DISTINCT FROM new_status
+        UNION ALL
+        SELECT 'status_total', channel, new_status, 1.0
+          FROM c WHERE old_status IS DISTINCT FROM new_status
+        UNION ALL
+        SELECT 'dead', channel, coalesce(old_reason, ''), -1.0 FROM c WHERE old_status = 'dead'
+        UNION ALL
+        SELECT 'dead', channel, coalesce(new_reason, ''), 1.0 FROM c WHERE new_status = 'dead'
+    ),
+    sent AS (
+        SELECT s.channel,
+               greatest(extract(epoch FROM s.sent_at - greatest(n.send_at, n.created_at)), 0)
+                   AS seconds,
+               s.n
+          FROM (SELECT notification_id, channel, sent_at, count(*)::double precision AS n
+                  FROM c
+                 WHERE new_status = 'sent' AND sent_at IS NOT NULL
+                 GROUP BY 1, 2, 3) AS s
+          JOIN notifications AS n ON n.id = s.notification_id
+    )
+    INSERT INTO metric_counts (metric, channel, label, value)
+    SELECT metric, channel, label, sum(n) FROM moves GROUP BY metric, channel, label HAVING sum(n) <> 0
+    UNION ALL
+    SELECT 'send_seconds', channel, metric_send_bucket(seconds), sum(n) FROM sent
+     GROUP BY channel, metric_send_bucket(seconds)
+    UNION ALL
+    SELECT 'send_seconds_sum', channel, '', sum(seconds * n) FROM sent GROUP BY channel;
+    RETURN NULL;
+END;
+$function$;
+
 CREATE OR REPLACE FUNCTION postbell.delivery_skip_reason(p_channel text, p_configured boolean, p_address_field text, p_inactive_field text, p_expires_at timestamp with time zone, p_recipient recipients, p_preferences preferences, p_category text, p_required boolean)
  RETURNS text
  LANGUAGE sql
@@ -410,6 +539,36 @@ CREATE OR REPLACE FUNCTION postbell.job_priority(p_priority text)
  LANGUAGE sql
  IMMUTABLE PARALLEL SAFE
 RETURN CASE p_priority WHEN 'urgent'::text THEN 30 WHEN 'high'::text THEN 20 WHEN 'normal'::text THEN 10 ELSE 0 END;
+
+CREATE OR REPLACE FUNCTION postbell.metric_send_bucket(p_seconds double precision)
+ RETURNS text
+ LANGUAGE sql
+ IMMUTABLE
+ SET search_path TO 'pg_catalog', 'postbell'
+AS $function$ SELECT (SELECT b FROM unnest(metric_send_buckets()) AS b
+               WHERE b >= p_seconds ORDER BY b LIMIT 1)::text $function$;
+
+CREATE OR REPLACE FUNCTION postbell.metric_send_buckets()
+ RETURNS double precision[]
+ LANGUAGE sql
+ IMMUTABLE
+ SET search_path TO 'pg_catalog'
+AS $function$ SELECT ARRAY[0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 21600,
+                   86400, 'Infinity']::double precision[] $function$;
+
+CREATE OR REPLACE FUNCTION postbell.notification_sends_on(p_n notifications, p_channel text)
+ RETURNS boolean
+ LANGUAGE sql
+ STABLE
+ SET search_path TO 'pg_catalog', 'postbell'
+AS $function$
+    SELECT p_channel = ANY(coalesce(p_n.channels, c.default_channels, ARRAY['IN_APP']))
+           OR EXISTS (SELECT 1
+                        FROM jsonb_each_text(coalesce(p_n.fallback, c.fallback)) AS f
+                       WHERE f.value = p_channel)
+      FROM (SELECT 1) AS one
+      LEFT JOIN categories AS c ON c.key = p_n.category
+$function$;
 
 CREATE OR REPLACE FUNCTION postbell.notify(recipients text[], body jsonb, channels text[] DEFAULT NULL::text[], priority text DEFAULT 'normal'::text, category text DEFAULT NULL::text, send_at timestamp with time zone DEFAULT NULL::timestamp with time zone, idempotency_key text DEFAULT NULL::text)
  RETURNS uuid
@@ -558,6 +717,12 @@ CREATE OR REPLACE FUNCTION postbell.route_job(p_notification_id uuid, p_priority
  LANGUAGE sql
  IMMUTABLE
 RETURN ROW('route'::character varying, 'postbell.route'::character varying, job_priority(p_priority), NULL::text, NULL::text, jsonb_build_object('notification_id', p_notification_id), p_run_at)::procrastinate_job_to_defer_v1;
+
+-- Triggers
+
+CREATE TRIGGER deliveries_rollup_delete AFTER DELETE ON deliveries REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION deliveries_rollup_delete();
+CREATE TRIGGER deliveries_rollup_insert AFTER INSERT ON deliveries REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION deliveries_rollup_insert();
+CREATE TRIGGER deliveries_rollup_update AFTER UPDATE ON deliveries REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION deliveries_rollup_update();
 
 -- ============================================================================
 -- procrastinate (migration 0001)

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import base64
 import binascii
+import datetime as dt
+import uuid
 
 from postbell.app.core.errors import InvalidParameter
 from postbell.app.core.validation import MAX_ID
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 500
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
 def encode_cursor(kind: str, position: int) -> str:
@@ -39,3 +42,27 @@ def clamp_limit(limit: int | None) -> int:
     if limit is None:
         return DEFAULT_LIMIT
     return max(1, min(limit, MAX_LIMIT))
+
+
+def encode_time_cursor(kind: str, at: dt.datetime, row_id: uuid.UUID) -> str:
+    """A cursor for lists ordered by (time, uuid): newest-first keyset pages."""
+    micros = (at - _EPOCH) // dt.timedelta(microseconds=1)
+    raw = f"{kind}:{micros}:{row_id.hex}"
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def decode_time_cursor(kind: str, cursor: str | None) -> tuple[dt.datetime, uuid.UUID] | None:
+    """The (time, id) position inside ``cursor``, or None for the first page."""
+    if not cursor:
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        prefix, micros, hex_id = raw.split(":")
+        if prefix != kind:
+            raise ValueError(prefix)
+        at = _EPOCH + dt.timedelta(microseconds=int(micros))
+        return at, uuid.UUID(hex=hex_id)
+    except (ValueError, binascii.Error, UnicodeDecodeError, OverflowError, OSError):
+        raise InvalidParameter(
+            "the cursor is not one this list handed out", field="cursor"
+        ) from None

@@ -294,9 +294,12 @@ queries = Queries.load()
 
 
 async def fetch_all(
-    conn: Conn, name: str, params: Mapping[str, Any] | None = None
+    conn: Conn, name: str, params: Mapping[str, Any] | None = None, *, prepare: bool | None = None
 ) -> list[DictRow]:
-    cursor = await conn.execute(queries[name], params)
+    """``prepare=False``: never a server-side prepared statement, so a query whose
+    filters are optional is planned for the values of each call (a generic plan
+    cannot use the index that only one filter makes usable)."""
+    cursor = await conn.execute(queries[name], params, prepare=prepare)
     return await cursor.fetchall()
 
 

@@ -75,3 +75,63 @@ SELECT (SELECT count(*) FROM d) AS deliveries, (SELECT count(*) FROM n) AS notif
 SELECT (%(category)s::text IS NULL OR EXISTS (SELECT 1 FROM categories WHERE key = %(category)s))
            AS category_ok,
        (%(topic)s::text IS NULL OR EXISTS (SELECT 1 FROM topics WHERE key = %(topic)s)) AS topic_ok
+
+-- name: notifications_list
+-- Newest first, keyset on (created_at, id): the list walks an index backwards
+-- (notifications_created_idx; with a category notifications_category_created_idx),
+-- the other filters narrow that walk. channel: the channels it sends on — its own, else its
+-- category's defaults, else IN_APP — and any fallback channel it names. Run
+-- unprepared, so each call is planned for the filters it has.
+SELECT n.id, n.status, n.priority, n.category, n.title, n.topic,
+       cardinality(n.recipients) AS recipient_count, n.channels, n.send_at, n.expires_at,
+       n.created_at, n.routed_at
+  FROM notifications AS n
+ WHERE (%(before_at)s::timestamptz IS NULL
+        OR (n.created_at, n.id) < (%(before_at)s::timestamptz, %(before_id)s::uuid))
+   AND (%(category)s::text IS NULL OR n.category = %(category)s::text)
+   AND (%(status)s::text IS NULL OR n.status = %(status)s::text)
+   AND (%(created_after)s::timestamptz IS NULL OR n.created_at >= %(created_after)s::timestamptz)
+   AND (%(created_before)s::timestamptz IS NULL OR n.created_at < %(created_before)s::timestamptz)
+   AND (%(channel)s::text IS NULL OR notification_sends_on(n, %(channel)s::text))
+ ORDER BY n.created_at DESC, n.id DESC
+ LIMIT %(limit)s
+
+-- name: notifications_list_for_recipient
+-- The same list for one recipient: the notifications that made them a delivery (the
+-- recipient's deliveries index), plus scheduled ones not yet routed that name them in
+-- `to` (notifications_send_at_idx, from a day back: those not due yet, or due and
+-- about to be routed), then the same filters. A notification being routed right now
+-- shows once its deliveries exist (milliseconds after it is accepted).
+WITH r AS (
+    SELECT id FROM recipients WHERE external_id = %(recipient)s::text
+),
+mine AS (
+    SELECT d.notification_id AS id FROM deliveries AS d JOIN r ON d.recipient_id = r.id
+    UNION
+    SELECT n.id
+      FROM notifications AS n
+     WHERE n.send_at > now() - interval '1 day'
+       AND n.routed_at IS NULL
+       AND n.recipients @> ARRAY[%(recipient)s::text]
+)
+SELECT n.id, n.status, n.priority, n.category, n.title, n.topic,
+       cardinality(n.recipients) AS recipient_count, n.channels, n.send_at, n.expires_at,
+       n.created_at, n.routed_at
+  FROM notifications AS n
+  JOIN mine USING (id)
+ WHERE (%(before_at)s::timestamptz IS NULL
+        OR (n.created_at, n.id) < (%(before_at)s::timestamptz, %(before_id)s::uuid))
+   AND (%(category)s::text IS NULL OR n.category = %(category)s::text)
+   AND (%(status)s::text IS NULL OR n.status = %(status)s::text)
+   AND (%(created_after)s::timestamptz IS NULL OR n.created_at >= %(created_after)s::timestamptz)
+   AND (%(created_before)s::timestamptz IS NULL OR n.created_at < %(created_before)s::timestamptz)
+   AND (%(channel)s::text IS NULL OR notification_sends_on(n, %(channel)s::text))
+ ORDER BY n.created_at DESC, n.id DESC
+ LIMIT %(limit)s
+
+-- name: notifications_list_counts
+-- delivery_counts of a page of notifications, by status (the unique index's first column).
+SELECT notification_id, status, count(*) AS n
+  FROM deliveries
+ WHERE notification_id = ANY(%(ids)s::uuid[])
+ GROUP BY notification_id, status

@@ -59,3 +59,20 @@ async def cancel_unrouted(conn: db.Conn, notification_id: uuid.UUID) -> int:
 async def cancel_routed(conn: db.Conn, notification_id: uuid.UUID) -> int:
     row = await db.fetch_one(conn, "notifications_cancel_routed", {"id": notification_id})
     return int(row["deliveries"]) if row else 0
+
+
+async def list_page(conn: db.Conn, params: dict[str, Any]) -> list[DictRow]:
+    name = "notifications_list_for_recipient" if params["recipient"] else "notifications_list"
+    return await db.fetch_all(conn, name, params, prepare=False)
+
+
+async def list_counts(
+    conn: db.Conn, notification_ids: list[uuid.UUID]
+) -> dict[uuid.UUID, dict[str, int]]:
+    counts: dict[uuid.UUID, dict[str, int]] = {}
+    if not notification_ids:
+        return counts
+    rows = await db.fetch_all(conn, "notifications_list_counts", {"ids": notification_ids})
+    for r in rows:
+        counts.setdefault(r["notification_id"], {})[r["status"]] = int(r["n"])
+    return counts

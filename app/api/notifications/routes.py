@@ -18,9 +18,10 @@ from postbell.app.api.notifications.schemas import (
     NotificationAccepted,
     NotificationIn,
     NotificationOut,
+    NotificationPage,
 )
 from postbell.app.api.pagination import DEFAULT_LIMIT, MAX_LIMIT
-from postbell.app.api.types import CursorParam
+from postbell.app.api.types import LINE_PATTERN, CursorParam, FilterParam
 
 
 @post(
@@ -50,6 +51,36 @@ async def send_notification(
     return Response(accepted, status_code=202 if created else 200)
 
 
+@get("/")
+async def list_notifications(
+    pool: Pool,
+    recipient: Annotated[
+        str | None, QueryParameter(max_length=255, pattern=LINE_PATTERN, description="external id")
+    ] = None,
+    category: FilterParam = None,
+    status: FilterParam = None,
+    channel: FilterParam = None,
+    created_after: FilterParam = None,
+    created_before: FilterParam = None,
+    cursor: CursorParam = None,
+    limit: Annotated[int, QueryParameter(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
+) -> NotificationPage:
+    """Notifications, newest first, each with its delivery counts by status. Filters:
+    ``recipient`` (external id), ``category``, ``status``, ``channel`` (a channel it
+    sends on), ``created_after`` / ``created_before`` (RFC 3339 times)."""
+    return await service.list_page(
+        pool,
+        recipient=recipient,
+        category=category,
+        status=status,
+        channel=channel,
+        created_after=created_after,
+        created_before=created_before,
+        cursor=cursor,
+        limit=limit,
+    )
+
+
 @get("/{notification_id:uuid}")
 async def get_notification(
     pool: Pool,
@@ -75,5 +106,5 @@ router = Router(
     path="/api/notifications",
     guards=[require_role("send")],
     tags=["notifications"],
-    route_handlers=[send_notification, get_notification, cancel_notification],
+    route_handlers=[send_notification, list_notifications, get_notification, cancel_notification],
 )

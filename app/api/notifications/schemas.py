@@ -84,3 +84,26 @@ class NotificationOut(msgspec.Struct):
     delivery_counts: dict[str, int]
     deliveries: list[DeliveryOut]
     next_cursor: str | None
+
+
+class NotificationSummary(msgspec.Struct):
+    """One row of the notifications list (the content is in GET /api/notifications/{id})."""
+
+    id: uuid.UUID
+    status: str
+    priority: str
+    category: str | None
+    title: str | None
+    topic: str | None
+    recipient_count: int | None
+    channels: list[str] | None
+    send_at: dt.datetime | None
+    expires_at: dt.datetime | None
+    created_at: dt.datetime
+    routed_at: dt.datetime | None
+    delivery_counts: dict[str, int]
+
+
+class NotificationPage(msgspec.Struct):
+    items: list[NotificationSummary]
+    next_cursor: str | None

@@ -15,11 +15,19 @@ from postbell.app.api.notifications.schemas import (
     NotificationAccepted,
     NotificationIn,
     NotificationOut,
+    NotificationPage,
+    NotificationSummary,
 )
-from postbell.app.api.pagination import decode_cursor, encode_cursor
+from postbell.app.api.pagination import (
+    decode_cursor,
+    decode_time_cursor,
+    encode_cursor,
+    encode_time_cursor,
+)
 from postbell.app.api.wakeups import Waker
 from postbell.app.core import db, validation
-from postbell.app.core.errors import Conflict, Invalid, NotFound
+from postbell.app.core.channels import parse_channel, unknown_channel
+from postbell.app.core.errors import Conflict, Invalid, InvalidParameter, NotFound
 from postbell.app.core.settings import Settings
 
 MAX_METADATA_BYTES = 16_384
@@ -205,4 +213,77 @@ async def read(
         delivery_counts=counts,
         deliveries=[msgspec.convert(d, DeliveryOut) for d in page],
         next_cursor=encode_cursor("d", page[-1]["id"]) if more and page else None,
+    )
+
+
+NOTIFICATION_STATUSES = ("scheduled", "queued", "routed", "cancelled")
+
+
+def _time_filter(value: str | None, field: str) -> dt.datetime | None:
+    if value is None or value == "":
+        return None
+    try:
+        moment = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise InvalidParameter(
+            f"{field} must be an RFC 3339 time like 2030-01-01T09:00:00Z", field=field
+        ) from None
+    if moment.tzinfo is None or moment.utcoffset() is None:
+        raise InvalidParameter(f"{field} needs a time zone offset", field=field)
+    try:
+        return validation.aware(moment, field)
+    except Invalid as exc:
+        raise InvalidParameter(exc.detail, field=field) from None
+
+
+async def list_page(
+    pool: db.Pool,
+    *,
+    recipient: str | None = None,
+    category: str | None = None,
+    status: str | None = None,
+    channel: str | None = None,
+    created_after: str | None = None,
+    created_before: str | None = None,
+    cursor: str | None = None,
+    limit: int,
+) -> NotificationPage:
+    """Notifications newest first, filtered; each with its delivery counts by status.
+    A bad filter raises ``InvalidParameter`` naming it."""
+    if status not in (None, "") and status not in NOTIFICATION_STATUSES:
+        raise InvalidParameter(
+            f"status must be one of {', '.join(NOTIFICATION_STATUSES)}", field="status"
+        )
+    wanted_channel = None
+    if channel not in (None, ""):
+        assert channel is not None
+        wanted_channel = parse_channel(channel)
+        if wanted_channel is None:
+            raise InvalidParameter(unknown_channel(channel), field="channel")
+    position = decode_time_cursor("n", cursor)
+    params = {
+        "recipient": recipient or None,
+        "category": category or None,
+        "status": status or None,
+        "channel": wanted_channel,
+        "created_after": _time_filter(created_after, "created_after"),
+        "created_before": _time_filter(created_before, "created_before"),
+        "before_at": position[0] if position else None,
+        "before_id": position[1] if position else None,
+        "limit": limit + 1,
+    }
+    async with pool.connection() as conn:
+        rows = await repo.list_page(conn, params)
+        page = rows[:limit]
+        counts = await repo.list_counts(conn, [r["id"] for r in page])
+    items = [
+        msgspec.convert({**r, "delivery_counts": counts.get(r["id"], {})}, NotificationSummary)
+        for r in page
+    ]
+    more = len(rows) > limit and page
+    return NotificationPage(
+        items=items,
+        next_cursor=encode_time_cursor("n", page[-1]["created_at"], page[-1]["id"])
+        if more
+        else None,
     )

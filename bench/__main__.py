@@ -37,8 +37,9 @@ SIZES = {
     "W4S": 5_000,
     "WN": 5_000,
     "celery": 10_000,
+    "W9": 1_000_000,
 }
-ALL = ("W1", "W2", "W3", "W4", "W5", "W4S", "WN", "CELERY")
+ALL = ("W1", "W2", "W3", "W4", "W5", "W4S", "WN", "W9", "CELERY")
 GOALS = {
     "W1": "≥ 50,000 deliveries/s (≥ 100× a)",
     "W2": "≥ 3,000 deliveries/s (≥ 6× a)",
@@ -103,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
             ("W5", lambda t: workloads.w5_priority(fresh(admin), size["W5"], tick=t)),
             ("W4S", lambda t: workloads.w4s_sequential(fresh(admin), size["W4S"], tick=t)),
             ("WN", lambda t: workloads.wn_notify(fresh(admin), size["WN"], tick=t)),
+            ("W9", lambda t: workloads.w9_footprint(size["W9"], tick=t)),
             ("CELERY", lambda t: workloads.baseline_celery(size["celery"], tick=t)),
         ):
             if name in chosen:
@@ -262,6 +264,29 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                 f"{r['calls_per_s']:,.0f} calls/s, p50 {r['call_ms']['p50']} ms, p99 {r['call_ms']['p99']} ms",
                 "",
                 GOALS["WN"],
+            )
+        )
+    if "W9" in results:
+        r = results["W9"]
+        for kind, label in (("in_app", "IN_APP topic fan-out"), ("webhook", "WEBHOOK fan-out")):
+            c = r[kind]
+            out.append(
+                (
+                    f"W9 {label}, {c['deliveries']:,} (private embedded Postgres)",
+                    f"{c['seconds']} s; per delivery: {c['wal_bytes_per_delivery']:,.0f} B WAL,"
+                    f" {c['table_bytes_per_delivery']:,.0f} B table+index;"
+                    f" {c['deliveries_per_postgres_core_s'] or 0:,.0f} deliveries per Postgres core-second",
+                    "",
+                    "",
+                )
+            )
+        out.append(
+            (
+                "W9 connections held (web + worker, busy)",
+                ", ".join(f"{k} {v}" for k, v in sorted(r["connections_busy"].items()))
+                + f"; worker peak RSS {r['worker_peak_rss_mb']} MB",
+                "",
+                "",
             )
         )
     for name in ("W1", "W2"):

@@ -1,4 +1,4 @@
-"""The baselines and workloads W1-W5, W4s and WN. Each takes its sizes as arguments, so the same
+"""The baselines and workloads W1-W5, W4s, WN and W9. Each takes its sizes as arguments, so the same
 code runs full-size under ``make bench`` and tiny in the test suite (correctness only).
 """
 
@@ -658,4 +658,155 @@ def baseline_celery(deliveries: int, concurrency: int = 2, tick: Tick = _noop) -
         "enqueue_s": round(enqueued, 3),
         "seconds": round(elapsed, 3),
         "per_second": round(deliveries / elapsed, 1),
+    }
+
+
+# -- W9: what a delivery costs the database (the model of docs/scaling.md) -------------------------
+
+
+def _postgres_cpu(postmaster: int) -> float:
+    """CPU seconds used so far by a Postgres server: its postmaster and every child
+    (backends, WAL writer, checkpointer)."""
+    import psutil
+
+    total = 0.0
+    try:
+        root = psutil.Process(postmaster)
+        for process in [root, *root.children(recursive=True)]:
+            try:
+                times = process.cpu_times()
+            except psutil.Error:
+                continue
+            total += times.user + times.system + times.children_user + times.children_system
+    except psutil.Error:
+        pass
+    return total
+
+
+def _footprint(database: Database, postmaster: int) -> dict[str, float]:
+    with database.connect() as conn:
+        row = conn.execute(
+            "SELECT pg_current_wal_lsn()::text, pg_total_relation_size('deliveries'),"
+            " pg_total_relation_size('notifications'),"
+            " (SELECT count(*) FROM deliveries)"
+        ).fetchone()
+    assert row is not None
+    return {
+        "lsn": row[0],
+        "deliveries_bytes": float(row[1]),
+        "notifications_bytes": float(row[2]),
+        "deliveries": float(row[3]),
+        "cpu": _postgres_cpu(postmaster),
+    }
+
+
+def _cost(database: Database, before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    n = after["deliveries"] - before["deliveries"]
+    wal = database.scalar("SELECT pg_wal_lsn_diff(%s, %s)", (after["lsn"], before["lsn"]))
+    cpu = after["cpu"] - before["cpu"]
+    return {
+        "deliveries": int(n),
+        "wal_bytes_per_delivery": round(float(wal) / n, 1),
+        "table_bytes_per_delivery": round(
+            (after["deliveries_bytes"] - before["deliveries_bytes"]) / n, 1
+        ),
+        "postgres_cpu_s": round(cpu, 3),
+        "deliveries_per_postgres_core_s": round(n / cpu, 1) if cpu > 0 else None,
+    }
+
+
+def _connections(database: Database) -> dict[str, int]:
+    with database.connect() as conn:
+        rows = conn.execute(
+            "SELECT coalesce(nullif(application_name, ''), '?'), count(*) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid() GROUP BY 1"
+        ).fetchall()
+    return {str(name): int(count) for name, count in rows}
+
+
+def w9_footprint(members: int, tick: Tick = _noop) -> dict[str, Any]:
+    """What a delivery costs Postgres, on a private embedded server (so the WAL and
+    CPU counted are this workload's alone, not other databases' on a shared server):
+    an IN_APP topic fan-out to ``members`` (every tenth opted out) and a WEBHOOK
+    fan-out to a tenth of them (at most 10,000); for each, WAL bytes (``pg_current_wal_lsn``), table +
+    index bytes of ``deliveries`` (``pg_total_relation_size``) and Postgres CPU
+    seconds per delivery; and the connections each process holds."""
+    import shutil
+
+    from postbell.app.core import embedded
+
+    folder = Path(tempfile.mkdtemp(prefix="postbell-bench-w9-"))
+    pgdata = folder / "pg"
+    try:
+        url = embedded.start(pgdata)
+        postmaster = int((pgdata / "postmaster.pid").read_text().split()[0])
+        admin = url.replace(f"/{embedded.DATABASE}?", "/postgres?")
+        from bench.env import server_settings
+
+        database = Database.create(admin, "pbbench_w9")
+        database.migrate()
+        webhooks = max(1, min(members // 10, 10_000))
+        with processes() as started:
+            receiver = start_receiver(started)
+            populate(database, "w9-", members, topic="w9", opted_out_every=10)
+            populate(database, "w9h-", webhooks, topic="w9h", webhook_url=f"{receiver}/hook")
+            database.execute("CHECKPOINT")
+            api = start_api(started, database.url)
+            start_worker(started, database.url)
+            time.sleep(1.0)
+            connections = _connections(database)
+            tick(0.2)
+            before = _footprint(database, postmaster)
+            began = time.perf_counter()
+            nid = httpx.post(
+                f"{api}/api/notifications",
+                headers=HEADERS,
+                timeout=30,
+                json={
+                    "topic": "w9",
+                    "message": "Meet-up",
+                    "channels": ["IN_APP"],
+                    "category": "bench",
+                },
+            ).json()["id"]
+            wait(
+                lambda: (
+                    database.scalar("SELECT status FROM notifications WHERE id = %s", (nid,))
+                    == "routed"
+                ),
+                timeout=600,
+                sample=started,
+            )
+            in_app_s = time.perf_counter() - began
+            middle = _footprint(database, postmaster)
+            tick(0.6)
+            began = time.perf_counter()
+            hook = httpx.post(
+                f"{api}/api/notifications",
+                headers=HEADERS,
+                timeout=30,
+                json={"topic": "w9h", "message": "webhook", "channels": ["WEBHOOK"]},
+            ).json()["id"]
+            wait(lambda: decided(database, hook) == webhooks, timeout=600, sample=started)
+            webhook_s = time.perf_counter() - began
+            after = _footprint(database, postmaster)
+            connections_busy = _connections(database)
+            worker_rss = started[-1].peak_rss
+        in_app = _cost(database, before, middle)
+        in_app["seconds"] = round(in_app_s, 3)
+        webhook = _cost(database, middle, after)
+        webhook["seconds"] = round(webhook_s, 3)
+        settings = server_settings(admin)
+        database.drop()
+    finally:
+        embedded.stop(pgdata)
+        shutil.rmtree(folder, ignore_errors=True)
+    return {
+        "members": members,
+        "in_app": in_app,
+        "webhook": webhook,
+        "connections_idle": connections,
+        "connections_busy": connections_busy,
+        "worker_peak_rss_mb": worker_rss >> 20,
+        "server_settings": settings,
     }

@@ -94,3 +94,16 @@ def test_server_settings_recorded(admin_url: str) -> None:
     settings = server_settings(admin_url)
     assert set(SERVER_SETTINGS) <= set(settings)
     assert settings["synchronous_commit"] in {"on", "off", "local", "remote_write", "remote_apply"}
+
+
+def test_w9_footprint() -> None:
+    """The cost model's workload, on its private embedded server: every delivery of
+    both fan-outs counted, and its bytes and connections measured."""
+    result = workloads.w9_footprint(200)
+    assert (result["in_app"]["deliveries"], result["webhook"]["deliveries"]) == (200, 20)
+    for kind in ("in_app", "webhook"):
+        assert result[kind]["wal_bytes_per_delivery"] > 0
+        assert result[kind]["table_bytes_per_delivery"] > 0
+    assert {"postbell-api", "postbell-inbox-listen", "postbell-wakeups"} <= set(
+        result["connections_busy"]
+    )

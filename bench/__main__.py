@@ -1,5 +1,6 @@
-"""``make bench``: baselines and workloads W1-W5 on a fresh database, with progress
-bars; writes bench/results/<timestamp>.json and the table in bench/README.md.
+"""``make bench``: baselines and workloads W1-W5, W4s, WN and the Celery baseline on a
+fresh database, with progress bars; writes bench/results/<timestamp>.json and the
+table in bench/README.md.
 
     python -m bench                 # full size
     python -m bench --only W1,W2    # some workloads
@@ -23,7 +24,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from bench import workloads
-from bench.env import Database, admin_url, machine
+from bench.env import Database, admin_url, machine, server_settings
 
 HERE = Path(__file__).parent
 SIZES = {
@@ -33,7 +34,12 @@ SIZES = {
     "W3": 5_000,
     "W4_seconds": 10,
     "W5": 10_000,
+    "W4S": 5_000,
+    "WN": 5_000,
+    "celery": 10_000,
+    "W9": 1_000_000,
 }
+ALL = ("W1", "W2", "W3", "W4", "W5", "W4S", "WN", "W9", "CELERY")
 GOALS = {
     "W1": "≥ 50,000 deliveries/s (≥ 100× a)",
     "W2": "≥ 3,000 deliveries/s (≥ 6× a)",
@@ -41,13 +47,19 @@ GOALS = {
     "W4": "≥ 2,000 accepted/s; p99 in-app ≤ 50 ms, webhook ≤ 100 ms at half rate",
     "W5": "urgent p99 ≤ 250 ms behind 10,000",
     "memory": "worker ≤ 200 MB RSS through W1",
+    "W4S": "p50 ≤ 1.0 ms, ≥ 1,000 accepted/s",
+    "WN": "≥ 2,000 calls/s",
+    "vs_celery_fanout": "≥ 10× (c)",
+    "vs_celery_one_by_one": "≥ 1.5× (c)",
 }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--only", default="W1,W2,W3,W4,W5", help="workloads to run (comma-separated)"
+        "--only",
+        default=",".join(ALL),
+        help="workloads to run (comma-separated; CELERY is baseline c)",
     )
     parser.add_argument("--scale", type=float, default=1.0, help="multiply every size by this")
     parser.add_argument("--no-readme", action="store_true", help="do not rewrite bench/README.md")
@@ -60,9 +72,10 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "command": "make bench"
-        if args.scale == 1 and len(chosen) == 5
+        if args.scale == 1 and chosen == set(ALL)
         else "python -m bench " + " ".join(argv or sys.argv[1:]),
         "database": where,
+        "server_settings": server_settings(admin),
         "machine": machine(),
         "sizes": size,
     }
@@ -89,9 +102,15 @@ def main(argv: list[str] | None = None) -> int:
             ("W3", lambda t: workloads.w3_email_fanout(fresh(admin), size["W3"], t)),
             ("W4", lambda t: workloads.w4_api_stream(fresh(admin), size["W4_seconds"], tick=t)),
             ("W5", lambda t: workloads.w5_priority(fresh(admin), size["W5"], tick=t)),
+            ("W4S", lambda t: workloads.w4s_sequential(fresh(admin), size["W4S"], tick=t)),
+            ("WN", lambda t: workloads.wn_notify(fresh(admin), size["WN"], tick=t)),
+            ("W9", lambda t: workloads.w9_footprint(size["W9"], tick=t)),
+            ("CELERY", lambda t: workloads.baseline_celery(size["celery"], tick=t)),
         ):
             if name in chosen:
                 results[name] = step(name, run)
+        if "skipped" in results.get("CELERY", {}):
+            console.print(f"[yellow]baseline (c) Celery skipped: {results['CELERY']['skipped']}")
         database = fresh(admin)
         results["baseline_b"] = step(
             "baseline (b) single-row inserts", lambda _t: workloads.baseline_inserts(database)
@@ -101,6 +120,12 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("W1", "W2", "W3"):
         if name in results:
             results[name]["ratio_to_a"] = round(results[name]["per_second"] / base, 1)
+    celery = results.get("CELERY", {}).get("per_second")
+    if celery:
+        if "W2" in results:
+            results["W2"]["ratio_to_celery"] = round(results["W2"]["per_second"] / celery, 1)
+        if "W4S" in results:
+            results["W4S"]["ratio_to_celery"] = round(results["W4S"]["delivered_per_s"] / celery, 2)
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     out = HERE / "results" / f"{stamp}.json"
     out.write_text(json.dumps(results, indent=2, default=str) + "\n")
@@ -134,6 +159,18 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
             (
                 "baseline (b) single-row INSERT tx (8 connections)",
                 f"{results['baseline_b']['tx_per_s']:,.0f} tx/s",
+                "",
+                "",
+            )
+        )
+    celery = results.get("CELERY")
+    if celery is not None:
+        out.append(
+            (
+                f"baseline (c) Celery + Redis, 1 task per webhook, prefork -c {celery.get('concurrency', 2)}",
+                f"{celery['per_second']:,.0f} webhooks/s ({celery['seconds']} s for {celery['deliveries']:,})"
+                if "per_second" in celery
+                else f"skipped: {celery['skipped']}",
                 "",
                 "",
             )
@@ -191,6 +228,67 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                 GOALS["W5"],
             )
         )
+    if "W2" in results and "ratio_to_celery" in results["W2"]:
+        out.append(
+            (
+                "W2 fan-out vs (c) Celery",
+                f"{results['W2']['ratio_to_celery']}× (c)",
+                "",
+                GOALS["vs_celery_fanout"],
+            )
+        )
+    if "W4S" in results:
+        r = results["W4S"]
+        out.append(
+            (
+                f"W4s {r['posts']:,} sequential POSTs, one keep-alive client (WEBHOOK)",
+                f"{r['accepted_per_s']:,.0f} accepted/s, p50 {r['post_ms']['p50']} ms, p99 {r['post_ms']['p99']} ms",
+                "",
+                GOALS["W4S"],
+            )
+        )
+        out.append(
+            (
+                "W4s one-by-one: first POST → last webhook received",
+                f"{r['delivered_per_s']:,.0f} webhooks/s ({r['delivered_seconds']} s)"
+                + (f", {r['ratio_to_celery']}× (c)" if "ratio_to_celery" in r else ""),
+                "",
+                GOALS["vs_celery_one_by_one"],
+            )
+        )
+    if "WN" in results:
+        r = results["WN"]
+        out.append(
+            (
+                f"WN {r['calls']:,} postbell.notify() calls, 1 tx each, 1 connection",
+                f"{r['calls_per_s']:,.0f} calls/s, p50 {r['call_ms']['p50']} ms, p99 {r['call_ms']['p99']} ms",
+                "",
+                GOALS["WN"],
+            )
+        )
+    if "W9" in results:
+        r = results["W9"]
+        for kind, label in (("in_app", "IN_APP topic fan-out"), ("webhook", "WEBHOOK fan-out")):
+            c = r[kind]
+            out.append(
+                (
+                    f"W9 {label}, {c['deliveries']:,} (private embedded Postgres)",
+                    f"{c['seconds']} s; per delivery: {c['wal_bytes_per_delivery']:,.0f} B WAL,"
+                    f" {c['table_bytes_per_delivery']:,.0f} B table+index;"
+                    f" {c['deliveries_per_postgres_core_s'] or 0:,.0f} deliveries per Postgres core-second",
+                    "",
+                    "",
+                )
+            )
+        out.append(
+            (
+                "W9 connections held (web + worker, busy)",
+                ", ".join(f"{k} {v}" for k, v in sorted(r["connections_busy"].items()))
+                + f"; worker peak RSS {r['worker_peak_rss_mb']} MB",
+                "",
+                "",
+            )
+        )
     for name in ("W1", "W2"):
         if name in results:
             rss = results[name]["peak_rss_mb"]
@@ -224,6 +322,9 @@ def write_readme(results: dict[str, Any], filename: str) -> None:
         "<!-- results:start -->",
         f"Latest run: {results['date']}, `{results['command']}`, {results['database']}, "
         f"{m['cpus']} CPUs, {m['memory_gb']} GiB, Python {m['python']} ({filename}).",
+        "Server settings: "
+        + ", ".join(f"`{k} = {v}`" for k, v in results.get("server_settings", {}).items())
+        + ".",
         "",
         "| workload | measured | vs (a) | goal |",
         "|---|---|---|---|",

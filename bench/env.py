@@ -223,3 +223,18 @@ def machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "platform": platform.platform(),
     }
+
+
+SERVER_SETTINGS = ("autovacuum", "synchronous_commit", "shared_buffers", "max_connections", "fsync")
+
+
+def server_settings(admin: str) -> dict[str, str]:
+    """The Postgres settings a run's figures depend on, as the server reports them
+    (``SHOW``: shared_buffers with its unit). This machine runs ``autovacuum = off``;
+    users' servers do not, and nothing in postbell relies on either."""
+    with psycopg.connect(admin, autocommit=True) as conn:
+        out = {"server_version": str(conn.execute("SHOW server_version").fetchone()[0])}  # type: ignore[index]
+        for name in SERVER_SETTINGS:
+            row = conn.execute(sql.SQL("SHOW {}").format(sql.Identifier(name))).fetchone()
+            out[name] = str(row[0]) if row else "?"
+    return out

@@ -1,7 +1,9 @@
 """A load generator for the API, in a process of its own (so it does not share the
 server's event loop): POSTs notifications at a fixed rate or as fast as
---concurrency connections allow, for --seconds; writes one JSON line per request
-(notification id, start and end time, status) to --out.
+--concurrency connections allow, for --seconds (or until --count requests were
+sent); writes one JSON line per request (notification id, start and end time,
+status) to --out. ``--concurrency 1`` is one keep-alive client posting one request
+after another (bench W4s).
 """
 
 from __future__ import annotations
@@ -25,8 +27,7 @@ async def run(args: argparse.Namespace) -> None:
 
     async with aiohttp.ClientSession(connector=connector, headers=headers) as session:
 
-        async def one() -> None:
-            n = next(counter)
+        async def one(n: int) -> None:
             payload = {
                 "to": [f"{args.prefix}{n % args.recipients}"],
                 "message": "load test",
@@ -49,7 +50,10 @@ async def run(args: argparse.Namespace) -> None:
             tasks = []
             next_at = time.monotonic()
             while time.monotonic() < deadline:
-                tasks.append(asyncio.create_task(one()))
+                n = next(counter)
+                if args.count and n >= args.count:
+                    break
+                tasks.append(asyncio.create_task(one(n)))
                 next_at += interval
                 await asyncio.sleep(max(0.0, next_at - time.monotonic()))
             await asyncio.gather(*tasks)
@@ -57,7 +61,10 @@ async def run(args: argparse.Namespace) -> None:
 
             async def lane() -> None:
                 while time.monotonic() < deadline:
-                    await one()
+                    n = next(counter)
+                    if args.count and n >= args.count:
+                        return
+                    await one(n)
 
             await asyncio.gather(*(lane() for _ in range(args.concurrency)))
     with open(args.out, "w") as out:
@@ -77,6 +84,7 @@ def main() -> None:
     parser.add_argument("--recipients", type=int, default=1000)
     parser.add_argument("--prefix", default="load-")
     parser.add_argument("--priority", default="normal")
+    parser.add_argument("--count", type=int, default=0, help="stop after this many (0: no limit)")
     asyncio.run(run(parser.parse_args()))
 
 

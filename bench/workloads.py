@@ -1,4 +1,4 @@
-"""The baselines and workloads W1-W5. Each takes its sizes as arguments, so the same
+"""The baselines and workloads W1-W5, W4s, WN and W9. Each takes its sizes as arguments, so the same
 code runs full-size under ``make bench`` and tiny in the test suite (correctness only).
 """
 
@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -36,13 +38,14 @@ def _noop(_: float) -> None:
     return None
 
 
-def percentiles(values: list[float]) -> dict[str, float]:
+def percentiles(values: list[float], digits: int = 1) -> dict[str, float]:
+    """p50/p95/p99 of durations in seconds, in milliseconds."""
     if not values:
         return {"p50": float("nan"), "p95": float("nan"), "p99": float("nan")}
     ordered = sorted(values)
 
     def pick(q: float) -> float:
-        return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000, 1)
+        return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000, digits)
 
     return {"p50": pick(0.50), "p95": pick(0.95), "p99": pick(0.99)}
 
@@ -317,6 +320,7 @@ def _loadgen(
     channels: str = "IN_APP",
     recipients: int = 1000,
     prefix: str = "w4-",
+    count: int = 0,
 ) -> list[dict[str, Any]]:
     with tempfile.NamedTemporaryFile(suffix=".jsonl", delete=False) as out:
         path = out.name
@@ -342,6 +346,8 @@ def _loadgen(
         str(recipients),
         "--prefix",
         prefix,
+        "--count",
+        str(count),
     ]
     subprocess.run(args, check=True, timeout=seconds + 120)
     return [json.loads(line) for line in Path(path).read_text().splitlines()]
@@ -476,4 +482,331 @@ def w5_priority(
         "backlog_left_after_urgent": int(backlog_left),
         "urgent_ms": percentiles(latencies),
         "urgent_mean_ms": round(statistics.mean(latencies) * 1000, 1),
+    }
+
+
+# -- W4s: one client, one POST after another ------------------------------------------------------
+
+
+def w4s_sequential(database: Database, posts: int, tick: Tick = _noop) -> dict[str, Any]:
+    """``posts`` single-recipient WEBHOOK notifications POSTed one after another by one
+    keep-alive client: accepted/s and POST latency, then delivered/s from the first
+    POST to the last webhook's arrival (the one-by-one figure set against Celery)."""
+    warmup = 50
+    with processes() as started:
+        receiver = start_receiver(started)
+        database.execute(
+            "INSERT INTO recipients (external_id, webhook_url) SELECT 'w4s-' || i, %s FROM generate_series(0, 999) AS i",
+            (f"{receiver}/hook",),
+        )
+        api = start_api(started, database.url)
+        start_worker(started, database.url)
+        time.sleep(1.0)
+        # Warm the API's pool and prepared statements, then count from zero.
+        _loadgen(api, 60, concurrency=1, count=warmup, channels="WEBHOOK", prefix="w4s-")
+        wait(lambda: _received(receiver) >= warmup, timeout=60)
+        httpx.post(f"{receiver}/reset")
+        tick(0.1)
+        records = _loadgen(api, 600, concurrency=1, count=posts, channels="WEBHOOK", prefix="w4s-")
+        ok = [r for r in records if r["status"] == 202]
+        tick(0.8)
+        wait(lambda: _received(receiver) >= len(ok), timeout=600, every=0.05)
+        arrivals = httpx.get(f"{receiver}/arrivals").json()
+        ids = [r["id"] for r in ok]
+        wait(lambda: _sent(database, ids) == len(ids), timeout=60)
+    began = min(r["start"] for r in records)
+    posted = max(r["end"] for r in records) - began
+    delivered = max(arrivals[i] for i in ids) - began
+    return {
+        "posts": len(records),
+        "accepted": len(ok),
+        "errors": len(records) - len(ok),
+        "received": len([i for i in ids if i in arrivals]),
+        "sent": _sent(database, ids),
+        "seconds": round(posted, 3),
+        "accepted_per_s": round(len(ok) / posted, 1),
+        "post_ms": percentiles([r["end"] - r["start"] for r in ok], digits=2),
+        "delivered_seconds": round(delivered, 3),
+        "delivered_per_s": round(len(ok) / delivered, 1),
+    }
+
+
+def _received(receiver: str) -> int:
+    return int(httpx.get(f"{receiver}/stats").json()["count"])
+
+
+def _sent(database: Database, ids: list[str]) -> int:
+    return int(
+        database.scalar(
+            "SELECT count(*) FROM deliveries WHERE notification_id = ANY(%s::uuid[]) AND status = 'sent'",
+            (ids,),
+        )
+    )
+
+
+# -- WN: postbell.notify() from a host app ------------------------------------------------------------
+
+
+def wn_notify(database: Database, calls: int, tick: Tick = _noop) -> dict[str, Any]:
+    """``calls`` ``postbell.notify()`` calls from one connection, one transaction each
+    (a host app notifying as it commits its own writes), a worker routing meanwhile:
+    calls/s and call latency, then how long until every one was routed."""
+    warmup = 50
+    body = '{"message": "someone replied to your post"}'
+    statement = b"SELECT postbell.notify(ARRAY[%s], %s::jsonb)"
+    with processes() as started:
+        start_worker(started, database.url)
+        with database.connect() as conn:  # autocommit: each call is its own transaction
+            for i in range(warmup):
+                conn.execute(statement, (f"wn-{i}", body))
+            times = []
+            began = time.perf_counter()
+            for i in range(calls):
+                t = time.perf_counter()
+                conn.execute(statement, (f"wn-{i % 1000}", body))
+                times.append(time.perf_counter() - t)
+                if i % 500 == 0:
+                    tick(0.8 * i / calls)
+            elapsed = time.perf_counter() - began
+        routed = "SELECT count(*) FROM notifications WHERE status = 'routed'"
+        wait(lambda: int(database.scalar(routed)) == warmup + calls, timeout=600, every=0.05)
+        routed_after = time.perf_counter() - began
+    return {
+        "calls": calls,
+        "routed": int(database.scalar(routed)) - warmup,
+        "seconds": round(elapsed, 3),
+        "calls_per_s": round(calls / elapsed, 1),
+        "call_ms": percentiles(times, digits=2),
+        "all_routed_seconds": round(routed_after, 3),
+    }
+
+
+# -- baseline (c): Celery + Redis, one task per webhook delivery -------------------------------------
+
+
+CELERY_MISSING = (
+    "celery is not installed (a bench-only dependency): .venv/bin/pip install -e '.[bench]'"
+)
+
+
+def baseline_celery(deliveries: int, concurrency: int = 2, tick: Tick = _noop) -> dict[str, Any]:
+    """(c) Celery + Redis: one producer enqueues one task per webhook delivery; a
+    prefork worker (``concurrency`` processes, on the same 2 cores) POSTs each to the
+    same local receiver as W2. Answers ``{"skipped": reason}`` without celery or Redis."""
+    try:
+        import redis
+
+        from bench import celery_tasks
+    except ImportError:
+        return {"skipped": CELERY_MISSING}
+    broker = celery_tasks.BROKER
+    try:
+        redis.Redis.from_url(broker, socket_connect_timeout=2).ping()
+    except redis.RedisError as error:
+        return {"skipped": f"no Redis at {broker} ({error})"}
+    queue = f"pbbench-{uuid.uuid4().hex[:10]}"
+    environ = dict(os.environ, POSTBELL_BENCH_CELERY_QUEUE=queue, POSTBELL_BENCH_REDIS_URL=broker)
+    args = [sys.executable, "-m", "celery", "-A", "bench.celery_tasks", "worker", "-P", "prefork"]
+    args += ["-c", str(concurrency), "-Q", queue, "--loglevel", "WARNING"]
+    args += ["--without-gossip", "--without-mingle", "--without-heartbeat"]
+    deliver = celery_tasks.deliver
+    try:
+        with processes() as started:
+            receiver = start_receiver(started)
+            started.append(Process(args, environ, "celery"))
+
+            def send(n: int, path: str) -> None:
+                delivery = {
+                    "id": str(n),
+                    "notification_id": str(uuid.uuid4()),
+                    "recipient": f"celery-{n}",
+                    "title": None,
+                    "body": "webhook fan-out",
+                    "action_url": None,
+                    "category": None,
+                    "priority": "normal",
+                    "metadata": {},
+                }
+                deliver.apply_async((f"{receiver}{path}", delivery), queue=queue)
+
+            # The worker is up (and every child warm) once these came through.
+            for n in range(4 * concurrency):
+                send(n, "/warmup")
+            wait(lambda: _received(receiver) >= 4 * concurrency, timeout=120, every=0.05)
+            httpx.post(f"{receiver}/reset")
+            began = time.perf_counter()
+            for n in range(deliveries):
+                send(n, "/hook")
+            enqueued = time.perf_counter() - began
+            tick(0.3)
+
+            def received() -> bool:
+                count = _received(receiver)
+                tick(0.3 + 0.7 * count / deliveries)
+                return count >= deliveries
+
+            wait(received, timeout=600, every=0.05)
+            elapsed = time.perf_counter() - began
+            count = _received(receiver)
+    finally:
+        client = redis.Redis.from_url(broker)
+        client.delete(queue, f"_kombu.binding.{queue}")
+    return {
+        "deliveries": deliveries,
+        "received": count,
+        "concurrency": concurrency,
+        "enqueue_s": round(enqueued, 3),
+        "seconds": round(elapsed, 3),
+        "per_second": round(deliveries / elapsed, 1),
+    }
+
+
+# -- W9: what a delivery costs the database (the model of docs/scaling.md) -------------------------
+
+
+def _postgres_cpu(postmaster: int) -> float:
+    """CPU seconds used so far by a Postgres server: its postmaster and every child
+    (backends, WAL writer, checkpointer)."""
+    import psutil
+
+    total = 0.0
+    try:
+        root = psutil.Process(postmaster)
+        for process in [root, *root.children(recursive=True)]:
+            try:
+                times = process.cpu_times()
+            except psutil.Error:
+                continue
+            total += times.user + times.system + times.children_user + times.children_system
+    except psutil.Error:
+        pass
+    return total
+
+
+def _footprint(database: Database, postmaster: int) -> dict[str, float]:
+    with database.connect() as conn:
+        row = conn.execute(
+            "SELECT pg_current_wal_lsn()::text, pg_total_relation_size('deliveries'),"
+            " pg_total_relation_size('notifications'),"
+            " (SELECT count(*) FROM deliveries)"
+        ).fetchone()
+    assert row is not None
+    return {
+        "lsn": row[0],
+        "deliveries_bytes": float(row[1]),
+        "notifications_bytes": float(row[2]),
+        "deliveries": float(row[3]),
+        "cpu": _postgres_cpu(postmaster),
+    }
+
+
+def _cost(database: Database, before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    n = after["deliveries"] - before["deliveries"]
+    wal = database.scalar("SELECT pg_wal_lsn_diff(%s, %s)", (after["lsn"], before["lsn"]))
+    cpu = after["cpu"] - before["cpu"]
+    return {
+        "deliveries": int(n),
+        "wal_bytes_per_delivery": round(float(wal) / n, 1),
+        "table_bytes_per_delivery": round(
+            (after["deliveries_bytes"] - before["deliveries_bytes"]) / n, 1
+        ),
+        "postgres_cpu_s": round(cpu, 3),
+        "deliveries_per_postgres_core_s": round(n / cpu, 1) if cpu > 0 else None,
+    }
+
+
+def _connections(database: Database) -> dict[str, int]:
+    with database.connect() as conn:
+        rows = conn.execute(
+            "SELECT coalesce(nullif(application_name, ''), '?'), count(*) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid() GROUP BY 1"
+        ).fetchall()
+    return {str(name): int(count) for name, count in rows}
+
+
+def w9_footprint(members: int, tick: Tick = _noop) -> dict[str, Any]:
+    """What a delivery costs Postgres, on a private embedded server (so the WAL and
+    CPU counted are this workload's alone, not other databases' on a shared server):
+    an IN_APP topic fan-out to ``members`` (every tenth opted out) and a WEBHOOK
+    fan-out to a tenth of them (at most 10,000); for each, WAL bytes (``pg_current_wal_lsn``), table +
+    index bytes of ``deliveries`` (``pg_total_relation_size``) and Postgres CPU
+    seconds per delivery; and the connections each process holds."""
+    import shutil
+
+    from postbell.app.core import embedded
+
+    folder = Path(tempfile.mkdtemp(prefix="postbell-bench-w9-"))
+    pgdata = folder / "pg"
+    try:
+        url = embedded.start(pgdata)
+        postmaster = int((pgdata / "postmaster.pid").read_text().split()[0])
+        admin = url.replace(f"/{embedded.DATABASE}?", "/postgres?")
+        from bench.env import server_settings
+
+        database = Database.create(admin, "pbbench_w9")
+        database.migrate()
+        webhooks = max(1, min(members // 10, 10_000))
+        with processes() as started:
+            receiver = start_receiver(started)
+            populate(database, "w9-", members, topic="w9", opted_out_every=10)
+            populate(database, "w9h-", webhooks, topic="w9h", webhook_url=f"{receiver}/hook")
+            database.execute("CHECKPOINT")
+            api = start_api(started, database.url)
+            start_worker(started, database.url)
+            time.sleep(1.0)
+            connections = _connections(database)
+            tick(0.2)
+            before = _footprint(database, postmaster)
+            began = time.perf_counter()
+            nid = httpx.post(
+                f"{api}/api/notifications",
+                headers=HEADERS,
+                timeout=30,
+                json={
+                    "topic": "w9",
+                    "message": "Meet-up",
+                    "channels": ["IN_APP"],
+                    "category": "bench",
+                },
+            ).json()["id"]
+            wait(
+                lambda: (
+                    database.scalar("SELECT status FROM notifications WHERE id = %s", (nid,))
+                    == "routed"
+                ),
+                timeout=600,
+                sample=started,
+            )
+            in_app_s = time.perf_counter() - began
+            middle = _footprint(database, postmaster)
+            tick(0.6)
+            began = time.perf_counter()
+            hook = httpx.post(
+                f"{api}/api/notifications",
+                headers=HEADERS,
+                timeout=30,
+                json={"topic": "w9h", "message": "webhook", "channels": ["WEBHOOK"]},
+            ).json()["id"]
+            wait(lambda: decided(database, hook) == webhooks, timeout=600, sample=started)
+            webhook_s = time.perf_counter() - began
+            after = _footprint(database, postmaster)
+            connections_busy = _connections(database)
+            worker_rss = started[-1].peak_rss
+        in_app = _cost(database, before, middle)
+        in_app["seconds"] = round(in_app_s, 3)
+        webhook = _cost(database, middle, after)
+        webhook["seconds"] = round(webhook_s, 3)
+        settings = server_settings(admin)
+        database.drop()
+    finally:
+        embedded.stop(pgdata)
+        shutil.rmtree(folder, ignore_errors=True)
+    return {
+        "members": members,
+        "in_app": in_app,
+        "webhook": webhook,
+        "connections_idle": connections,
+        "connections_busy": connections_busy,
+        "worker_peak_rss_mb": worker_rss >> 20,
+        "server_settings": settings,
     }

@@ -61,3 +61,49 @@ def test_w5_priority(bench_database: Database) -> None:
     result = workloads.w5_priority(bench_database, 60, urgent=5)
     assert result["urgent"] == 5
     assert result["urgent_ms"]["p99"] == result["urgent_ms"]["p99"]  # every urgent one sent
+
+
+def test_w4s_sequential(bench_database: Database) -> None:
+    """One client, one POST after another: every POST accepted, every webhook arrives
+    and is recorded sent."""
+    result = workloads.w4s_sequential(bench_database, 20)
+    assert (result["posts"], result["accepted"], result["errors"]) == (20, 20, 0)
+    assert (result["received"], result["sent"]) == (20, 20)
+    assert result["post_ms"]["p50"] <= result["post_ms"]["p99"]
+
+
+def test_wn_notify(bench_database: Database) -> None:
+    """postbell.notify() one transaction at a time: every call routed."""
+    result = workloads.wn_notify(bench_database, 20)
+    assert (result["calls"], result["routed"]) == (20, 20)
+
+
+def test_baseline_celery() -> None:
+    """The Celery + Redis baseline: every task's webhook reaches the receiver."""
+    pytest.importorskip("celery", reason=workloads.CELERY_MISSING)
+    result = workloads.baseline_celery(20)
+    if "skipped" in result:
+        pytest.skip(result["skipped"])
+    assert (result["deliveries"], result["received"]) == (20, 20)
+
+
+def test_server_settings_recorded(admin_url: str) -> None:
+    """Every run records the server settings its figures depend on."""
+    from bench.env import SERVER_SETTINGS, server_settings
+
+    settings = server_settings(admin_url)
+    assert set(SERVER_SETTINGS) <= set(settings)
+    assert settings["synchronous_commit"] in {"on", "off", "local", "remote_write", "remote_apply"}
+
+
+def test_w9_footprint() -> None:
+    """The cost model's workload, on its private embedded server: every delivery of
+    both fan-outs counted, and its bytes and connections measured."""
+    result = workloads.w9_footprint(200)
+    assert (result["in_app"]["deliveries"], result["webhook"]["deliveries"]) == (200, 20)
+    for kind in ("in_app", "webhook"):
+        assert result[kind]["wal_bytes_per_delivery"] > 0
+        assert result[kind]["table_bytes_per_delivery"] > 0
+    assert {"postbell-api", "postbell-inbox-listen", "postbell-wakeups"} <= set(
+        result["connections_busy"]
+    )

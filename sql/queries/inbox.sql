@@ -70,6 +70,7 @@ SELECT d.id, d.recipient_id, d.notification_id, n.title, n.body, n.action_url, n
  WHERE d.recipient_id = ANY(%(recipient_ids)s::bigint[])
    AND d.channel = 'IN_APP'
    AND d.status = 'sent'
+   AND d.archived_at IS NULL           -- archived before the hub got to it
    AND d.id BETWEEN (SELECT min(x) FROM unnest(%(los)s::bigint[]) AS x)
                 AND (SELECT max(x) FROM unnest(%(his)s::bigint[]) AS x)
    AND EXISTS (SELECT 1 FROM unnest(%(los)s::bigint[], %(his)s::bigint[]) AS g(lo, hi)
@@ -88,6 +89,8 @@ SELECT x.recipient_id,
 
 -- name: inbox_replay
 -- What a reconnecting stream missed: items after its Last-Event-ID, oldest first.
+-- Not the ones archived meanwhile (from another tab or device, or by the host app):
+-- the client never showed them, and replaying them would bring them back.
 SELECT d.id, d.recipient_id, d.notification_id, n.title, n.body, n.action_url, n.category,
        n.metadata, n.priority, d.created_at, d.read_at, d.seen_at, d.archived_at
   FROM deliveries AS d
@@ -95,6 +98,7 @@ SELECT d.id, d.recipient_id, d.notification_id, n.title, n.body, n.action_url, n
  WHERE d.recipient_id = %(recipient_id)s
    AND d.channel = 'IN_APP'
    AND d.status = 'sent'
+   AND d.archived_at IS NULL
    AND d.id > %(after)s
  ORDER BY d.id
  LIMIT %(limit)s

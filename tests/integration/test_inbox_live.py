@@ -226,6 +226,48 @@ async def test_stream_delivers_live_and_replays_after_reconnect(
         assert listing.status_code == 401
 
 
+async def test_replay_after_reconnect_leaves_out_items_archived_meanwhile(
+    settings: Settings, pool: db.Pool, worker: None
+) -> None:
+    """An item that arrived while a stream was away and was archived before it came
+    back (another tab, another device, the host app) is not replayed: the reconnecting
+    client never showed it, and replaying it would bring an archived item back. The
+    counts after the replay leave it out too."""
+    rid = unique("archived-away")
+    async with (
+        live_server(create_app(settings, pool=pool)) as base,
+        httpx.AsyncClient(base_url=base) as client,
+    ):
+        url = f"/api/inbox/{rid}/stream?token={token(rid)}"
+        async with sse(client, url) as stream:
+            (counts,) = await stream.wait_for("counts")
+            last_id = counts.id
+        ids = {}
+        for text in ("kept", "archived elsewhere", "also kept"):
+            nid = (
+                await client.post(
+                    "/api/notifications", headers=ADMIN, json={"to": [rid], "message": text}
+                )
+            ).json()["id"]
+            await settled_http(client, nid)
+        for item in (await client.get(f"/api/inbox/{rid}", headers=ADMIN)).json()["items"]:
+            ids[item["body"]] = item["id"]
+        archived = await client.post(
+            f"/api/inbox/{rid}/archive",
+            headers=bearer(token(rid)),
+            json={"ids": [ids["archived elsewhere"]]},
+        )
+        assert archived.json()["updated"] == 1
+        async with sse(client, url, headers={"Last-Event-ID": str(last_id)}) as again:
+            (counts,) = await again.wait_for("counts")
+            replayed = again.of("notification")
+            assert [(m.json()["body"], m.id) for m in replayed] == [
+                ("kept", str(ids["kept"])),
+                ("also kept", str(ids["also kept"])),
+            ]
+            assert counts.json() == {"unread_count": 2, "unseen_count": 2}
+
+
 async def test_a_fallback_to_in_app_reaches_the_live_stream(
     settings: Settings, pool: db.Pool, worker: None
 ) -> None:

@@ -148,7 +148,7 @@ def postbell_env(database_url: str, **extra: str) -> dict[str, str]:
     return environ
 
 
-def wait_http(url: str, timeout: float = 30) -> None:
+def wait_http(url: str, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with contextlib.suppress(httpx.HTTPError):

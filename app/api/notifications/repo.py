@@ -13,7 +13,7 @@ from postbell.app.core import db
 
 async def enqueue(conn: db.Conn, **fields: Any) -> DictRow:
     params = dict(fields)
-    for key in ("metadata", "fallback"):
+    for key in ("metadata", "fallback", "template_data"):
         params[key] = Jsonb(params[key]) if params.get(key) is not None else None
     row = await db.fetch_one(conn, "notifications_enqueue", params)
     assert row is not None
@@ -59,3 +59,7 @@ async def cancel_unrouted(conn: db.Conn, notification_id: uuid.UUID) -> int:
 async def cancel_routed(conn: db.Conn, notification_id: uuid.UUID) -> int:
     row = await db.fetch_one(conn, "notifications_cancel_routed", {"id": notification_id})
     return int(row["deliveries"]) if row else 0
+
+
+async def template(conn: db.Conn, key: str) -> DictRow | None:
+    return await db.fetch_one(conn, "notifications_template", {"key": key})

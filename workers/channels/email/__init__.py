@@ -108,9 +108,10 @@ class EmailChannel:
         recipient = delivery.recipient
         assert recipient.email, "send() skips deliveries without an address"
         cache = shared if shared is not None else {}
-        content = cache.get(delivery.notification_id)
+        shared_by = delivery.content_key or delivery.notification_id
+        content = cache.get(shared_by)
         if content is None:
-            content = cache[delivery.notification_id] = mime.content_of(delivery)
+            content = cache[shared_by] = mime.content_of(delivery)
         extra: tuple[tuple[str, str], ...] = ()
         if self.unsubscribe and delivery.category and not delivery.category_required:
             link = self.unsubscribe.url(recipient.external_id, delivery.category)

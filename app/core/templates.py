@@ -420,8 +420,6 @@ def _environment(autoescape: bool) -> _Sandbox:
         undefined=jinja2.StrictUndefined,
         autoescape=autoescape,
         keep_trailing_newline=False,
-        trim_blocks=True,
-        lstrip_blocks=True,
         auto_reload=False,
         cache_size=0,
     )

@@ -74,7 +74,7 @@ class EmailChannel:
         elif settings.email_provider == "ses" and settings.ses is not None:
             transport = SesTransport(settings.ses, timeout=settings.http_timeout)
         elif settings.email_provider == "console":
-            transport = ConsoleTransport()
+            transport = ConsoleTransport(show=settings.dev)
         else:
             return None
         unsubscribe = None

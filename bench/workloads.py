@@ -179,25 +179,60 @@ def decided(database: Database, notification_id: str) -> int:
 # -- W1: in-app topic fan-out ---------------------------------------------------------------------
 
 
-def w1_inapp_fanout(database: Database, members: int, tick: Tick = _noop) -> dict[str, Any]:
+#: W1t's template: IN_APP text that names the community, in two locales (rendered
+#: once per locale: it shows nothing of the recipient).
+W1T_TEMPLATE = {
+    "default_locale": "en",
+    "example_data": {"community": "Chess club"},
+    "locales": {
+        "en": {"IN_APP": {"title": "New in {{ community }}", "body": "Meet-up on Friday"}},
+        "de": {"IN_APP": {"title": "Neu in {{ community }}", "body": "Treffen am Freitag"}},
+    },
+}
+#: W3t's template: an email that greets each recipient by name (rendered per recipient).
+W3T_TEMPLATE = {
+    "default_locale": "en",
+    "example_data": {"community": "Chess club"},
+    "locales": {
+        "en": {
+            "EMAIL": {
+                "subject": "Hello {{ recipient.name }}",
+                "html": "<p>Hi {{ recipient.name }},</p><p>{{ community }} meets on Friday.</p>",
+            }
+        }
+    },
+}
+
+
+def put_template(api: str, key: str, body: dict[str, Any]) -> None:
+    response = httpx.put(f"{api}/api/templates/{key}", headers=HEADERS, timeout=30, json=body)
+    assert response.status_code == 200, response.text
+
+
+def w1_inapp_fanout(
+    database: Database, members: int, tick: Tick = _noop, *, templated: bool = False
+) -> dict[str, Any]:
+    """W1; ``templated`` (W1t): the same fan-out with a template naming the community,
+    half the members with locale de."""
     populate(database, "w1-", members, topic="w1", opted_out_every=10)
+    if templated:
+        database.execute("UPDATE recipients SET locale = 'de' WHERE id %% 2 = 0")
     with processes() as started:
         api = start_api(started, database.url)
         worker = start_worker(started, database.url)
         time.sleep(1.0)
         for p in started:
             p.sample()
+        content: dict[str, Any] = {"message": "Meet-up on Friday"}
+        if templated:
+            put_template(api, "w1t", W1T_TEMPLATE)
+            content = {"template": "w1t", "data": {"community": "Chess club"}}
         began = time.perf_counter()
         response = httpx.post(
             f"{api}/api/notifications",
             headers=HEADERS,
             timeout=30,
-            json={
-                "topic": "w1",
-                "message": "Meet-up on Friday",
-                "channels": ["IN_APP"],
-                "category": "bench",
-            },
+            json={"topic": "w1", **content, "channels": ["IN_APP"], "category": "bench"},
         )
         nid = response.json()["id"]
         wait(
@@ -267,10 +302,15 @@ def w2_webhook_fanout(database: Database, recipients: int, tick: Tick = _noop) -
 # -- W3: email fan-out -----------------------------------------------------------------------------------
 
 
-def w3_email_fanout(database: Database, recipients: int, tick: Tick = _noop) -> dict[str, Any]:
+def w3_email_fanout(
+    database: Database, recipients: int, tick: Tick = _noop, *, templated: bool = False
+) -> dict[str, Any]:
+    """W3; ``templated`` (W3t): each email rendered from a template with
+    ``{{ recipient.name }}`` (so once per recipient)."""
     with processes() as started:
         smtp_port, sink = start_smtp_sink(started)
         populate(database, "w3-", recipients, topic="w3", email_domain="example.org")
+        database.execute("UPDATE recipients SET name = 'Member ' || id")
         smtp = {
             "SMTP_HOST": "127.0.0.1",
             "SMTP_PORT": str(smtp_port),
@@ -280,17 +320,16 @@ def w3_email_fanout(database: Database, recipients: int, tick: Tick = _noop) -> 
         api = start_api(started, database.url)
         start_worker(started, database.url, **smtp)
         time.sleep(1.0)
+        content: dict[str, Any] = {"title": "Hello", "message": "email fan-out"}
+        if templated:
+            put_template(api, "w3t", W3T_TEMPLATE)
+            content = {"template": "w3t", "data": {"community": "Chess club"}}
         began = time.perf_counter()
         nid = httpx.post(
             f"{api}/api/notifications",
             headers=HEADERS,
             timeout=30,
-            json={
-                "topic": "w3",
-                "title": "Hello",
-                "message": "email fan-out",
-                "channels": ["EMAIL"],
-            },
+            json={"topic": "w3", **content, "channels": ["EMAIL"]},
         ).json()["id"]
 
         def received() -> bool:

@@ -7,7 +7,9 @@ import asyncio
 import contextlib
 import dataclasses
 import datetime as dt
+import json
 import os
+import re
 import secrets
 import signal
 import socket
@@ -705,6 +707,190 @@ def _print_table(headers: list[str], rows: list[list[Any]]) -> None:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
 
 
+# -- templates ---------------------------------------------------------------------
+
+#: The members of a template file, in the order pull writes them.
+_TEMPLATE_FILE_FIELDS = (
+    "category",
+    "description",
+    "default_locale",
+    "example_data",
+    "example_recipient",
+    "locales",
+)
+
+
+def _template_files(folder: Path) -> dict[str, Any]:
+    """Every ``KEY.json`` of ``folder``, decoded and validated (the key is the file's
+    name). One line naming the file for the first that is not a valid template."""
+    import msgspec
+
+    from postbell.app.api.templates import service
+    from postbell.app.api.templates.schemas import TemplateIn
+
+    if not folder.is_dir():
+        raise UsageError(f"{folder}: not a folder")
+    found: dict[str, Any] = {}
+    for path in sorted(folder.glob("*.json")):
+        key = path.stem
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,99}", key):
+            raise UsageError(
+                f"{path}: the file name is the template's key: letters, digits, . _ : -"
+            )
+        try:
+            payload = msgspec.json.decode(path.read_bytes(), type=TemplateIn)
+            service.compile_checked(service.normalized(payload))
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            raise UsageError(f"{path}: {exc}") from None
+        except PostbellError as exc:
+            raise UsageError(f"{path}: {exc.detail}") from None
+        found[key] = payload
+    if not found:
+        raise UsageError(f"{folder}: no template files (KEY.json) in it")
+    return found
+
+
+def cmd_templates(args: argparse.Namespace) -> int:
+    return {"push": _templates_push, "pull": _templates_pull, "preview": _templates_preview}[
+        args.templates_command
+    ](args)
+
+
+def _templates_push(args: argparse.Namespace) -> int:
+    from postbell.app.api.templates import service
+
+    payloads = _template_files(Path(args.dir))  # all checked before any is saved
+    settings = _one_shot(_settings())
+
+    async def push() -> int:
+        async with _database(settings) as url:
+            pool = await _cli_pool(url)
+            try:
+                for key, payload in payloads.items():
+                    try:
+                        out, created = await service.put(pool, key, payload)
+                    except PostbellError as exc:
+                        raise UsageError(f"{key}: {exc.detail}") from None
+                    print(f"{key} v{out.version} {'saved' if created else 'unchanged'}")
+            finally:
+                await pool.close()
+        return 0
+
+    return _run(push())
+
+
+def _template_file_text(out: Any) -> str:
+    import msgspec
+
+    data = msgspec.to_builtins(out)
+    kept = {name: data[name] for name in _TEMPLATE_FILE_FIELDS if data.get(name) is not None}
+    return json.dumps(kept, indent=2, ensure_ascii=False) + "\n"
+
+
+def _templates_pull(args: argparse.Namespace) -> int:
+    from postbell.app.api.templates import service
+
+    folder = Path(args.dir)
+    settings = _one_shot(_settings())
+
+    async def fetch() -> list[tuple[str, int, str]]:
+        found: list[tuple[str, int, str]] = []
+        async with _database(settings) as url:
+            pool = await _cli_pool(url)
+            try:
+                cursor = None
+                while True:
+                    page = await service.list_all(pool, cursor=cursor, limit=500)
+                    for item in page.items:
+                        out = await service.get(pool, item.key)
+                        found.append((item.key, out.version, _template_file_text(out)))
+                    cursor = page.next_cursor
+                    if cursor is None:
+                        return found
+            finally:
+                await pool.close()
+
+    for key, version, text in asyncio.run(fetch()):
+        path = folder / f"{key}.json"
+        if path.exists() and path.read_text() == text:
+            print(f"{key} v{version} unchanged")
+            continue
+        folder.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        print(f"{key} v{version} written to {path}")
+    return 0
+
+
+def _templates_preview(args: argparse.Namespace) -> int:
+    import msgspec
+
+    from postbell.app.api.templates import service
+    from postbell.app.api.templates.schemas import PreviewIn
+
+    channel = parse_channel(args.channel)
+    if channel is None:
+        raise UsageError(f"--channel: {unknown_channel(args.channel)}")
+    data = None
+    if args.data:
+        try:
+            data = json.loads(Path(args.data).read_text())
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"--data {args.data}: {exc}") from None
+        if not isinstance(data, dict):
+            raise UsageError(f"--data {args.data}: the file must hold a JSON object")
+    try:
+        payload = msgspec.convert(
+            {"channel": channel, "locale": args.locale, "data": data, "recipient": args.recipient},
+            PreviewIn,
+        )
+    except msgspec.ValidationError as exc:
+        raise UsageError(str(exc)) from None
+
+    def show(out: Any) -> int:
+        print(f"template {out.key} v{out.version}, locale {out.locale}, {out.channel}")
+        from postbell.app.core.templates import fields_of
+
+        order = [f for f in fields_of(out.channel) if f in out.fields]
+        fields = {name: out.fields[name] for name in order}
+        if out.channel == "EMAIL" and not args.html:
+            fields.pop("html", None)
+        for name, value in fields.items():
+            if "\n" in value:
+                print(f"--- {name} ---\n{value}")
+            else:
+                print(f"{name}: {value}")
+        return 0
+
+    if args.from_dir:
+        # A file, not the database: check a template before pushing it.
+        payloads = _template_files(Path(args.from_dir))
+        if args.key not in payloads:
+            raise UsageError(f"{args.from_dir}: no {args.key}.json")
+        if args.recipient:
+            raise UsageError("--recipient needs the database: leave out --from")
+        fields = service.normalized(payloads[args.key])
+        row = {"key": args.key, "version": 0, **fields}
+        try:
+            return show(service.render_preview(row, payload, None))
+        except PostbellError as exc:
+            raise UsageError(exc.detail) from None
+
+    settings = _one_shot(_settings())
+
+    async def preview() -> int:
+        async with _database(settings) as url:
+            pool = await _cli_pool(url)
+            try:
+                out = await service.preview(pool, args.key, payload)
+            except PostbellError as exc:
+                raise UsageError(exc.detail) from None
+            finally:
+                await pool.close()
+        return show(out)
+
+    return _run(preview())
+
+
 def cmd_schema(args: argparse.Namespace) -> int:
     settings = _one_shot(_settings())
 
@@ -897,6 +1083,58 @@ def _parser() -> argparse.ArgumentParser:
     action.add_argument(
         "--retry-all", action="store_true", help="requeue every dead delivery matching the filters"
     )
+
+    templates_cmd = command(
+        "templates",
+        cmd_templates,
+        "keep templates as files: push, pull, preview",
+        "Keep message templates in your repository as files, one KEY.json per template "
+        "(the body of PUT /api/templates/KEY), and preview them. See docs/templates.md.",
+    )
+    templates_sub = templates_cmd.add_subparsers(
+        title="template commands", dest="templates_command", metavar="ACTION", required=True
+    )
+    push_cmd = templates_sub.add_parser(
+        "push",
+        help="save every DIR/KEY.json as a template",
+        description="Validate every DIR/KEY.json, then save each as a new version of template "
+        "KEY (made active). A file whose content equals the active version saves nothing, "
+        "so pushing twice is a no-op. Templates without a file are left alone.",
+    )
+    push_cmd.add_argument("dir", metavar="DIR", help="the folder of KEY.json files")
+    pull_cmd = templates_sub.add_parser(
+        "pull",
+        help="write every template to DIR/KEY.json",
+        description="Write each template's active version to DIR/KEY.json (only files whose "
+        "content changed are rewritten).",
+    )
+    pull_cmd.add_argument("dir", metavar="DIR", help="the folder to write (created if missing)")
+    preview_cmd = templates_sub.add_parser(
+        "preview",
+        help="print a template rendered for one channel",
+        description="Render template KEY for one channel and print the text (EMAIL: the "
+        "subject and the plain-text part; --html adds the HTML). Nothing is sent or opened.",
+    )
+    preview_cmd.add_argument("key", metavar="KEY", help="the template's key")
+    preview_cmd.add_argument(
+        "--channel", required=True, help=f"the channel, any case: {', '.join(CHANNELS)}"
+    )
+    preview_cmd.add_argument(
+        "--locale", help="the locale (default: the recipient's, else the template's)"
+    )
+    preview_cmd.add_argument(
+        "--data", metavar="FILE", help="a JSON file with the data (default: the example data)"
+    )
+    preview_cmd.add_argument(
+        "--recipient", metavar="ID", help="render for this stored recipient (default: a sample one)"
+    )
+    preview_cmd.add_argument(
+        "--from",
+        dest="from_dir",
+        metavar="DIR",
+        help="read DIR/KEY.json instead of the database (check a file before pushing it)",
+    )
+    preview_cmd.add_argument("--html", action="store_true", help="print the HTML of an email too")
 
     schema_cmd = command(
         "schema",

@@ -22,15 +22,16 @@ from typing import Any
 
 import structlog
 
-from postbell.app.core import db
+from postbell.app.core import db, templates
 from postbell.app.core.settings import Settings
-from postbell.workers import claims
+from postbell.workers import claims, templating
 from postbell.workers.channels.base import (
     CategoryOptions,
     Channel,
     Delivery,
     Outcome,
     Recipient,
+    invalid_content,
 )
 from postbell.workers.runtime import Runtime
 
@@ -224,35 +225,78 @@ async def _send(
     to_send = [i for i, o in enumerate(outcomes) if o is None]
     to_send = await _apply_pacing(runtime, channel_name, to_send, outcomes, now)
     if channel is not None and to_send:
-        sent = await _send_isolated(channel, channel_name, [rows[i] for i in to_send])
-        for index, outcome in zip(to_send, sent, strict=True):
-            outcomes[index] = outcome
+        built = await _build(runtime, channel, channel_name, rows, to_send, outcomes)
+        if built:
+            sent = await _send_isolated(channel, channel_name, [d for _, d in built])
+            for (index, _), outcome in zip(built, sent, strict=True):
+                outcomes[index] = outcome
     return [o if o is not None else Outcome.retry("not attempted") for o in outcomes]
 
 
-async def _send_isolated(channel: Channel, channel_name: str, rows: Sequence[Any]) -> list[Outcome]:
-    """The channel's outcomes for ``rows``. Channels classify every provider error
-    themselves; when a batch raises anyway (a bug), each delivery is sent alone, so
-    the one that triggers it gets its own outcome and the others are not held back."""
+async def _build(
+    runtime: Runtime,
+    channel: Channel,
+    channel_name: str,
+    rows: Sequence[Any],
+    to_send: Sequence[int],
+    outcomes: list[Outcome | None],
+) -> list[tuple[int, Delivery]]:
+    """The deliveries to hand the channel, a templated one with its text rendered
+    (with the version its notification pinned). A delivery whose template fails to
+    render is dead at once, reason ``template_error``; the others go on."""
+    renderer = templating.SendRenderer(channel_name, getattr(channel, "unsubscribe", None))
+    templated = [rows[i] for i in to_send if rows[i]["template_key"]]
+    if templated:
+        async with runtime.pool.connection() as conn:
+            await renderer.load(conn, templated)
+    built: list[tuple[int, Delivery]] = []
+    for index in to_send:
+        row = rows[index]
+        delivery = _delivery(row)
+        if row["template_key"]:
+            try:
+                delivery = renderer.apply(delivery, row)
+            except templates.TemplateError as exc:
+                error = templating.error_text(row["template_key"], row["template_version"], exc)
+                outcomes[index] = Outcome.fail(error, "template_error")
+                continue
+            except Exception as exc:  # a bug: this delivery only, logged with its trace
+                log.error("template_render_error", delivery_id=row["id"], exc_info=exc)
+                outcomes[index] = invalid_content("template", exc)
+                continue
+        built.append((index, delivery))
+    failed = len(to_send) - len(built)
+    if failed:
+        log.warning("template_failed", channel=channel_name, deliveries=failed)
+    return built
+
+
+async def _send_isolated(
+    channel: Channel, channel_name: str, deliveries: Sequence[Delivery]
+) -> list[Outcome]:
+    """The channel's outcomes for ``deliveries``. Channels classify every provider
+    error themselves; when a batch raises anyway (a bug), each delivery is sent alone,
+    so the one that triggers it gets its own outcome and the others are not held back."""
     try:
-        return await _send_checked(channel, channel_name, rows)
+        return await _send_checked(channel, channel_name, deliveries)
     except Exception as exc:
-        log.error("channel_error", channel=channel_name, deliveries=len(rows), exc_info=exc)
-    if len(rows) == 1:
+        log.error("channel_error", channel=channel_name, deliveries=len(deliveries), exc_info=exc)
+    if len(deliveries) == 1:
         return [Outcome.retry(f"internal error in {channel_name}")]
     outcomes = []
-    for row in rows:
+    for delivery in deliveries:
         try:
-            (outcome,) = await _send_checked(channel, channel_name, [row])
+            (outcome,) = await _send_checked(channel, channel_name, [delivery])
         except Exception as exc:
-            log.error("channel_error", channel=channel_name, delivery_id=row["id"], exc_info=exc)
+            log.error("channel_error", channel=channel_name, delivery_id=delivery.id, exc_info=exc)
             outcome = Outcome.retry(f"internal error in {channel_name}: {type(exc).__name__}")
         outcomes.append(outcome)
     return outcomes
 
 
-async def _send_checked(channel: Channel, channel_name: str, rows: Sequence[Any]) -> list[Outcome]:
-    deliveries = [_delivery(row) for row in rows]
+async def _send_checked(
+    channel: Channel, channel_name: str, deliveries: Sequence[Delivery]
+) -> list[Outcome]:
     sent = await channel.send(deliveries)
     if len(sent) != len(deliveries):
         raise RuntimeError(f"{channel_name} answered {len(sent)} outcomes for {len(deliveries)}")

@@ -4,9 +4,10 @@ A batch of notifications with recipient lists becomes, in one statement and one
 transaction, every notification x recipient x channel row of ``deliveries`` — IN_APP
 ones already ``sent`` (visible in the inbox at commit, with one NOTIFY for live
 inboxes), undeliverable ones ``skipped`` with their reason, the rest ``pending`` —
-plus the deliver jobs that carry the pending ids. The same transaction marks the
-notifications ``routed`` and removes the routing jobs it handled: a crash leaves all
-of it or none, and a rerun is a no-op.
+plus the deliver jobs that carry the pending ids (a templated notification's IN_APP
+text is rendered in the same transaction: ``templating.render_in_app``). The same
+transaction marks the notifications ``routed`` and removes the routing jobs it
+handled: a crash leaves all of it or none, and a rerun is a no-op.
 
 A topic notification fans out in chunks of ``TOPIC_CHUNK`` subscribers, one
 transaction each, walking the subscribers in recipient-id order, so a 100,000-member
@@ -26,7 +27,7 @@ from typing import Any
 import structlog
 
 from postbell.app.core import db
-from postbell.workers import claims
+from postbell.workers import claims, templating
 from postbell.workers.runtime import Runtime
 
 log = structlog.get_logger("postbell.router")
@@ -124,6 +125,7 @@ async def _route_batch(
             result = await db.fetch_one(conn, "route_deliveries", _params(runtime, direct))
             assert result is not None
             counts = {k: int(result[k]) for k in ("deliveries", "pending", "jobs")}
+            await templating.render_in_app(conn, direct)
             await db.execute(conn, "route_mark_routed", {"ids": direct})
         # Jobs of topic notifications stay until their last chunk is routed.
         await claims.finish(
@@ -173,6 +175,7 @@ async def _route_topic(
             for key in ("deliveries", "pending", "jobs"):
                 totals[key] += int(result[key])
             totals["chunks"] += 1
+            await templating.render_in_app(conn, [notification_id])
             done = int(result["members"]) < TOPIC_CHUNK
             if done:
                 await db.execute(conn, "route_mark_routed", {"ids": [notification_id]})

@@ -287,9 +287,9 @@ def _as_datetime(value: Any) -> dt.datetime:
         try:
             moment = dt.datetime.fromisoformat(value.strip())
         except ValueError:
-            raise ValueError(f"{value[:40]!r} is not an ISO 8601 time") from None
+            raise ValueError("a value is not an ISO 8601 time") from None
     else:
-        raise ValueError(f"{type(value).__name__} is not a time")
+        raise ValueError(f"a {type(value).__name__} is not a time")
     return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
 
 
@@ -301,7 +301,7 @@ def _as_number(value: Any) -> Any:
             return float(value) if any(c in value for c in ".eE") else int(value)
         except ValueError:
             pass
-    raise ValueError(f"{str(value)[:40]!r} is not a number")
+    raise ValueError("a value is not a number")
 
 
 def _f_datetime(value: Any, format: str = "medium") -> str:
@@ -420,8 +420,6 @@ def _environment(autoescape: bool) -> _Sandbox:
         undefined=jinja2.StrictUndefined,
         autoescape=autoescape,
         keep_trailing_newline=False,
-        trim_blocks=True,
-        lstrip_blocks=True,
         auto_reload=False,
         cache_size=0,
     )
@@ -642,7 +640,7 @@ class Compiled:
             return key
         fields = self.parts[(locale, source)].values()
         if any(f.uses_recipient for f in fields):
-            return (*key, "r", recipient)
+            return (*key, "r", recipient.external_id)
         if any(f.uses_locale for f in fields):
             key = (*key, recipient.locale)
         if any(f.uses_tz for f in fields):
@@ -692,6 +690,14 @@ class Compiled:
             _STATE.reset(token)
         if channel == "EMAIL" and not out.get("text") and out.get("html"):
             out["text"] = html_to_text(out["html"])
+        link = out.get("action_url")
+        if link and not link.startswith(("https://", "http://")):
+            raise TemplateError(
+                "action_url must render to an http(s) URL",
+                locale=chosen,
+                channel=source,
+                field="action_url",
+            )
         return Rendered(out, chosen)
 
 
@@ -766,6 +772,17 @@ def check_shape(
                     raise TemplateError(
                         "required field missing", locale=locale, channel=channel, field=field
                     )
+    # The default locale is where every fallback chain ends: it covers every channel.
+    fallback = locales[default_locale]
+    for locale, parts in locales.items():
+        for channel in parts:
+            if channel not in fallback and (channel == "EMAIL" or "IN_APP" not in fallback):
+                raise TemplateError(
+                    f"the default locale {default_locale} has no {channel} part "
+                    "(every fallback chain ends there)",
+                    locale=locale,
+                    channel=channel,
+                )
 
 
 def validate(
@@ -849,7 +866,7 @@ class _TextWriter(HTMLParser):
 
     def handle_data(self, data: str) -> None:
         if not self.skipping:
-            self.out.append(re.sub(r"\s+", " ", data))
+            self.out.append(re.sub(r"[ \t\r\n\f]+", " ", data))  # keep no-break spaces
 
 
 def html_to_text(markup: str) -> str:

@@ -5,6 +5,7 @@
 -- credentials, so no other channel's run loads them).
 SELECT d.id, d.attempts, d.notification_id, d.recipient_id, job_priority(n.priority) AS job_priority,
        n.title, n.body, n.action_url, n.metadata, n.category, n.priority, n.expires_at,
+       n.template_key, n.template_version, n.template_data,
        c.rate_limits -> d.channel AS rate_limit, coalesce(c.required, false) AS category_required,
        r.external_id, r.email, r.phone, r.name, r.locale, r.timezone, r.webhook_url,
        r.webhook_secret, r.slack_webhook_url, r.discord_webhook_url, r.whatsapp,

@@ -3,10 +3,18 @@ SELECT id FROM recipients WHERE external_id = %(external_id)s
 
 -- name: inbox_page
 -- Newest first; keyset pagination on the delivery id.
-SELECT d.id, d.notification_id, n.title, n.body, n.action_url, n.category, n.metadata,
+SELECT d.id, d.notification_id, coalesce(t.content ->> 'title', n.title) AS title,
+       coalesce(t.content ->> 'body', n.body) AS body,
+       coalesce(t.content ->> 'action_url', n.action_url) AS action_url, n.category, n.metadata,
        n.priority, d.created_at, d.read_at, d.seen_at, d.archived_at
   FROM deliveries d
   JOIN notifications n ON n.id = d.notification_id
+  LEFT JOIN LATERAL (
+        -- a templated notification: the text rendered for this recipient's locale
+        SELECT inbox_content(d.content, n.rendered,
+                             (SELECT r.locale FROM recipients AS r WHERE r.id = d.recipient_id))
+                   AS content
+         WHERE n.template_key IS NOT NULL) AS t ON true
  WHERE d.recipient_id = %(recipient_id)s
    AND d.channel = 'IN_APP'
    AND d.status = 'sent'               -- not the skipped (opted out) or cancelled ones
@@ -63,10 +71,17 @@ SELECT (SELECT count(*) FROM changed) AS updated, (SELECT count(*) FROM notified
 -- New inbox items of connected recipients within the id ranges routers announced.
 -- Driven by the (recipient_id, channel, id) index: one short range scan per
 -- connected recipient, however many items the fan-out wrote for others.
-SELECT d.id, d.recipient_id, d.notification_id, n.title, n.body, n.action_url, n.category,
+SELECT d.id, d.recipient_id, d.notification_id, coalesce(t.content ->> 'title', n.title) AS title,
+       coalesce(t.content ->> 'body', n.body) AS body,
+       coalesce(t.content ->> 'action_url', n.action_url) AS action_url, n.category,
        n.metadata, n.priority, d.created_at, d.read_at, d.seen_at, d.archived_at
   FROM deliveries AS d
   JOIN notifications AS n ON n.id = d.notification_id
+  LEFT JOIN LATERAL (
+        SELECT inbox_content(d.content, n.rendered,
+                             (SELECT r.locale FROM recipients AS r WHERE r.id = d.recipient_id))
+                   AS content
+         WHERE n.template_key IS NOT NULL) AS t ON true
  WHERE d.recipient_id = ANY(%(recipient_ids)s::bigint[])
    AND d.channel = 'IN_APP'
    AND d.status = 'sent'
@@ -91,10 +106,17 @@ SELECT x.recipient_id,
 -- What a reconnecting stream missed: items after its Last-Event-ID, oldest first.
 -- Not the ones archived meanwhile (from another tab or device, or by the host app):
 -- the client never showed them, and replaying them would bring them back.
-SELECT d.id, d.recipient_id, d.notification_id, n.title, n.body, n.action_url, n.category,
+SELECT d.id, d.recipient_id, d.notification_id, coalesce(t.content ->> 'title', n.title) AS title,
+       coalesce(t.content ->> 'body', n.body) AS body,
+       coalesce(t.content ->> 'action_url', n.action_url) AS action_url, n.category,
        n.metadata, n.priority, d.created_at, d.read_at, d.seen_at, d.archived_at
   FROM deliveries AS d
   JOIN notifications AS n ON n.id = d.notification_id
+  LEFT JOIN LATERAL (
+        SELECT inbox_content(d.content, n.rendered,
+                             (SELECT r.locale FROM recipients AS r WHERE r.id = d.recipient_id))
+                   AS content
+         WHERE n.template_key IS NOT NULL) AS t ON true
  WHERE d.recipient_id = %(recipient_id)s
    AND d.channel = 'IN_APP'
    AND d.status = 'sent'

@@ -5,12 +5,13 @@ SELECT id, status, created, request_hash
         %(metadata)s::jsonb, %(channels)s::text[], %(priority)s, %(category)s,
         %(fallback)s::jsonb, %(send_at)s::timestamptz, %(expires_at)s::timestamptz,
         %(idempotency_scope)s, %(idempotency_key)s, %(request_hash)s::bytea,
-        make_interval(hours => %(idempotency_ttl_hours)s), %(wakeup)s)
+        make_interval(hours => %(idempotency_ttl_hours)s), %(wakeup)s,
+        %(template_key)s, %(template_version)s::integer, %(template_data)s::jsonb)
 
 -- name: notifications_get
 SELECT id, status, priority, category, title, body, action_url, metadata, channels, topic,
        cardinality(recipients) AS recipient_count, fallback, send_at, expires_at,
-       created_at, routed_at
+       created_at, routed_at, template_key, template_version, template_data
   FROM notifications
  WHERE id = %(id)s
 
@@ -135,3 +136,14 @@ SELECT notification_id, status, count(*) AS n
   FROM deliveries
  WHERE notification_id = ANY(%(ids)s::uuid[])
  GROUP BY notification_id, status
+
+-- name: notifications_template
+-- The active version of a live template, for a notification about to pin it. FOR
+-- SHARE: a concurrent DELETE of the template waits until this one is written.
+SELECT v.template_key AS key, v.version, v.category, v.default_locale, v.example_recipient,
+       v.locales, v.required_data
+  FROM templates AS t
+  JOIN template_versions AS v ON v.template_key = t.key AND v.version = t.active_version
+ WHERE t.key = %(key)s
+   AND t.deleted_at IS NULL
+   FOR SHARE OF t

@@ -158,3 +158,47 @@ UPDATE notifications
 
 -- name: route_mark_progress
 UPDATE notifications SET routed_through = %(through)s WHERE id = %(id)s
+
+-- name: route_templated
+-- The templated notifications of a routing batch: their IN_APP text is rendered here.
+SELECT id, template_key, template_version, template_data, category, priority,
+       rendered IS NOT NULL AS rendered
+  FROM notifications
+ WHERE id = ANY(%(ids)s::uuid[])
+   AND template_key IS NOT NULL
+
+-- name: route_store_rendered
+-- The IN_APP text of a notification whose part shows nothing of the recipient:
+-- rendered once per template locale ({"default": ..., "locales": {...}}).
+UPDATE notifications SET rendered = %(rendered)s::jsonb WHERE id = %(id)s
+
+-- name: route_unrendered_in_app
+-- IN_APP deliveries of a templated notification still without their own text (the
+-- part shows the recipient): rendered per recipient, in batches.
+SELECT d.id, r.external_id, r.name, r.email, r.locale, r.timezone, r.metadata
+  FROM deliveries AS d
+  JOIN recipients AS r ON r.id = d.recipient_id
+ WHERE d.notification_id = %(id)s
+   AND d.channel = 'IN_APP'
+   AND d.status = 'sent'
+   AND d.content IS NULL
+ ORDER BY d.id
+
+-- name: route_set_content
+-- Each IN_APP delivery's rendered text, or, where the template failed for it, dead
+-- with reason template_error (the error names the field and line, not the content).
+UPDATE deliveries AS d
+   SET content = c.content,
+       status = CASE WHEN c.error IS NULL THEN d.status ELSE 'dead' END,
+       reason = CASE WHEN c.error IS NULL THEN d.reason ELSE 'template_error' END,
+       last_error = c.error,
+       sent_at = CASE WHEN c.error IS NULL THEN d.sent_at END,
+       updated_at = now()
+  FROM unnest(%(ids)s::bigint[], %(contents)s::jsonb[], %(errors)s::text[]) AS c(id, content, error)
+ WHERE d.id = c.id
+
+-- name: template_versions_load
+-- The versions a router or deliver run renders with (cached: versions never change).
+SELECT template_key AS key, version, default_locale, locales
+  FROM template_versions
+ WHERE (template_key, version) IN (SELECT * FROM unnest(%(keys)s::text[], %(versions)s::integer[]))

@@ -35,15 +35,6 @@ SELECT v.template_key AS key, v.version, t.active_version, t.latest_version, v.c
  WHERE t.key = %(key)s
    AND t.deleted_at IS NULL
 
--- name: templates_get_for_send
-SELECT v.template_key AS key, v.version, v.category, v.default_locale, v.example_recipient,
-       v.locales, v.required_data
-  FROM templates AS t
-  JOIN template_versions AS v ON v.template_key = t.key AND v.version = t.active_version
- WHERE t.key = %(key)s
-   AND t.deleted_at IS NULL
-   FOR SHARE OF t
-
 -- name: templates_list
 SELECT t.key, t.active_version AS version, t.latest_version, v.category, v.description,
        v.default_locale, ARRAY(SELECT jsonb_object_keys(v.locales) ORDER BY 1) AS locales,

@@ -41,12 +41,27 @@ def test_w1_in_app_fanout(bench_database: Database) -> None:
     assert result["peak_rss_mb"]["worker"] > 0
 
 
+def test_w1t_templated_in_app_fanout(bench_database: Database) -> None:
+    result = workloads.w1_inapp_fanout(bench_database, 200, templated=True)
+    assert result["counts"] == {"sent": 180, "opted_out": 20}
+    titles = bench_database.connect().execute(
+        "SELECT DISTINCT postbell.inbox_content(d.content, n.rendered, r.locale) ->> 'title'"
+        " FROM postbell.deliveries AS d JOIN postbell.notifications AS n ON n.id = d.notification_id"
+        " JOIN postbell.recipients AS r ON r.id = d.recipient_id WHERE d.status = 'sent'"
+    )
+    assert sorted(t for (t,) in titles) == ["Neu in Chess club", "New in Chess club"]
+
+
 def test_w2_webhook_fanout(bench_database: Database) -> None:
     assert workloads.w2_webhook_fanout(bench_database, 30)["deliveries"] == 30
 
 
 def test_w3_email_fanout(bench_database: Database) -> None:
     assert workloads.w3_email_fanout(bench_database, 20)["deliveries"] == 20
+
+
+def test_w3t_templated_email_fanout(bench_database: Database) -> None:
+    assert workloads.w3_email_fanout(bench_database, 20, templated=True)["deliveries"] == 20
 
 
 def test_w4_api_stream(bench_database: Database) -> None:

@@ -31,6 +31,10 @@ COMMANDS = [
     ["queues"],
     ["schema"],
     ["schema", "dump"],
+    ["templates"],
+    ["templates", "push"],
+    ["templates", "pull"],
+    ["templates", "preview"],
 ]
 
 

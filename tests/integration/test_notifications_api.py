@@ -203,6 +203,9 @@ async def test_rollback_of_the_callers_transaction_leaves_nothing(pool: db.Pool)
                         "request_hash": None,
                         "idempotency_ttl_hours": 24,
                         "wakeup": True,
+                        "template_key": None,
+                        "template_version": None,
+                        "template_data": None,
                     },
                 )
                 raise RuntimeError("the host app's own write failed")

@@ -68,6 +68,11 @@ class Delivery:
     priority: str = "normal"
     metadata: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     category_options: CategoryOptions = dataclasses.field(default_factory=CategoryOptions)
+    #: A templated notification's fields as rendered for this channel and recipient
+    #: (EMAIL: subject, html, text); title, body and action_url hold them already.
+    rendered: Mapping[str, str] | None = dataclasses.field(default=None, repr=False)
+    #: Deliveries with equal keys have equal rendered content (shared MIME parts).
+    content_key: object = None
 
     @property
     def subject(self) -> str:

@@ -13,7 +13,7 @@ from postbell.app.core import db
 
 async def enqueue(conn: db.Conn, **fields: Any) -> DictRow:
     params = dict(fields)
-    for key in ("metadata", "fallback"):
+    for key in ("metadata", "fallback", "template_data"):
         params[key] = Jsonb(params[key]) if params.get(key) is not None else None
     row = await db.fetch_one(conn, "notifications_enqueue", params)
     assert row is not None
@@ -76,3 +76,7 @@ async def list_counts(
     for r in rows:
         counts.setdefault(r["notification_id"], {})[r["status"]] = int(r["n"])
     return counts
+
+
+async def template(conn: db.Conn, key: str) -> DictRow | None:
+    return await db.fetch_one(conn, "notifications_template", {"key": key})

@@ -34,6 +34,11 @@ class NotificationIn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     #: When the first channel ends dead or has no device/address, send on the second:
     #: {"PUSH": "SMS"}.
     fallback: dict[ChannelName, ChannelName] | None = None
+    #: A template's key instead of message, title, body and action_url: each channel
+    #: and recipient gets the template's text in their language (docs/templates.md).
+    template: Key | None = None
+    #: The template's variables (required with a template: its required data keys).
+    data: dict[str, Any] | None = None
 
 
 class NotificationAccepted(msgspec.Struct):
@@ -84,6 +89,10 @@ class NotificationOut(msgspec.Struct):
     delivery_counts: dict[str, int]
     deliveries: list[DeliveryOut]
     next_cursor: str | None
+    #: the template, the version it renders with (pinned when accepted) and its data
+    template: str | None = None
+    template_version: int | None = None
+    data: dict[str, Any] | None = None
 
 
 class NotificationSummary(msgspec.Struct):

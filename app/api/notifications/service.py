@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import uuid
+from typing import Any
 
 import msgspec
+from psycopg.rows import DictRow
 
 from postbell.app.api.notifications import repo
 from postbell.app.api.notifications.schemas import (
@@ -25,12 +28,14 @@ from postbell.app.api.pagination import (
     encode_time_cursor,
 )
 from postbell.app.api.wakeups import Waker
-from postbell.app.core import db, validation
+from postbell.app.core import db, templates, validation
 from postbell.app.core.channels import parse_channel, unknown_channel
 from postbell.app.core.errors import Conflict, Invalid, InvalidParameter, NotFound
 from postbell.app.core.settings import Settings
 
 MAX_METADATA_BYTES = 16_384
+#: a template's data, JSON-encoded
+MAX_DATA_BYTES = 65_536
 MAX_IDEMPOTENCY_KEY = 255
 #: An expiry further out than this is a typo, not a plan.
 MAX_EXPIRY = dt.timedelta(days=3650)
@@ -51,12 +56,27 @@ def check(
 ) -> tuple[str, list[str] | None]:
     """Rules beyond the types (no database needed); answer the body text and the
     de-duplicated recipients. Raises ``Invalid`` naming the field."""
-    if payload.message is not None and payload.body is not None:
-        raise Invalid("give either 'message' or 'body', not both", field="body")
-    text = payload.message if payload.message is not None else payload.body
-    if text is None or not text.strip():
-        raise Invalid("the notification needs a 'message' (or 'body')", field="message")
-    validation.no_nul(text, "message" if payload.message is not None else "body")
+    if payload.template is not None:
+        for name in ("message", "body", "title", "action_url"):
+            if getattr(payload, name) is not None:
+                raise Invalid(
+                    f"give either 'template' or '{name}', not both: the template has the text",
+                    field=name,
+                )
+        validation.json_value(payload.data or {}, "data", MAX_DATA_BYTES)
+        text = ""
+    else:
+        if payload.data is not None:
+            raise Invalid("'data' goes with a 'template'", field="data")
+        if payload.message is not None and payload.body is not None:
+            raise Invalid("give either 'message' or 'body', not both", field="body")
+        given = payload.message if payload.message is not None else payload.body
+        if given is None or not given.strip():
+            raise Invalid(
+                "the notification needs a 'message' (or 'body', or a 'template')", field="message"
+            )
+        text = given
+        validation.no_nul(text, "message" if payload.message is not None else "body")
     if payload.title is not None:
         validation.no_nul(payload.title, "title")
     for index, recipient in enumerate(payload.to or ()):
@@ -116,8 +136,10 @@ async def accept(
         raise Invalid("Idempotency-Key must be 1 to 255 characters", field="Idempotency-Key")
     text, recipients = check(settings, payload, dt.datetime.now(dt.UTC))
     digest = request_hash(payload) if idempotency_key else None
-    async with pool.connection() as conn:
-        await _check_targets(conn, payload)
+    async with pool.connection() as conn, _templated(conn, payload):
+        pinned = await _pin_template(conn, payload)
+        category = payload.category or (pinned["category"] if pinned else None)
+        await _check_targets(conn, category, payload.topic)
         row = await repo.enqueue(
             conn,
             recipients=recipients,
@@ -128,7 +150,7 @@ async def accept(
             metadata=payload.metadata,
             channels=list(dict.fromkeys(payload.channels)) if payload.channels else None,
             priority=payload.priority,
-            category=payload.category,
+            category=category,
             fallback=payload.fallback,
             send_at=payload.send_at,
             expires_at=payload.expires_at,
@@ -137,6 +159,9 @@ async def accept(
             request_hash=digest,
             idempotency_ttl_hours=settings.idempotency_ttl_hours,
             wakeup=waker is None,
+            template_key=pinned["key"] if pinned else None,
+            template_version=pinned["version"] if pinned else None,
+            template_data=(payload.data or {}) if pinned else None,
         )
     if waker is not None and row["created"]:
         waker.poke()
@@ -147,19 +172,80 @@ async def accept(
     return NotificationAccepted(id=row["id"], status=row["status"]), bool(row["created"])
 
 
-async def _check_targets(conn: db.Conn, payload: NotificationIn) -> None:
-    if payload.category is None and payload.topic is None:
+def _templated(
+    conn: db.Conn, payload: NotificationIn
+) -> contextlib.AbstractAsyncContextManager[Any]:
+    """A transaction when a template is pinned (its row is share-locked until the
+    notification is written); else none: the enqueue is one statement."""
+    if payload.template is None:
+        return contextlib.nullcontext()
+    return conn.transaction()
+
+
+async def _pin_template(conn: db.Conn, payload: NotificationIn) -> DictRow | None:
+    """The active version of the notification's template, checked against its data:
+    every required key present, every part rendering for a sample recipient. Invalid
+    (nothing written) naming the first missing key or the fault."""
+    if payload.template is None:
+        return None
+    row = await repo.template(conn, payload.template)
+    if row is None:
+        raise Invalid(
+            f"unknown template {payload.template!r}; save it with PUT /api/templates/{{key}}",
+            field="template",
+        )
+    data = payload.data or {}
+    missing = templates.missing_data(row["required_data"], data)
+    if missing is not None:
+        raise Invalid(
+            f"data lacks {missing!r}, which template {row['key']!r} requires",
+            field=f"data.{missing}",
+        )
+    reserved = sorted(set(data) & templates.RESERVED)
+    if reserved:
+        raise Invalid(f"data may not use the reserved name {reserved[0]!r}", field="data")
+    compiled = templates.CACHE.get(row["key"], row["version"])
+    try:
+        if compiled is None:
+            compiled = templates.CACHE.put(
+                row["key"], row["version"], row["locales"], row["default_locale"]
+            )
+        in_template: set[str] = {c for (_, c) in compiled.parts}
+        wanted: list[str] = list(payload.channels) if payload.channels else sorted(in_template)
+        for channel in dict.fromkeys(wanted):
+            usable = [loc for loc in compiled.locales if compiled.part_channel(loc, channel)]
+            if not usable:
+                raise templates.TemplateError(
+                    f"the template has no {channel} part (nor an IN_APP one to use)"
+                )
+            for locale in usable:
+                compiled.render(
+                    channel,
+                    templates.sample_recipient(locale, row["example_recipient"]),
+                    data,
+                    {"id": "", "category": payload.category, "priority": payload.priority},
+                    unsubscribe_url="https://example.org/unsubscribe",
+                    locale=locale,
+                )
+    except templates.TemplateError as exc:
+        raise Invalid(
+            f"data does not fit template {row['key']!r} (version {row['version']}): {exc}",
+            field="data",
+        ) from None
+    return row
+
+
+async def _check_targets(conn: db.Conn, category: str | None, topic: str | None) -> None:
+    if category is None and topic is None:
         return
-    found = await repo.target_check(conn, category=payload.category, topic=payload.topic)
+    found = await repo.target_check(conn, category=category, topic=topic)
     if not found["category_ok"]:
         raise Invalid(
-            f"unknown category {payload.category!r}; create it with PUT /api/categories/{{key}}",
+            f"unknown category {category!r}; create it with PUT /api/categories/{{key}}",
             field="category",
         )
     if not found["topic_ok"]:
-        raise Invalid(
-            f"unknown topic {payload.topic!r}; subscribe recipients to it first", field="topic"
-        )
+        raise Invalid(f"unknown topic {topic!r}; subscribe recipients to it first", field="topic")
 
 
 async def cancel(pool: db.Pool, notification_id: uuid.UUID) -> Cancelled:
@@ -213,6 +299,9 @@ async def read(
         delivery_counts=counts,
         deliveries=[msgspec.convert(d, DeliveryOut) for d in page],
         next_cursor=encode_cursor("d", page[-1]["id"]) if more and page else None,
+        template=row["template_key"],
+        template_version=row["template_version"],
+        data=row["template_data"],
     )
 
 

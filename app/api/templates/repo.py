@@ -23,10 +23,6 @@ async def get(conn: db.Conn, key: str, version: int | None = None) -> DictRow | 
     return await db.fetch_one(conn, "templates_get", {"key": key, "version": version})
 
 
-async def get_for_send(conn: db.Conn, key: str) -> DictRow | None:
-    return await db.fetch_one(conn, "templates_get_for_send", {"key": key})
-
-
 async def list_page(conn: db.Conn, after: str, limit: int) -> list[DictRow]:
     return await db.fetch_all(conn, "templates_list", {"after": after, "limit": limit})
 

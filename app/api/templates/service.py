@@ -35,7 +35,7 @@ from postbell.app.core.errors import Conflict, Invalid, InvalidParameter, NotFou
 MAX_DATA_BYTES = 65_536
 
 
-def _normalized(payload: TemplateIn) -> dict[str, Any]:
+def normalized(payload: TemplateIn) -> dict[str, Any]:
     """The stored form: locale tags in one spelling (de-AT), no two alike."""
     locales: dict[str, dict[str, dict[str, str]]] = {}
     for tag, parts in payload.locales.items():
@@ -105,7 +105,7 @@ def _out(row: DictRow) -> TemplateOut:
 async def put(pool: db.Pool, key: str, payload: TemplateIn) -> tuple[TemplateOut, bool]:
     """Save a new version and make it active; answers it and whether it is new. The
     same content as the active version makes no new one (so a push is idempotent)."""
-    fields = _normalized(payload)
+    fields = normalized(payload)
     compiled = compile_checked(fields)
     async with pool.connection() as conn, conn.transaction():
         if fields["category"] and not await repo.category_exists(conn, fields["category"]):
@@ -201,7 +201,13 @@ async def delete(pool: db.Pool, key: str) -> None:
 
 
 def compiled_of(row: DictRow) -> templates.Compiled:
-    """The compiled form of a stored version (cached per process)."""
+    """The compiled form of a stored version (cached per process; version 0, a file
+    not saved yet, is compiled afresh)."""
+    if not row["version"]:
+        try:
+            return templates.Compiled(row["locales"], row["default_locale"])
+        except templates.TemplateError as exc:
+            raise invalid(exc) from None
     found = templates.CACHE.get(row["key"], row["version"])
     if found is None:
         found = templates.CACHE.put(

@@ -74,7 +74,7 @@ class EmailChannel:
         elif settings.email_provider == "ses" and settings.ses is not None:
             transport = SesTransport(settings.ses, timeout=settings.http_timeout)
         elif settings.email_provider == "console":
-            transport = ConsoleTransport()
+            transport = ConsoleTransport(show=settings.dev)
         else:
             return None
         unsubscribe = None
@@ -108,9 +108,10 @@ class EmailChannel:
         recipient = delivery.recipient
         assert recipient.email, "send() skips deliveries without an address"
         cache = shared if shared is not None else {}
-        content = cache.get(delivery.notification_id)
+        shared_by = delivery.content_key or delivery.notification_id
+        content = cache.get(shared_by)
         if content is None:
-            content = cache[delivery.notification_id] = mime.content_of(delivery)
+            content = cache[shared_by] = mime.content_of(delivery)
         extra: tuple[tuple[str, str], ...] = ()
         if self.unsubscribe and delivery.category and not delivery.category_required:
             link = self.unsubscribe.url(recipient.external_id, delivery.category)

@@ -117,9 +117,20 @@ def render_html(delivery: Delivery) -> str:
 
 
 def content_of(delivery: Delivery) -> Content:
-    text = delivery.body if not delivery.action_url else f"{delivery.body}\n\n{delivery.action_url}"
-    rendered = render_html(delivery)
-    subject = one_line(delivery.subject)
+    """The parts of a delivery's email: a template's rendered subject, HTML and text
+    when it has them, else built from the notification's title, body and link."""
+    if delivery.rendered is not None and delivery.rendered.get("html"):
+        text = delivery.rendered.get("text") or ""
+        rendered = delivery.rendered["html"]
+        subject = one_line(delivery.rendered.get("subject") or delivery.subject)
+    else:
+        text = (
+            delivery.body
+            if not delivery.action_url
+            else f"{delivery.body}\n\n{delivery.action_url}"
+        )
+        rendered = render_html(delivery)
+        subject = one_line(delivery.subject)
     return Content(
         subject=subject,
         subject_header=Header(

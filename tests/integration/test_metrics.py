@@ -255,3 +255,9 @@ async def test_grafana_dashboard_names_real_metrics(metrics_api: httpx.AsyncClie
     known |= {s.name for f in text_string_to_metric_families(worker_text) for s in f.samples}
     named = {m for e in exprs for m in re.findall(r"\bpostbell_[a-z_]+", e)}
     assert named and named <= known, sorted(named - known)
+
+
+async def test_options_needs_no_credential(metrics_api: httpx.AsyncClient) -> None:
+    """OPTIONS /metrics answers its Allow header, as every route does, without a credential."""
+    response = await metrics_api.options("/metrics")
+    assert response.status_code == 204, response.text

@@ -19,7 +19,10 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 async def metrics_reader(
     connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler
 ) -> None:
-    """Guard: the metrics token, or an admin key; send keys and recipient tokens get 403."""
+    """Guard: the metrics token, or an admin key; send keys and recipient tokens get 403.
+    OPTIONS (the Allow header) carries no credential and shows no data, as elsewhere."""
+    if connection.scope.get("method") == "OPTIONS":
+        return
     principal = connection.user
     if isinstance(principal, MetricsPrincipal):
         return

@@ -414,6 +414,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
     async def work() -> int:
         stop = asyncio.Event()
         with _stop_on_signals(stop):
+            if args.metrics_port is not None:
+                from postbell.workers import metrics
+
+                metrics.serve(args.metrics_port, args.metrics_host)
             await runner.run(settings, stop, queues=queues or None, concurrency=args.concurrency)
         return 0
 
@@ -988,6 +992,20 @@ def _parser() -> argparse.ArgumentParser:
         metavar="N",
         help=f"jobs run at once, 1 to {MAX_WORKER_CONCURRENCY}"
         " (default: POSTBELL_WORKER_CONCURRENCY or 16)",
+    )
+    worker.add_argument(
+        "--metrics-port",
+        type=_integer(1, 65535),
+        default=None,
+        metavar="N",
+        help="serve this worker's own Prometheus metrics (send latency, batch sizes,"
+        " claimed jobs, outcomes) at http://HOST:N/metrics (default: off)",
+    )
+    worker.add_argument(
+        "--metrics-host",
+        default="0.0.0.0",
+        metavar="HOST",
+        help="address the worker's metrics listen on (default: 0.0.0.0)",
     )
     command(
         "migrate",

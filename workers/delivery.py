@@ -15,6 +15,7 @@ import dataclasses
 import datetime as dt
 import json
 import random
+import re
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -24,7 +25,7 @@ import structlog
 
 from postbell.app.core import db, templates
 from postbell.app.core.settings import Settings
-from postbell.workers import claims, templating
+from postbell.workers import claims, metrics, templating
 from postbell.workers.channels.base import (
     CategoryOptions,
     Channel,
@@ -65,6 +66,12 @@ class Plan:
     next_attempt_at: list[dt.datetime | None] = dataclasses.field(default_factory=list)
     provider_message_ids: list[str | None] = dataclasses.field(default_factory=list)
     attempted: list[bool] = dataclasses.field(default_factory=list)
+    #: what kind of error each failed attempt met (``error_class``), for the timeline
+    #: and the provider-error metric
+    error_classes: list[str | None] = dataclasses.field(default_factory=list)
+    #: when the channel's send call started, and how long it took (the timeline's attempt)
+    started_at: dt.datetime | None = None
+    duration_ms: float | None = None
     retries: dict[tuple[int, dt.datetime], list[int]] = dataclasses.field(default_factory=dict)
     inactive: list[int] = dataclasses.field(default_factory=list)
     #: the address each of ``inactive`` was sent to: only that address is marked
@@ -83,8 +90,10 @@ class Plan:
         next_attempt_at: dt.datetime | None = None,
         provider_message_id: str | None = None,
         attempted: bool = True,
+        error_class: str | None = None,
     ) -> None:
         self.ids.append(delivery_id)
+        self.error_classes.append(error_class)
         self.statuses.append(status)
         self.reasons.append(reason)
         self.errors.append(error)
@@ -101,6 +110,9 @@ class Plan:
             "next_attempt_at": self.next_attempt_at,
             "provider_message_ids": self.provider_message_ids,
             "attempted": self.attempted,
+            "error_classes": self.error_classes,
+            "started_at": self.started_at,
+            "duration_ms": self.duration_ms,
         }
 
     def retry_groups(self) -> str:
@@ -110,6 +122,41 @@ class Plan:
                 for (priority, run_at), ids in self.retries.items()
             ]
         )
+
+
+_HTTP_STATUS_RE = re.compile(r"\bHTTP (\d{3})\b")
+_SMTP_CODE_RE = re.compile(r"^SMTP ([245])\d\d\b")
+
+
+def error_class(outcome: Outcome) -> str | None:
+    """A short, low-cardinality name for what went wrong (the metric label and the
+    timeline's ``error_class``): a permanent failure's reason (``permanent_error``,
+    ``invalid_address`` ...), else what the transient error's text says (``http_5xx``,
+    ``http_429``, ``timeout``, ``connection``, ``smtp_4xx``, ``internal``) or ``transient``."""
+    if outcome.kind == "fail":
+        return outcome.reason or "permanent_error"
+    if outcome.kind != "retry":
+        return None
+    text = outcome.error or ""
+    if text.startswith("internal error"):
+        return "internal"
+    if text == "not attempted":
+        return "not_attempted"
+    status = _HTTP_STATUS_RE.search(text)
+    if status:
+        code = int(status.group(1))
+        return "http_429" if code == 429 else f"http_{code // 100}xx"
+    smtp = _SMTP_CODE_RE.match(text)
+    if smtp:
+        return f"smtp_{smtp.group(1)}xx"
+    lowered = text.lower()
+    if "timeout" in lowered or "timed out" in lowered:
+        return "timeout"
+    if "connect" in lowered:
+        return "connection"
+    if outcome.retry_after is not None:
+        return "rate_limited"
+    return "transient"
 
 
 def plan_outcomes(
@@ -147,14 +194,26 @@ def plan_outcomes(
             )
             plan.retries.setdefault((row["job_priority"], outcome.until), []).append(row["id"])
         elif outcome.kind == "fail":
-            plan.add(row["id"], "dead", reason=outcome.reason, error=outcome.error)
+            plan.add(
+                row["id"],
+                "dead",
+                reason=outcome.reason,
+                error=outcome.error,
+                error_class=error_class(outcome),
+            )
             plan.fallback_candidates.append(row["id"])
             if outcome.address_inactive:
                 plan.inactive.append(row["id"])
                 used = row.get(address_field) if address_field else None
                 plan.inactive_addresses.append(str(used) if used is not None else None)
         elif attempts >= max_attempts:
-            plan.add(row["id"], "dead", reason="retries_exhausted", error=outcome.error)
+            plan.add(
+                row["id"],
+                "dead",
+                reason="retries_exhausted",
+                error=outcome.error,
+                error_class=error_class(outcome),
+            )
             plan.fallback_candidates.append(row["id"])
         else:
             key = (row["job_priority"], attempts)
@@ -166,7 +225,13 @@ def plan_outcomes(
                 if key not in retry_at:
                     retry_at[key] = now + dt.timedelta(seconds=backoff_seconds(settings, attempts))
                 when = retry_at[key]
-            plan.add(row["id"], "failed", error=outcome.error, next_attempt_at=when)
+            plan.add(
+                row["id"],
+                "failed",
+                error=outcome.error,
+                next_attempt_at=when,
+                error_class=error_class(outcome),
+            )
             plan.retries.setdefault((row["job_priority"], when), []).append(row["id"])
     return plan
 
@@ -447,7 +512,9 @@ async def _deliver(
                 conn, "deliveries_load_sendable", {"ids": all_ids, "channel": channel_name}
             )
         now = dt.datetime.now(dt.UTC)
+        send_started = time.perf_counter()
         outcomes = await _send(runtime, channel_name, rows, now)
+        send_ms = (time.perf_counter() - send_started) * 1000
         plan = plan_outcomes(
             runtime.settings,
             channel_name,
@@ -456,12 +523,21 @@ async def _deliver(
             now,
             address_field=runtime.channels.address_field(channel_name),
         )
+        plan.started_at, plan.duration_ms = now, round(send_ms, 3)
         async with runtime.pool.connection() as conn, conn.transaction():
             await _record(conn, runtime, channel_name, plan)
             await claims.finish(conn, claimed)
     except BaseException:
         await claims.release_shielded(runtime.pool, claimed)
         raise
+    metrics.observe_run(
+        runtime.settings,
+        channel_name,
+        jobs=1 + len(claimed.job_ids),
+        deliveries=len(all_ids),
+        send_seconds=send_ms / 1000 if plan.attempted.count(True) else None,
+        statuses=plan.statuses,
+    )
     tally = Counter(plan.statuses)
     log.info(
         "delivered",

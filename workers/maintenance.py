@@ -129,6 +129,14 @@ async def purge_expired(
     return {**deleted, "more": more}
 
 
+async def compact_metrics(pool: db.Pool) -> dict[str, int]:
+    """Fold the metric rollup's deltas into one row per key (GET /metrics sums them:
+    this keeps that sum small). Answers the row counts before and after."""
+    async with pool.connection() as conn:
+        row = await db.fetch_one(conn, "metrics_compact")
+    return {"before": int(row["before"]), "after": int(row["after"])} if row else {}
+
+
 async def purge_provider_events(
     pool: db.Pool,
     keep_seconds: float,
@@ -210,6 +218,7 @@ async def loop(
                     if clock() >= next_reconcile:
                         next_reconcile = clock() + reconcile_every
                         await reconcile(runtime)
+                        await compact_metrics(runtime.pool)
                         dedupe = await purge_provider_events(
                             runtime.pool, runtime.settings.provider_event_keep_seconds
                         )

@@ -48,7 +48,12 @@ class TokenPrincipal:
     token: str = dataclasses.field(repr=False)
 
 
-Principal = KeyPrincipal | TokenPrincipal
+@dataclasses.dataclass(frozen=True, slots=True)
+class MetricsPrincipal:
+    """A scraper holding POSTBELL_METRICS_TOKEN: it opens /metrics and nothing else."""
+
+
+Principal = KeyPrincipal | TokenPrincipal | MetricsPrincipal
 
 
 class KeyStore:
@@ -114,6 +119,13 @@ class AuthMiddleware(AbstractAuthenticationMiddleware):
                 return AuthenticationResult(user=TokenPrincipal(token=credential), auth=None)
             limits.auth_failures.take(client)
             raise Unauthorized("missing credential: send 'Authorization: Bearer <key>'")
+        metrics_token = services.settings.metrics_token
+        if (
+            metrics_token
+            and connection.scope["path"] == "/metrics"
+            and hmac.compare_digest(credential.encode(), metrics_token.encode())
+        ):
+            return AuthenticationResult(user=MetricsPrincipal(), auth=None)
         store: KeyStore = services.keys
         guessing = limits.auth_failures.exhausted(client)
         principal = await store.lookup(credential, ask_database=not guessing)

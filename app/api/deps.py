@@ -13,6 +13,7 @@ from litestar.params import SkipValidation
 from postbell.app.api.auth import KeyStore
 from postbell.app.api.inbox.live import InboxHub
 from postbell.app.api.limits import Limits
+from postbell.app.api.metrics.http import HttpMetrics
 from postbell.app.api.wakeups import Waker
 from postbell.app.core import db
 from postbell.app.core.settings import Settings
@@ -41,6 +42,8 @@ class Services:
     waker: Waker
     limits: Limits
     owns_pool: bool
+    #: this process's own HTTP request metrics (GET /metrics shows them)
+    http_metrics: HttpMetrics = dataclasses.field(default_factory=HttpMetrics)
 
     @classmethod
     def build(cls, settings: Settings, pool: db.Pool | None = None) -> Services:

@@ -24,8 +24,11 @@ from postbell.app.api import errors
 from postbell.app.api.auth import AuthMiddleware
 from postbell.app.api.callbacks.routes import router as callbacks
 from postbell.app.api.categories.routes import router as categories
+from postbell.app.api.deliveries.routes import router as deliveries
 from postbell.app.api.deps import Services
 from postbell.app.api.inbox.routes import router as inbox
+from postbell.app.api.metrics.http import HttpMetricsMiddleware
+from postbell.app.api.metrics.routes import router as metrics
 from postbell.app.api.notifications.routes import router as notifications
 from postbell.app.api.openapi import document_errors
 from postbell.app.api.ops.routes import dead_letters, health, index
@@ -43,6 +46,7 @@ ROUTERS: list[Router] = [
     health,
     index,
     notifications,
+    deliveries,
     recipients,
     preferences,
     unsubscribe,
@@ -52,6 +56,7 @@ ROUTERS: list[Router] = [
     inbox,
     dead_letters,
     callbacks,
+    metrics,
 ]
 #: Paths open without a credential: probes, the API docs, provider callbacks (they
 #: carry the provider's signature instead) and one-click unsubscribe (a signed token).
@@ -92,7 +97,10 @@ def create_app(settings: Settings, *, pool: db.Pool | None = None) -> Litestar:
         route_handlers=[*ROUTERS, create_static_files_router("/static", [STATIC])],
         dependencies=services.dependencies(),
         lifespan=[lifespan],
-        middleware=[DefineMiddleware(AuthMiddleware, exclude=OPEN_PATHS)],
+        middleware=[
+            DefineMiddleware(HttpMetricsMiddleware, metrics=services.http_metrics),
+            DefineMiddleware(AuthMiddleware, exclude=OPEN_PATHS),
+        ],
         exception_handlers=errors.exception_handlers,
         openapi_config=OpenAPIConfig(
             title="postbell",

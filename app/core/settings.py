@@ -130,6 +130,8 @@ class Settings:
     port: int
     host: str
     admin_key: str | None = dataclasses.field(repr=False)
+    #: a Bearer credential that opens /metrics only (a Prometheus scraper's)
+    metrics_token: str | None = dataclasses.field(repr=False)
     inbox_secrets: tuple[str, ...] = dataclasses.field(repr=False)
     public_url: str | None
     cors_origins: tuple[str, ...]
@@ -225,6 +227,7 @@ class Settings:
             port=env.integer("PORT", 8000, minimum=0, maximum=65535),
             host=env.text("POSTBELL_HOST") or ("127.0.0.1" if dev else "0.0.0.0"),
             admin_key=env.secret("POSTBELL_ADMIN_KEY", min_length=16),
+            metrics_token=env.secret("POSTBELL_METRICS_TOKEN", min_length=16),
             inbox_secrets=env.csv("POSTBELL_INBOX_SECRET"),
             public_url=env.url("POSTBELL_PUBLIC_URL", schemes=("http", "https")),
             cors_origins=env.csv("POSTBELL_CORS_ORIGINS"),

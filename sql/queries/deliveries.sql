@@ -34,6 +34,9 @@ SELECT d.id, d.attempts, d.notification_id, d.recipient_id, job_priority(n.prior
 -- got there first) are left alone. IN_APP deliveries it makes sent (fallbacks to
 -- IN_APP; routing writes the others) are announced to the live inboxes, one NOTIFY
 -- each with an exact range, so that no earlier item is announced again.
+-- The same statement writes the timeline (one event per attempt, or per delivery
+-- skipped at send time; none for IN_APP, nor for a delivery only held back) and adds
+-- the batch's failed attempts to the provider-error rollup, by error class.
 WITH recorded AS (
     UPDATE deliveries AS d
        SET status = o.status,
@@ -46,16 +49,37 @@ WITH recorded AS (
            updated_at = now()
       FROM unnest(%(ids)s::bigint[], %(statuses)s::text[], %(reasons)s::text[],
                   %(errors)s::text[], %(next_attempt_at)s::timestamptz[],
-                  %(provider_message_ids)s::text[], %(attempted)s::boolean[])
-           AS o(id, status, reason, error, next_attempt_at, provider_message_id, attempted)
+                  %(provider_message_ids)s::text[], %(attempted)s::boolean[],
+                  %(error_classes)s::text[])
+           AS o(id, status, reason, error, next_attempt_at, provider_message_id, attempted,
+                error_class)
      WHERE d.id = o.id
        AND d.status IN ('pending', 'failed')
-    RETURNING d.id, d.channel, d.status
+    RETURNING d.id, d.channel, d.status, o.reason, o.error, o.provider_message_id, o.attempted,
+              o.error_class
 ),
 inbox AS (
     SELECT pg_notify('postbell_inbox', json_build_object('lo', id, 'hi', id)::text)
       FROM recorded
      WHERE channel = 'IN_APP' AND status = 'sent'
+),
+events AS (
+    INSERT INTO delivery_events (delivery_id, kind, outcome, error_class, error,
+                                 provider_message_id, started_at, duration_ms, detail)
+    SELECT id, CASE WHEN attempted THEN 'attempt' ELSE 'skip' END, status, error_class, error,
+           provider_message_id,
+           CASE WHEN attempted THEN %(started_at)s::timestamptz END,
+           CASE WHEN attempted THEN %(duration_ms)s::double precision END,
+           CASE WHEN reason IS NOT NULL THEN jsonb_build_object('reason', reason) END
+      FROM recorded
+     WHERE channel <> 'IN_APP' AND (attempted OR status = 'skipped')
+),
+errors AS (
+    INSERT INTO metric_counts (metric, channel, label, value)
+    SELECT 'provider_errors', channel, error_class, count(*)
+      FROM recorded
+     WHERE attempted AND error_class IS NOT NULL
+     GROUP BY channel, error_class
 )
 SELECT (SELECT count(*) FROM recorded) AS recorded, (SELECT count(*) FROM inbox) AS notifies
 
@@ -135,6 +159,10 @@ requeued AS (
       FROM picked
      WHERE d.id = picked.id
     RETURNING d.id, d.channel, d.notification_id
+),
+timeline AS (
+    INSERT INTO delivery_events (delivery_id, kind, outcome)
+    SELECT id, 'requeue', 'pending' FROM requeued
 )
 SELECT count(*) AS deliveries, array_agg(q.id) AS ids,
        defer_deliveries(array_agg(q.id), array_agg(q.channel), array_agg(job_priority(n.priority)),
@@ -248,6 +276,19 @@ marked AS (
                                            WHEN 'WHATSAPP' THEN a.address = r.whatsapp
                                            ELSE a.address = r.phone END)
     RETURNING r.id
+),
+timeline AS (
+    -- Every new event about one of this channel's deliveries, and whether it moved it.
+    INSERT INTO delivery_events (delivery_id, kind, outcome, detail)
+    SELECT DISTINCT ON (ev.event_key) ev.id, 'feedback', ev.status,
+           jsonb_strip_nulls(jsonb_build_object(
+               'provider', %(provider)s::text, 'reason', ev.reason,
+               'applied', EXISTS (SELECT 1 FROM picked AS p JOIN moved AS m ON m.id = p.id
+                                   WHERE p.id = ev.id AND p.n = ev.n)))
+      FROM ev
+      JOIN fresh USING (event_key)
+     WHERE EXISTS (SELECT 1 FROM deliveries AS d WHERE d.id = ev.id AND d.channel = %(channel)s)
+     ORDER BY ev.event_key, ev.n
 )
 SELECT (SELECT count(*) FROM ev) AS events, (SELECT count(*) FROM fresh) AS fresh,
        (SELECT count(*) FROM moved) AS moved, (SELECT count(DISTINCT id) FROM marked) AS marked

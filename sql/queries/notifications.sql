@@ -63,7 +63,11 @@ WITH d AS (
     UPDATE deliveries
        SET status = 'cancelled', next_attempt_at = NULL, updated_at = now()
      WHERE notification_id = %(id)s AND status IN ('pending', 'failed')
-    RETURNING 1
+    RETURNING id
+),
+timeline AS (
+    INSERT INTO delivery_events (delivery_id, kind, outcome)
+    SELECT id, 'cancel', 'cancelled' FROM d
 ),
 n AS (
     UPDATE notifications SET status = 'cancelled'

@@ -6,7 +6,7 @@ import datetime as dt
 
 from postbell.app.core.settings import Settings
 from postbell.workers.channels.base import Outcome
-from postbell.workers.delivery import backoff_seconds, plan_outcomes
+from postbell.workers.delivery import backoff_seconds, error_class, plan_outcomes
 
 NOW = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
 SETTINGS = Settings.from_env(
@@ -59,3 +59,25 @@ def test_backoff_grows_is_capped_and_honours_retry_after() -> None:
     assert 5 <= delays[0] <= 10 and 10 <= delays[1] <= 20 and 20 <= delays[2] <= 40
     assert 1800 <= delays[3] <= 3600
     assert backoff_seconds(SETTINGS, 1, retry_after=120) >= 120
+
+
+def test_error_classes_are_few_and_named_from_the_outcome() -> None:
+    """The timeline's and the metric's error class: a permanent failure's reason, else
+    what the transient error says."""
+
+    cases = {
+        Outcome.fail("SMTP 550 no such user", "invalid_address"): "invalid_address",
+        Outcome.fail("Webhook answered HTTP 404"): "permanent_error",
+        Outcome.retry("Webhook answered HTTP 503: busy"): "http_5xx",
+        Outcome.retry("Webhook answered HTTP 429", retry_after=3): "http_429",
+        Outcome.retry("SMTP 451 4.7.1 later"): "smtp_4xx",
+        Outcome.retry("Webhook: ServerTimeoutError: Timeout on reading data"): "timeout",
+        Outcome.retry("SMTP connection: ConnectionRefusedError: refused"): "connection",
+        Outcome.retry("internal error in EMAIL"): "internal",
+        Outcome.retry("not attempted"): "not_attempted",
+        Outcome.retry("Discord rate limit", retry_after=2): "rate_limited",
+        Outcome.retry("something odd"): "transient",
+        Outcome.sent("id-1"): None,
+        Outcome.skip("no_address"): None,
+    }
+    assert [error_class(o) for o in cases] == list(cases.values())

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from bench import workloads
+from bench import scale, workloads
 from bench.env import Database
 
 Workload = Callable[[Database], dict[str, Any]]
@@ -61,3 +61,9 @@ def test_w5_priority(bench_database: Database) -> None:
     result = workloads.w5_priority(bench_database, 60, urgent=5)
     assert result["urgent"] == 5
     assert result["urgent_ms"]["p99"] == result["urgent_ms"]["p99"]  # every urgent one sent
+
+
+def test_w8_analyzed_empty(bench_database: Database) -> None:
+    result = scale.w8_analyzed_empty(bench_database, 50, probes=1)
+    assert result["finished"] and result["routed"] == 50
+    assert len(result["fetch_ms"]) == 1

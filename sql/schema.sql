@@ -337,6 +337,36 @@ CREATE OR REPLACE FUNCTION postbell.channel_names()
 AS $function$ SELECT ARRAY['IN_APP', 'EMAIL', 'PUSH', 'SMS', 'WEBHOOK', 'SLACK', 'DISCORD',
                    'WHATSAPP', 'TELEGRAM', 'TEAMS', 'APPRISE'] $function$;
 
+CREATE OR REPLACE FUNCTION postbell.claim_jobs(p_queue text, p_task_name text, p_worker_id bigint, p_limit integer, p_max_items integer)
+ RETURNS TABLE(id bigint, args jsonb, priority integer)
+ LANGUAGE sql
+ SET enable_sort TO 'off'
+ SET enable_seqscan TO 'off'
+ SET enable_bitmapscan TO 'off'
+ SET jit TO 'off'
+AS $function$
+    WITH candidates AS (
+        SELECT j.id, j.priority, coalesce(jsonb_array_length(j.args -> 'ids'), 1) AS items
+          FROM procrastinate_jobs AS j
+         WHERE j.queue_name = p_queue
+           AND j.status = 'todo'
+           AND j.task_name = p_task_name
+           AND j.lock IS NULL
+           AND (j.scheduled_at IS NULL OR j.scheduled_at <= now())
+         ORDER BY j.priority DESC, j.id
+         LIMIT p_limit
+           FOR UPDATE SKIP LOCKED
+    ),
+    within AS (
+        SELECT c.id, sum(c.items) OVER (ORDER BY c.priority DESC, c.id) AS running
+          FROM candidates AS c
+    )
+    UPDATE procrastinate_jobs AS j
+       SET status = 'doing', worker_id = p_worker_id
+     WHERE j.id = ANY (ARRAY(SELECT w.id FROM within AS w WHERE w.running <= p_max_items))
+    RETURNING j.id, j.args, j.priority
+$function$;
+
 CREATE OR REPLACE FUNCTION postbell.defer_deliveries(p_ids bigint[], p_channels text[], p_priorities integer[], p_run_at timestamp with time zone[], p_batch_sizes jsonb)
  RETURNS integer
  LANGUAGE sql
@@ -769,6 +799,7 @@ CREATE UNIQUE INDEX procrastinate_jobs_lock_idx_v1 ON postbell.procrastinate_job
 CREATE INDEX procrastinate_jobs_priority_idx_v1 ON postbell.procrastinate_jobs USING btree (priority DESC, id) WHERE (status = 'todo'::procrastinate_job_status);
 CREATE INDEX procrastinate_jobs_queue_name_idx_v1 ON postbell.procrastinate_jobs USING btree (queue_name);
 CREATE UNIQUE INDEX procrastinate_jobs_queueing_lock_idx_v1 ON postbell.procrastinate_jobs USING btree (queueing_lock) WHERE (status = 'todo'::procrastinate_job_status);
+CREATE INDEX procrastinate_jobs_todo_queue_idx ON postbell.procrastinate_jobs USING btree (queue_name, priority DESC, id) WHERE (status = 'todo'::procrastinate_job_status);
 
 CREATE TABLE procrastinate_periodic_defers (
     id bigint DEFAULT nextval('procrastinate_periodic_defers_id_seq'::regclass) NOT NULL,
@@ -907,51 +938,51 @@ $function$;
 CREATE OR REPLACE FUNCTION postbell.procrastinate_fetch_job_v2(target_queue_names character varying[], p_worker_id bigint)
  RETURNS procrastinate_jobs
  LANGUAGE plpgsql
+ SET enable_sort TO 'off'
+ SET enable_seqscan TO 'off'
+ SET enable_bitmapscan TO 'off'
+ SET jit TO 'off'
 AS $function$
 DECLARE
-	found_jobs procrastinate_jobs;
+    found_jobs procrastinate_jobs;
+    found_id bigint;
 BEGIN
-    WITH candidate AS (
-        SELECT jobs.*
+    IF target_queue_names IS NULL THEN
+        -- every queue: walk procrastinate_jobs_priority_idx_v1 in order
+        SELECT jobs.id INTO found_id
             FROM procrastinate_jobs AS jobs
-            WHERE
-                -- reject the job if its lock has earlier or higher priority jobs
-                NOT EXISTS (
-                    SELECT 1
-                        FROM procrastinate_jobs AS other_jobs
-                        WHERE
-                            jobs.lock IS NOT NULL
-                            AND other_jobs.lock = jobs.lock
-                            AND (
-                                -- job with same lock is already running
-                                other_jobs.status = 'doing'
-                                OR
-                                -- job with same lock is waiting and has higher priority (or same priority but was queued first)
-                                (
-                                    other_jobs.status = 'todo'
-                                    AND (
-                                        other_jobs.priority > jobs.priority
-                                        OR (
-                                        other_jobs.priority = jobs.priority
-                                        AND other_jobs.id < jobs.id
-                                        )
-                                    )
-                                )
-                            )
-                )
-                AND jobs.status = 'todo'
-                AND (target_queue_names IS NULL OR jobs.queue_name = ANY( target_queue_names ))
+            WHERE jobs.status = 'todo'
                 AND (jobs.scheduled_at IS NULL OR jobs.scheduled_at <= now())
+                AND NOT (jobs.lock IS NOT NULL AND procrastinate_job_lock_taken(jobs.lock, jobs.priority, jobs.id))
             ORDER BY jobs.priority DESC, jobs.id ASC LIMIT 1
-            FOR UPDATE OF jobs SKIP LOCKED
-    )
+            FOR UPDATE OF jobs SKIP LOCKED;
+    ELSE
+        -- named queues: the head of each one (procrastinate_jobs_todo_queue_idx), then
+        -- the best of those heads; a walk of one index for all of them would step
+        -- over every queued job of the queues not named
+        SELECT head.id INTO found_id
+            FROM unnest(target_queue_names) AS queue(name)
+            CROSS JOIN LATERAL (
+                SELECT jobs.id, jobs.priority
+                    FROM procrastinate_jobs AS jobs
+                    WHERE jobs.queue_name = queue.name
+                        AND jobs.status = 'todo'
+                        AND (jobs.scheduled_at IS NULL OR jobs.scheduled_at <= now())
+                        AND NOT (jobs.lock IS NOT NULL AND procrastinate_job_lock_taken(jobs.lock, jobs.priority, jobs.id))
+                    ORDER BY jobs.priority DESC, jobs.id ASC LIMIT 1
+                    FOR UPDATE OF jobs SKIP LOCKED
+            ) AS head
+            ORDER BY head.priority DESC, head.id ASC LIMIT 1;
+    END IF;
+    IF found_id IS NULL THEN
+        RETURN NULL;
+    END IF;
     UPDATE procrastinate_jobs
         SET status = 'doing', worker_id = p_worker_id
-        FROM candidate
-        WHERE procrastinate_jobs.id = candidate.id
+        WHERE procrastinate_jobs.id = found_id
         RETURNING procrastinate_jobs.* INTO found_jobs;
 
- RETURN found_jobs;
+    RETURN found_jobs;
 END;
 $function$;
 
@@ -983,6 +1014,28 @@ BEGIN
         RAISE 'Job was not found or not in "doing" or "todo" status (job id: %)', job_id;
     END IF;
 END;
+$function$;
+
+CREATE OR REPLACE FUNCTION postbell.procrastinate_job_lock_taken(p_lock text, p_priority integer, p_id bigint)
+ RETURNS boolean
+ LANGUAGE sql
+ STABLE
+AS $function$
+    SELECT EXISTS (
+        SELECT 1
+            FROM procrastinate_jobs AS other_jobs
+            WHERE other_jobs.lock = p_lock
+            AND (
+                other_jobs.status = 'doing'
+                OR (
+                    other_jobs.status = 'todo'
+                    AND (
+                        other_jobs.priority > p_priority
+                        OR (other_jobs.priority = p_priority AND other_jobs.id < p_id)
+                    )
+                )
+            )
+    )
 $function$;
 
 CREATE OR REPLACE FUNCTION postbell.procrastinate_notify_queue_abort_job_v1()

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from bench import workloads
+from bench import scale, workloads
 from bench.env import Database
 
 Workload = Callable[[Database], dict[str, Any]]
@@ -122,3 +122,9 @@ def test_w9_footprint() -> None:
     assert {"postbell-api", "postbell-inbox-listen", "postbell-wakeups"} <= set(
         result["connections_busy"]
     )
+
+
+def test_w8_analyzed_empty(bench_database: Database) -> None:
+    result = scale.w8_analyzed_empty(bench_database, 50, probes=1)
+    assert result["finished"] and result["routed"] == 50
+    assert len(result["fetch_ms"]) == 1

@@ -1,0 +1,92 @@
+"""Workloads of issue 19 that probe costs at scale: W8 (a backlog after ``ANALYZE`` of
+the empty job table), W5b (urgent behind a slow receiver), W10 (inbox at 20,000
+items), W11 (webhooks to a slow receiver). Same conventions as ``workloads``: sizes
+are arguments, so ``tests/e2e/test_bench_smoke.py`` runs them tiny."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from bench.env import Database, processes, start_worker
+from bench.workloads import Tick, _noop, wait
+
+
+def _fetch_calls(database: Database) -> int:
+    value = database.scalar(
+        "SELECT calls FROM pg_stat_user_functions WHERE funcname = 'procrastinate_fetch_job_v2'"
+    )
+    return int(value or 0)
+
+
+# -- W8: a backlog after ANALYZE of the empty job table ----------------------------------
+
+
+def w8_analyzed_empty(
+    database: Database,
+    backlog: int,
+    tick: Tick = _noop,
+    timeout: float = 600,
+    probes: int = 3,
+) -> dict[str, Any]:
+    """``ANALYZE`` on the empty job table; a worker polls it until its fetch has run
+    often enough to cache its plans (and a probe connection fetches as often); then
+    ``backlog`` notifications are queued in one statement (``postbell.notify()``,
+    IN_APP). Measured: how long one fetch by the probe takes (its job is put back), and
+    the seconds until every notification is routed; when ``timeout`` passes first, the
+    rate is what was routed by then."""
+    import psycopg
+    from procrastinate import sql as procrastinate_sql
+
+    fetch = procrastinate_sql.queries["fetch_job"]
+    database.execute("ANALYZE procrastinate_jobs")
+    database.execute(f"ALTER DATABASE {database.name} SET track_functions = 'all'")
+    with processes() as started, database.connect() as probe:
+        probe.execute("SET statement_timeout = '120s'")
+        worker_id = None  # the probe is no worker (a worker row would be pruned)
+        for _ in range(8):
+            probe.execute(fetch, {"queues": ["route"], "worker_id": worker_id})
+        start_worker(started, database.url, POSTBELL_POLL_INTERVAL="0.1")
+        wait(lambda: _fetch_calls(database) >= 48, timeout=120, every=0.2)
+        database.execute(
+            "SELECT notify(ARRAY['w8-' || i], '{\"message\": \"backlog\"}')"
+            " FROM generate_series(1, %s) AS i",
+            (backlog,),
+        )
+        began = time.perf_counter()
+        fetch_ms: list[float] = []
+        for _ in range(probes):
+            t = time.perf_counter()
+            try:
+                row = probe.execute(fetch, {"queues": ["route"], "worker_id": worker_id}).fetchone()
+            except psycopg.errors.QueryCanceled:
+                fetch_ms.append(float("inf"))
+                break
+            fetch_ms.append(round((time.perf_counter() - t) * 1000, 1))
+            if row and row[0] is not None:
+                probe.execute(
+                    "UPDATE procrastinate_jobs SET status = 'todo', worker_id = NULL WHERE id = %s",
+                    (row[0],),
+                )
+        routed_query = "SELECT count(*) FROM notifications WHERE status = 'routed'"
+
+        def drained() -> bool:
+            routed = int(database.scalar(routed_query))
+            tick(routed / backlog)
+            return routed >= backlog
+
+        finished = True
+        try:
+            wait(drained, timeout=timeout, every=0.1)
+        except TimeoutError:
+            finished = False
+        elapsed = time.perf_counter() - began
+        routed = int(database.scalar(routed_query))
+    return {
+        "backlog": backlog,
+        "fetch_ms": fetch_ms,
+        "routed": routed,
+        "finished": finished,
+        "seconds": round(elapsed, 3),
+        "routed_per_s": round(routed / elapsed, 1),
+    }

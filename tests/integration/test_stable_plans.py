@@ -1,0 +1,187 @@
+"""Job fetch and claim plans that do not depend on statistics (issue 19, W8).
+
+The state that stalled workers: ``ANALYZE`` ran on the empty job table, a worker
+made its plans then (plpgsql caches the fetch's plan, psycopg prepares the claim),
+and then a backlog arrived. Each fetch then scanned and sorted the whole table:
+seconds per job at 20,000. These tests build that state and count the rows each
+fetch and claim reads (the plan made for an empty table reads them all); and a real
+worker, planned on the empty table, drains a backlog.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+import pytest
+from procrastinate import sql as procrastinate_sql
+
+from postbell.app.core import db
+from postbell.app.core.channels import QUEUES, ROUTE_QUEUE
+from tests.conftest import make_settings, query, running_worker, wait_until
+
+BACKLOG = 20_000
+CHANNEL_QUEUES = [q for q in QUEUES if q != ROUTE_QUEUE]
+#: procrastinate's own fetch statement, as its worker sends it
+FETCH = procrastinate_sql.queries["fetch_job"]
+
+ROWS_READ = """
+SELECT coalesce(seq_tup_read, 0) + coalesce(idx_tup_fetch, 0) AS n
+  FROM pg_stat_xact_user_tables WHERE relname = 'procrastinate_jobs'
+"""
+
+
+async def _rows_read(conn: db.Conn) -> int:
+    """Rows of procrastinate_jobs this transaction has read so far."""
+    cursor = await conn.execute(ROWS_READ)
+    row = await cursor.fetchone()
+    return int(row["n"]) if row else 0
+
+
+async def _worker_id(conn: db.Conn) -> int:
+    cursor = await conn.execute("INSERT INTO procrastinate_workers DEFAULT VALUES RETURNING id")
+    row = await cursor.fetchone()
+    assert row
+    return int(row["id"])
+
+
+async def _fetch(conn: db.Conn, queues: list[str] | None, worker_id: int) -> Any:
+    cursor = await conn.execute(FETCH, {"queues": queues, "worker_id": worker_id})
+    row = await cursor.fetchone()
+    return row["id"] if row else None
+
+
+async def _claim(conn: db.Conn, worker_id: int, limit: int) -> list[dict[str, Any]]:
+    return await db.fetch_all(
+        conn,
+        "jobs_claim_more",
+        {
+            "worker_id": worker_id,
+            "queue": ROUTE_QUEUE,
+            "task_name": "postbell.route",
+            "limit": limit,
+            "max_items": limit,
+        },
+    )
+
+
+@pytest.mark.slow
+async def test_fetch_and_claim_read_a_few_rows_after_an_empty_table_analyze(
+    fresh_database_url: str,
+) -> None:
+    """ANALYZE on the empty job table, then fetches and claims on one connection until
+    every plan is cached (plpgsql's generic plan after five runs, psycopg's prepared
+    statement after five), then 20,000 queued route jobs and 100 deliver jobs queued
+    behind them: each fetch, for the route queue, for the channel queues and for all
+    queues, reads at most a few rows (not the 20,000), and a claim of 100 jobs reads
+    about 100."""
+    conn = await db.connect(fresh_database_url)
+    try:
+        await conn.execute("ANALYZE procrastinate_jobs")
+        worker_id = await _worker_id(conn)
+        for _ in range(8):
+            for queues in ([ROUTE_QUEUE], CHANNEL_QUEUES, None):
+                assert await _fetch(conn, queues, worker_id) is None
+            assert await _claim(conn, worker_id, 100) == []
+        await conn.execute(
+            "INSERT INTO procrastinate_jobs (queue_name, task_name, priority, args)"
+            " SELECT 'route', 'postbell.route', 0,"
+            "        jsonb_build_object('notification_id', gen_random_uuid())"
+            "   FROM generate_series(1, %s)",
+            (BACKLOG,),
+        )
+        await conn.execute(
+            "INSERT INTO procrastinate_jobs (queue_name, task_name, priority, args)"
+            " SELECT 'webhook', 'postbell.deliver', 0,"
+            "        jsonb_build_object('channel', 'WEBHOOK', 'ids', jsonb_build_array(i))"
+            "   FROM generate_series(1, 100) AS i"
+        )
+        read: dict[str, int] = {}
+        fetched: dict[str, set[str]] = {}
+        async with conn.transaction():
+            for name, queues in (
+                ("route", [ROUTE_QUEUE]),
+                ("channels", CHANNEL_QUEUES),
+                ("all", None),
+            ):
+                before = await _rows_read(conn)
+                ids = [await _fetch(conn, queues, worker_id) for _ in range(20)]
+                read[name] = await _rows_read(conn) - before
+                rows = await query_in(conn, ids)
+                fetched[name] = {r["queue_name"] for r in rows}
+                assert None not in ids and len(set(ids)) == 20
+            before = await _rows_read(conn)
+            claimed = await _claim(conn, worker_id, 100)
+            read["claim"] = await _rows_read(conn) - before
+        assert len(claimed) == 100
+        assert fetched == {"route": {"route"}, "channels": {"webhook"}, "all": {"route"}}
+        # A fetch reads its job (twice: to lock it, to update it); a claim its jobs.
+        assert {k: v <= (60 if k != "claim" else 300) for k, v in read.items()} == {
+            "route": True,
+            "channels": True,
+            "all": True,
+            "claim": True,
+        }, read
+    finally:
+        await conn.close()
+
+
+async def query_in(conn: db.Conn, ids: list[Any]) -> list[dict[str, Any]]:
+    cursor = await conn.execute(
+        "SELECT id, queue_name FROM procrastinate_jobs WHERE id = ANY(%s::bigint[])", (ids,)
+    )
+    return list(await cursor.fetchall())
+
+
+@pytest.mark.slow
+async def test_a_worker_planned_on_an_empty_table_drains_a_backlog(
+    fresh_database_url: str,
+) -> None:
+    """A worker starts on the empty, analyzed job table and polls it until its fetch
+    has run often enough to cache its plan; then 5,000 notifications are queued at
+    once: the same worker routes every one of them."""
+    backlog = 5_000
+    with psycopg.connect(fresh_database_url, autocommit=True) as admin:
+        admin.execute("ANALYZE postbell.procrastinate_jobs")
+        name = admin.execute("SELECT current_database()").fetchone()
+        assert name
+        # Counts the worker's fetch calls (pg_stat_user_functions): the positive signal
+        # that its plans were made on the empty table.
+        admin.execute(
+            psycopg.sql.SQL("ALTER DATABASE {} SET track_functions = 'all'").format(
+                psycopg.sql.Identifier(name[0])
+            )
+        )
+    settings = make_settings(fresh_database_url, POSTBELL_POLL_INTERVAL="0.05")
+    pool = db.create_pool(fresh_database_url, max_size=5)
+    await pool.open(wait=True)
+    try:
+        async with running_worker(settings, pool, concurrency=4):
+
+            async def planned() -> bool:
+                rows = await query(
+                    pool,
+                    "SELECT calls FROM pg_stat_user_functions"
+                    " WHERE funcname = 'procrastinate_fetch_job_v2'",
+                )
+                return bool(rows) and int(rows[0]["calls"]) >= 20
+
+            await wait_until(planned, timeout=60)
+            await query(
+                pool,
+                "SELECT notify(ARRAY['w8-' || i], '{\"message\": \"backlog\"}')"
+                " FROM generate_series(1, %s) AS i",
+                (backlog,),
+            )
+
+            async def drained() -> bool:
+                rows = await query(
+                    pool, "SELECT count(*) AS n FROM notifications WHERE status = 'routed'"
+                )
+                return int(rows[0]["n"]) == backlog
+
+            await wait_until(drained, timeout=300, interval=0.2)
+        rows = await query(pool, "SELECT count(*) AS n FROM deliveries WHERE status = 'sent'")
+        assert rows == [{"n": backlog}]
+    finally:
+        await pool.close()

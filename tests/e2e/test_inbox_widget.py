@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import http.server
+import re
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -198,6 +199,10 @@ async def run_scenario(
             "href", "https://community.example.org/t/42"
         )
         await expect(badge).to_have_text("3")
+        # Screen readers hear it: the polite live region names the new item or the count.
+        await expect(widget.locator("[role=status][aria-live=polite]")).to_have_text(
+            re.compile(r"New notification: New reply|3 unread notifications")
+        )
         await shoot(page, "widget-desktop-open")
 
         # Mark read: the badge goes down, the server agrees.

@@ -157,7 +157,7 @@ async def test_widget_live_from_another_origin_and_after_an_api_restart(
                 await context.add_init_script(RECORD_EVENTS)
                 page = await context.new_page()
                 try:
-                    await run_scenario(page, page_url, rid, common, port, via_api, via_other)
+                    await run_scenario(page, page_url, rid, token, common, port, via_api, via_other)
                 finally:
                     await context.close()
 
@@ -166,6 +166,7 @@ async def run_scenario(
     page: Page,
     page_url: str,
     rid: str,
+    token: str,
     common: dict[str, str],
     port: int,
     via_api: httpx.AsyncClient,
@@ -280,6 +281,20 @@ async def run_scenario(
         box = await widget.locator(".panel").bounding_box()
         assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= 390
         await shoot(page, "widget-phone-open")
+        # Relative times follow the locale (the page's lang, or the attribute).
+        await widget.evaluate("el => el.setAttribute('locale', 'de')")
+        await expect(items.first.locator("time")).to_have_text("jetzt")
+        # A new token (here a wrong one) starts over: the page hears the refusal...
+        wrong = tokens.recipient_token("not-the-secret", rid)
+        await widget.evaluate(f"el => el.setAttribute('token', '{wrong}')")
+        refused = page.wait_for_function(
+            "window.seen.some(([t, d]) => t === 'postbell-error' && d.status === 403)"
+        )
+        await refused
+        # ...and the right one brings the inbox back, live.
+        await widget.evaluate(f"el => el.setAttribute('token', '{token}')")
+        await expect(widget).to_have_attribute("status", "live")
+        await expect(items).to_have_count(4)
     assert second.returncode == 0, second.output()[-2000:]
     with psycopg.connect(common["DATABASE_URL"]) as conn:
         (archived_at,) = conn.execute(

@@ -81,7 +81,7 @@
       max-width: calc(100vw - 16px); max-height: var(--postbell-panel-max-height, 480px);
       display: flex; flex-direction: column; box-sizing: border-box;
       background: var(--_bg); color: var(--_fg); border: 1px solid var(--_border);
-      border-radius: var(--_radius);
+      border-radius: var(--_radius); overflow: hidden;
       box-shadow: var(--postbell-panel-shadow, 0 8px 24px rgba(0, 0, 0, .16));
       text-align: start;
     }

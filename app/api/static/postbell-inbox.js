@@ -438,6 +438,7 @@
     }
 
     _relative(date) {
+      if (Number.isNaN(date.getTime())) return "";
       const seconds = (date.getTime() - Date.now()) / 1000;
       const format = new Intl.RelativeTimeFormat(this._locale, { numeric: "auto" });
       for (const [unit, size] of UNITS) {
@@ -450,6 +451,7 @@
     }
 
     _fullDate(date) {
+      if (Number.isNaN(date.getTime())) return "";
       return new Intl.DateTimeFormat(this._locale, { dateStyle: "medium", timeStyle: "short" }).format(date);
     }
 

@@ -274,7 +274,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
 
 
 async def _dev(settings: Settings, embedded_db: bool) -> int:
-    from postbell.app.api.main import create_app
+    from postbell.app.api.main import close_streams, create_app
     from postbell.workers import runner
 
     assert settings.database_url
@@ -291,7 +291,8 @@ async def _dev(settings: Settings, embedded_db: bool) -> int:
     stop = asyncio.Event()
     try:
         key = settings.admin_key or await _register_dev_key(pool, _dev_admin_key(settings.data_dir))
-        server = _uvicorn_server(create_app(settings, pool=pool), settings)
+        app = create_app(settings, pool=pool)
+        server = _uvicorn_server(app, settings)
         with _stop_on_signals(stop):
             work = asyncio.create_task(runner.run(settings, stop, pool=pool))
             web = await _serving(server, sock)
@@ -299,6 +300,7 @@ async def _dev(settings: Settings, embedded_db: bool) -> int:
             waiter = asyncio.create_task(stop.wait())
             await asyncio.wait({web, waiter}, return_when=asyncio.FIRST_COMPLETED)
             stop.set()
+            close_streams(app)
             server.should_exit = True
             await asyncio.gather(web, work, return_exceptions=True)
     finally:
@@ -381,9 +383,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
             proxy_headers=True,
         )
         return 0
-    from postbell.app.api.main import create_app
+    from postbell.app.api.main import close_streams, create_app
 
-    server = _uvicorn_server(create_app(settings), settings)
+    app = create_app(settings)
+    server = _uvicorn_server(app, settings)
 
     async def serve() -> int:
         stop = asyncio.Event()
@@ -391,6 +394,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             web = await _serving(server, sock)
             waiter = asyncio.create_task(stop.wait())
             await asyncio.wait({web, waiter}, return_when=asyncio.FIRST_COMPLETED)
+            close_streams(app)
             server.should_exit = True
             await web
             waiter.cancel()

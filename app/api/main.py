@@ -125,3 +125,10 @@ def create_app(settings: Settings, *, pool: db.Pool | None = None) -> Litestar:
     )
     document_errors(app.openapi_schema, OPEN_PATHS)
     return app
+
+
+def close_streams(app: Litestar) -> None:
+    """Before a graceful stop: end the open inbox streams (browsers keep them open for
+    ever; the ASGI server would wait on them). Their clients reconnect by themselves."""
+    services: Services = app.state.services
+    services.hub.close_streams()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -310,3 +311,26 @@ async def settled_http(client: httpx.AsyncClient, nid: str) -> None:
             return
         await asyncio.sleep(0.05)
     raise AssertionError("not sent")
+
+
+async def test_close_streams_ends_every_open_stream_and_later_ones(
+    settings: Settings, pool: db.Pool
+) -> None:
+    """When the process stops (SIGTERM), ``close_streams`` ends the open streams, so the
+    server's graceful stop does not wait on browsers that never hang up; a stream opened
+    after it ends at once, after its counts."""
+    from postbell.app.api.main import close_streams
+
+    rid = unique("closing")
+    app = create_app(settings, pool=pool)
+    async with live_server(app) as base, httpx.AsyncClient(base_url=base) as client:
+        url = f"/api/inbox/{rid}/stream?token={token(rid)}"
+        async with sse(client, url) as stream:
+            await stream.wait_for("counts")
+            close_streams(app)
+            assert stream._task is not None
+            await asyncio.wait_for(stream._task, timeout=15)  # the response ended
+        async with sse(client, url) as late:
+            await late.wait_for("counts")
+            assert late._task is not None
+            await asyncio.wait_for(late._task, timeout=15)

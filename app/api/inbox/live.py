@@ -9,7 +9,9 @@ that have a client here, however large the fan-out was.
 Each client has a bounded queue. A client too slow to drain it loses its backlog and
 gets one ``resync`` event (it refetches), so it can never stall the hub or the
 others. After the LISTEN connection comes back (a database restart), every client
-gets ``resync``: notifications sent meanwhile were not heard.
+gets ``resync``: notifications sent meanwhile were not heard. When the process stops,
+``close_streams`` ends every stream, so the server's graceful stop does not wait on
+browsers that would keep them open for ever (they reconnect, with Last-Event-ID).
 """
 
 from __future__ import annotations
@@ -40,6 +42,10 @@ class Event:
     id: int | None = None
 
 
+#: Put in a client's queue when the process stops: its stream ends.
+CLOSE = Event("close", "")
+
+
 @dataclasses.dataclass(eq=False)
 class Client:
     recipient_id: int
@@ -54,7 +60,9 @@ class Client:
             # Too slow to keep up: drop the backlog, ask it to refetch.
             while not self.queue.empty():
                 self.queue.get_nowait()
-            self.queue.put_nowait(Event("resync", json.dumps({"reason": "client_too_slow"})))
+            if event is not CLOSE:
+                event = Event("resync", json.dumps({"reason": "client_too_slow"}))
+            self.queue.put_nowait(event)
 
 
 def item_json(row: Any) -> str:
@@ -83,6 +91,7 @@ class InboxHub:
         self._clients: dict[int, set[Client]] = collections.defaultdict(set)
         self._task: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
+        self._closing = False
 
     @property
     def clients(self) -> int:
@@ -106,7 +115,14 @@ class InboxHub:
     def subscribe(self, recipient_id: int) -> Client:
         client = Client(recipient_id)
         self._clients[recipient_id].add(client)
+        if self._closing:
+            client.push(CLOSE)
         return client
+
+    def close_streams(self) -> None:
+        """The process is stopping: end every open stream now, and any opened from now on."""
+        self._closing = True
+        self._broadcast(CLOSE)
 
     def unsubscribe(self, client: Client) -> None:
         group = self._clients.get(client.recipient_id)
@@ -273,6 +289,8 @@ async def stream(
             except TimeoutError:
                 yield None
                 continue
+            if event is CLOSE:
+                return
             if event.event == "notification" and event.id is not None:
                 if event.id in seen:  # announced twice (overlapping ranges)
                     continue

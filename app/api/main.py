@@ -31,6 +31,7 @@ from postbell.app.api.openapi import document_errors
 from postbell.app.api.ops.routes import dead_letters, health, index
 from postbell.app.api.recipients.routes import preferences, recipients, unsubscribe
 from postbell.app.api.topics.routes import router as topics
+from postbell.app.api.workflows.routes import workflow_runs, workflows
 from postbell.app.core import db
 from postbell.app.core.settings import Settings
 
@@ -50,6 +51,8 @@ ROUTERS: list[Router] = [
     inbox,
     dead_letters,
     callbacks,
+    workflows,
+    workflow_runs,
 ]
 #: Paths open without a credential: probes, the API docs, provider callbacks (they
 #: carry the provider's signature instead) and one-click unsubscribe (a signed token).

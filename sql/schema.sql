@@ -253,6 +253,104 @@ CREATE TABLE topics (
 );
 ALTER TABLE topics ADD CONSTRAINT topics_pkey PRIMARY KEY (key);
 
+CREATE TABLE workflow_digests (
+    id bigint GENERATED ALWAYS AS IDENTITY NOT NULL,
+    workflow_key text NOT NULL,
+    version integer NOT NULL,
+    step integer NOT NULL,
+    recipient text NOT NULL,
+    digest_key text NOT NULL,
+    state text DEFAULT 'open'::text NOT NULL,
+    events integer DEFAULT 0 NOT NULL,
+    opened_at timestamp with time zone DEFAULT now() NOT NULL,
+    last_event_at timestamp with time zone DEFAULT now() NOT NULL,
+    due_at timestamp with time zone NOT NULL,
+    max_due_at timestamp with time zone NOT NULL,
+    fired_at timestamp with time zone,
+    run_ids bigint[],
+    run_id bigint
+);
+ALTER TABLE workflow_digests ADD CONSTRAINT workflow_digests_pkey PRIMARY KEY (id);
+ALTER TABLE workflow_digests ADD CONSTRAINT workflow_digests_state_check CHECK ((state = ANY (ARRAY['open'::text, 'fired'::text])));
+CREATE INDEX workflow_digests_due_idx ON postbell.workflow_digests USING btree (due_at) WHERE (state = 'open'::text);
+CREATE UNIQUE INDEX workflow_digests_open_idx ON postbell.workflow_digests USING btree (workflow_key, version, step, recipient, digest_key) WHERE (state = 'open'::text);
+
+CREATE TABLE workflow_runs (
+    id bigint GENERATED ALWAYS AS IDENTITY NOT NULL,
+    trigger_id uuid NOT NULL,
+    workflow_key text NOT NULL,
+    version integer NOT NULL,
+    recipient text NOT NULL,
+    step integer DEFAULT 0 NOT NULL,
+    state text DEFAULT 'waiting'::text NOT NULL,
+    due_at timestamp with time zone,
+    cancel_key text,
+    digest_id bigint,
+    notification_ids uuid[] DEFAULT '{}'::uuid[] NOT NULL,
+    reason text,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    finished_at timestamp with time zone
+);
+ALTER TABLE workflow_runs ADD CONSTRAINT workflow_runs_pkey PRIMARY KEY (id);
+ALTER TABLE workflow_runs ADD CONSTRAINT workflow_runs_digest_id_fkey FOREIGN KEY (digest_id) REFERENCES workflow_digests(id);
+ALTER TABLE workflow_runs ADD CONSTRAINT workflow_runs_trigger_id_fkey FOREIGN KEY (trigger_id) REFERENCES workflow_triggers(id) ON DELETE CASCADE;
+ALTER TABLE workflow_runs ADD CONSTRAINT workflow_runs_check CHECK (((state <> 'waiting'::text) OR (due_at IS NOT NULL)));
+ALTER TABLE workflow_runs ADD CONSTRAINT workflow_runs_state_check CHECK ((state = ANY (ARRAY['waiting'::text, 'digesting'::text, 'done'::text, 'cancelled'::text, 'throttled'::text, 'failed'::text])));
+CREATE INDEX workflow_runs_cancel_idx ON postbell.workflow_runs USING btree (cancel_key) WHERE ((cancel_key IS NOT NULL) AND (state = ANY (ARRAY['waiting'::text, 'digesting'::text])));
+CREATE INDEX workflow_runs_digest_idx ON postbell.workflow_runs USING btree (digest_id) WHERE (digest_id IS NOT NULL);
+CREATE INDEX workflow_runs_due_idx ON postbell.workflow_runs USING btree (due_at) WHERE (state = 'waiting'::text);
+CREATE INDEX workflow_runs_list_idx ON postbell.workflow_runs USING btree (workflow_key, recipient, id);
+CREATE INDEX workflow_runs_trigger_idx ON postbell.workflow_runs USING btree (trigger_id);
+CREATE INDEX workflow_runs_workflow_idx ON postbell.workflow_runs USING btree (workflow_key, id);
+
+CREATE TABLE workflow_throttle_passes (
+    workflow_key text NOT NULL,
+    step integer NOT NULL,
+    recipient text NOT NULL,
+    throttle_key text NOT NULL,
+    run_id bigint NOT NULL,
+    passed_at timestamp with time zone DEFAULT now() NOT NULL,
+    expires_at timestamp with time zone NOT NULL
+);
+CREATE INDEX workflow_throttle_passes_expires_idx ON postbell.workflow_throttle_passes USING btree (expires_at);
+CREATE INDEX workflow_throttle_passes_idx ON postbell.workflow_throttle_passes USING btree (workflow_key, step, recipient, throttle_key, passed_at);
+
+CREATE TABLE workflow_triggers (
+    id uuid DEFAULT gen_random_uuid() NOT NULL,
+    workflow_key text NOT NULL,
+    version integer NOT NULL,
+    topic text,
+    data jsonb DEFAULT '{}'::jsonb NOT NULL,
+    cancel_key text,
+    idempotency_scope text,
+    idempotency_key text,
+    request_hash bytea,
+    created_at timestamp with time zone DEFAULT now() NOT NULL
+);
+ALTER TABLE workflow_triggers ADD CONSTRAINT workflow_triggers_pkey PRIMARY KEY (id);
+ALTER TABLE workflow_triggers ADD CONSTRAINT workflow_triggers_workflow_key_version_fkey FOREIGN KEY (workflow_key, version) REFERENCES workflow_versions(workflow_key, version) ON DELETE CASCADE;
+CREATE UNIQUE INDEX workflow_triggers_idempotency_idx ON postbell.workflow_triggers USING btree (idempotency_scope, idempotency_key) WHERE (idempotency_key IS NOT NULL);
+
+CREATE TABLE workflow_versions (
+    workflow_key text NOT NULL,
+    version integer NOT NULL,
+    category text,
+    steps jsonb NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL
+);
+ALTER TABLE workflow_versions ADD CONSTRAINT workflow_versions_pkey PRIMARY KEY (workflow_key, version);
+ALTER TABLE workflow_versions ADD CONSTRAINT workflow_versions_workflow_key_fkey FOREIGN KEY (workflow_key) REFERENCES workflows(key) ON DELETE CASCADE;
+ALTER TABLE workflow_versions ADD CONSTRAINT workflow_versions_steps_check CHECK ((jsonb_typeof(steps) = 'array'::text));
+
+CREATE TABLE workflows (
+    key text NOT NULL,
+    version integer NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL
+);
+ALTER TABLE workflows ADD CONSTRAINT workflows_pkey PRIMARY KEY (key);
+
 -- Views
 
 CREATE VIEW dead_letters AS
@@ -321,7 +419,58 @@ CREATE VIEW stalled_jobs AS
      LEFT JOIN procrastinate_workers w ON w.id = j.worker_id
   WHERE j.status = 'doing'::procrastinate_job_status AND (w.id IS NULL OR w.last_heartbeat < (now() - '00:00:30'::interval));
 
+CREATE VIEW workflow_runs_due AS
+ WITH due AS (
+         SELECT workflow_runs.workflow_key,
+            workflow_runs.version,
+            workflow_runs.step,
+            workflow_runs.due_at,
+            1 AS runs,
+            0 AS digests
+           FROM workflow_runs
+          WHERE workflow_runs.state = 'waiting'::text
+        UNION ALL
+         SELECT workflow_digests.workflow_key,
+            workflow_digests.version,
+            workflow_digests.step,
+            workflow_digests.due_at,
+            workflow_digests.events,
+            1
+           FROM workflow_digests
+          WHERE workflow_digests.state = 'open'::text
+        )
+ SELECT d.workflow_key AS workflow,
+    d.version,
+    d.step,
+    (v.steps -> d.step) ->> 'type'::text AS step_type,
+    sum(d.runs) AS runs,
+    sum(d.digests) AS digests,
+    min(d.due_at) AS next_due_at,
+    count(*) FILTER (WHERE d.due_at <= now()) AS overdue
+   FROM due d
+     JOIN workflow_versions v ON v.workflow_key = d.workflow_key AND v.version = d.version
+  GROUP BY d.workflow_key, d.version, d.step, v.steps
+  ORDER BY (min(d.due_at));
+
 -- Functions
+
+CREATE OR REPLACE FUNCTION postbell.cancel(cancel_key text)
+ RETURNS integer
+ LANGUAGE plpgsql
+ SET search_path TO 'pg_catalog', 'postbell'
+AS $function$
+DECLARE
+    v_count integer;
+BEGIN
+    UPDATE workflow_runs AS r
+       SET state = 'cancelled', due_at = NULL, reason = 'cancelled', finished_at = now(),
+           updated_at = now()
+     WHERE r.cancel_key = cancel.cancel_key
+       AND r.state IN ('waiting', 'digesting');
+    GET DIAGNOSTICS v_count = ROW_COUNT;
+    RETURN v_count;
+END;
+$function$;
 
 CREATE OR REPLACE FUNCTION postbell.category_address(p_category text, p_field text)
  RETURNS boolean
@@ -747,6 +896,97 @@ CREATE OR REPLACE FUNCTION postbell.route_job(p_notification_id uuid, p_priority
  LANGUAGE sql
  IMMUTABLE
 RETURN ROW('route'::character varying, 'postbell.route'::character varying, job_priority(p_priority), NULL::text, NULL::text, jsonb_build_object('notification_id', p_notification_id), p_run_at)::procrastinate_job_to_defer_v1;
+
+CREATE OR REPLACE FUNCTION postbell.start_workflow(p_workflow text, p_recipients text[], p_topic text, p_data jsonb, p_cancel_key text, p_idempotency_scope text, p_idempotency_key text, p_request_hash bytea, p_idempotency_ttl interval)
+ RETURNS TABLE(id uuid, created boolean, request_hash bytea, version integer)
+ LANGUAGE plpgsql
+ SET search_path TO 'pg_catalog', 'postbell'
+AS $function$
+DECLARE
+    v_id      uuid;
+    v_version integer;
+BEGIN
+    SELECT w.version INTO v_version FROM workflows AS w WHERE w.key = p_workflow;
+    IF v_version IS NULL THEN
+        RAISE EXCEPTION 'postbell.trigger: unknown workflow %', p_workflow
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF p_idempotency_key IS NOT NULL THEN
+        UPDATE workflow_triggers AS t
+           SET idempotency_key = NULL, idempotency_scope = NULL
+         WHERE t.idempotency_scope = p_idempotency_scope
+           AND t.idempotency_key = p_idempotency_key
+           AND t.created_at < now() - p_idempotency_ttl;
+    END IF;
+    INSERT INTO workflow_triggers AS t (workflow_key, version, topic, data, cancel_key,
+                                        idempotency_scope, idempotency_key, request_hash)
+    VALUES (p_workflow, v_version, p_topic, coalesce(p_data, '{}'), p_cancel_key,
+            p_idempotency_scope, p_idempotency_key, p_request_hash)
+    ON CONFLICT (idempotency_scope, idempotency_key) WHERE idempotency_key IS NOT NULL
+    DO NOTHING
+    RETURNING t.id INTO v_id;
+    IF v_id IS NULL THEN
+        RETURN QUERY
+            SELECT t.id, false, t.request_hash, t.version
+              FROM workflow_triggers AS t
+             WHERE t.idempotency_scope = p_idempotency_scope
+               AND t.idempotency_key = p_idempotency_key;
+        RETURN;
+    END IF;
+    INSERT INTO workflow_runs (trigger_id, workflow_key, version, recipient, due_at, cancel_key)
+    SELECT v_id, p_workflow, v_version, r, now(), p_cancel_key
+      FROM (SELECT DISTINCT r FROM unnest(p_recipients) AS r) AS x(r)
+     ORDER BY r;
+    RETURN QUERY SELECT v_id, true, p_request_hash, v_version;
+END;
+$function$;
+
+CREATE OR REPLACE FUNCTION postbell.trigger(workflow text, recipients text[], data jsonb DEFAULT '{}'::jsonb, idempotency_key text DEFAULT NULL::text, cancel_key text DEFAULT NULL::text)
+ RETURNS uuid
+ LANGUAGE plpgsql
+ SET search_path TO 'pg_catalog', 'postbell'
+AS $function$
+DECLARE
+    v_hash   bytea;
+    v_result record;
+BEGIN
+    IF recipients IS NULL OR cardinality(recipients) = 0 THEN
+        RAISE EXCEPTION 'postbell.trigger: recipients must name at least one recipient'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF cardinality(recipients) > 10000 THEN
+        RAISE EXCEPTION 'postbell.trigger: at most 10000 recipients per call'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF EXISTS (SELECT 1 FROM unnest(recipients) AS r
+                WHERE r IS NULL OR r = '' OR length(r) > 255 OR r ~ '[[:cntrl:]]') THEN
+        RAISE EXCEPTION 'postbell.trigger: recipient ids must be 1 to 255 characters, no control characters'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF data IS NOT NULL AND jsonb_typeof(data) <> 'object' THEN
+        RAISE EXCEPTION 'postbell.trigger: data must be a JSON object'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF length(data::text) > 65536 THEN
+        RAISE EXCEPTION 'postbell.trigger: data is over 65536 bytes'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF length(cancel_key) NOT BETWEEN 1 AND 255 OR length(idempotency_key) NOT BETWEEN 1 AND 255 THEN
+        RAISE EXCEPTION 'postbell.trigger: cancel_key and idempotency_key must be 1 to 255 characters'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    v_hash := sha256(convert_to(jsonb_build_array(workflow, recipients, data, cancel_key)::text, 'UTF8'));
+    SELECT * INTO v_result
+      FROM start_workflow(workflow, recipients, NULL, data, cancel_key,
+                          CASE WHEN idempotency_key IS NOT NULL THEN 'sql' END, idempotency_key,
+                          CASE WHEN idempotency_key IS NOT NULL THEN v_hash END, interval '24 hours');
+    IF NOT v_result.created AND v_result.request_hash IS DISTINCT FROM v_hash THEN
+        RAISE EXCEPTION 'postbell.trigger: idempotency key % was used with other arguments', idempotency_key
+            USING ERRCODE = 'unique_violation';
+    END IF;
+    RETURN v_result.id;
+END;
+$function$;
 
 -- Triggers
 

@@ -20,7 +20,7 @@ from procrastinate import PsycopgConnector
 from postbell.app.core import db, migrations
 from postbell.app.core.channels import QUEUES, ROUTE_QUEUE
 from postbell.app.core.settings import Settings
-from postbell.workers import maintenance, procrastinate_app
+from postbell.workers import maintenance, procrastinate_app, workflows
 from postbell.workers.channels.registry import Channels
 from postbell.workers.runtime import Runtime
 
@@ -110,6 +110,12 @@ async def run(
         "stalled_worker_timeout": maintenance.stalled_after(settings),
     }
     upkeep = asyncio.create_task(maintenance.loop(runtime, app.job_manager, stop))
+    # Workflow runs advance beside the routing work they make (docs/workflows.md).
+    engine = (
+        asyncio.create_task(workflows.loop(pool, stop, interval=settings.poll_interval))
+        if listen is None or ROUTE_QUEUE in listen
+        else None
+    )
     delay = 1.0
     try:
         while not stop.is_set():
@@ -140,9 +146,11 @@ async def run(
             if not await wait_for_database(settings.database_url, stop):
                 break
     finally:
-        upkeep.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await upkeep
+        for task in (upkeep, engine):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await channels.close()
         await app.close_async()
         if own_pool:

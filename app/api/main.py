@@ -35,6 +35,7 @@ from postbell.app.api.ops.routes import dead_letters, health, index
 from postbell.app.api.recipients.routes import preferences, recipients, unsubscribe
 from postbell.app.api.templates.routes import router as templates
 from postbell.app.api.topics.routes import router as topics
+from postbell.app.api.workflows.routes import workflow_runs, workflows
 from postbell.app.core import db
 from postbell.app.core.settings import Settings
 
@@ -57,6 +58,8 @@ ROUTERS: list[Router] = [
     dead_letters,
     callbacks,
     metrics,
+    workflows,
+    workflow_runs,
 ]
 #: Paths open without a credential: probes, the API docs, provider callbacks (they
 #: carry the provider's signature instead) and one-click unsubscribe (a signed token).

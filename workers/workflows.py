@@ -1,0 +1,306 @@
+"""The workflow engine: advances due runs in batches, inside the worker process.
+
+A loop beside the procrastinate worker (``loop``), never one job per run. Each
+round is one transaction: claim up to ``BATCH`` due runs (``FOR UPDATE SKIP
+LOCKED``: several workers share the work, and a worker killed mid-round releases
+its claim with its connection, committing nothing), decide each run's step, make the
+batch's notifications (one per group of runs with the same message, through
+``enqueue_notification``: preferences, quiet hours, priorities, fallbacks apply),
+and record every run's outcome with one UPDATE. Because the notifications and the
+advance commit together, a crash can neither send a step twice nor skip it.
+
+Due digests fire in rounds of their own (``fire_digests``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import datetime as dt
+import re
+from typing import Any
+
+import msgspec
+import structlog
+from psycopg.types.json import Jsonb
+
+from postbell.app.core import db, workflow_steps
+from postbell.app.core.workflow_steps import (
+    DelayStep,
+    DigestStep,
+    SendStep,
+    Step,
+    ThrottleStep,
+)
+
+log = structlog.get_logger("postbell.workflows")
+
+#: Runs claimed per round (one transaction, a handful of statements).
+BATCH = 500
+#: How soon a run whose `in_app` condition waits for routing looks again.
+ROUTING_RECHECK = dt.timedelta(seconds=1)
+PURGE_EVERY_SECONDS = 60.0
+_COUNT_RE = re.compile(r"\{\{\s*count\s*\}\}")
+
+#: Versions never change once stored: cached per process.
+_versions: dict[tuple[str, int], tuple[str | None, list[Step]]] = {}
+
+
+@dataclasses.dataclass(slots=True)
+class Outcome:
+    step: int
+    state: str
+    due_at: dt.datetime | None = None
+    reason: str | None = None
+    notification_id: Any = None
+
+
+async def _steps(conn: db.Conn, rows: list[Any]) -> None:
+    missing = {(r["workflow_key"], r["version"]) for r in rows} - _versions.keys()
+    if not missing:
+        return
+    found = await db.fetch_all(
+        conn,
+        "workflow_versions_get_many",
+        {"keys": [k for k, _ in missing], "versions": [v for _, v in missing]},
+    )
+    for v in found:
+        _versions[(v["workflow_key"], v["version"])] = (
+            v["category"],
+            workflow_steps.decode(v["steps"]),
+        )
+
+
+def _holds(condition: workflow_steps.Condition, data: Any, in_app: Any) -> bool:
+    if (
+        condition.path is not None
+        and workflow_steps.read_path(data, condition.path) != condition.equals
+    ):
+        return False
+    if condition.in_app is not None:
+        if in_app is None or in_app["delivery_id"] is None:
+            return False
+        column = {"unread": "read_at", "unseen": "seen_at", "not_archived": "archived_at"}
+        return in_app[column[condition.in_app]] is None
+    return True
+
+
+def _render(text: str | None, count: int) -> str | None:
+    return _COUNT_RE.sub(str(count), text) if text is not None else None
+
+
+async def advance(pool: db.Pool, *, batch: int = BATCH) -> int:
+    """One round: claim up to ``batch`` due runs and take each one step on. Answers
+    how many runs it claimed (``batch``: there may be more due)."""
+    async with pool.connection() as conn, conn.transaction():
+        rows = await db.fetch_all(conn, "workflow_runs_claim_due", {"limit": batch})
+        if not rows:
+            return 0
+        await _steps(conn, rows)
+        now = dt.datetime.now(dt.UTC)
+        outcomes: dict[int, Outcome] = {}
+        sends: list[tuple[Any, SendStep, str | None]] = []
+        digests: list[tuple[Any, DigestStep]] = []
+        throttles: list[tuple[Any, ThrottleStep]] = []
+        in_app_ids: list[int] = []
+        for row in rows:
+            category, steps = _versions[(row["workflow_key"], row["version"])]
+            index = row["step"]
+            if index >= len(steps):
+                outcomes[row["id"]] = Outcome(index, "done")
+                continue
+            step = steps[index]
+            if isinstance(step, SendStep):
+                sends.append((row, step, category))
+                if step.if_ is not None and step.if_.in_app is not None:
+                    in_app_ids.append(row["id"])
+            elif isinstance(step, DelayStep):
+                until = workflow_steps.delay_until(step, row["data"], now)
+                if isinstance(until, str):
+                    outcomes[row["id"]] = Outcome(index, "failed", reason=until)
+                else:
+                    outcomes[row["id"]] = Outcome(index + 1, "waiting", due_at=max(until, now))
+            elif isinstance(step, DigestStep):
+                digests.append((row, step))
+            else:
+                throttles.append((row, step))
+        in_app: dict[int, Any] = {}
+        if in_app_ids:
+            for r in await db.fetch_all(conn, "workflow_runs_in_app_state", {"ids": in_app_ids}):
+                in_app[r["run_id"]] = r
+        await _send(conn, sends, in_app, outcomes, now)
+        if digests:
+            await _join_digests(conn, digests)
+        if throttles:
+            await _throttle(conn, throttles, outcomes, now)
+        if outcomes:
+            ids = list(outcomes)
+            await db.execute(
+                conn,
+                "workflow_runs_advance",
+                {
+                    "ids": ids,
+                    "steps": [outcomes[i].step for i in ids],
+                    "states": [outcomes[i].state for i in ids],
+                    "due_ats": [outcomes[i].due_at for i in ids],
+                    "reasons": [outcomes[i].reason for i in ids],
+                    "notification_ids": [outcomes[i].notification_id for i in ids],
+                },
+            )
+    return len(rows)
+
+
+async def _send(
+    conn: db.Conn,
+    sends: list[tuple[Any, SendStep, str | None]],
+    in_app: dict[int, Any],
+    outcomes: dict[int, Outcome],
+    now: dt.datetime,
+) -> None:
+    groups: dict[bytes, dict[str, Any]] = {}
+    members: dict[bytes, list[int]] = {}
+    for row, step, category in sends:
+        index = row["step"]
+        if step.if_ is not None:
+            state = in_app.get(row["id"])
+            if step.if_.in_app is not None and state is not None and not state["routed"]:
+                # the earlier notification is not routed yet: its item may not exist
+                outcomes[row["id"]] = Outcome(index, "waiting", due_at=now + ROUTING_RECHECK)
+                continue
+            if not _holds(step.if_, row["data"], state):
+                outcomes[row["id"]] = Outcome(index + 1, "waiting", due_at=now)
+                continue
+        count = int(row["digest_count"] or 1)
+        text = step.message if step.message is not None else step.body
+        metadata = {
+            **(step.metadata or {}),
+            "workflow": {"key": row["workflow_key"], "version": row["version"], "step": index},
+        }
+        if row["digest_count"] is not None:
+            metadata["workflow"]["count"] = count
+        group = {
+            "title": _render(step.title, count),
+            "body": _render(text, count),
+            "action_url": step.action_url,
+            "metadata": metadata,
+            "channels": list(dict.fromkeys(step.channels)) if step.channels else None,
+            "priority": step.priority,
+            "category": category,
+            "fallback": step.fallback,
+        }
+        key = msgspec.json.encode(group, order="sorted")
+        groups.setdefault(key, group)
+        members.setdefault(key, []).append(row["id"])
+        outcomes[row["id"]] = Outcome(index + 1, "waiting", due_at=now)
+    if not groups:
+        return
+    by_run = {row["id"]: row["recipient"] for row, _, _ in sends}
+    keys = list(groups)
+    payload = [
+        {**groups[k], "n": n, "recipients": sorted({by_run[i] for i in members[k]})}
+        for n, k in enumerate(keys)
+    ]
+    made = await db.fetch_all(conn, "workflow_runs_send", {"groups": Jsonb(payload)})
+    for r in made:
+        for run_id in members[keys[r["n"]]]:
+            outcomes[run_id].notification_id = r["id"]
+
+
+async def _join_digests(conn: db.Conn, digests: list[tuple[Any, DigestStep]]) -> None:
+    windows = [workflow_steps.seconds(s.window, "window") for _, s in digests]
+    await db.execute(
+        conn,
+        "workflow_digests_join",
+        {
+            "run_ids": [r["id"] for r, _ in digests],
+            "workflows": [r["workflow_key"] for r, _ in digests],
+            "versions": [r["version"] for r, _ in digests],
+            "steps": [r["step"] for r, _ in digests],
+            "recipients": [r["recipient"] for r, _ in digests],
+            "keys": [workflow_steps.key_of(s.key, r["data"]) for r, s in digests],
+            "windows": windows,
+            "max_waits": [
+                workflow_steps.seconds(s.max_wait, "max_wait") if s.max_wait else w
+                for (_, s), w in zip(digests, windows, strict=True)
+            ],
+        },
+    )
+
+
+async def _throttle(
+    conn: db.Conn,
+    throttles: list[tuple[Any, ThrottleStep]],
+    outcomes: dict[int, Outcome],
+    now: dt.datetime,
+) -> None:
+    params = {
+        "run_ids": [r["id"] for r, _ in throttles],
+        "workflows": [r["workflow_key"] for r, _ in throttles],
+        "steps": [r["step"] for r, _ in throttles],
+        "recipients": [r["recipient"] for r, _ in throttles],
+        "keys": [workflow_steps.key_of(s.key, r["data"]) for r, s in throttles],
+        "limits": [s.limit for _, s in throttles],
+        "pers": [workflow_steps.seconds(s.per, "per") for _, s in throttles],
+    }
+    await db.fetch_one(
+        conn,
+        "workflow_throttle_lock",
+        {k: params[k] for k in ("workflows", "steps", "recipients", "keys")},
+    )
+    decided = {
+        r["run_id"]: r["passes"]
+        for r in await db.fetch_all(conn, "workflow_throttle_decide", params)
+    }
+    for row, step in throttles:
+        index = row["step"]
+        if decided[row["id"]]:
+            outcomes[row["id"]] = Outcome(index + 1, "waiting", due_at=now)
+        else:
+            outcomes[row["id"]] = Outcome(
+                index, "throttled", reason=f"over {step.limit} per {step.per}"
+            )
+
+
+async def fire_digests(pool: db.Pool, *, batch: int = BATCH) -> int:
+    """Fire up to ``batch`` due digests: the first of each digest's runs goes on with
+    its events; answers how many digests fired."""
+    async with pool.connection() as conn, conn.transaction():
+        fired = await db.fetch_all(conn, "workflow_digests_claim_due", {"limit": batch})
+        if fired:
+            await db.execute(conn, "workflow_digests_deliver", {"ids": [r["id"] for r in fired]})
+    return len(fired)
+
+
+async def purge_throttle_passes(pool: db.Pool, *, limit: int = 5_000) -> int:
+    async with pool.connection() as conn:
+        return await db.execute(conn, "workflow_throttle_passes_purge", {"limit": limit})
+
+
+async def run_due(pool: db.Pool, *, batch: int = BATCH) -> int:
+    """Fire due digests and advance due runs until nothing is due; answers how many
+    runs and digests it took on (the loop calls it; so do tests)."""
+    total = 0
+    while True:
+        fired = await fire_digests(pool, batch=batch)
+        advanced = await advance(pool, batch=batch)
+        total += fired + advanced
+        if not fired and not advanced:
+            return total
+
+
+async def loop(pool: db.Pool, stop: asyncio.Event, *, interval: float) -> None:
+    """Advance due runs every ``interval`` seconds (at once again after a full batch)
+    until ``stop``; errors are logged and the loop goes on."""
+    clock = asyncio.get_running_loop().time
+    next_purge = clock() + PURGE_EVERY_SECONDS
+    while not stop.is_set():
+        try:
+            await run_due(pool)
+            if clock() >= next_purge:
+                next_purge = clock() + PURGE_EVERY_SECONDS
+                await purge_throttle_passes(pool)
+        except Exception as exc:
+            log.warning("workflows_failed", error=db.describe_error(exc))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=interval)

@@ -126,6 +126,8 @@ def test_dev_runs_everything_on_an_embedded_postgres(pg_dir: Path) -> None:
         assert "Test" not in "".join(line for line in output.splitlines() if line.startswith("{"))
         events = [json.loads(line)["event"] for line in output.splitlines() if line.startswith("{")]
         assert "email_console" in events
+        # ... while the terminal shows the developer the email itself (dev only)
+        assert "Subject: Test" in output and "email (console, not sent) to Ada" in output
     finally:
         run("db", "stop", environ=environ)
 

@@ -164,3 +164,81 @@ def w5b_urgent_behind_slow(
         ),
         "post_to_arrival_ms": round((arrivals[urgent] - posted) * 1000, 1),
     }
+
+
+# -- W10: inbox counts at 20,000 items ------------------------------------------------------
+
+
+def w10_inbox(
+    database: Database, items: int, fan_out: int = 0, gets: int = 500, tick: Tick = _noop
+) -> dict[str, Any]:
+    """One recipient with ``items`` IN_APP inbox items (one in ten read); ``gets``
+    sequential ``GET /api/inbox/{id}`` (a page and both counts), and as many
+    ``GET /api/notifications/{id}`` of a notification with ``fan_out`` deliveries:
+    latency p50/p95/p99 of each."""
+    import httpx
+
+    from bench.env import start_api
+    from bench.workloads import HEADERS, percentiles
+
+    database.execute("INSERT INTO recipients (external_id) VALUES ('w10-reader')")
+    database.execute(
+        "SELECT notify(ARRAY['w10-reader'], jsonb_build_object('message', 'item ' || i))"
+        " FROM generate_series(1, %s) AS i",
+        (items,),
+    )
+    with processes() as started:
+        api = start_api(started, database.url)
+        start_worker(started, database.url)
+        wait(
+            lambda: (
+                database.scalar("SELECT count(*) FROM notifications WHERE status <> 'routed'") == 0
+            ),
+            timeout=1200,
+            every=0.2,
+        )
+        big = None
+        if fan_out:
+            from bench.workloads import populate
+
+            populate(database, "w10-", fan_out, topic="w10")
+            big = httpx.post(
+                f"{api}/api/notifications",
+                headers=HEADERS,
+                timeout=30,
+                json={"topic": "w10", "message": "everyone", "channels": ["IN_APP"]},
+            ).json()["id"]
+            wait(
+                lambda: (
+                    database.scalar("SELECT status FROM notifications WHERE id = %s", (big,))
+                    == "routed"
+                ),
+                timeout=1200,
+                every=0.2,
+            )
+        database.execute(
+            "UPDATE deliveries SET read_at = now(), seen_at = now()"
+            " WHERE recipient_id = (SELECT id FROM recipients WHERE external_id = 'w10-reader')"
+            " AND id %% 10 = 0"
+        )
+        database.execute("ANALYZE")
+        inbox: list[float] = []
+        detail: list[float] = []
+        with httpx.Client(base_url=api, headers=HEADERS, timeout=30) as client:
+            counts = client.get("/api/inbox/w10-reader").json()
+            for n in range(gets):
+                began = time.perf_counter()
+                client.get("/api/inbox/w10-reader").raise_for_status()
+                inbox.append(time.perf_counter() - began)
+                if big:
+                    began = time.perf_counter()
+                    client.get(f"/api/notifications/{big}").raise_for_status()
+                    detail.append(time.perf_counter() - began)
+                tick(n / gets)
+    return {
+        "items": items,
+        "unread_count": counts["unread_count"],
+        "inbox_ms": percentiles(inbox),
+        "fan_out": fan_out,
+        "notification_ms": percentiles(detail) if detail else None,
+    }

@@ -89,6 +89,20 @@ ALTER TABLE devices ADD CONSTRAINT devices_recipient_id_fkey FOREIGN KEY (recipi
 ALTER TABLE devices ADD CONSTRAINT devices_platform_check CHECK ((platform = ANY (ARRAY['android'::text, 'ios'::text, 'web'::text])));
 CREATE INDEX devices_active_recipient_idx ON postbell.devices USING btree (recipient_id) WHERE (disabled_at IS NULL);
 
+CREATE TABLE inbox_counts (
+    recipient_id bigint NOT NULL,
+    unread integer DEFAULT 0 NOT NULL,
+    unseen integer DEFAULT 0 NOT NULL
+);
+ALTER TABLE inbox_counts ADD CONSTRAINT inbox_counts_pkey PRIMARY KEY (recipient_id);
+
+CREATE TABLE notification_counts (
+    notification_id uuid NOT NULL,
+    status text NOT NULL,
+    n bigint DEFAULT 0 NOT NULL
+);
+ALTER TABLE notification_counts ADD CONSTRAINT notification_counts_pkey PRIMARY KEY (notification_id, status);
+
 CREATE TABLE notifications (
     id uuid DEFAULT gen_random_uuid() NOT NULL,
     status text NOT NULL,
@@ -334,6 +348,57 @@ CREATE OR REPLACE FUNCTION postbell.deliver_job(p_channel text, p_ids jsonb, p_p
  IMMUTABLE
 RETURN ROW((lower(p_channel))::character varying, 'postbell.deliver'::character varying, p_priority, NULL::text, NULL::text, jsonb_build_object('channel', p_channel, 'ids', p_ids), p_run_at)::procrastinate_job_to_defer_v1;
 
+CREATE OR REPLACE FUNCTION postbell.delivery_counts_apply()
+ RETURNS trigger
+ LANGUAGE plpgsql
+AS $function$
+DECLARE
+    source text := CASE TG_OP
+        WHEN 'INSERT' THEN 'SELECT 1 AS s, * FROM new_rows'
+        WHEN 'DELETE' THEN 'SELECT -1 AS s, * FROM old_rows'
+        ELSE 'SELECT 1 AS s, * FROM new_rows UNION ALL SELECT -1 AS s, * FROM old_rows'
+    END;
+BEGIN
+    EXECUTE format($q$
+        WITH d AS (%s),
+        inbox AS (
+            SELECT recipient_id,
+                   coalesce(sum(s) FILTER (WHERE read_at IS NULL), 0) AS unread,
+                   coalesce(sum(s) FILTER (WHERE seen_at IS NULL), 0) AS unseen
+              FROM d
+             WHERE channel = 'IN_APP' AND status = 'sent' AND archived_at IS NULL
+             GROUP BY recipient_id
+        ),
+        inbox_written AS (
+            INSERT INTO inbox_counts AS c (recipient_id, unread, unseen)
+            SELECT recipient_id, unread, unseen FROM inbox
+             WHERE unread <> 0 OR unseen <> 0
+             ORDER BY recipient_id
+                ON CONFLICT (recipient_id) DO UPDATE
+               SET unread = c.unread + excluded.unread, unseen = c.unseen + excluded.unseen
+        )
+        INSERT INTO notification_counts AS c (notification_id, status, n)
+        SELECT notification_id, status, sum(s) FROM d
+         GROUP BY notification_id, status
+        HAVING sum(s) <> 0
+         ORDER BY notification_id, status
+            ON CONFLICT (notification_id, status) DO UPDATE SET n = c.n + excluded.n
+    $q$, source);
+    RETURN NULL;
+END;
+$function$;
+
+CREATE OR REPLACE FUNCTION postbell.delivery_counts_truncate()
+ RETURNS trigger
+ LANGUAGE plpgsql
+AS $function$
+BEGIN
+    DELETE FROM inbox_counts;
+    DELETE FROM notification_counts;
+    RETURN NULL;
+END;
+$function$;
+
 CREATE OR REPLACE FUNCTION postbell.delivery_skip_reason(p_channel text, p_configured boolean, p_address_field text, p_inactive_field text, p_expires_at timestamp with time zone, p_recipient recipients, p_preferences preferences, p_category text, p_required boolean)
  RETURNS text
  LANGUAGE sql
@@ -397,6 +462,16 @@ CREATE OR REPLACE FUNCTION postbell.job_priority(p_priority text)
  LANGUAGE sql
  IMMUTABLE PARALLEL SAFE
 RETURN CASE p_priority WHEN 'urgent'::text THEN 30 WHEN 'high'::text THEN 20 WHEN 'normal'::text THEN 10 ELSE 0 END;
+
+CREATE OR REPLACE FUNCTION postbell.notification_counts_forget()
+ RETURNS trigger
+ LANGUAGE plpgsql
+AS $function$
+BEGIN
+    DELETE FROM notification_counts AS c USING old_rows AS o WHERE c.notification_id = o.id;
+    RETURN NULL;
+END;
+$function$;
 
 CREATE OR REPLACE FUNCTION postbell.notify(recipients text[], body jsonb, channels text[] DEFAULT NULL::text[], priority text DEFAULT 'normal'::text, category text DEFAULT NULL::text, send_at timestamp with time zone DEFAULT NULL::timestamp with time zone, idempotency_key text DEFAULT NULL::text)
  RETURNS uuid
@@ -505,6 +580,15 @@ CREATE OR REPLACE FUNCTION postbell.route_job(p_notification_id uuid, p_priority
  LANGUAGE sql
  IMMUTABLE
 RETURN ROW('route'::character varying, 'postbell.route'::character varying, job_priority(p_priority), NULL::text, NULL::text, jsonb_build_object('notification_id', p_notification_id), p_run_at)::procrastinate_job_to_defer_v1;
+
+-- Triggers
+
+CREATE TRIGGER deliveries_counts_delete AFTER DELETE ON deliveries REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION delivery_counts_apply();
+CREATE TRIGGER deliveries_counts_insert AFTER INSERT ON deliveries REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION delivery_counts_apply();
+CREATE TRIGGER deliveries_counts_truncate AFTER TRUNCATE ON deliveries FOR EACH STATEMENT EXECUTE FUNCTION delivery_counts_truncate();
+CREATE TRIGGER deliveries_counts_update AFTER UPDATE ON deliveries REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION delivery_counts_apply();
+
+CREATE TRIGGER notifications_counts_delete AFTER DELETE ON notifications REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION notification_counts_forget();
 
 -- ============================================================================
 -- procrastinate (migration 0001)

@@ -73,3 +73,9 @@ def test_w5b_urgent_behind_slow(bench_database: Database) -> None:
     result = scale.w5b_urgent_behind_slow(bench_database, 100, delay=0.05)
     assert result["backlog"] == 100
     assert 0 <= result["overtaken_by"] <= 100 - result["arrived_before_post"]
+
+
+def test_w10_inbox(bench_database: Database) -> None:
+    result = scale.w10_inbox(bench_database, 30, fan_out=40, gets=3)
+    assert result["items"] == 30 and 0 < result["unread_count"] <= 30
+    assert result["notification_ms"] is not None

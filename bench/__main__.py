@@ -40,7 +40,10 @@ SIZES = {
     "WN": 5_000,
     "celery": 10_000,
     "W9": 1_000_000,
+    "W5b": 5_000,
     "W8": 20_000,
+    "W10": 20_000,
+    "W10_fan_out": 100_000,
 }
 GOALS = {
     "W1": "≥ 50,000 deliveries/s (≥ 100× a)",
@@ -55,12 +58,29 @@ GOALS = {
     "WN": "≥ 2,000 calls/s",
     "vs_celery_fanout": "≥ 10× (c)",
     "vs_celery_one_by_one": "≥ 1.5× (c)",
+    "W5b": "urgent ahead of ≥ 90 % of the backlog, p99 ≤ 500 ms",
     "W8": "≥ 3,000 routed/s after ANALYZE of the empty job table",
+    "W10": "inbox p99 ≤ 3 ms at 20,000 items; counts O(1) in inbox and fan-out size",
 }
 
 
 #: Every workload; W1t and W3t are W1 and W3 with a template (their twins' ratios).
-ALL = ("W1", "W1T", "W2", "W3", "W3T", "W4", "W5", "W4S", "WN", "W8", "W9", "CELERY")
+ALL = (
+    "W1",
+    "W1T",
+    "W2",
+    "W3",
+    "W3T",
+    "W4",
+    "W5",
+    "W5B",
+    "W4S",
+    "WN",
+    "W8",
+    "W9",
+    "W10",
+    "CELERY",
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -123,7 +143,14 @@ def main(argv: list[str] | None = None) -> int:
             ("WN", lambda t: workloads.wn_notify(fresh(admin), size["WN"], tick=t)),
             ("W9", lambda t: workloads.w9_footprint(size["W9"], tick=t)),
             ("CELERY", lambda t: workloads.baseline_celery(size["celery"], tick=t)),
+            ("W5B", lambda t: scale.w5b_urgent_behind_slow(fresh(admin), size["W5b"], tick=t)),
             ("W8", lambda t: scale.w8_analyzed_empty(fresh(admin), size["W8"], tick=t)),
+            (
+                "W10",
+                lambda t: scale.w10_inbox(
+                    fresh(admin), size["W10"], fan_out=size["W10_fan_out"], tick=t
+                ),
+            ),
         ):
             if name in chosen:
                 results[name] = step(name, run)
@@ -315,6 +342,17 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                 "",
             )
         )
+    if "W5B" in results:
+        r = results["W5B"]
+        out.append(
+            (
+                f"W5b urgent webhook behind {r['backlog']:,} low, {r['receiver_ms']} ms receiver",
+                f"ahead of {r['ahead_of_backlog_share']:.1%} of the unsent backlog"
+                f" (overtaken by {r['overtaken_by']:,}); POST → arrival {r['post_to_arrival_ms']} ms",
+                "",
+                GOALS["W5b"],
+            )
+        )
     if "W8" in results:
         r = results["W8"]
         fetch = "/".join(f"{ms:,.0f}" for ms in r["fetch_ms"])
@@ -324,6 +362,18 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                 f"{r['routed_per_s']:,.0f} routed/s ({r['seconds']} s); one fetch {fetch} ms",
                 "",
                 GOALS["W8"],
+            )
+        )
+    if "W10" in results:
+        r = results["W10"]
+        inbox, detail = r["inbox_ms"], r["notification_ms"] or {}
+        out.append(
+            (
+                f"W10 GET inbox at {r['items']:,} items; GET notification of {r['fan_out']:,}",
+                f"inbox p50/p99 {inbox['p50']}/{inbox['p99']} ms;"
+                f" notification p50/p99 {detail.get('p50')}/{detail.get('p99')} ms",
+                "",
+                GOALS["W10"],
             )
         )
     for name in ("W1", "W2"):

@@ -183,11 +183,11 @@ def start_worker(started: list[Process], database_url: str, *args: str, **extra:
     return process
 
 
-def start_receiver(started: list[Process]) -> str:
+def start_receiver(started: list[Process], delay: float = 0.0) -> str:
     port = free_port()
     started.append(
         Process(
-            [sys.executable, "-m", "bench.receiver", "--port", str(port)],
+            [sys.executable, "-m", "bench.receiver", "--port", str(port), "--delay", str(delay)],
             dict(os.environ),
             "receiver",
         )

@@ -90,3 +90,155 @@ def w8_analyzed_empty(
         "seconds": round(elapsed, 3),
         "routed_per_s": round(routed / elapsed, 1),
     }
+
+
+# -- W5b: urgent behind a slow receiver ----------------------------------------------------
+
+
+def w5b_urgent_behind_slow(
+    database: Database, backlog: int, delay: float = 0.1, tick: Tick = _noop
+) -> dict[str, Any]:
+    """``backlog`` low-priority webhooks (one notification) drain through a receiver
+    that answers in ``delay`` seconds; once a fiftieth of them arrived, one urgent webhook
+    is POSTed to the same receiver. Measured: how many backlog webhooks arrived after
+    the POST and before the urgent one, and the POST → arrival time."""
+    import httpx
+
+    from bench.env import start_api, start_receiver
+    from bench.workloads import HEADERS
+
+    with processes() as started:
+        receiver = start_receiver(started, delay=delay)
+        database.execute(
+            "INSERT INTO recipients (external_id, webhook_url)"
+            " SELECT 'w5b-' || i, %s FROM generate_series(1, %s) AS i"
+            " UNION ALL SELECT 'w5b-urgent', %s",
+            (f"{receiver}/hook", backlog, f"{receiver}/hook"),
+        )
+        api = start_api(started, database.url)
+        start_worker(started, database.url)
+        time.sleep(1.0)
+        database.execute(
+            "SELECT notify(ARRAY(SELECT 'w5b-' || i FROM generate_series(1, %s) AS i),"
+            " '{\"message\": \"newsletter\"}', ARRAY['WEBHOOK'], 'low')",
+            (backlog,),
+        )
+
+        def count() -> int:
+            return int(httpx.get(f"{receiver}/stats").json()["count"])
+
+        wait(lambda: count() >= max(1, backlog // 50), timeout=600, every=0.02)
+        before = count()
+        posted = time.time()
+        response = httpx.post(
+            f"{api}/api/notifications",
+            headers=HEADERS,
+            timeout=30,
+            json={
+                "to": ["w5b-urgent"],
+                "message": "sign-in code",
+                "channels": ["WEBHOOK"],
+                "priority": "urgent",
+            },
+        )
+        urgent = response.json()["id"]
+
+        def arrived() -> bool:
+            tick(count() / (backlog + 1))
+            return urgent in httpx.get(f"{receiver}/arrivals").json()
+
+        wait(arrived, timeout=600, every=0.01)
+        arrivals = httpx.get(f"{receiver}/arrivals").json()
+        order = httpx.get(f"{receiver}/order").json()
+        wait(lambda: count() >= backlog + 1, timeout=600, every=0.1)
+    position = order.index(urgent)
+    return {
+        "backlog": backlog,
+        "receiver_ms": round(delay * 1000),
+        "arrived_before_post": before,
+        "overtaken_by": position - before,
+        # of the backlog still unsent at the POST, the share the urgent one overtook
+        "ahead_of_backlog_share": round(1 - (position - before) / max(backlog - before, 1), 3),
+        "drain_per_s_during_wait": round(
+            (position - before) / max(arrivals[urgent] - posted, 1e-3), 1
+        ),
+        "post_to_arrival_ms": round((arrivals[urgent] - posted) * 1000, 1),
+    }
+
+
+# -- W10: inbox counts at 20,000 items ------------------------------------------------------
+
+
+def w10_inbox(
+    database: Database, items: int, fan_out: int = 0, gets: int = 500, tick: Tick = _noop
+) -> dict[str, Any]:
+    """One recipient with ``items`` IN_APP inbox items (one in ten read); ``gets``
+    sequential ``GET /api/inbox/{id}`` (a page and both counts), and as many
+    ``GET /api/notifications/{id}`` of a notification with ``fan_out`` deliveries:
+    latency p50/p95/p99 of each."""
+    import httpx
+
+    from bench.env import start_api
+    from bench.workloads import HEADERS, percentiles
+
+    database.execute("INSERT INTO recipients (external_id) VALUES ('w10-reader')")
+    database.execute(
+        "SELECT notify(ARRAY['w10-reader'], jsonb_build_object('message', 'item ' || i))"
+        " FROM generate_series(1, %s) AS i",
+        (items,),
+    )
+    with processes() as started:
+        api = start_api(started, database.url)
+        start_worker(started, database.url)
+        wait(
+            lambda: (
+                database.scalar("SELECT count(*) FROM notifications WHERE status <> 'routed'") == 0
+            ),
+            timeout=1200,
+            every=0.2,
+        )
+        big = None
+        if fan_out:
+            from bench.workloads import populate
+
+            populate(database, "w10-", fan_out, topic="w10")
+            big = httpx.post(
+                f"{api}/api/notifications",
+                headers=HEADERS,
+                timeout=30,
+                json={"topic": "w10", "message": "everyone", "channels": ["IN_APP"]},
+            ).json()["id"]
+            wait(
+                lambda: (
+                    database.scalar("SELECT status FROM notifications WHERE id = %s", (big,))
+                    == "routed"
+                ),
+                timeout=1200,
+                every=0.2,
+            )
+        database.execute(
+            "UPDATE deliveries SET read_at = now(), seen_at = now()"
+            " WHERE recipient_id = (SELECT id FROM recipients WHERE external_id = 'w10-reader')"
+            " AND id %% 10 = 0"
+        )
+        database.execute("ANALYZE")
+        inbox: list[float] = []
+        detail: list[float] = []
+        with httpx.Client(base_url=api, headers=HEADERS, timeout=30) as client:
+            counts = client.get("/api/inbox/w10-reader").json()
+            for n in range(gets):
+                began = time.perf_counter()
+                client.get("/api/inbox/w10-reader").raise_for_status()
+                inbox.append(time.perf_counter() - began)
+                if big:
+                    began = time.perf_counter()
+                    client.get(f"/api/notifications/{big}").raise_for_status()
+                    detail.append(time.perf_counter() - began)
+                tick(n / gets)
+    return {
+        "items": items,
+        "unread_count": counts["unread_count"],
+        "inbox_ms": percentiles(inbox),
+        "fan_out": fan_out,
+        "notification_ms": percentiles(detail) if detail else None,
+    }

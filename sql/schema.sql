@@ -105,12 +105,26 @@ ALTER TABLE devices ADD CONSTRAINT devices_recipient_id_fkey FOREIGN KEY (recipi
 ALTER TABLE devices ADD CONSTRAINT devices_platform_check CHECK ((platform = ANY (ARRAY['android'::text, 'ios'::text, 'web'::text])));
 CREATE INDEX devices_active_recipient_idx ON postbell.devices USING btree (recipient_id) WHERE (disabled_at IS NULL);
 
+CREATE TABLE inbox_counts (
+    recipient_id bigint NOT NULL,
+    unread integer DEFAULT 0 NOT NULL,
+    unseen integer DEFAULT 0 NOT NULL
+);
+ALTER TABLE inbox_counts ADD CONSTRAINT inbox_counts_pkey PRIMARY KEY (recipient_id);
+
 CREATE TABLE metric_counts (
     metric text NOT NULL,
     channel text NOT NULL,
     label text DEFAULT ''::text NOT NULL,
     value double precision NOT NULL
 );
+
+CREATE TABLE notification_counts (
+    notification_id uuid NOT NULL,
+    status text NOT NULL,
+    n bigint DEFAULT 0 NOT NULL
+);
+ALTER TABLE notification_counts ADD CONSTRAINT notification_counts_pkey PRIMARY KEY (notification_id, status);
 
 CREATE TABLE notifications (
     id uuid DEFAULT gen_random_uuid() NOT NULL,
@@ -645,6 +659,57 @@ BEGIN
 END;
 $function$;
 
+CREATE OR REPLACE FUNCTION postbell.delivery_counts_apply()
+ RETURNS trigger
+ LANGUAGE plpgsql
+AS $function$
+DECLARE
+    source text := CASE TG_OP
+        WHEN 'INSERT' THEN 'SELECT 1 AS s, * FROM new_rows'
+        WHEN 'DELETE' THEN 'SELECT -1 AS s, * FROM old_rows'
+        ELSE 'SELECT 1 AS s, * FROM new_rows UNION ALL SELECT -1 AS s, * FROM old_rows'
+    END;
+BEGIN
+    EXECUTE format($q$
+        WITH d AS (%s),
+        inbox AS (
+            SELECT recipient_id,
+                   coalesce(sum(s) FILTER (WHERE read_at IS NULL), 0) AS unread,
+                   coalesce(sum(s) FILTER (WHERE seen_at IS NULL), 0) AS unseen
+              FROM d
+             WHERE channel = 'IN_APP' AND status = 'sent' AND archived_at IS NULL
+             GROUP BY recipient_id
+        ),
+        inbox_written AS (
+            INSERT INTO inbox_counts AS c (recipient_id, unread, unseen)
+            SELECT recipient_id, unread, unseen FROM inbox
+             WHERE unread <> 0 OR unseen <> 0
+             ORDER BY recipient_id
+                ON CONFLICT (recipient_id) DO UPDATE
+               SET unread = c.unread + excluded.unread, unseen = c.unseen + excluded.unseen
+        )
+        INSERT INTO notification_counts AS c (notification_id, status, n)
+        SELECT notification_id, status, sum(s) FROM d
+         GROUP BY notification_id, status
+        HAVING sum(s) <> 0
+         ORDER BY notification_id, status
+            ON CONFLICT (notification_id, status) DO UPDATE SET n = c.n + excluded.n
+    $q$, source);
+    RETURN NULL;
+END;
+$function$;
+
+CREATE OR REPLACE FUNCTION postbell.delivery_counts_truncate()
+ RETURNS trigger
+ LANGUAGE plpgsql
+AS $function$
+BEGIN
+    DELETE FROM inbox_counts;
+    DELETE FROM notification_counts;
+    RETURN NULL;
+END;
+$function$;
+
 CREATE OR REPLACE FUNCTION postbell.delivery_skip_reason(p_channel text, p_configured boolean, p_address_field text, p_inactive_field text, p_expires_at timestamp with time zone, p_recipient recipients, p_preferences preferences, p_category text, p_required boolean)
  RETURNS text
  LANGUAGE sql
@@ -734,6 +799,16 @@ CREATE OR REPLACE FUNCTION postbell.metric_send_buckets()
  SET search_path TO 'pg_catalog'
 AS $function$ SELECT ARRAY[0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 21600,
                    86400, 'Infinity']::double precision[] $function$;
+
+CREATE OR REPLACE FUNCTION postbell.notification_counts_forget()
+ RETURNS trigger
+ LANGUAGE plpgsql
+AS $function$
+BEGIN
+    DELETE FROM notification_counts AS c USING old_rows AS o WHERE c.notification_id = o.id;
+    RETURN NULL;
+END;
+$function$;
 
 CREATE OR REPLACE FUNCTION postbell.notification_sends_on(p_n notifications, p_channel text)
  RETURNS boolean
@@ -990,9 +1065,15 @@ $function$;
 
 -- Triggers
 
+CREATE TRIGGER deliveries_counts_delete AFTER DELETE ON deliveries REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION delivery_counts_apply();
+CREATE TRIGGER deliveries_counts_insert AFTER INSERT ON deliveries REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION delivery_counts_apply();
+CREATE TRIGGER deliveries_counts_truncate AFTER TRUNCATE ON deliveries FOR EACH STATEMENT EXECUTE FUNCTION delivery_counts_truncate();
+CREATE TRIGGER deliveries_counts_update AFTER UPDATE ON deliveries REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION delivery_counts_apply();
 CREATE TRIGGER deliveries_rollup_delete AFTER DELETE ON deliveries REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION deliveries_rollup_delete();
 CREATE TRIGGER deliveries_rollup_insert AFTER INSERT ON deliveries REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION deliveries_rollup_insert();
 CREATE TRIGGER deliveries_rollup_update AFTER UPDATE ON deliveries REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION deliveries_rollup_update();
+
+CREATE TRIGGER notifications_counts_delete AFTER DELETE ON notifications REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION notification_counts_forget();
 
 -- ============================================================================
 -- procrastinate (migration 0001)

@@ -470,7 +470,7 @@ async def deliver(
     them all (its provider is slow or hanging), the job is put back for a moment
     instead, and the worker's other slots stay free for the other channels.
     """
-    slots = runtime.channel_slots(channel_name)
+    slots = runtime.slots_for(channel_name, job.priority)
     try:
         await asyncio.wait_for(slots.acquire(), timeout=SLOT_WAIT_SECONDS)
     except TimeoutError:
@@ -492,6 +492,29 @@ async def _postpone(runtime: Runtime, channel_name: str, ids: Sequence[int], pri
     log.info("deliver_postponed", channel=channel_name, deliveries=len(ids), reason="channel_busy")
 
 
+async def _give_back(
+    runtime: Runtime, channel_name: str, held: dict[int, int], limit: int
+) -> dict[int, int]:
+    """Keep ``limit`` of the held deliveries (id -> job priority), highest priority
+    first; the rest go back to the queue at once, as new jobs of their priority, so
+    that other runs (urgent work fetched first, another process) take them instead of
+    waiting for this run's slow sends. The jobs this run holds still name them: if it
+    dies before recording, the retried job finds them sent or sends them again (at
+    least once)."""
+    ordered = sorted(held.items(), key=lambda item: -item[1])  # stable: order kept
+    keep, rest = dict(ordered[:limit]), ordered[limit:]
+    groups: dict[int, list[int]] = {}
+    for delivery_id, priority in rest:
+        groups.setdefault(priority, []).append(delivery_id)
+    payload = json.dumps([{"ids": ids, "priority": p, "run_at": None} for p, ids in groups.items()])
+    async with runtime.pool.connection() as conn:
+        await db.execute(
+            conn, "deliveries_defer_retries", {"channel": channel_name, "groups": payload}
+        )
+    log.info("deliver_gave_back", channel=channel_name, kept=len(keep), deliveries=len(rest))
+    return keep
+
+
 async def _deliver(
     runtime: Runtime,
     job: Any,
@@ -501,12 +524,19 @@ async def _deliver(
 ) -> None:
     started = time.perf_counter()
     batch = runtime.settings.batch_size_for(channel_name)
+    limit = runtime.hold_limit(channel_name, batch)
     claimed = await claims.claim_more(
-        runtime.pool, job, limit=batch, max_items=max(batch - len(ids), 0)
+        runtime.pool, job, limit=batch, max_items=max(limit - len(ids), 0)
     )
     track(claimed.job_ids)
     try:
-        all_ids = list(dict.fromkeys([*ids, *(i for a in claimed.args for i in a.get("ids", []))]))
+        held: dict[int, int] = dict.fromkeys(ids, job.priority)
+        for args, priority in zip(claimed.args, claimed.priorities, strict=True):
+            for delivery_id in args.get("ids", []):
+                held.setdefault(delivery_id, priority)
+        if len(held) > limit:
+            held = await _give_back(runtime, channel_name, held, limit)
+        all_ids = list(held)
         async with runtime.pool.connection() as conn:
             rows = await db.fetch_all(
                 conn, "deliveries_load_sendable", {"ids": all_ids, "channel": channel_name}
@@ -514,7 +544,9 @@ async def _deliver(
         now = dt.datetime.now(dt.UTC)
         send_started = time.perf_counter()
         outcomes = await _send(runtime, channel_name, rows, now)
-        send_ms = (time.perf_counter() - send_started) * 1000
+        send_seconds = time.perf_counter() - send_started
+        send_ms = send_seconds * 1000
+        runtime.observe_send(channel_name, len(rows), send_seconds)
         plan = plan_outcomes(
             runtime.settings,
             channel_name,

@@ -12,6 +12,16 @@ from postbell.app.core import db
 from postbell.app.core.settings import Settings
 from postbell.workers.channels.registry import Channels
 
+#: Job priority from which a run may take a spare slot (high: 20, urgent: 30).
+PREEMPT_PRIORITY = 20
+#: Spare slots per channel and process, for high and urgent runs.
+SPARE_SLOTS = 2
+#: A run holds at most what it sends in this long; it gives the rest back at once.
+SEND_HORIZON_SECONDS = 0.5
+#: What a run of a channel not measured yet may hold, and the least any run holds.
+FIRST_HOLD = 64
+MIN_HOLD = 8
+
 
 @dataclasses.dataclass(slots=True)
 class Runtime:
@@ -34,6 +44,10 @@ class Runtime:
         default_factory=dict
     )
     worker_ids: set[int] = dataclasses.field(default_factory=set)
+    #: per channel: slots for high and urgent runs when every ordinary one is taken
+    spare_slots: dict[str, asyncio.Semaphore] = dataclasses.field(default_factory=dict)
+    #: per channel: deliveries a run sent per second, recently (see ``hold_limit``)
+    send_rates: dict[str, float] = dataclasses.field(default_factory=dict)
 
     @contextlib.contextmanager
     def running(self, job: Any) -> Iterator[Callable[[Sequence[int]], None]]:
@@ -59,6 +73,33 @@ class Runtime:
         if channel not in self.slots:
             self.slots[channel] = asyncio.Semaphore(max(1, self.concurrency // 2))
         return self.slots[channel]
+
+    def slots_for(self, channel: str, priority: int) -> asyncio.Semaphore:
+        """The slots a run of ``priority`` takes: a high or urgent run whose channel's
+        ordinary slots are all taken (by slow runs of a backlog) gets one of
+        ``SPARE_SLOTS`` instead of waiting for them."""
+        slots = self.channel_slots(channel)
+        if priority >= PREEMPT_PRIORITY and slots.locked():
+            if channel not in self.spare_slots:
+                self.spare_slots[channel] = asyncio.Semaphore(SPARE_SLOTS)
+            return self.spare_slots[channel]
+        return slots
+
+    def hold_limit(self, channel: str, batch: int) -> int:
+        """How many deliveries a run of ``channel`` may hold: what it sends in
+        ``SEND_HORIZON_SECONDS`` at the rate runs of the channel reached recently
+        (before any was measured: ``FIRST_HOLD``), between ``MIN_HOLD`` and ``batch``."""
+        rate = self.send_rates.get(channel)
+        wanted = FIRST_HOLD if rate is None else int(rate * SEND_HORIZON_SECONDS)
+        return max(min(MIN_HOLD, batch), min(wanted, batch))
+
+    def observe_send(self, channel: str, deliveries: int, seconds: float) -> None:
+        """A run of ``channel`` sent ``deliveries`` in ``seconds``."""
+        if deliveries <= 0:
+            return
+        rate = deliveries / max(seconds, 1e-3)
+        previous = self.send_rates.get(channel)
+        self.send_rates[channel] = rate if previous is None else 0.5 * previous + 0.5 * rate
 
     @classmethod
     def of(cls, context: Any) -> Runtime:

@@ -1,4 +1,5 @@
--- 0013: job fetch and claim plans that do not depend on statistics.
+-- 0013: job fetch and claim plans that do not depend on statistics; inbox and
+-- notification counts kept as deliveries change (at the end of this file).
 --
 -- procrastinate_jobs is a queue: it is often empty, and an ANALYZE (by hand, by a
 -- deploy script, by autovacuum) on the empty table records 0 pages and no column
@@ -140,3 +141,115 @@ AS $$
      WHERE j.id = ANY (ARRAY(SELECT w.id FROM within AS w WHERE w.running <= p_max_items))
     RETURNING j.id, j.args, j.priority
 $$;
+
+-- Counts kept as deliveries change (issue 19 W10): an inbox's unread_count and
+-- unseen_count, and a notification's delivery_counts, are read from one row (one per
+-- status) instead of visiting every delivery of the recipient or of the notification.
+-- Statement-level triggers with transition tables keep them, whatever changes the
+-- rows: routing, sending, marking read/seen/archived, cancelling, retention, a DELETE
+-- typed in a SQL console. Each statement adds one aggregated delta per recipient and
+-- per (notification, status): a fan-out to 100,000 writes one row per recipient and
+-- one per status of its notification, never one update per delivery of a hot row.
+-- Rows are written in key order, so concurrent statements do not deadlock on them.
+
+-- An inbox item counts while it is an IN_APP delivery, sent, and not archived.
+CREATE TABLE inbox_counts (
+    recipient_id bigint PRIMARY KEY,
+    unread integer NOT NULL DEFAULT 0,
+    unseen integer NOT NULL DEFAULT 0
+);
+
+CREATE TABLE notification_counts (
+    notification_id uuid NOT NULL,
+    status text NOT NULL,
+    n bigint NOT NULL DEFAULT 0,
+    PRIMARY KEY (notification_id, status)
+);
+
+CREATE FUNCTION delivery_counts_apply() RETURNS trigger
+    LANGUAGE plpgsql
+AS $$
+DECLARE
+    source text := CASE TG_OP
+        WHEN 'INSERT' THEN 'SELECT 1 AS s, * FROM new_rows'
+        WHEN 'DELETE' THEN 'SELECT -1 AS s, * FROM old_rows'
+        ELSE 'SELECT 1 AS s, * FROM new_rows UNION ALL SELECT -1 AS s, * FROM old_rows'
+    END;
+BEGIN
+    EXECUTE format($q$
+        WITH d AS (%s),
+        inbox AS (
+            SELECT recipient_id,
+                   coalesce(sum(s) FILTER (WHERE read_at IS NULL), 0) AS unread,
+                   coalesce(sum(s) FILTER (WHERE seen_at IS NULL), 0) AS unseen
+              FROM d
+             WHERE channel = 'IN_APP' AND status = 'sent' AND archived_at IS NULL
+             GROUP BY recipient_id
+        ),
+        inbox_written AS (
+            INSERT INTO inbox_counts AS c (recipient_id, unread, unseen)
+            SELECT recipient_id, unread, unseen FROM inbox
+             WHERE unread <> 0 OR unseen <> 0
+             ORDER BY recipient_id
+                ON CONFLICT (recipient_id) DO UPDATE
+               SET unread = c.unread + excluded.unread, unseen = c.unseen + excluded.unseen
+        )
+        INSERT INTO notification_counts AS c (notification_id, status, n)
+        SELECT notification_id, status, sum(s) FROM d
+         GROUP BY notification_id, status
+        HAVING sum(s) <> 0
+         ORDER BY notification_id, status
+            ON CONFLICT (notification_id, status) DO UPDATE SET n = c.n + excluded.n
+    $q$, source);
+    RETURN NULL;
+END;
+$$;
+
+CREATE TRIGGER deliveries_counts_insert AFTER INSERT ON deliveries
+    REFERENCING NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION delivery_counts_apply();
+CREATE TRIGGER deliveries_counts_update AFTER UPDATE ON deliveries
+    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION delivery_counts_apply();
+CREATE TRIGGER deliveries_counts_delete AFTER DELETE ON deliveries
+    REFERENCING OLD TABLE AS old_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION delivery_counts_apply();
+
+CREATE FUNCTION delivery_counts_truncate() RETURNS trigger
+    LANGUAGE plpgsql
+AS $$
+BEGIN
+    DELETE FROM inbox_counts;
+    DELETE FROM notification_counts;
+    RETURN NULL;
+END;
+$$;
+
+CREATE TRIGGER deliveries_counts_truncate AFTER TRUNCATE ON deliveries
+    FOR EACH STATEMENT EXECUTE FUNCTION delivery_counts_truncate();
+
+-- A notification deleted (retention deletes only those without deliveries) takes its
+-- zeroed counts along.
+CREATE FUNCTION notification_counts_forget() RETURNS trigger
+    LANGUAGE plpgsql
+AS $$
+BEGIN
+    DELETE FROM notification_counts AS c USING old_rows AS o WHERE c.notification_id = o.id;
+    RETURN NULL;
+END;
+$$;
+
+CREATE TRIGGER notifications_counts_delete AFTER DELETE ON notifications
+    REFERENCING OLD TABLE AS old_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION notification_counts_forget();
+
+-- The counts of the deliveries that exist already.
+INSERT INTO inbox_counts (recipient_id, unread, unseen)
+SELECT recipient_id, count(*) FILTER (WHERE read_at IS NULL),
+       count(*) FILTER (WHERE seen_at IS NULL)
+  FROM deliveries
+ WHERE channel = 'IN_APP' AND status = 'sent' AND archived_at IS NULL
+ GROUP BY recipient_id;
+
+INSERT INTO notification_counts (notification_id, status, n)
+SELECT notification_id, status, count(*) FROM deliveries GROUP BY notification_id, status;

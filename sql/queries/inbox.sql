@@ -26,13 +26,10 @@ SELECT d.id, d.notification_id, coalesce(t.content ->> 'title', n.title) AS titl
  LIMIT %(limit)s
 
 -- name: inbox_counts
-SELECT count(*) FILTER (WHERE read_at IS NULL) AS unread_count,
-       count(*) FILTER (WHERE seen_at IS NULL) AS unseen_count
-  FROM deliveries
- WHERE recipient_id = %(recipient_id)s
-   AND channel = 'IN_APP'
-   AND status = 'sent'
-   AND archived_at IS NULL
+-- One row, kept by the deliveries triggers of migration 0013 (no recount).
+SELECT coalesce(c.unread, 0) AS unread_count, coalesce(c.unseen, 0) AS unseen_count
+  FROM (SELECT %(recipient_id)s::bigint AS recipient_id) AS x
+  LEFT JOIN inbox_counts AS c ON c.recipient_id = x.recipient_id
 
 -- name: inbox_mark
 -- read, unread, seen, archive or unarchive some (ids) or all of a recipient's inbox
@@ -93,14 +90,10 @@ SELECT d.id, d.recipient_id, d.notification_id, coalesce(t.content ->> 'title', 
  ORDER BY d.id
 
 -- name: inbox_live_counts
-SELECT x.recipient_id,
-       count(d.id) FILTER (WHERE d.read_at IS NULL) AS unread_count,
-       count(d.id) FILTER (WHERE d.seen_at IS NULL) AS unseen_count
-  FROM unnest(%(recipient_ids)s::bigint[]) AS x(recipient_id)
-  LEFT JOIN deliveries AS d
-    ON d.recipient_id = x.recipient_id AND d.channel = 'IN_APP' AND d.status = 'sent'
-   AND d.archived_at IS NULL
- GROUP BY x.recipient_id
+SELECT x.recipient_id, coalesce(c.unread, 0) AS unread_count,
+       coalesce(c.unseen, 0) AS unseen_count
+  FROM (SELECT DISTINCT unnest(%(recipient_ids)s::bigint[]) AS recipient_id) AS x
+  LEFT JOIN inbox_counts AS c ON c.recipient_id = x.recipient_id
 
 -- name: inbox_replay
 -- What a reconnecting stream missed: items after its Last-Event-ID, oldest first.

@@ -128,3 +128,15 @@ def test_w8_analyzed_empty(bench_database: Database) -> None:
     result = scale.w8_analyzed_empty(bench_database, 50, probes=1)
     assert result["finished"] and result["routed"] == 50
     assert len(result["fetch_ms"]) == 1
+
+
+def test_w5b_urgent_behind_slow(bench_database: Database) -> None:
+    result = scale.w5b_urgent_behind_slow(bench_database, 100, delay=0.05)
+    assert result["backlog"] == 100
+    assert 0 <= result["overtaken_by"] <= 100 - result["arrived_before_post"]
+
+
+def test_w10_inbox(bench_database: Database) -> None:
+    result = scale.w10_inbox(bench_database, 30, fan_out=40, gets=3)
+    assert result["items"] == 30 and 0 < result["unread_count"] <= 30
+    assert result["notification_ms"] is not None

@@ -28,6 +28,7 @@ from aiohappyeyeballs import AddrInfoType
 from postbell.app.core.addresses import AddressGuard, PrivateAddressError
 from postbell.app.core.settings import Settings
 from postbell.workers.channels.base import Delivery, Outcome, invalid_content
+from postbell.workers.channels.gate import PriorityGate, rank
 
 
 def new_session(
@@ -129,7 +130,9 @@ class HttpChannel:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._session: aiohttp.ClientSession | None = None
-        self._limit = asyncio.Semaphore(CONCURRENCY)
+        # Waiting requests go out by priority: an urgent delivery waits only for the
+        # requests already in flight, not for every queued low-priority one.
+        self._limit = PriorityGate(CONCURRENCY)
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -164,7 +167,7 @@ class HttpChannel:
             return Outcome.fail(f"{self.what}: {exc}", "invalid_address")
         except Exception as exc:
             return invalid_content(self.what, exc)
-        async with self._limit:
+        async with self._limit.slot(rank(delivery.priority)):
             try:
                 async with self.session.post(
                     url, data=body, headers=headers, allow_redirects=False

@@ -1,0 +1,191 @@
+"""Inbox and notification counts kept as deliveries change (issue 19 W10).
+
+``unread_count``/``unseen_count`` and ``delivery_counts`` are read from
+``inbox_counts`` and ``notification_counts``, which statement triggers on
+``deliveries`` keep. These tests walk every path that changes deliveries (routing,
+marking read/unread/seen, mark all, archive, cancel, a SQL console UPDATE and DELETE,
+retention) and after each one compare both tables with a recount of the deliveries.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import httpx
+
+from postbell.app.core import db
+from postbell.workers import maintenance
+from tests.conftest import ADMIN, query, unique, wait_until
+
+#: rows where the kept counts and a recount differ (empty when they agree)
+DISAGREE = """
+WITH kept_inbox AS (
+    SELECT recipient_id, unread::bigint, unseen::bigint FROM inbox_counts
+     WHERE unread <> 0 OR unseen <> 0
+), real_inbox AS (
+    SELECT recipient_id, count(*) FILTER (WHERE read_at IS NULL) AS unread,
+           count(*) FILTER (WHERE seen_at IS NULL) AS unseen
+      FROM deliveries
+     WHERE channel = 'IN_APP' AND status = 'sent' AND archived_at IS NULL
+     GROUP BY recipient_id
+    HAVING count(*) FILTER (WHERE read_at IS NULL OR seen_at IS NULL) > 0
+), kept_notifications AS (
+    SELECT notification_id, status, n FROM notification_counts WHERE n <> 0
+), real_notifications AS (
+    SELECT notification_id, status, count(*) AS n FROM deliveries GROUP BY 1, 2
+)
+SELECT 'inbox kept' AS what, recipient_id::text AS key, unread, unseen FROM
+       (SELECT * FROM kept_inbox EXCEPT SELECT * FROM real_inbox) AS a
+UNION ALL
+SELECT 'inbox real', recipient_id::text, unread, unseen FROM
+       (SELECT * FROM real_inbox EXCEPT SELECT * FROM kept_inbox) AS b
+UNION ALL
+SELECT 'notification kept', notification_id::text || ' ' || status, n, NULL FROM
+       (SELECT * FROM kept_notifications EXCEPT SELECT * FROM real_notifications) AS c
+UNION ALL
+SELECT 'notification real', notification_id::text || ' ' || status, n, NULL FROM
+       (SELECT * FROM real_notifications EXCEPT SELECT * FROM kept_notifications) AS d
+"""
+
+
+async def _agree(pool: db.Pool) -> None:
+    assert await query(pool, DISAGREE) == []
+
+
+async def _counts(api: httpx.AsyncClient, recipient: str) -> tuple[int, int]:
+    body = (await api.get(f"/api/inbox/{recipient}", headers=ADMIN)).json()
+    return body["unread_count"], body["unseen_count"]
+
+
+async def _ids(api: httpx.AsyncClient, recipient: str) -> list[int]:
+    body = (await api.get(f"/api/inbox/{recipient}", headers=ADMIN)).json()
+    return [item["id"] for item in body["items"]]
+
+
+async def _post(api: httpx.AsyncClient, **body: Any) -> str:
+    response = await api.post("/api/notifications", headers=ADMIN, json=body)
+    assert response.status_code == 202, response.text
+    return str(response.json()["id"])
+
+
+async def test_counts_follow_every_path_that_changes_deliveries(
+    api: httpx.AsyncClient, pool: db.Pool, worker: None
+) -> None:
+    """Three recipients get three IN_APP notifications each; then one item read, all
+    seen, all read then one unread, one archived, a scheduled notification cancelled,
+    a console UPDATE and DELETE, retention: after each step the inbox answers the
+    counts a recount gives, the notification its delivery_counts, and both tables
+    agree with a recount of every delivery."""
+    r1, r2, r3 = (unique("cnt") for _ in range(3))
+    nids = [
+        await _post(api, to=[r1, r2, r3], message=f"m{i}", channels=["IN_APP"]) for i in range(3)
+    ]
+
+    async def routed() -> bool:
+        return [await _counts(api, r) for r in (r1, r2, r3)] == [(3, 3)] * 3
+
+    await wait_until(routed)
+    await _agree(pool)
+    detail = (await api.get(f"/api/notifications/{nids[0]}", headers=ADMIN)).json()
+    assert detail["delivery_counts"] == {"sent": 3}
+
+    first = (await _ids(api, r1))[0]
+    assert (
+        await api.post(f"/api/inbox/{r1}/read", headers=ADMIN, json={"ids": [first]})
+    ).is_success
+    assert await _counts(api, r1) == (2, 2)  # reading an item sees it
+    assert (await api.post(f"/api/inbox/{r1}/seen", headers=ADMIN, json={"all": True})).is_success
+    assert await _counts(api, r1) == (2, 0)
+    await _agree(pool)
+
+    assert (await api.post(f"/api/inbox/{r2}/read", headers=ADMIN, json={"all": True})).is_success
+    assert await _counts(api, r2) == (0, 0)
+    one = (await _ids(api, r2))[0]
+    assert (
+        await api.post(f"/api/inbox/{r2}/unread", headers=ADMIN, json={"ids": [one]})
+    ).is_success
+    assert await _counts(api, r2) == (1, 0)
+    archived = (await _ids(api, r3))[0]
+    assert (
+        await api.post(f"/api/inbox/{r3}/archive", headers=ADMIN, json={"ids": [archived]})
+    ).is_success
+    assert await _counts(api, r3) == (2, 2)
+    await _agree(pool)
+
+    later = (dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)).isoformat()
+    scheduled = await _post(api, to=[r1, r2], message="never", send_at=later, channels=["IN_APP"])
+    assert (await api.post(f"/api/notifications/{scheduled}/cancel", headers=ADMIN)).is_success
+
+    async def cancelled() -> bool:
+        body = (await api.get(f"/api/notifications/{scheduled}", headers=ADMIN)).json()
+        return bool(body["delivery_counts"] == {"cancelled": 2})
+
+    await wait_until(cancelled)
+    assert await _counts(api, r1) == (2, 0)
+    await _agree(pool)
+
+    # A SQL console: an operator archives r1's inbox by hand, deletes one of r2's items.
+    rows = await query(pool, "SELECT id FROM recipients WHERE external_id = %s", (r1,))
+    await query(
+        pool,
+        "UPDATE deliveries SET archived_at = now() WHERE recipient_id = %s",
+        (rows[0]["id"],),
+    )
+    assert await _counts(api, r1) == (0, 0)
+    await query(pool, "DELETE FROM deliveries WHERE id = %s", (one,))
+    assert await _counts(api, r2) == (0, 0)
+    await _agree(pool)
+
+    # Retention: r3's deliveries aged past the cutoff are purged.
+    rows = await query(pool, "SELECT id FROM recipients WHERE external_id = %s", (r3,))
+    await query(
+        pool,
+        "UPDATE deliveries SET created_at = now() - interval '40 days',"
+        " updated_at = now() - interval '40 days' WHERE recipient_id = %s",
+        (rows[0]["id"],),
+    )
+    await maintenance.purge_expired(pool, 30)
+    assert await _counts(api, r3) == (0, 0)
+    for nid in nids:
+        detail = (await api.get(f"/api/notifications/{nid}", headers=ADMIN)).json()
+        recount = await query(
+            pool,
+            "SELECT status, count(*) AS n FROM deliveries WHERE notification_id = %s GROUP BY 1",
+            (nid,),
+        )
+        assert detail["delivery_counts"] == {r["status"]: r["n"] for r in recount}
+        assert sum(detail["delivery_counts"].values()) < 3  # r3's were purged
+    await _agree(pool)
+
+
+async def test_a_fan_out_counts_per_statement(
+    api: httpx.AsyncClient, pool: db.Pool, worker: None
+) -> None:
+    """A notification to 300 recipients: every inbox counts its one item, the
+    notification's counts say 300 sent, from one row each, and they agree with a
+    recount; marking every inbox read in one statement (a console UPDATE) leaves every
+    unread count at 0."""
+    prefix = unique("fan") + "-"
+    members = [f"{prefix}{i}" for i in range(300)]
+    nid = await _post(api, to=members, message="fan-out", channels=["IN_APP"])
+
+    async def routed() -> bool:
+        body = (await api.get(f"/api/notifications/{nid}", headers=ADMIN)).json()
+        return bool(body["delivery_counts"] == {"sent": 300})
+
+    await wait_until(routed)
+    rows = await query(
+        pool,
+        "SELECT count(*) AS n, sum(c.unread) AS unread FROM inbox_counts c"
+        " JOIN recipients r ON r.id = c.recipient_id WHERE r.external_id LIKE %s",
+        (prefix + "%",),
+    )
+    assert rows == [{"n": 300, "unread": 300}]
+    counted = await query(
+        pool, "SELECT status, n FROM notification_counts WHERE notification_id = %s", (nid,)
+    )
+    assert counted == [{"status": "sent", "n": 300}]
+    await query(pool, "UPDATE deliveries SET read_at = now() WHERE notification_id = %s", (nid,))
+    assert await _counts(api, members[7]) == (0, 1)
+    await _agree(pool)

@@ -6,6 +6,7 @@ their own (no worker), and move due times instead of waiting for the clock."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import os
 import signal
@@ -76,16 +77,23 @@ class Env:
         return rows[0]
 
 
-@pytest.fixture
-async def env(fresh_database_url: str) -> AsyncIterator[Env]:
-    settings = make_settings(fresh_database_url)
-    pool = db.create_pool(fresh_database_url, max_size=12, name="postbell-test-workflows")
+@contextlib.asynccontextmanager
+async def workflow_env(database_url: str) -> AsyncIterator[Env]:
+    """The API and a pool of 12 on ``database_url``, no worker."""
+    settings = make_settings(database_url)
+    pool = db.create_pool(database_url, max_size=12, name="postbell-test-workflows")
     await pool.open(wait=True)
     try:
         async with api_client(create_app(settings, pool=pool)) as api:
             yield Env(settings, pool, api)
     finally:
         await pool.close()
+
+
+@pytest.fixture
+async def env(fresh_database_url: str) -> AsyncIterator[Env]:
+    async with workflow_env(fresh_database_url) as e:
+        yield e
 
 
 REMINDER = [

@@ -272,3 +272,79 @@ async def test_a_throttle_lets_limit_runs_through_and_records_the_rest(env: Env)
     await workflows.run_due(env.pool)
     [run] = await env.runs(later)
     assert run["state"] == "done"
+
+
+async def test_the_due_view_shows_what_fires_next(env: Env) -> None:
+    """postbell.workflow_runs_due: per workflow, version and step, the runs waiting,
+    the open digests, and how many are past due."""
+    reminder, replies = unique("remind"), unique("replies")
+    await env.put(reminder, [{"type": "delay", "for": "1h"}, {"type": "send", "message": "soon"}])
+    await env.put(replies, DIGEST)
+    await env.trigger(reminder, to=[unique("r") for _ in range(3)])
+    await env.trigger(replies, to=[unique("r"), unique("r")], data={"thread_id": "t"})
+    await workflows.run_due(env.pool)
+    await env.trigger(reminder, to=[unique("r")])  # not taken yet: overdue
+    rows = await query(
+        env.pool,
+        "SELECT workflow, version, step, step_type, runs, digests, overdue"
+        " FROM postbell.workflow_runs_due ORDER BY workflow, step",
+    )
+    assert rows == [
+        {
+            "workflow": reminder,
+            "version": 1,
+            "step": 0,
+            "step_type": "delay",
+            "runs": 1,
+            "digests": 0,
+            "overdue": 1,
+        },
+        {
+            "workflow": reminder,
+            "version": 1,
+            "step": 1,
+            "step_type": "send",
+            "runs": 3,
+            "digests": 0,
+            "overdue": 0,
+        },
+        {
+            "workflow": replies,
+            "version": 1,
+            "step": 0,
+            "step_type": "digest",
+            "runs": 2,
+            "digests": 2,
+            "overdue": 0,
+        },
+    ]
+
+
+async def test_the_claim_and_the_runs_list_use_their_indexes_on_many_finished_runs(
+    env: Env,
+) -> None:
+    """With 50,000 finished runs and a few waiting, the engine's claim and one
+    recipient's run list read their indexes, not the table."""
+    from postbell.app.core.db import queries
+
+    key = unique("wf")
+    await env.put(key, [{"type": "delay", "for": "1h"}, {"type": "send", "message": "x"}])
+    trigger = await env.trigger(key, to=[unique("r") for _ in range(5)], cancel_key="k")
+    await query(
+        env.pool,
+        "INSERT INTO workflow_runs (trigger_id, workflow_key, version, recipient, state, cancel_key)"
+        " SELECT %s, %s, 1, 'r-' || g, 'done', 'k' FROM generate_series(1, 50000) AS g",
+        (trigger, key),
+    )
+    await query(env.pool, "ANALYZE workflow_runs")
+    for name, params in (
+        ("workflow_runs_claim_due", {"limit": 500}),
+        (
+            "workflow_runs_list",
+            {"workflow": key, "recipient": "r-7", "state": None, "before": 1 << 62, "limit": 51},
+        ),
+    ):
+        async with env.pool.connection() as conn:
+            cursor = await conn.execute(b"EXPLAIN " + queries[name], params)
+            plan = "\n".join(r["QUERY PLAN"] for r in await cursor.fetchall())
+        assert "Seq Scan on workflow_runs" not in plan, (name, plan)

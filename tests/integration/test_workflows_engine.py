@@ -337,3 +337,22 @@ async def test_a_killed_workers_claim_is_released_and_its_step_runs_once(
         (key,),
     )
     assert made[0]["n"] == 1
+
+
+async def test_a_run_whose_data_breaks_its_step_fails_alone(env: Env) -> None:
+    """A time that overflows with its offset fails that run (saying which step) and
+    the other runs of the batch go on."""
+    key = unique("wf")
+    steps = [
+        {"type": "delay", "until": "data.at", "offset": "+2h"},
+        {"type": "send", "channels": ["IN_APP"], "message": "x"},
+    ]
+    await env.put(key, steps)
+    broken = await env.trigger(key, to=[unique("r")], data={"at": "9999-12-31T23:00:00+00:00"})
+    past = dt.datetime.now(dt.UTC) - dt.timedelta(days=1)
+    fine = await env.trigger(key, to=[unique("r")], data={"at": past.isoformat()})
+    await workflows.run_due(env.pool)
+    [b] = await env.runs(broken)
+    [f] = await env.runs(fine)
+    assert (b["state"], b["reason"].startswith("step 0: ")) == ("failed", True)
+    assert (f["state"], len(f["notification_ids"])) == ("done", 1)

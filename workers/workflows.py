@@ -111,20 +111,24 @@ async def advance(pool: db.Pool, *, batch: int = BATCH) -> int:
                 outcomes[row["id"]] = Outcome(index, "done")
                 continue
             step = steps[index]
-            if isinstance(step, SendStep):
-                sends.append((row, step, category))
-                if step.if_ is not None and step.if_.in_app is not None:
-                    in_app_ids.append(row["id"])
-            elif isinstance(step, DelayStep):
-                until = workflow_steps.delay_until(step, row["data"], now)
-                if isinstance(until, str):
-                    outcomes[row["id"]] = Outcome(index, "failed", reason=until)
+            try:
+                if isinstance(step, SendStep):
+                    sends.append((row, step, category))
+                    if step.if_ is not None and step.if_.in_app is not None:
+                        in_app_ids.append(row["id"])
+                elif isinstance(step, DelayStep):
+                    until = workflow_steps.delay_until(step, row["data"], now)
+                    if isinstance(until, str):
+                        outcomes[row["id"]] = Outcome(index, "failed", reason=until)
+                    else:
+                        outcomes[row["id"]] = Outcome(index + 1, "waiting", due_at=max(until, now))
+                elif isinstance(step, DigestStep):
+                    digests.append((row, step))
                 else:
-                    outcomes[row["id"]] = Outcome(index + 1, "waiting", due_at=max(until, now))
-            elif isinstance(step, DigestStep):
-                digests.append((row, step))
-            else:
-                throttles.append((row, step))
+                    throttles.append((row, step))
+            except (ValueError, OverflowError) as exc:
+                # One run's data must not hold up the batch behind it: that run fails.
+                outcomes[row["id"]] = Outcome(index, "failed", reason=f"step {index}: {exc}")
         in_app: dict[int, Any] = {}
         if in_app_ids:
             for r in await db.fetch_all(conn, "workflow_runs_in_app_state", {"ids": in_app_ids}):

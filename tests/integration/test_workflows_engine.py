@@ -6,6 +6,7 @@ their own (no worker), and move due times instead of waiting for the clock."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import os
 import signal
@@ -76,16 +77,23 @@ class Env:
         return rows[0]
 
 
-@pytest.fixture
-async def env(fresh_database_url: str) -> AsyncIterator[Env]:
-    settings = make_settings(fresh_database_url)
-    pool = db.create_pool(fresh_database_url, max_size=12, name="postbell-test-workflows")
+@contextlib.asynccontextmanager
+async def workflow_env(database_url: str) -> AsyncIterator[Env]:
+    """The API and a pool of 12 on ``database_url``, no worker."""
+    settings = make_settings(database_url)
+    pool = db.create_pool(database_url, max_size=12, name="postbell-test-workflows")
     await pool.open(wait=True)
     try:
         async with api_client(create_app(settings, pool=pool)) as api:
             yield Env(settings, pool, api)
     finally:
         await pool.close()
+
+
+@pytest.fixture
+async def env(fresh_database_url: str) -> AsyncIterator[Env]:
+    async with workflow_env(fresh_database_url) as e:
+        yield e
 
 
 REMINDER = [
@@ -329,3 +337,22 @@ async def test_a_killed_workers_claim_is_released_and_its_step_runs_once(
         (key,),
     )
     assert made[0]["n"] == 1
+
+
+async def test_a_run_whose_data_breaks_its_step_fails_alone(env: Env) -> None:
+    """A time that overflows with its offset fails that run (saying which step) and
+    the other runs of the batch go on."""
+    key = unique("wf")
+    steps = [
+        {"type": "delay", "until": "data.at", "offset": "+2h"},
+        {"type": "send", "channels": ["IN_APP"], "message": "x"},
+    ]
+    await env.put(key, steps)
+    broken = await env.trigger(key, to=[unique("r")], data={"at": "9999-12-31T23:00:00+00:00"})
+    past = dt.datetime.now(dt.UTC) - dt.timedelta(days=1)
+    fine = await env.trigger(key, to=[unique("r")], data={"at": past.isoformat()})
+    await workflows.run_due(env.pool)
+    [b] = await env.runs(broken)
+    [f] = await env.runs(fine)
+    assert (b["state"], b["reason"].startswith("step 0: ")) == ("failed", True)
+    assert (f["state"], len(f["notification_ids"])) == ("done", 1)

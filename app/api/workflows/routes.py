@@ -88,7 +88,7 @@ async def list_runs(
     pool: Pool,
     key: KeyParam,
     recipient: RecipientFilter = None,
-    status: RunState | None = None,
+    status: Annotated[RunState | None, QueryParameter()] = None,
     cursor: CursorParam = None,
     limit: Annotated[int, QueryParameter(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
 ) -> RunPage:

@@ -127,7 +127,12 @@ def baseline_inserts(
         return sum(await asyncio.gather(*(lane() for _ in range(connections))))
 
     total = asyncio.run(run())
-    return {"connections": connections, "seconds": seconds, "tx_per_s": round(total / seconds, 1)}
+    return {
+        "connections": connections,
+        "seconds": seconds,
+        "transactions": total,
+        "tx_per_s": round(total / seconds, 1),
+    }
 
 
 # -- population ---------------------------------------------------------------------------
@@ -460,6 +465,8 @@ def w4_api_stream(
             "post_ms": percentiles(post),
             "post_to_in_app_ms": percentiles(in_app),
             "post_to_webhook_ms": percentiles(webhook),
+            "in_app_sent": len(in_app),
+            "webhooks_received": len(webhook),
         },
     }
 

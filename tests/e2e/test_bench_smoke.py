@@ -31,7 +31,8 @@ def test_baseline_procrastinate(admin_url: str) -> None:
 
 def test_baseline_inserts(bench_database: Database) -> None:
     result = workloads.baseline_inserts(bench_database, seconds=0.3, connections=2)
-    assert result["tx_per_s"] > 0
+    rows = bench_database.scalar("SELECT count(*) FROM public.bench_inserts")
+    assert result["transactions"] == rows > 0  # every counted transaction committed a row
 
 
 def test_w1_in_app_fanout(bench_database: Database) -> None:
@@ -69,7 +70,8 @@ def test_w4_api_stream(bench_database: Database) -> None:
     assert result["saturation"]["errors"] == 0 and result["saturation"]["accepted"] > 0
     paced = result["fixed_rate"]
     assert paced["errors"] == 0 and paced["accepted"] > 0
-    assert paced["post_to_webhook_ms"]["p99"] == paced["post_to_webhook_ms"]["p99"]  # not NaN
+    # every accepted notification's IN_APP row was sent and its webhook arrived
+    assert paced["in_app_sent"] == paced["webhooks_received"] == paced["accepted"]
 
 
 def test_w5_priority(bench_database: Database) -> None:

@@ -176,8 +176,8 @@ def check(steps: list[Step]) -> None:
             sends += 1
             if step.template is not None:
                 raise Invalid(
-                    f"{at}.template: templates are not available yet; give the message"
-                    " fields (title, message) instead",
+                    f"{at}.template: workflow send steps do not take templates yet; give the"
+                    " message fields (title, message) instead",
                     field=f"{at}.template",
                 )
             if step.message is not None and step.body is not None:

@@ -88,7 +88,7 @@ BAD_STEPS: list[tuple[str, Any, str]] = [
         "steps[0].if.in_app",
     ),
     (
-        "template not available yet",
+        "templates not taken by send steps yet",
         [{"type": "send", "channels": ["EMAIL"], "template": "reply-digest"}],
         "steps[0].template",
     ),

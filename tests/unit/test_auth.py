@@ -144,7 +144,7 @@ def test_nul_is_refused_with_a_clear_message() -> None:
     import pytest
 
     # the whole message, anchored: a message with anything added is not this message
-    with pytest.raises(ValueError, match="^a signed field may not hold NUL$"):
+    with pytest.raises(ValueError, match=r"^a signed field may not hold NUL$"):
         tokens.sign("s3", "inbox", "a\x00")
-    with pytest.raises(ValueError, match="^an external id may not hold NUL$"):
+    with pytest.raises(ValueError, match=r"^an external id may not hold NUL$"):
         tokens.recipient_token("s3", "a\x00")

@@ -134,8 +134,11 @@ def run_target(target: Target, venv: Path, workdir: Path, budget: float) -> dict
     cache = workdir / ".mutmut-cache"
     if cache.exists():
         cache.unlink()
+    # No bytecode: a mutant of the same length written within the same second as the
+    # original would otherwise run from the original's cached .pyc and "survive".
     runner = (
-        f"{venv / 'bin' / 'python'} -m pytest -x -q -p no:cacheprovider {' '.join(target.tests)}"
+        f"env PYTHONDONTWRITEBYTECODE=1 {venv / 'bin' / 'python'} -m pytest -x -q"
+        f" -p no:cacheprovider {' '.join(target.tests)}"
     )
     started = time.monotonic()
     try:

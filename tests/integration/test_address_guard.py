@@ -72,6 +72,9 @@ def test_resolver_forms_are_read_as_getaddrinfo_reads_them() -> None:
     assert ip_of("0x7f.1") == ipaddress.ip_address("127.0.0.1")
     assert ip_of("example.org") is None
     assert not is_public("::ffff:10.0.0.1") and not is_public("64:ff9b::a00:1")
+    # getaddrinfo answers link-local IPv6 with its zone: the zone does not hide the address
+    assert not is_public("fe80::1%eth0") and is_public("2606:4700::1%2")
+    assert ip_of("[fe80::1%eth0]") == ipaddress.ip_address("fe80::1")
 
 
 def test_allowed_entries_are_exact() -> None:

@@ -136,9 +136,12 @@ def run_target(target: Target, venv: Path, workdir: Path, budget: float) -> dict
         cache.unlink()
     # No bytecode: a mutant of the same length written within the same second as the
     # original would otherwise run from the original's cached .pyc and "survive".
+    # mutmut 2.5 counts only exit status 1 as "tests failed": a mutant that stops the
+    # import (pytest's collection error, status 2) was reported as surviving, so every
+    # failure is mapped to 1.
     runner = (
-        f"env PYTHONDONTWRITEBYTECODE=1 {venv / 'bin' / 'python'} -m pytest -x -q"
-        f" -p no:cacheprovider {' '.join(target.tests)}"
+        f"sh -c 'env PYTHONDONTWRITEBYTECODE=1 {venv / 'bin' / 'python'} -m pytest -x -q"
+        f" -p no:cacheprovider {' '.join(target.tests)} || exit 1'"
     )
     started = time.monotonic()
     try:

@@ -717,16 +717,6 @@ def _print_table(headers: list[str], rows: list[list[Any]]) -> None:
 
 # -- templates ---------------------------------------------------------------------
 
-#: The members of a template file, in the order pull writes them.
-_TEMPLATE_FILE_FIELDS = (
-    "category",
-    "description",
-    "default_locale",
-    "example_data",
-    "example_recipient",
-    "locales",
-)
-
 
 def _template_files(folder: Path) -> dict[str, Any]:
     """Every ``KEY.json`` of ``folder``, decoded and validated (the key is the file's
@@ -790,8 +780,10 @@ def _templates_push(args: argparse.Namespace) -> int:
 def _template_file_text(out: Any) -> str:
     import msgspec
 
+    from postbell.app.core.templates import CONTENT_FIELDS
+
     data = msgspec.to_builtins(out)
-    kept = {name: data[name] for name in _TEMPLATE_FILE_FIELDS if data.get(name) is not None}
+    kept = {name: data[name] for name in CONTENT_FIELDS if data.get(name) is not None}
     return json.dumps(kept, indent=2, ensure_ascii=False) + "\n"
 
 

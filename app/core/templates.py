@@ -69,6 +69,17 @@ MAX_LOOP_ITERATIONS = 10_000  # per rendered field, all loops together
 MAX_WIDTH = 1_000  # padding widths (center, format, % and str.format)
 MAX_SOURCE = 100_000  # characters of one field's template source
 
+#: What a template version holds besides its key: the members a PUT compares to tell
+#: an unchanged template, and those of a template file, in the order pull writes them.
+CONTENT_FIELDS = (
+    "category",
+    "description",
+    "default_locale",
+    "example_data",
+    "example_recipient",
+    "locales",
+)
+
 
 def fields_of(channel: str) -> dict[str, bool]:
     """The fields a part for ``channel`` may hold (True: required)."""

@@ -75,16 +75,6 @@ def compile_checked(fields: dict[str, Any]) -> templates.Compiled:
         raise invalid(exc) from None
 
 
-_CONTENT = (
-    "category",
-    "description",
-    "default_locale",
-    "example_data",
-    "example_recipient",
-    "locales",
-)
-
-
 def _out(row: DictRow) -> TemplateOut:
     return TemplateOut(
         key=row["key"],
@@ -118,7 +108,7 @@ async def put(pool: db.Pool, key: str, payload: TemplateIn) -> tuple[TemplateOut
         if (
             current is not None
             and current["version"] == current["latest_version"]
-            and all(current[name] == fields[name] for name in _CONTENT)
+            and all(current[name] == fields[name] for name in templates.CONTENT_FIELDS)
         ):
             return _out(current), False
         row = await repo.put(conn, key, required_data=compiled.required_data(), **fields)

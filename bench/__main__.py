@@ -44,6 +44,7 @@ SIZES = {
     "W8": 20_000,
     "W10": 20_000,
     "W10_fan_out": 100_000,
+    "W11": 10_000,
 }
 GOALS = {
     "W1": "≥ 50,000 deliveries/s (≥ 100× a)",
@@ -61,6 +62,7 @@ GOALS = {
     "W5b": "urgent ahead of ≥ 90 % of the backlog, p99 ≤ 500 ms",
     "W8": "≥ 3,000 routed/s after ANALYZE of the empty job table",
     "W10": "inbox p99 ≤ 3 ms at 20,000 items; counts O(1) in inbox and fan-out size",
+    "W11": "≥ 3,000/s from one worker to a 200 ms receiver; fast receiver not slower",
 }
 
 
@@ -79,6 +81,7 @@ ALL = (
     "W8",
     "W9",
     "W10",
+    "W11",
     "CELERY",
 )
 
@@ -151,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
                     fresh(admin), size["W10"], fan_out=size["W10_fan_out"], tick=t
                 ),
             ),
+            ("W11", lambda t: w11(admin, size["W11"], t)),
         ):
             if name in chosen:
                 results[name] = step(name, run)
@@ -376,6 +380,19 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                 GOALS["W10"],
             )
         )
+    if "W11" in results:
+        r = results["W11"]
+        for ms in ("200", "0"):
+            adaptive, fixed = r[f"{ms}ms_adaptive"], r[f"{ms}ms_fixed64"]
+            out.append(
+                (
+                    f"W11 {adaptive['webhooks']:,} webhooks, one worker, {ms} ms receiver",
+                    f"{adaptive['per_second']:,.0f}/s adaptive ({adaptive['worker_peak_rss_mb']} MB)"
+                    f" vs {fixed['per_second']:,.0f}/s fixed 64 ({fixed['worker_peak_rss_mb']} MB)",
+                    "",
+                    GOALS["W11"],
+                )
+            )
     for name in ("W1", "W2"):
         if name in results:
             rss = results[name]["peak_rss_mb"]
@@ -388,6 +405,19 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                 )
             )
     return out
+
+
+def w11(admin: str, webhooks: int, tick: Any) -> dict[str, Any]:
+    """W11 four ways, same run: a 200 ms and an instant receiver, each with the adaptive
+    limit (default ceiling) and with the fixed 64 of before (the ceiling at 64)."""
+    cases = {}
+    for delay in (0.2, 0.0):
+        for ceiling in (None, 64):
+            key = f"{round(delay * 1000)}ms_{'adaptive' if ceiling is None else 'fixed64'}"
+            cases[key] = scale.w11_slow_receiver(
+                fresh(admin), webhooks, delay=delay, max_in_flight=ceiling, tick=tick
+            )
+    return cases
 
 
 def table(results: dict[str, Any]) -> Table:

@@ -138,6 +138,12 @@ def test_w5b_urgent_behind_slow(bench_database: Database) -> None:
     assert 0 <= result["overtaken_by"] <= 100 - result["arrived_before_post"]
 
 
+def test_w11_slow_receiver(bench_database: Database) -> None:
+    result = scale.w11_slow_receiver(bench_database, 200, delay=0.05, max_in_flight=100)
+    assert result["received"] == result["sent"] == 200
+    assert result["max_in_flight"] == 100
+
+
 def test_w10_inbox(bench_database: Database) -> None:
     result = scale.w10_inbox(bench_database, 30, fan_out=40, gets=3)
     assert result["items"] == 30 and 0 < result["unread_count"] <= 30

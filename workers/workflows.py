@@ -25,7 +25,7 @@ import msgspec
 import structlog
 from psycopg.types.json import Jsonb
 
-from postbell.app.core import db, workflow_steps
+from postbell.app.core import db, templates, workflow_steps
 from postbell.app.core.workflow_steps import (
     DelayStep,
     DigestStep,
@@ -41,7 +41,8 @@ BATCH = 500
 #: How soon a run whose `in_app` condition waits for routing looks again.
 ROUTING_RECHECK = dt.timedelta(seconds=1)
 PURGE_EVERY_SECONDS = 60.0
-_COUNT_RE = re.compile(r"\{\{\s*count\s*\}\}")
+#: Jinja2 markup: message fields without it are sent as written (no render).
+_MARKUP_RE = re.compile(r"\{[{%#]")
 
 #: Versions never change once stored: cached per process.
 _versions: dict[tuple[str, int], tuple[str | None, list[Step]]] = {}
@@ -86,8 +87,12 @@ def _holds(condition: workflow_steps.Condition, data: Any, in_app: Any) -> bool:
     return True
 
 
-def _render(text: str | None, count: int) -> str | None:
-    return _COUNT_RE.sub(str(count), text) if text is not None else None
+def _render(text: str | None, variables: dict[str, Any], name: str) -> str | None:
+    """A message field rendered in the template sandbox (``TemplateError`` when it
+    does not render with this run's variables)."""
+    if text is None or not _MARKUP_RE.search(text):
+        return text
+    return templates.render_text(text, variables, name)
 
 
 async def advance(pool: db.Pool, *, batch: int = BATCH) -> int:
@@ -164,6 +169,7 @@ async def _send(
 ) -> None:
     groups: dict[bytes, dict[str, Any]] = {}
     members: dict[bytes, list[int]] = {}
+    events = await _digest_events(conn, sends)
     for row, step, category in sends:
         index = row["step"]
         if step.if_ is not None:
@@ -176,16 +182,16 @@ async def _send(
                 outcomes[row["id"]] = Outcome(index + 1, "waiting", due_at=now)
                 continue
         count = int(row["digest_count"] or 1)
-        text = step.message if step.message is not None else step.body
+        variables = workflow_steps.variables(
+            row["data"], events.get(row["delivered_digest"]) or [row["data"]], count
+        )
         metadata = {
             **(step.metadata or {}),
             "workflow": {"key": row["workflow_key"], "version": row["version"], "step": index},
         }
         if row["digest_count"] is not None:
             metadata["workflow"]["count"] = count
-        group = {
-            "title": _render(step.title, count),
-            "body": _render(text, count),
+        group: dict[str, Any] = {
             "action_url": step.action_url,
             "metadata": metadata,
             "channels": list(dict.fromkeys(step.channels)) if step.channels else None,
@@ -193,6 +199,29 @@ async def _send(
             "category": category,
             "fallback": step.fallback,
         }
+        if step.template is not None:
+            pinned = (row["templates"] or {}).get(step.template)
+            if pinned is None:  # pinned by every trigger since migration 0017
+                outcomes[row["id"]] = Outcome(
+                    index, "failed", reason=f"step {index}: template {step.template} not pinned"
+                )
+                continue
+            group |= {
+                "template_key": step.template,
+                "template_version": int(pinned),
+                "template_data": variables,
+            }
+        else:
+            text = step.message if step.message is not None else step.body
+            try:
+                group |= {
+                    "title": _render(step.title, variables, "title"),
+                    "body": _render(text, variables, "message"),
+                }
+            except templates.TemplateError as exc:
+                # this run's data does not fit the step: it fails alone
+                outcomes[row["id"]] = Outcome(index, "failed", reason=f"step {index}: {exc}")
+                continue
         key = msgspec.json.encode(group, order="sorted")
         groups.setdefault(key, group)
         members.setdefault(key, []).append(row["id"])
@@ -209,6 +238,22 @@ async def _send(
     for r in made:
         for run_id in members[keys[r["n"]]]:
             outcomes[run_id].notification_id = r["id"]
+
+
+async def _digest_events(
+    conn: db.Conn, sends: list[tuple[Any, SendStep, str | None]]
+) -> dict[int, list[Any]]:
+    """The events of the digests this batch's sends deliver (the first
+    ``MAX_EVENTS`` of each, in trigger order), by digest id."""
+    ids = sorted({row["delivered_digest"] for row, _, _ in sends if row["delivered_digest"]})
+    if not ids:
+        return {}
+    rows = await db.fetch_all(
+        conn,
+        "workflow_digests_events_many",
+        {"ids": ids, "max_events": workflow_steps.MAX_EVENTS},
+    )
+    return {r["digest_id"]: list(r["events"] or ()) for r in rows}
 
 
 async def _join_digests(conn: db.Conn, digests: list[tuple[Any, DigestStep]]) -> None:

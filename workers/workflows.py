@@ -106,7 +106,7 @@ async def advance(pool: db.Pool, *, batch: int = BATCH) -> int:
         now = dt.datetime.now(dt.UTC)
         outcomes: dict[int, Outcome] = {}
         sends: list[tuple[Any, SendStep, str | None]] = []
-        digests: list[tuple[Any, DigestStep]] = []
+        digests: list[tuple[Any, DigestStep, str | None]] = []
         throttles: list[tuple[Any, ThrottleStep]] = []
         in_app_ids: list[int] = []
         for row in rows:
@@ -128,7 +128,7 @@ async def advance(pool: db.Pool, *, batch: int = BATCH) -> int:
                     else:
                         outcomes[row["id"]] = Outcome(index + 1, "waiting", due_at=max(until, now))
                 elif isinstance(step, DigestStep):
-                    digests.append((row, step))
+                    digests.append((row, step, category))
                 else:
                     throttles.append((row, step))
             except (ValueError, OverflowError) as exc:
@@ -140,7 +140,7 @@ async def advance(pool: db.Pool, *, batch: int = BATCH) -> int:
                 in_app[r["run_id"]] = r
         await _send(conn, sends, in_app, outcomes, now)
         if digests:
-            await _join_digests(conn, digests)
+            await _join_digests(conn, digests, outcomes, now)
         if throttles:
             await _throttle(conn, throttles, outcomes, now)
         if outcomes:
@@ -169,6 +169,7 @@ async def _send(
 ) -> None:
     groups: dict[bytes, dict[str, Any]] = {}
     members: dict[bytes, list[int]] = {}
+    repeats: dict[tuple[bytes, str], int] = {}
     events = await _digest_events(conn, sends)
     for row, step, category in sends:
         index = row["step"]
@@ -223,6 +224,11 @@ async def _send(
                 outcomes[row["id"]] = Outcome(index, "failed", reason=f"step {index}: {exc}")
                 continue
         key = msgspec.json.encode(group, order="sorted")
+        # Two runs of one recipient (two triggers) never share a notification: the
+        # second makes its own, as each trigger sends once.
+        nth = repeats[(key, row["recipient"])] = repeats.get((key, row["recipient"]), -1) + 1
+        if nth:
+            key += b"#%d" % nth
         groups.setdefault(key, group)
         members.setdefault(key, []).append(row["id"])
         outcomes[row["id"]] = Outcome(index + 1, "waiting", due_at=now)
@@ -256,25 +262,49 @@ async def _digest_events(
     return {r["digest_id"]: list(r["events"] or ()) for r in rows}
 
 
-async def _join_digests(conn: db.Conn, digests: list[tuple[Any, DigestStep]]) -> None:
-    windows = [workflow_steps.seconds(s.window, "window") for _, s in digests]
-    await db.execute(
+async def _join_digests(
+    conn: db.Conn,
+    digests: list[tuple[Any, DigestStep, str | None]],
+    outcomes: dict[int, Outcome],
+    now: dt.datetime,
+) -> None:
+    """Runs at a digest step join their digests in one statement. A step with
+    ``window: preference`` reads each recipient's frequency there (set-based): the
+    runs whose recipient chose ``off`` come back and go on at once, undigested."""
+    windows: list[int | None] = []
+    max_waits: list[int | None] = []
+    defaults: list[Jsonb | None] = []
+    for _, step, _ in digests:
+        by_preference = step.window == "preference"
+        window = None if by_preference else workflow_steps.seconds(step.window, "window")
+        windows.append(window)
+        max_waits.append(
+            workflow_steps.seconds(step.max_wait, "max_wait") if step.max_wait else window
+        )
+        defaults.append(
+            Jsonb(msgspec.to_builtins(step.default or workflow_steps.DEFAULT_SETTING))
+            if by_preference
+            else None
+        )
+    undigested = await db.fetch_all(
         conn,
         "workflow_digests_join",
         {
-            "run_ids": [r["id"] for r, _ in digests],
-            "workflows": [r["workflow_key"] for r, _ in digests],
-            "versions": [r["version"] for r, _ in digests],
-            "steps": [r["step"] for r, _ in digests],
-            "recipients": [r["recipient"] for r, _ in digests],
-            "keys": [workflow_steps.key_of(s.key, r["data"]) for r, s in digests],
+            "run_ids": [r["id"] for r, _, _ in digests],
+            "workflows": [r["workflow_key"] for r, _, _ in digests],
+            "versions": [r["version"] for r, _, _ in digests],
+            "steps": [r["step"] for r, _, _ in digests],
+            "recipients": [r["recipient"] for r, _, _ in digests],
+            "keys": [workflow_steps.key_of(s.key, r["data"]) for r, s, _ in digests],
             "windows": windows,
-            "max_waits": [
-                workflow_steps.seconds(s.max_wait, "max_wait") if s.max_wait else w
-                for (_, s), w in zip(digests, windows, strict=True)
-            ],
+            "max_waits": max_waits,
+            "categories": [c for _, _, c in digests],
+            "defaults": defaults,
         },
     )
+    steps = {r["id"]: r["step"] for r, _, _ in digests}
+    for r in undigested:
+        outcomes[r["run_id"]] = Outcome(steps[r["run_id"]] + 1, "waiting", due_at=now)
 
 
 async def _throttle(

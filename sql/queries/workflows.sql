@@ -209,36 +209,66 @@ SELECT g.n, e.id
 -- step, recipient, key), or open it: INSERT ... ON CONFLICT on the partial unique
 -- index, so concurrent batches can never open two. A new event moves the due time
 -- to now + window, never past max_due_at (first event + max_wait).
+-- A step with "window": "preference" (window_s null) reads the recipient's digest
+-- frequency for the workflow's category (else the step's default): the digest is
+-- due at digest_due_at() (an hour on, or the next delivery hour in the recipient's
+-- timezone), capped by max_wait when given, and that time is fixed (max_due_at).
+-- Runs whose recipient chose "off" join nothing: they are answered, and go on.
 WITH x AS (
     SELECT *
       FROM unnest(%(run_ids)s::bigint[], %(workflows)s::text[], %(versions)s::int[],
                   %(steps)s::int[], %(recipients)s::text[], %(keys)s::text[],
-                  %(windows)s::float8[], %(max_waits)s::float8[])
-           AS x(run_id, workflow_key, version, step, recipient, digest_key, window_s, max_wait_s)
+                  %(windows)s::float8[], %(max_waits)s::float8[], %(categories)s::text[],
+                  %(defaults)s::jsonb[])
+           AS x(run_id, workflow_key, version, step, recipient, digest_key, window_s, max_wait_s,
+                category, default_setting)
+),
+p AS (
+    SELECT x.run_id, x.workflow_key, x.version, x.step, x.recipient, x.digest_key,
+           coalesce(now() + make_interval(secs => x.window_s), s.due_at) AS due_at,
+           CASE WHEN x.window_s IS NOT NULL THEN now() + make_interval(secs => x.max_wait_s)
+                ELSE s.due_at END AS max_due_at,
+           x.window_s IS NULL AND s.setting ->> 'frequency' = 'off' AS off
+      FROM x
+      LEFT JOIN recipients AS rc ON x.window_s IS NULL AND rc.external_id = x.recipient
+      LEFT JOIN digest_preferences AS dp
+        ON dp.recipient_id = rc.id AND dp.category = x.category
+     CROSS JOIN LATERAL (
+         SELECT CASE WHEN dp.recipient_id IS NOT NULL
+                     THEN jsonb_build_object('frequency', dp.frequency, 'hour', dp.hour,
+                                             'weekday', dp.weekday)
+                     ELSE x.default_setting END AS setting) AS c
+     CROSS JOIN LATERAL (
+         SELECT c.setting,
+                least(digest_due_at(c.setting, rc.timezone, now()),
+                      now() + make_interval(secs => x.max_wait_s)) AS due_at) AS s
 ),
 g AS (
     SELECT workflow_key, version, step, recipient, digest_key, count(*) AS n,
-           min(window_s) AS window_s, min(max_wait_s) AS max_wait_s
-      FROM x
+           min(due_at) AS due_at, min(max_due_at) AS max_due_at
+      FROM p
+     WHERE NOT p.off
      GROUP BY 1, 2, 3, 4, 5
      ORDER BY 1, 2, 3, 4, 5
 ),
 d AS (
     INSERT INTO workflow_digests AS d (workflow_key, version, step, recipient, digest_key, events,
                                        due_at, max_due_at)
-    SELECT workflow_key, version, step, recipient, digest_key, n,
-           now() + make_interval(secs => window_s), now() + make_interval(secs => max_wait_s)
+    SELECT workflow_key, version, step, recipient, digest_key, n, due_at, max_due_at
       FROM g
         ON CONFLICT (workflow_key, version, step, recipient, digest_key) WHERE state = 'open'
         DO UPDATE SET events = d.events + excluded.events, last_event_at = now(),
                       due_at = least(excluded.due_at, d.max_due_at)
     RETURNING d.id, d.workflow_key, d.version, d.step, d.recipient, d.digest_key
+),
+joined AS (
+    UPDATE workflow_runs AS r
+       SET state = 'digesting', due_at = NULL, digest_id = d.id, updated_at = now()
+      FROM p
+      JOIN d USING (workflow_key, version, step, recipient, digest_key)
+     WHERE r.id = p.run_id
 )
-UPDATE workflow_runs AS r
-   SET state = 'digesting', due_at = NULL, digest_id = d.id, updated_at = now()
-  FROM x
-  JOIN d USING (workflow_key, version, step, recipient, digest_key)
- WHERE r.id = x.run_id
+SELECT run_id FROM p WHERE p.off
 
 -- name: workflow_digests_claim_due
 -- Due open digests, marked fired (their unique slot frees: the next event opens a

@@ -10,6 +10,12 @@ and record every run's outcome with one UPDATE. Because the notifications and th
 advance commit together, a crash can neither send a step twice nor skip it.
 
 Due digests fire in rounds of their own (``fire_digests``).
+
+A trigger whose first step may send at once NOTIFYs ``postbell_workflows`` (the API
+coalesced through its Waker, ``postbell.trigger`` once per call); each engine
+LISTENs there on a connection of its own and runs a round at once. Polling every
+``interval`` stays: delays and digests come due without any NOTIFY, and a lost
+wake-up only delays.
 """
 
 from __future__ import annotations
@@ -368,18 +374,58 @@ async def run_due(pool: db.Pool, *, batch: int = BATCH) -> int:
             return total
 
 
-async def loop(pool: db.Pool, stop: asyncio.Event, *, interval: float) -> None:
-    """Advance due runs every ``interval`` seconds (at once again after a full batch)
-    until ``stop``; errors are logged and the loop goes on."""
+async def listen(database_url: str, wake: asyncio.Event) -> None:
+    """LISTEN on the engine's wake-up channel and set ``wake`` for each NOTIFY (and
+    after every (re)connect: what came meanwhile was missed). Reconnects forever,
+    with a growing delay, until cancelled."""
+    delay = 0.5
+    while True:
+        try:
+            async with await db.connect(database_url, name="postbell-workflows-listen") as conn:
+                await conn.execute(f"LISTEN {workflow_steps.WAKEUP_CHANNEL}".encode())
+                delay = 0.5
+                wake.set()
+                async for _ in conn.notifies():
+                    wake.set()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning(
+                "workflows_listen_lost", error=db.describe_error(exc, database_url), retry_in=delay
+            )
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 10.0)
+
+
+async def loop(
+    pool: db.Pool, stop: asyncio.Event, *, interval: float, database_url: str | None = None
+) -> None:
+    """Advance due runs every ``interval`` seconds (at once again after a full batch),
+    and at once when a trigger's NOTIFY arrives (with ``database_url``: LISTEN on a
+    connection of its own), until ``stop``; errors are logged and the loop goes on."""
     clock = asyncio.get_running_loop().time
     next_purge = clock() + PURGE_EVERY_SECONDS
-    while not stop.is_set():
-        try:
-            await run_due(pool)
-            if clock() >= next_purge:
-                next_purge = clock() + PURGE_EVERY_SECONDS
-                await purge_throttle_passes(pool)
-        except Exception as exc:
-            log.warning("workflows_failed", error=db.describe_error(exc))
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=interval)
+    wake = asyncio.Event()
+    listener = asyncio.create_task(listen(database_url, wake)) if database_url else None
+    stopping = asyncio.create_task(stop.wait())
+    try:
+        while not stop.is_set():
+            wake.clear()
+            try:
+                await run_due(pool)
+                if clock() >= next_purge:
+                    next_purge = clock() + PURGE_EVERY_SECONDS
+                    await purge_throttle_passes(pool)
+            except Exception as exc:
+                log.warning("workflows_failed", error=db.describe_error(exc))
+            woken = asyncio.create_task(wake.wait())
+            await asyncio.wait(
+                {stopping, woken}, timeout=interval, return_when=asyncio.FIRST_COMPLETED
+            )
+            woken.cancel()
+    finally:
+        stopping.cancel()
+        if listener is not None:
+            listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await listener

@@ -29,6 +29,9 @@ _PATH_RE = re.compile(r"data(\.[A-Za-z0-9_-]{1,100}){1,10}")
 #: The longest wait a step may name: longer is a typo, not a plan.
 MAX_SECONDS = 366 * 86400
 MAX_STEPS = 50
+#: The NOTIFY channel that wakes the workflow engine (postbell.trigger in SQL, and
+#: the API's Waker, send on it; each engine LISTENs).
+WAKEUP_CHANNEL = "postbell_workflows"
 
 Duration = Annotated[str, msgspec.Meta(min_length=2, max_length=40, pattern=r"^[+-]?[0-9smhd]+$")]
 #: A digest window: a duration, or ``preference`` (the recipient's digest frequency).

@@ -11,6 +11,7 @@ from typing import Any
 import msgspec
 
 from postbell.app.api.pagination import decode_cursor, encode_cursor
+from postbell.app.api.wakeups import Waker
 from postbell.app.api.workflows import repo
 from postbell.app.api.workflows.schemas import (
     CancelOut,
@@ -162,10 +163,13 @@ async def trigger(
     *,
     idempotency_scope: str,
     idempotency_key: str | None,
+    waker: Waker | None = None,
 ) -> tuple[TriggerAccepted, bool]:
     """Start the workflow for each recipient, in one transaction: the trigger row and
     its runs (a topic's in chunks of ``TOPIC_CHUNK``, each one INSERT ... SELECT).
-    Answers the trigger and whether it is new (an idempotent repeat: the original)."""
+    Answers the trigger and whether it is new (an idempotent repeat: the original).
+    With a ``waker``, a new trigger whose first step may send at once wakes the
+    workflow engines after the commit (coalesced with other requests')."""
     if idempotency_key is not None and not 1 <= len(idempotency_key) <= MAX_IDEMPOTENCY_KEY:
         raise Invalid("Idempotency-Key must be 1 to 255 characters", field="Idempotency-Key")
     if payload.to is not None and payload.topic is not None:
@@ -225,6 +229,8 @@ async def trigger(
                 after = int(chunk["last_id"])
         else:
             runs = len(dict.fromkeys(payload.to or ()))
+    if waker is not None and row["created"] and workflow_steps.wakes(steps):
+        waker.poke_workflows()
     accepted = TriggerAccepted(id=row["id"], workflow=key, version=row["version"], runs=runs)
     return accepted, bool(row["created"])
 

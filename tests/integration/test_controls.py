@@ -36,6 +36,7 @@ async def test_preferences_partial_put_and_token_access(api: httpx.AsyncClient) 
         "categories": {},
         "quiet_hours": None,
         "updated_at": None,
+        "digest": {},
     }
     first = await api.put(
         f"/api/recipients/{rid}/preferences",

@@ -16,6 +16,7 @@ from postbell.app.api.types import LINE_PATTERN, Key
 from postbell.app.core import db, validation
 from postbell.app.core.channels import ChannelName
 from postbell.app.core.errors import Invalid
+from postbell.app.core.workflow_steps import DigestSetting
 
 _CLOCK_RE = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
 
@@ -35,6 +36,8 @@ class PreferencesIn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     channels: dict[ChannelName, bool] | UnsetType = UNSET
     categories: dict[Key, dict[ChannelName, bool]] | UnsetType = UNSET
     quiet_hours: QuietHours | UnsetType | None = UNSET
+    #: per category, the frequency of digests with "window": "preference"; null clears
+    digest: dict[Key, DigestSetting | None] | UnsetType = UNSET
 
 
 class PreferencesOut(msgspec.Struct):
@@ -42,6 +45,7 @@ class PreferencesOut(msgspec.Struct):
     categories: dict[str, dict[str, bool]]
     quiet_hours: QuietHours | None
     updated_at: dt.datetime | None
+    digest: dict[str, DigestSetting] = msgspec.field(default_factory=dict)
 
 
 EMPTY = PreferencesOut(channels={}, categories={}, quiet_hours=None, updated_at=None)
@@ -74,4 +78,19 @@ async def put(pool: db.Pool, recipient: str, data: PreferencesIn) -> Preferences
     async with pool.connection() as conn, conn.transaction():
         await db.execute(conn, "devices_ensure_recipient", params)
         row = await db.fetch_one(conn, "preferences_put", params)
-    return msgspec.convert(row, PreferencesOut)
+        if data.digest is not UNSET:
+            await db.execute(
+                conn,
+                "digest_preferences_put",
+                {
+                    "external_id": params["external_id"],
+                    "categories": list(data.digest),
+                    "settings": [
+                        Jsonb(msgspec.to_builtins(s)) if s is not None else None
+                        for s in data.digest.values()
+                    ],
+                },
+            )
+        digest = await db.fetch_one(conn, "digest_preferences_get", params)
+    assert row is not None
+    return msgspec.convert({**row, "digest": digest["digest"] if digest else {}}, PreferencesOut)

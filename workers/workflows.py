@@ -183,6 +183,9 @@ async def _send(
         }
         if row["digest_count"] is not None:
             metadata["workflow"]["count"] = count
+        if row["topic"] is not None:
+            # routing reads it there: the members' mutes of that topic apply
+            metadata["workflow"]["topic"] = row["topic"]
         group = {
             "title": _render(step.title, count),
             "body": _render(text, count),

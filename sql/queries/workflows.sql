@@ -118,8 +118,9 @@ SELECT t.data
 -- locked for this transaction (SKIP LOCKED: several workers share the work; a
 -- worker that dies mid-batch releases its claim with its connection). A run
 -- cancelled before this statement is no longer 'waiting' and is not claimed.
--- digest_count: for the run that delivers a fired digest, how many events it holds.
-SELECT r.id, r.workflow_key, r.version, r.recipient, r.step, r.trigger_id, t.data,
+-- digest_count: for the run that delivers a fired digest, how many events it holds;
+-- topic: the trigger's topic (its members' mutes apply to the sends).
+SELECT r.id, r.workflow_key, r.version, r.recipient, r.step, r.trigger_id, t.data, t.topic,
        CASE WHEN d.run_id = r.id THEN cardinality(d.run_ids) END AS digest_count
   FROM workflow_runs AS r
   JOIN workflow_triggers AS t ON t.id = r.trigger_id

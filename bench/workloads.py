@@ -176,9 +176,9 @@ def populate(
         database.execute(
             "UPDATE preferences AS p"
             " SET topics = CASE WHEN p.recipient_id %% 4 = 1"
-            "                   THEN jsonb_build_object(%s || '-other', false) ELSE '{}' END"
+            "                   THEN jsonb_build_object(%s::text || '-other', false) ELSE '{}' END"
             "           || CASE WHEN p.recipient_id %% %s = %s"
-            "                   THEN jsonb_build_object(%s, CASE WHEN p.recipient_id %% (2 * %s) < %s"
+            "                   THEN jsonb_build_object(%s::text, CASE WHEN p.recipient_id %% (2 * %s) < %s"
             "                                                    THEN 'false'::jsonb"
             "                                                    ELSE '{\"IN_APP\": false}' END)"
             "                   ELSE '{}' END"

@@ -143,3 +143,23 @@ def test_w10_inbox(bench_database: Database) -> None:
     result = scale.w10_inbox(bench_database, 30, fan_out=40, gets=3)
     assert result["items"] == 30 and 0 < result["unread_count"] <= 30
     assert result["notification_ms"] is not None
+
+
+def test_w6_unread_email(bench_database: Database) -> None:
+    from bench import flows
+
+    result = flows.w6_unread_email(bench_database, 40)
+    # every member got the inbox item; exactly the 20 who did not read it got the EMAIL
+    assert result["in_app"]["deliveries"] == 40
+    assert (result["email"]["deliveries"], result["emails_to_unread"]) == (20, 20)
+    assert result["emails_received"] == 20 and result["exact"]
+
+
+def test_w7_digest_stream(bench_database: Database) -> None:
+    from bench import flows
+
+    result = flows.w7_digest_stream(bench_database, 300, 10, 1.0, window=1.0)
+    # every event in exactly one digest; one run per digest went on to send
+    assert result["events_in_digests"] == 300
+    assert result["runs"] == {"done": result["digests"], "digested": 300 - result["digests"]}
+    assert result["in_app_sent"] == result["digests"] <= result["digest_bound"]

@@ -1,4 +1,4 @@
-"""``make bench``: baselines and workloads W1-W5, W4s, WN and the Celery baseline on a
+"""``make bench``: baselines and workloads W1-W10 (W6, W7: workflows), W4s, WN and the Celery baseline on a
 fresh database, with progress bars; writes bench/results/<timestamp>.json and the
 table in bench/README.md.
 
@@ -23,7 +23,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from bench import scale, workloads
+from bench import flows, scale, workloads
 from bench.env import Database, admin_url, machine, server_settings
 
 HERE = Path(__file__).parent
@@ -45,6 +45,9 @@ SIZES = {
     "W10": 20_000,
     "W10_fan_out": 100_000,
     "W11": 10_000,
+    "W6": 20_000,
+    "W7": 100_000,
+    "W7_recipients": 1_000,
 }
 GOALS = {
     "W1": "≥ 50,000 deliveries/s (≥ 100× a)",
@@ -63,6 +66,8 @@ GOALS = {
     "W8": "≥ 3,000 routed/s after ANALYZE of the empty job table",
     "W10": "inbox p99 ≤ 3 ms at 20,000 items; counts O(1) in inbox and fan-out size",
     "W11": "≥ 3,000/s from one worker to a 200 ms receiver; fast receiver not slower",
+    "W6": "EMAILs = the unread half, exactly",
+    "W7": "digests ≤ recipients × windows; every event in one digest",
 }
 
 
@@ -82,6 +87,8 @@ ALL = (
     "W9",
     "W10",
     "W11",
+    "W6",
+    "W7",
     "CELERY",
 )
 
@@ -155,6 +162,13 @@ def main(argv: list[str] | None = None) -> int:
                 ),
             ),
             ("W11", lambda t: w11(admin, size["W11"], t)),
+            ("W6", lambda t: flows.w6_unread_email(fresh(admin), size["W6"], t)),
+            (
+                "W7",
+                lambda t: flows.w7_digest_stream(
+                    fresh(admin), size["W7"], size["W7_recipients"], 10.0, t
+                ),
+            ),
         ):
             if name in chosen:
                 results[name] = step(name, run)
@@ -393,6 +407,36 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                     GOALS["W11"],
                 )
             )
+    if "W6" in results:
+        r = results["W6"]
+        e = r["email"]
+        out.append(
+            (
+                f"W6 workflow to {r['members']:,}: IN_APP, delay {r['delay']}, EMAIL if unread"
+                " (half read)",
+                f"IN_APP {r['in_app']['per_second']:,.0f} deliveries/s;"
+                f" EMAIL {e['per_second'] or 0:,.0f}/s, due → sent p50/p99"
+                f" {e['due_to_sent_ms']['p50'] / 1000:.2f}/{e['due_to_sent_ms']['p99'] / 1000:.2f} s;"
+                f" {e['deliveries']:,} EMAILs for {r['unread']:,} unread"
+                + (" (exact)" if r["exact"] else " (NOT exact)"),
+                "",
+                GOALS["W6"],
+            )
+        )
+    if "W7" in results:
+        r = results["W7"]
+        out.append(
+            (
+                f"W7 {r['triggers']:,} triggers from {r['recipients']:,} recipients over"
+                f" {r['stream_seconds']} s, digest {r['window_s']:g}s",
+                f"{r['accepted_per_s']:,.0f} triggers/s accepted; {r['digests']:,} digests"
+                f" (bound {r['digest_bound']:,}), {r['events_in_digests']:,} events in them;"
+                f" worker CPU {r['worker_cpu_s']} s ({r['worker_cpu_ms_per_trigger']} ms/trigger),"
+                f" last digest sent at {r['seconds_to_last_digest']} s",
+                "",
+                GOALS["W7"],
+            )
+        )
     for name in ("W1", "W2"):
         if name in results:
             rss = results[name]["peak_rss_mb"]

@@ -184,7 +184,8 @@ CREATE TABLE preferences (
     channels jsonb DEFAULT '{}'::jsonb NOT NULL,
     categories jsonb DEFAULT '{}'::jsonb NOT NULL,
     quiet_hours jsonb,
-    updated_at timestamp with time zone DEFAULT now() NOT NULL
+    updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    topics jsonb DEFAULT '{}'::jsonb NOT NULL
 );
 ALTER TABLE preferences ADD CONSTRAINT preferences_pkey PRIMARY KEY (recipient_id);
 ALTER TABLE preferences ADD CONSTRAINT preferences_recipient_id_fkey FOREIGN KEY (recipient_id) REFERENCES recipients(id) ON DELETE CASCADE;
@@ -329,6 +330,7 @@ CREATE INDEX workflow_runs_cancel_idx ON postbell.workflow_runs USING btree (can
 CREATE INDEX workflow_runs_digest_idx ON postbell.workflow_runs USING btree (digest_id) WHERE (digest_id IS NOT NULL);
 CREATE INDEX workflow_runs_due_idx ON postbell.workflow_runs USING btree (due_at) WHERE (state = 'waiting'::text);
 CREATE INDEX workflow_runs_list_idx ON postbell.workflow_runs USING btree (workflow_key, recipient, id);
+CREATE INDEX workflow_runs_open_idx ON postbell.workflow_runs USING btree (workflow_key, state) WHERE (state = ANY (ARRAY['waiting'::text, 'digesting'::text]));
 CREATE INDEX workflow_runs_trigger_idx ON postbell.workflow_runs USING btree (trigger_id);
 CREATE INDEX workflow_runs_workflow_idx ON postbell.workflow_runs USING btree (workflow_key, id);
 
@@ -725,11 +727,11 @@ BEGIN
 END;
 $function$;
 
-CREATE OR REPLACE FUNCTION postbell.delivery_skip_reason(p_channel text, p_configured boolean, p_address_field text, p_inactive_field text, p_expires_at timestamp with time zone, p_recipient recipients, p_preferences preferences, p_category text, p_required boolean)
+CREATE OR REPLACE FUNCTION postbell.delivery_skip_reason(p_channel text, p_configured boolean, p_address_field text, p_inactive_field text, p_expires_at timestamp with time zone, p_recipient recipients, p_preferences preferences, p_category text, p_required boolean, p_topic text DEFAULT NULL::text)
  RETURNS text
  LANGUAGE sql
  STABLE
-RETURN CASE WHEN (p_expires_at <= now()) THEN 'expired'::text WHEN (p_configured IS NOT TRUE) THEN 'channel_not_configured'::text WHEN ((p_required IS NOT TRUE) AND ((((p_preferences).channels ->> p_channel) = 'false'::text) OR ((((p_preferences).categories -> p_category) ->> p_channel) = 'false'::text))) THEN 'opted_out'::text WHEN (p_address_field IS NULL) THEN NULL::text WHEN (p_address_field = '@devices'::text) THEN CASE WHEN (EXISTS (SELECT 1 FROM devices d WHERE ((d.recipient_id = (delivery_skip_reason.p_recipient).id) AND (d.disabled_at IS NULL)))) THEN NULL::text ELSE 'no_device'::text END WHEN ((to_jsonb(p_recipient) ->> p_address_field) IS NULL) THEN CASE WHEN category_address(p_category, p_address_field) THEN NULL::text ELSE 'no_address'::text END WHEN ((to_jsonb(p_recipient) ->> p_inactive_field) IS NOT NULL) THEN 'address_inactive'::text ELSE NULL::text END;
+RETURN CASE WHEN (p_expires_at <= now()) THEN 'expired'::text WHEN (p_configured IS NOT TRUE) THEN 'channel_not_configured'::text WHEN ((p_required IS NOT TRUE) AND ((((p_preferences).channels ->> p_channel) = 'false'::text) OR ((((p_preferences).categories -> p_category) ->> p_channel) = 'false'::text) OR (((p_preferences).topics -> p_topic) = 'false'::jsonb) OR ((((p_preferences).topics -> p_topic) ->> p_channel) = 'false'::text))) THEN 'opted_out'::text WHEN (p_address_field IS NULL) THEN NULL::text WHEN (p_address_field = '@devices'::text) THEN CASE WHEN (EXISTS (SELECT 1 FROM devices d WHERE ((d.recipient_id = (delivery_skip_reason.p_recipient).id) AND (d.disabled_at IS NULL)))) THEN NULL::text ELSE 'no_device'::text END WHEN ((to_jsonb(p_recipient) ->> p_address_field) IS NULL) THEN CASE WHEN category_address(p_category, p_address_field) THEN NULL::text ELSE 'no_address'::text END WHEN ((to_jsonb(p_recipient) ->> p_inactive_field) IS NOT NULL) THEN 'address_inactive'::text ELSE NULL::text END;
 
 CREATE OR REPLACE FUNCTION postbell.digest_due_at(p_setting jsonb, p_zone text, p_now timestamp with time zone)
  RETURNS timestamp with time zone
@@ -980,6 +982,12 @@ BEGIN
     RETURN v_result.id;
 END;
 $function$;
+
+CREATE OR REPLACE FUNCTION postbell.preferences_topics_merge(p_stored jsonb, p_change jsonb)
+ RETURNS jsonb
+ LANGUAGE sql
+ IMMUTABLE
+RETURN CASE WHEN (p_change IS NULL) THEN p_stored ELSE (SELECT COALESCE(jsonb_object_agg(m.k, m.v), '{}'::jsonb) AS "coalesce" FROM (SELECT k.k, CASE WHEN (NOT (preferences_topics_merge.p_change ? k.k)) THEN (preferences_topics_merge.p_stored -> k.k) WHEN (jsonb_typeof((preferences_topics_merge.p_change -> k.k)) = 'object'::text) THEN (CASE WHEN (jsonb_typeof((preferences_topics_merge.p_stored -> k.k)) = 'object'::text) THEN (preferences_topics_merge.p_stored -> k.k) ELSE '{}'::jsonb END || (preferences_topics_merge.p_change -> k.k)) ELSE (preferences_topics_merge.p_change -> k.k) END AS v FROM (SELECT jsonb_object_keys(preferences_topics_merge.p_stored) AS jsonb_object_keys UNION SELECT jsonb_object_keys(preferences_topics_merge.p_change) AS jsonb_object_keys) k(k)) m WHERE (jsonb_typeof(m.v) <> 'null'::text)) END;
 
 CREATE OR REPLACE FUNCTION postbell.quiet_hours_end(p_quiet jsonb, p_fallback_zone text, p_now timestamp with time zone)
  RETURNS timestamp with time zone

@@ -44,6 +44,16 @@ CREATE TABLE categories (
 ALTER TABLE categories ADD CONSTRAINT categories_pkey PRIMARY KEY (key);
 ALTER TABLE categories ADD CONSTRAINT categories_sms_type_check CHECK ((sms_type = ANY (ARRAY['transactional'::text, 'promotional'::text])));
 
+CREATE TABLE dashboard_sessions (
+    id_hash bytea NOT NULL,
+    key_hash bytea NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    last_seen_at timestamp with time zone DEFAULT now() NOT NULL,
+    expires_at timestamp with time zone NOT NULL
+);
+ALTER TABLE dashboard_sessions ADD CONSTRAINT dashboard_sessions_pkey PRIMARY KEY (id_hash);
+CREATE INDEX dashboard_sessions_expires_idx ON postbell.dashboard_sessions USING btree (expires_at);
+
 CREATE TABLE deliveries (
     id bigint GENERATED ALWAYS AS IDENTITY NOT NULL,
     notification_id uuid NOT NULL,
@@ -177,7 +187,9 @@ CREATE INDEX notifications_created_brin_idx ON postbell.notifications USING brin
 CREATE INDEX notifications_created_idx ON postbell.notifications USING btree (created_at, id);
 CREATE UNIQUE INDEX notifications_idempotency_idx ON postbell.notifications USING btree (idempotency_scope, idempotency_key) WHERE (idempotency_key IS NOT NULL);
 CREATE INDEX notifications_send_at_idx ON postbell.notifications USING btree (send_at) WHERE (send_at IS NOT NULL);
+CREATE INDEX notifications_template_created_idx ON postbell.notifications USING btree (template_key, created_at, id) WHERE (template_key IS NOT NULL);
 CREATE INDEX notifications_template_scheduled_idx ON postbell.notifications USING btree (template_key) WHERE ((status = 'scheduled'::text) AND (template_key IS NOT NULL));
+CREATE INDEX notifications_workflow_created_idx ON postbell.notifications USING btree ((((metadata -> 'workflow'::text) ->> 'key'::text)), created_at, id) WHERE (((metadata -> 'workflow'::text) ->> 'key'::text) IS NOT NULL);
 
 CREATE TABLE preferences (
     recipient_id bigint NOT NULL,

@@ -33,6 +33,7 @@ from postbell.app.api.notifications.routes import router as notifications
 from postbell.app.api.openapi import document_errors
 from postbell.app.api.ops.routes import dead_letters, health, index
 from postbell.app.api.recipients.routes import preferences, recipients, unsubscribe
+from postbell.app.api.replays.routes import notification_replays, replays
 from postbell.app.api.templates.routes import router as templates
 from postbell.app.api.topics.routes import router as topics
 from postbell.app.api.workflows.routes import workflow_runs, workflows
@@ -56,6 +57,8 @@ ROUTERS: list[Router] = [
     topics,
     inbox,
     dead_letters,
+    replays,
+    notification_replays,
     callbacks,
     metrics,
     workflows,

@@ -119,6 +119,9 @@ class EmailChannel:
                 ("List-Unsubscribe", f"<{link}>"),
                 ("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"),
             )
+        if delivery.replay_id is not None:
+            # the same Message-ID (the delivery's): a mail client shows the resend once
+            extra += (("X-Postbell-Replay", str(delivery.replay_id)),)
         return OutgoingEmail(
             delivery_id=delivery.id,
             notification_id=str(delivery.notification_id),

@@ -64,7 +64,8 @@ CREATE TABLE deliveries (
     fallback_for bigint,
     fallback_reason text,
     content jsonb,
-    replay_id uuid
+    replay_id uuid,
+    variant text
 );
 ALTER TABLE deliveries ADD CONSTRAINT deliveries_pkey PRIMARY KEY (id);
 ALTER TABLE deliveries ADD CONSTRAINT deliveries_status_check CHECK ((status = ANY (ARRAY['pending'::text, 'failed'::text, 'sent'::text, 'delivered'::text, 'bounced'::text, 'complained'::text, 'undelivered'::text, 'dead'::text, 'skipped'::text, 'cancelled'::text])));
@@ -74,6 +75,14 @@ CREATE UNIQUE INDEX deliveries_notification_recipient_channel_idx ON postbell.de
 CREATE INDEX deliveries_recipient_channel_idx ON postbell.deliveries USING btree (recipient_id, channel, id);
 CREATE INDEX deliveries_recipient_channel_sent_idx ON postbell.deliveries USING btree (recipient_id, channel, sent_at) WHERE ((sent_at IS NOT NULL) AND (channel <> 'IN_APP'::text));
 CREATE INDEX deliveries_unsent_idx ON postbell.deliveries USING btree (next_attempt_at) WHERE (status = ANY (ARRAY['pending'::text, 'failed'::text]));
+
+CREATE TABLE delivery_engagements (
+    delivery_id bigint NOT NULL,
+    kind text NOT NULL,
+    at timestamp with time zone DEFAULT now() NOT NULL
+);
+ALTER TABLE delivery_engagements ADD CONSTRAINT delivery_engagements_pkey PRIMARY KEY (delivery_id, kind);
+ALTER TABLE delivery_engagements ADD CONSTRAINT delivery_engagements_kind_check CHECK ((kind = ANY (ARRAY['opened'::text, 'clicked'::text])));
 
 CREATE TABLE delivery_events (
     delivery_id bigint NOT NULL,
@@ -151,7 +160,9 @@ CREATE TABLE notifications (
     template_key text,
     template_version integer,
     template_data jsonb,
-    rendered jsonb
+    rendered jsonb,
+    experiment text,
+    variants jsonb
 );
 ALTER TABLE notifications ADD CONSTRAINT notifications_pkey PRIMARY KEY (id);
 ALTER TABLE notifications ADD CONSTRAINT notifications_template_fkey FOREIGN KEY (template_key, template_version) REFERENCES template_versions(template_key, version) NOT VALID;
@@ -162,6 +173,7 @@ ALTER TABLE notifications ADD CONSTRAINT notifications_times_in_range CHECK (((s
 CREATE INDEX notifications_category_created_idx ON postbell.notifications USING btree (category, created_at, id) WHERE (category IS NOT NULL);
 CREATE INDEX notifications_created_brin_idx ON postbell.notifications USING brin (created_at);
 CREATE INDEX notifications_created_idx ON postbell.notifications USING btree (created_at, id);
+CREATE INDEX notifications_experiment_idx ON postbell.notifications USING btree (experiment) WHERE (experiment IS NOT NULL);
 CREATE UNIQUE INDEX notifications_idempotency_idx ON postbell.notifications USING btree (idempotency_scope, idempotency_key) WHERE (idempotency_key IS NOT NULL);
 CREATE INDEX notifications_send_at_idx ON postbell.notifications USING btree (send_at) WHERE (send_at IS NOT NULL);
 CREATE INDEX notifications_template_scheduled_idx ON postbell.notifications USING btree (template_key) WHERE ((status = 'scheduled'::text) AND (template_key IS NOT NULL));
@@ -413,6 +425,107 @@ CREATE VIEW delivery_stats AS
    FROM deliveries d
   WHERE d.created_at > (now() - '7 days'::interval)
   GROUP BY (date_trunc('hour'::text, d.created_at)), d.channel, d.status;
+
+CREATE VIEW experiment_stats AS
+ WITH d AS (
+         SELECT n.experiment,
+            d.variant,
+            d.id,
+            d.channel,
+            d.status,
+            d.read_at,
+            d.seen_at,
+            n.category,
+            d.recipient_id
+           FROM notifications n
+             JOIN deliveries d ON d.notification_id = n.id
+          WHERE n.experiment IS NOT NULL AND d.variant IS NOT NULL AND (d.status = ANY (ARRAY['sent'::text, 'delivered'::text, 'bounced'::text, 'complained'::text, 'undelivered'::text]))
+        ), counts AS (
+         SELECT d.experiment,
+            d.variant,
+            count(*) AS sent,
+            count(*) FILTER (WHERE d.status = 'delivered'::text OR d.channel = 'IN_APP'::text AND d.status = 'sent'::text) AS delivered,
+            count(*) FILTER (WHERE d.read_at IS NOT NULL OR d.seen_at IS NOT NULL OR (EXISTS ( SELECT 1
+                   FROM delivery_engagements e
+                  WHERE e.delivery_id = d.id AND e.kind = 'opened'::text))) AS opened,
+            count(*) FILTER (WHERE (EXISTS ( SELECT 1
+                   FROM delivery_engagements e
+                  WHERE e.delivery_id = d.id AND e.kind = 'clicked'::text))) AS clicked,
+            count(*) FILTER (WHERE (EXISTS ( SELECT 1
+                   FROM preferences p
+                  WHERE p.recipient_id = d.recipient_id AND ((p.channels ->> d.channel) = 'false'::text OR ((p.categories -> d.category) ->> d.channel) = 'false'::text)))) AS unsubscribed
+           FROM d
+          GROUP BY d.experiment, d.variant
+        ), firsts AS (
+         SELECT DISTINCT ON (n.experiment) n.experiment,
+            (n.variants -> 0) ->> 'name'::text AS variant
+           FROM notifications n
+          WHERE n.experiment IS NOT NULL
+          ORDER BY n.experiment, n.created_at DESC
+        ), long AS (
+         SELECT c.experiment,
+            c.variant,
+            m.metric,
+            c.sent,
+            m.n
+           FROM counts c
+             CROSS JOIN LATERAL ( VALUES ('delivered'::text,c.delivered), ('opened'::text,c.opened), ('clicked'::text,c.clicked), ('unsubscribed'::text,c.unsubscribed)) m(metric, n)
+        ), compared AS (
+         SELECT l.experiment,
+            l.variant,
+            l.metric,
+            l.sent,
+            l.n,
+            l.n::double precision / NULLIF(l.sent, 0)::double precision AS rate,
+            b.sent AS base_sent,
+            b.n AS base_n,
+            b.n::double precision / NULLIF(b.sent, 0)::double precision AS base_rate,
+            l.variant = f.variant AS is_first
+           FROM long l
+             JOIN firsts f ON f.experiment = l.experiment
+             LEFT JOIN long b ON b.experiment = l.experiment AND b.variant = f.variant AND b.metric = l.metric
+        ), tested AS (
+         SELECT c.experiment,
+            c.variant,
+            c.metric,
+            c.sent,
+            c.n,
+            c.rate,
+            c.base_sent,
+            c.base_n,
+            c.base_rate,
+            c.is_first,
+                CASE
+                    WHEN NOT c.is_first THEN c.rate - c.base_rate
+                    ELSE NULL::double precision
+                END AS diff,
+                CASE
+                    WHEN NOT c.is_first THEN sqrt(c.rate * (1::double precision - c.rate) / c.sent::double precision + c.base_rate * (1::double precision - c.base_rate) / c.base_sent::double precision)
+                    ELSE NULL::double precision
+                END AS se,
+                CASE
+                    WHEN NOT c.is_first THEN sqrt((c.n + c.base_n)::double precision / (c.sent + c.base_sent)::double precision * (1::double precision - (c.n + c.base_n)::double precision / (c.sent + c.base_sent)::double precision) * (1.0 / c.sent::numeric + 1.0 / c.base_sent::numeric)::double precision)
+                    ELSE NULL::double precision
+                END AS pooled_se
+           FROM compared c
+        )
+ SELECT tested.experiment,
+    tested.variant,
+    tested.metric,
+    tested.sent,
+    tested.n,
+    tested.rate,
+    tested.is_first,
+    tested.diff,
+    tested.diff - 1.959963984540054::double precision * tested.se AS ci_low,
+    tested.diff + 1.959963984540054::double precision * tested.se AS ci_high,
+    tested.diff / NULLIF(tested.pooled_se, 0::double precision) AS z,
+        CASE
+            WHEN tested.pooled_se > 0::double precision THEN 2::double precision * (1::double precision - normal_cdf(abs(tested.diff) / tested.pooled_se))
+            WHEN NOT tested.is_first THEN 1.0::double precision
+            ELSE NULL::double precision
+        END AS p_value
+   FROM tested;
 
 CREATE VIEW queue_depth AS
  SELECT j.queue_name AS queue,
@@ -794,6 +907,42 @@ BEGIN
 END;
 $function$;
 
+CREATE OR REPLACE FUNCTION postbell.experiment_bucket(p_experiment text, p_external_id text)
+ RETURNS bigint
+ LANGUAGE sql
+ IMMUTABLE PARALLEL SAFE
+ SET search_path TO 'pg_catalog'
+RETURN ((('x'::text || substr(md5(((p_experiment || chr(31)) || p_external_id)), 1, 15)))::bit(60))::bigint;
+
+CREATE OR REPLACE FUNCTION postbell.experiment_content(p_variants jsonb, p_variant text)
+ RETURNS jsonb
+ LANGUAGE sql
+ IMMUTABLE PARALLEL SAFE
+ SET search_path TO 'pg_catalog'
+AS $function$
+    SELECT jsonb_strip_nulls(jsonb_build_object('title', e ->> 'title', 'body', e ->> 'body',
+                                                'action_url', e ->> 'action_url'))
+      FROM jsonb_array_elements(p_variants) AS e
+     WHERE e ->> 'name' = p_variant
+     LIMIT 1
+$function$;
+
+CREATE OR REPLACE FUNCTION postbell.experiment_variant(p_experiment text, p_external_id text, p_variants jsonb)
+ RETURNS text
+ LANGUAGE sql
+ IMMUTABLE PARALLEL SAFE
+ SET search_path TO 'pg_catalog', 'postbell'
+AS $function$
+    SELECT w.name
+      FROM (SELECT v.e ->> 'name' AS name, v.i,
+                   sum((v.e ->> 'weight')::bigint) OVER (ORDER BY v.i) AS upto,
+                   sum((v.e ->> 'weight')::bigint) OVER () AS total
+              FROM jsonb_array_elements(p_variants) WITH ORDINALITY AS v(e, i)) AS w
+     WHERE experiment_bucket(p_experiment, p_external_id) % w.total < w.upto
+     ORDER BY w.i
+     LIMIT 1
+$function$;
+
 CREATE OR REPLACE FUNCTION postbell.inbox_content(p_content jsonb, p_rendered jsonb, p_locale text)
  RETURNS jsonb
  LANGUAGE sql
@@ -822,6 +971,19 @@ CREATE OR REPLACE FUNCTION postbell.metric_send_buckets()
  SET search_path TO 'pg_catalog'
 AS $function$ SELECT ARRAY[0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 21600,
                    86400, 'Infinity']::double precision[] $function$;
+
+CREATE OR REPLACE FUNCTION postbell.normal_cdf(p_z double precision)
+ RETURNS double precision
+ LANGUAGE sql
+ IMMUTABLE PARALLEL SAFE
+ SET search_path TO 'pg_catalog'
+AS $function$
+    SELECT CASE WHEN p_z >= 0 THEN 1 - e ELSE e END
+      FROM (SELECT 0.5 * t * exp(-x * x) * (0.254829592 + t * (-0.284496736 + t * (1.421413741
+                   + t * (-1.453152027 + t * 1.061405429)))) AS e
+              FROM (SELECT abs(p_z) / sqrt(2) AS x,
+                           1 / (1 + 0.3275911 * abs(p_z) / sqrt(2)) AS t) AS a) AS b
+$function$;
 
 CREATE OR REPLACE FUNCTION postbell.notification_counts_forget()
  RETURNS trigger

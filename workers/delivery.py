@@ -273,6 +273,7 @@ def _delivery(row: Any) -> Delivery:
             whatsapp_content_sid=row["category_whatsapp_content_sid"],
         ),
         replay_id=row["replay_id"],
+        variant=row["variant"],
     )
 
 

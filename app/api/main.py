@@ -26,6 +26,7 @@ from postbell.app.api.callbacks.routes import router as callbacks
 from postbell.app.api.categories.routes import router as categories
 from postbell.app.api.deliveries.routes import router as deliveries
 from postbell.app.api.deps import Services
+from postbell.app.api.experiments.routes import experiments, tracking
 from postbell.app.api.inbox.routes import router as inbox
 from postbell.app.api.metrics.http import HttpMetricsMiddleware
 from postbell.app.api.metrics.routes import router as metrics
@@ -59,6 +60,8 @@ ROUTERS: list[Router] = [
     dead_letters,
     replays,
     notification_replays,
+    experiments,
+    tracking,
     callbacks,
     metrics,
     workflows,
@@ -71,6 +74,8 @@ OPEN_PATHS = [
     "^/ready",
     "^/schema",
     "^/static/",
+    "^/r/",
+    "^/o/",
     "^/api$",
     "^/api/callbacks/",
     "^/api/unsubscribe",

@@ -3,9 +3,11 @@
 -- notification's content, the recipient's addresses (and, for PUSH, devices), and
 -- what the category sets per channel (the Apprise URLs only for APPRISE: they hold
 -- credentials, so no other channel's run loads them).
-SELECT d.id, d.attempts, d.notification_id, d.recipient_id, d.replay_id,
+SELECT d.id, d.attempts, d.notification_id, d.recipient_id, d.replay_id, d.variant,
        job_priority(n.priority) AS job_priority,
-       n.title, n.body, n.action_url, n.metadata, n.category, n.priority, n.expires_at,
+       coalesce(v.title, n.title) AS title, coalesce(v.body, n.body) AS body,
+       coalesce(v.action_url, n.action_url) AS action_url,
+       n.metadata, n.category, n.priority, n.expires_at,
        n.template_key, n.template_version, n.template_data,
        c.rate_limits -> d.channel AS rate_limit, coalesce(c.required, false) AS category_required,
        r.external_id, r.email, r.phone, r.name, r.locale, r.timezone, r.webhook_url,
@@ -25,6 +27,12 @@ SELECT d.id, d.attempts, d.notification_id, d.recipient_id, d.replay_id,
   JOIN notifications AS n ON n.id = d.notification_id
   LEFT JOIN categories AS c ON c.key = n.category
   JOIN recipients AS r ON r.id = d.recipient_id
+  -- an experiment's variant: its own text (0021)
+  LEFT JOIN LATERAL (
+        SELECT e ->> 'title' AS title, e ->> 'body' AS body, e ->> 'action_url' AS action_url
+          FROM jsonb_array_elements(n.variants) AS e
+         WHERE e ->> 'name' = d.variant
+         LIMIT 1) AS v ON d.variant IS NOT NULL
  WHERE d.id = ANY(%(ids)s::bigint[])
    AND d.channel = %(channel)s
    AND d.status IN ('pending', 'failed')

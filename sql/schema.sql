@@ -522,7 +522,7 @@ CREATE VIEW experiment_stats AS
     tested.diff / NULLIF(tested.pooled_se, 0::double precision) AS z,
         CASE
             WHEN tested.pooled_se > 0::double precision THEN 2::double precision * (1::double precision - normal_cdf(abs(tested.diff) / tested.pooled_se))
-            WHEN NOT tested.is_first THEN 1.0::double precision
+            WHEN NOT tested.is_first AND tested.base_sent IS NOT NULL THEN 1.0::double precision
             ELSE NULL::double precision
         END AS p_value
    FROM tested;

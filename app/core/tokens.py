@@ -1,4 +1,5 @@
-"""Signed values: recipient tokens (inbox and preferences) and unsubscribe links.
+"""Signed values: recipient tokens (inbox and preferences), unsubscribe links, and the
+click (``/r/``) and open (``/o/``) tokens of experiment emails.
 
 Every token is an HMAC-SHA256 under ``POSTBELL_INBOX_SECRET``; with several secrets
 configured, the first signs and all verify, so secrets rotate. Verification is
@@ -25,6 +26,8 @@ from collections.abc import Sequence
 from typing import Literal
 
 _RECIPIENT_TOKEN_RE = re.compile(r"^(?:(\d{1,12})\.)?([0-9a-f]{64})$")
+#: a delivery id as click and open tokens carry it: ASCII digits, a bigint
+_DELIVERY_ID_RE = re.compile(r"[1-9][0-9]{0,17}")
 
 # Type-only aliases: a mutant of them changes no behaviour (make mutate skips them).
 TokenCheck = Literal["ok", "expired", "bad"]  # pragma: no mutate
@@ -114,7 +117,7 @@ def read_click_token(secrets_: Sequence[str], token: str) -> tuple[int, str] | N
         delivery, separator, url = payload.decode().partition("\x00")
     except (ValueError, binascii.Error, UnicodeDecodeError):
         return None
-    if not (dot and separator and delivery.isdigit() and len(delivery) <= 19):
+    if not (dot and separator and _DELIVERY_ID_RE.fullmatch(delivery)):
         return None
     if not url.lower().startswith(("https://", "http://")) or "\x00" in url:
         return None
@@ -132,7 +135,7 @@ def open_token(secret: str, delivery_id: int) -> str:
 
 def read_open_token(secrets_: Sequence[str], token: str) -> int | None:
     delivery, dot, mac_part = token.partition(".")
-    if not (dot and delivery.isdigit() and len(delivery) <= 19):
+    if not (dot and _DELIVERY_ID_RE.fullmatch(delivery)):
         return None
     try:
         mac = _unb64(mac_part)

@@ -75,7 +75,8 @@ $$;
 -- has since opted out of the notification's category (or channel) there
 -- (unsubscribed). Against the first variant (in the notification's order): the
 -- difference of the rates, its 95 % confidence interval (unpooled standard error)
--- and the two-sided p-value of the two-proportion z-test (pooled standard error).
+-- and the two-sided p-value of the two-proportion z-test (pooled standard error);
+-- all NULL while the first variant has nothing sent, p = 1 for equal rates.
 CREATE VIEW experiment_stats AS
 WITH d AS (
     SELECT n.experiment, d.variant, d.id, d.channel, d.status, d.read_at, d.seen_at,
@@ -148,5 +149,5 @@ SELECT experiment, variant, metric, sent, n, rate, is_first,
        diff + 1.959963984540054 * se AS ci_high,
        diff / nullif(pooled_se, 0) AS z,
        CASE WHEN pooled_se > 0 THEN 2 * (1 - normal_cdf(abs(diff) / pooled_se))
-            WHEN NOT is_first THEN 1.0 END AS p_value
+            WHEN NOT is_first AND base_sent IS NOT NULL THEN 1.0 END AS p_value
   FROM tested;

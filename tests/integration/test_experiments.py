@@ -290,3 +290,62 @@ async def test_bad_experiment_is_422_naming_the_field(
 async def test_unknown_experiment_is_404(api: httpx.AsyncClient) -> None:
     response = await api.get(f"/api/experiments/{unique('none')}", headers=ADMIN)
     assert response.status_code == 404, response.text
+
+
+async def test_experiment_email_through_smtp_is_tracked_end_to_end(
+    fresh_database_url: str, smtp: Any
+) -> None:
+    """With POSTBELL_TRACK_CLICKS=1 and POSTBELL_TRACK_OPENS=1, an experiment email
+    arrives (real SMTP) with its variant's text, its link through /r/ and an open
+    pixel; following the link twice and loading the pixel counts one click and one open
+    for that variant."""
+    import email.policy
+    from email import message_from_bytes
+
+    from postbell.app.api.main import create_app
+    from tests.conftest import api_client, make_settings, running_worker, wait_until
+
+    settings = make_settings(
+        fresh_database_url,
+        **smtp.env(),
+        POSTBELL_PUBLIC_URL="https://pb.example.org",
+        POSTBELL_TRACK_CLICKS="1",
+        POSTBELL_TRACK_OPENS="1",
+    )
+    experiment = unique("mail")
+    address = f"{unique('ab')}@example.org"
+    variants = [
+        {**VARIANTS[0], "action_url": "https://example.org/a"},
+        {**VARIANTS[1], "action_url": "https://example.org/b"},
+    ]
+    async with api_client(create_app(settings)) as client, running_worker(settings):
+        await client.put("/api/recipients/mail-1", headers=ADMIN, json={"email": address})
+        nid = await send(
+            client,
+            to=["mail-1"],
+            channels=["EMAIL"],
+            experiment=experiment,
+            variants=variants,
+        )
+        await settled(client, nid, {"sent": 1})
+        (received,) = await wait_until(lambda: _async(smtp.to(address)))
+        message = message_from_bytes(received.message.as_bytes(), policy=email.policy.default)
+        html_part = message.get_body(preferencelist=("html",)).get_content()
+        chosen = next(v for v in variants if v["title"] == message["Subject"])
+        assert chosen["body"] in html_part
+        assert chosen["action_url"] not in html_part
+        link = html_part.split('href="', 1)[1].split('"', 1)[0]
+        pixel = html_part.split('<img src="', 1)[1].split('"', 1)[0]
+        assert link.startswith("https://pb.example.org/r/")
+        assert pixel.startswith("https://pb.example.org/o/")
+        for _ in range(2):
+            hop = await client.get(link.removeprefix("https://pb.example.org"))
+            assert (hop.status_code, hop.headers["location"]) == (302, chosen["action_url"])
+        assert (await client.get(pixel.removeprefix("https://pb.example.org"))).status_code == 200
+        body = (await client.get(f"/api/experiments/{experiment}", headers=ADMIN)).json()
+    (stats,) = [v for v in body["variants"] if v["name"] == chosen["name"]]
+    assert (stats["sent"], stats["clicked"]["count"], stats["opened"]["count"]) == (1, 1, 1)
+
+
+async def _async(value: Any) -> Any:
+    return value

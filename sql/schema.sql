@@ -73,7 +73,9 @@ CREATE TABLE deliveries (
     archived_at timestamp with time zone,
     fallback_for bigint,
     fallback_reason text,
-    content jsonb
+    content jsonb,
+    replay_id uuid,
+    variant text
 );
 ALTER TABLE deliveries ADD CONSTRAINT deliveries_pkey PRIMARY KEY (id);
 ALTER TABLE deliveries ADD CONSTRAINT deliveries_status_check CHECK ((status = ANY (ARRAY['pending'::text, 'failed'::text, 'sent'::text, 'delivered'::text, 'bounced'::text, 'complained'::text, 'undelivered'::text, 'dead'::text, 'skipped'::text, 'cancelled'::text])));
@@ -83,6 +85,14 @@ CREATE UNIQUE INDEX deliveries_notification_recipient_channel_idx ON postbell.de
 CREATE INDEX deliveries_recipient_channel_idx ON postbell.deliveries USING btree (recipient_id, channel, id);
 CREATE INDEX deliveries_recipient_channel_sent_idx ON postbell.deliveries USING btree (recipient_id, channel, sent_at) WHERE ((sent_at IS NOT NULL) AND (channel <> 'IN_APP'::text));
 CREATE INDEX deliveries_unsent_idx ON postbell.deliveries USING btree (next_attempt_at) WHERE (status = ANY (ARRAY['pending'::text, 'failed'::text]));
+
+CREATE TABLE delivery_engagements (
+    delivery_id bigint NOT NULL,
+    kind text NOT NULL,
+    at timestamp with time zone DEFAULT now() NOT NULL
+);
+ALTER TABLE delivery_engagements ADD CONSTRAINT delivery_engagements_pkey PRIMARY KEY (delivery_id, kind);
+ALTER TABLE delivery_engagements ADD CONSTRAINT delivery_engagements_kind_check CHECK ((kind = ANY (ARRAY['opened'::text, 'clicked'::text])));
 
 CREATE TABLE delivery_events (
     delivery_id bigint NOT NULL,
@@ -174,7 +184,9 @@ CREATE TABLE notifications (
     template_key text,
     template_version integer,
     template_data jsonb,
-    rendered jsonb
+    rendered jsonb,
+    experiment text,
+    variants jsonb
 );
 ALTER TABLE notifications ADD CONSTRAINT notifications_pkey PRIMARY KEY (id);
 ALTER TABLE notifications ADD CONSTRAINT notifications_template_fkey FOREIGN KEY (template_key, template_version) REFERENCES template_versions(template_key, version) NOT VALID;
@@ -185,6 +197,7 @@ ALTER TABLE notifications ADD CONSTRAINT notifications_times_in_range CHECK (((s
 CREATE INDEX notifications_category_created_idx ON postbell.notifications USING btree (category, created_at, id) WHERE (category IS NOT NULL);
 CREATE INDEX notifications_created_brin_idx ON postbell.notifications USING brin (created_at);
 CREATE INDEX notifications_created_idx ON postbell.notifications USING btree (created_at, id);
+CREATE INDEX notifications_experiment_idx ON postbell.notifications USING btree (experiment) WHERE (experiment IS NOT NULL);
 CREATE UNIQUE INDEX notifications_idempotency_idx ON postbell.notifications USING btree (idempotency_scope, idempotency_key) WHERE (idempotency_key IS NOT NULL);
 CREATE INDEX notifications_send_at_idx ON postbell.notifications USING btree (send_at) WHERE (send_at IS NOT NULL);
 CREATE INDEX notifications_template_created_idx ON postbell.notifications USING btree (template_key, created_at, id) WHERE (template_key IS NOT NULL);
@@ -243,6 +256,26 @@ CREATE TABLE recipients (
 );
 ALTER TABLE recipients ADD CONSTRAINT recipients_external_id_key UNIQUE (external_id);
 ALTER TABLE recipients ADD CONSTRAINT recipients_pkey PRIMARY KEY (id);
+
+CREATE TABLE replays (
+    id uuid DEFAULT gen_random_uuid() NOT NULL,
+    channels text[] NOT NULL,
+    statuses text[] NOT NULL,
+    from_at timestamp with time zone,
+    to_at timestamp with time zone,
+    recipient text,
+    category text,
+    notification_id uuid,
+    priority text DEFAULT 'low'::text NOT NULL,
+    deliveries bigint DEFAULT 0 NOT NULL,
+    idempotency_scope text,
+    idempotency_key text,
+    request_hash bytea,
+    created_at timestamp with time zone DEFAULT now() NOT NULL
+);
+ALTER TABLE replays ADD CONSTRAINT replays_pkey PRIMARY KEY (id);
+ALTER TABLE replays ADD CONSTRAINT replays_priority_check CHECK ((priority = ANY (ARRAY['low'::text, 'normal'::text, 'high'::text, 'urgent'::text])));
+CREATE UNIQUE INDEX replays_idempotency_idx ON postbell.replays USING btree (idempotency_scope, idempotency_key) WHERE (idempotency_key IS NOT NULL);
 
 CREATE TABLE schema_migrations (
     version integer NOT NULL,
@@ -421,6 +454,107 @@ CREATE VIEW delivery_stats AS
    FROM deliveries d
   WHERE d.created_at > (now() - '7 days'::interval)
   GROUP BY (date_trunc('hour'::text, d.created_at)), d.channel, d.status;
+
+CREATE VIEW experiment_stats AS
+ WITH d AS (
+         SELECT n.experiment,
+            d.variant,
+            d.id,
+            d.channel,
+            d.status,
+            d.read_at,
+            d.seen_at,
+            n.category,
+            d.recipient_id
+           FROM notifications n
+             JOIN deliveries d ON d.notification_id = n.id
+          WHERE n.experiment IS NOT NULL AND d.variant IS NOT NULL AND (d.status = ANY (ARRAY['sent'::text, 'delivered'::text, 'bounced'::text, 'complained'::text, 'undelivered'::text]))
+        ), counts AS (
+         SELECT d.experiment,
+            d.variant,
+            count(*) AS sent,
+            count(*) FILTER (WHERE d.status = 'delivered'::text OR d.channel = 'IN_APP'::text AND d.status = 'sent'::text) AS delivered,
+            count(*) FILTER (WHERE d.read_at IS NOT NULL OR d.seen_at IS NOT NULL OR (EXISTS ( SELECT 1
+                   FROM delivery_engagements e
+                  WHERE e.delivery_id = d.id AND e.kind = 'opened'::text))) AS opened,
+            count(*) FILTER (WHERE (EXISTS ( SELECT 1
+                   FROM delivery_engagements e
+                  WHERE e.delivery_id = d.id AND e.kind = 'clicked'::text))) AS clicked,
+            count(*) FILTER (WHERE (EXISTS ( SELECT 1
+                   FROM preferences p
+                  WHERE p.recipient_id = d.recipient_id AND ((p.channels ->> d.channel) = 'false'::text OR ((p.categories -> d.category) ->> d.channel) = 'false'::text)))) AS unsubscribed
+           FROM d
+          GROUP BY d.experiment, d.variant
+        ), firsts AS (
+         SELECT DISTINCT ON (n.experiment) n.experiment,
+            (n.variants -> 0) ->> 'name'::text AS variant
+           FROM notifications n
+          WHERE n.experiment IS NOT NULL
+          ORDER BY n.experiment, n.created_at DESC
+        ), long AS (
+         SELECT c.experiment,
+            c.variant,
+            m.metric,
+            c.sent,
+            m.n
+           FROM counts c
+             CROSS JOIN LATERAL ( VALUES ('delivered'::text,c.delivered), ('opened'::text,c.opened), ('clicked'::text,c.clicked), ('unsubscribed'::text,c.unsubscribed)) m(metric, n)
+        ), compared AS (
+         SELECT l.experiment,
+            l.variant,
+            l.metric,
+            l.sent,
+            l.n,
+            l.n::double precision / NULLIF(l.sent, 0)::double precision AS rate,
+            b.sent AS base_sent,
+            b.n AS base_n,
+            b.n::double precision / NULLIF(b.sent, 0)::double precision AS base_rate,
+            l.variant = f.variant AS is_first
+           FROM long l
+             JOIN firsts f ON f.experiment = l.experiment
+             LEFT JOIN long b ON b.experiment = l.experiment AND b.variant = f.variant AND b.metric = l.metric
+        ), tested AS (
+         SELECT c.experiment,
+            c.variant,
+            c.metric,
+            c.sent,
+            c.n,
+            c.rate,
+            c.base_sent,
+            c.base_n,
+            c.base_rate,
+            c.is_first,
+                CASE
+                    WHEN NOT c.is_first THEN c.rate - c.base_rate
+                    ELSE NULL::double precision
+                END AS diff,
+                CASE
+                    WHEN NOT c.is_first THEN sqrt(c.rate * (1::double precision - c.rate) / c.sent::double precision + c.base_rate * (1::double precision - c.base_rate) / c.base_sent::double precision)
+                    ELSE NULL::double precision
+                END AS se,
+                CASE
+                    WHEN NOT c.is_first THEN sqrt((c.n + c.base_n)::double precision / (c.sent + c.base_sent)::double precision * (1::double precision - (c.n + c.base_n)::double precision / (c.sent + c.base_sent)::double precision) * (1.0 / c.sent::numeric + 1.0 / c.base_sent::numeric)::double precision)
+                    ELSE NULL::double precision
+                END AS pooled_se
+           FROM compared c
+        )
+ SELECT tested.experiment,
+    tested.variant,
+    tested.metric,
+    tested.sent,
+    tested.n,
+    tested.rate,
+    tested.is_first,
+    tested.diff,
+    tested.diff - 1.959963984540054::double precision * tested.se AS ci_low,
+    tested.diff + 1.959963984540054::double precision * tested.se AS ci_high,
+    tested.diff / NULLIF(tested.pooled_se, 0::double precision) AS z,
+        CASE
+            WHEN tested.pooled_se > 0::double precision THEN 2::double precision * (1::double precision - normal_cdf(abs(tested.diff) / tested.pooled_se))
+            WHEN NOT tested.is_first AND tested.base_sent IS NOT NULL THEN 1.0::double precision
+            ELSE NULL::double precision
+        END AS p_value
+   FROM tested;
 
 CREATE VIEW queue_depth AS
  SELECT j.queue_name AS queue,
@@ -646,7 +780,8 @@ AS $function$
 BEGIN
     WITH c AS (
         SELECT o.channel, o.status AS old_status, d.status AS new_status,
-               o.reason AS old_reason, d.reason AS new_reason, d.notification_id, d.sent_at
+               o.reason AS old_reason, d.reason AS new_reason, d.notification_id, d.sent_at,
+               d.replay_id
           FROM old_rows AS o
           JOIN new_rows AS d ON d.id = o.id
          WHERE o.status IS DISTINCT FROM d.status
@@ -674,6 +809,7 @@ BEGIN
           FROM (SELECT notification_id, channel, sent_at, count(*)::double precision AS n
                   FROM c
                  WHERE new_status = 'sent' AND sent_at IS NOT NULL
+                   AND replay_id IS NULL   -- a replay's resend is not a time to send
                  GROUP BY 1, 2, 3) AS s
           JOIN notifications AS n ON n.id = s.notification_id
     )
@@ -806,6 +942,42 @@ BEGIN
 END;
 $function$;
 
+CREATE OR REPLACE FUNCTION postbell.experiment_bucket(p_experiment text, p_external_id text)
+ RETURNS bigint
+ LANGUAGE sql
+ IMMUTABLE PARALLEL SAFE
+ SET search_path TO 'pg_catalog'
+RETURN ((('x'::text || substr(md5(((p_experiment || chr(31)) || p_external_id)), 1, 15)))::bit(60))::bigint;
+
+CREATE OR REPLACE FUNCTION postbell.experiment_content(p_variants jsonb, p_variant text)
+ RETURNS jsonb
+ LANGUAGE sql
+ IMMUTABLE PARALLEL SAFE
+ SET search_path TO 'pg_catalog'
+AS $function$
+    SELECT jsonb_strip_nulls(jsonb_build_object('title', e ->> 'title', 'body', e ->> 'body',
+                                                'action_url', e ->> 'action_url'))
+      FROM jsonb_array_elements(p_variants) AS e
+     WHERE e ->> 'name' = p_variant
+     LIMIT 1
+$function$;
+
+CREATE OR REPLACE FUNCTION postbell.experiment_variant(p_experiment text, p_external_id text, p_variants jsonb)
+ RETURNS text
+ LANGUAGE sql
+ IMMUTABLE PARALLEL SAFE
+ SET search_path TO 'pg_catalog', 'postbell'
+AS $function$
+    SELECT w.name
+      FROM (SELECT v.e ->> 'name' AS name, v.i,
+                   sum((v.e ->> 'weight')::bigint) OVER (ORDER BY v.i) AS upto,
+                   sum((v.e ->> 'weight')::bigint) OVER () AS total
+              FROM jsonb_array_elements(p_variants) WITH ORDINALITY AS v(e, i)) AS w
+     WHERE experiment_bucket(p_experiment, p_external_id) % w.total < w.upto
+     ORDER BY w.i
+     LIMIT 1
+$function$;
+
 CREATE OR REPLACE FUNCTION postbell.inbox_content(p_content jsonb, p_rendered jsonb, p_locale text)
  RETURNS jsonb
  LANGUAGE sql
@@ -834,6 +1006,19 @@ CREATE OR REPLACE FUNCTION postbell.metric_send_buckets()
  SET search_path TO 'pg_catalog'
 AS $function$ SELECT ARRAY[0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 21600,
                    86400, 'Infinity']::double precision[] $function$;
+
+CREATE OR REPLACE FUNCTION postbell.normal_cdf(p_z double precision)
+ RETURNS double precision
+ LANGUAGE sql
+ IMMUTABLE PARALLEL SAFE
+ SET search_path TO 'pg_catalog'
+AS $function$
+    SELECT CASE WHEN p_z >= 0 THEN 1 - e ELSE e END
+      FROM (SELECT 0.5 * t * exp(-x * x) * (0.254829592 + t * (-0.284496736 + t * (1.421413741
+                   + t * (-1.453152027 + t * 1.061405429)))) AS e
+              FROM (SELECT abs(p_z) / sqrt(2) AS x,
+                           1 / (1 + 0.3275911 * abs(p_z) / sqrt(2)) AS t) AS a) AS b
+$function$;
 
 CREATE OR REPLACE FUNCTION postbell.notification_counts_forget()
  RETURNS trigger
@@ -1006,6 +1191,162 @@ CREATE OR REPLACE FUNCTION postbell.quiet_hours_end(p_quiet jsonb, p_fallback_zo
  LANGUAGE sql
  STABLE
 RETURN (SELECT CASE WHEN (q.start_at = q.end_at) THEN NULL::timestamp with time zone WHEN (q.start_at < q.end_at) THEN CASE WHEN ((q.local_time >= q.start_at) AND (q.local_time < q.end_at)) THEN ((q.local_day + q.end_at) AT TIME ZONE q.zone) ELSE NULL::timestamp with time zone END WHEN (q.local_time >= q.start_at) THEN (((q.local_day + 1) + q.end_at) AT TIME ZONE q.zone) WHEN (q.local_time < q.end_at) THEN ((q.local_day + q.end_at) AT TIME ZONE q.zone) ELSE NULL::timestamp with time zone END AS "case" FROM (SELECT z.zone, ((quiet_hours_end.p_quiet ->> 'start'::text))::time without time zone AS start_at, ((quiet_hours_end.p_quiet ->> 'end'::text))::time without time zone AS end_at, ((quiet_hours_end.p_now AT TIME ZONE z.zone))::time without time zone AS local_time, ((quiet_hours_end.p_now AT TIME ZONE z.zone))::date AS local_day FROM (SELECT COALESCE((quiet_hours_end.p_quiet ->> 'timezone'::text), quiet_hours_end.p_fallback_zone, 'UTC'::text) AS zone) z WHERE (quiet_hours_end.p_quiet IS NOT NULL)) q);
+
+CREATE OR REPLACE FUNCTION postbell.replay(p_channels text[], p_from timestamp with time zone, p_to timestamp with time zone, p_statuses text[] DEFAULT replay_statuses(), p_recipient text DEFAULT NULL::text, p_category text DEFAULT NULL::text, p_priority text DEFAULT 'low'::text, p_notification uuid DEFAULT NULL::uuid, p_dry_run boolean DEFAULT false, p_idempotency_key text DEFAULT NULL::text, p_idempotency_scope text DEFAULT 'sql'::text, p_request_hash bytea DEFAULT NULL::bytea, p_idempotency_ttl interval DEFAULT '24:00:00'::interval, p_batch_sizes jsonb DEFAULT '{}'::jsonb, p_chunk integer DEFAULT 10000, p_max bigint DEFAULT NULL::bigint)
+ RETURNS TABLE(id uuid, deliveries bigint, created boolean, request_hash bytea, too_large boolean)
+ LANGUAGE plpgsql
+ SET search_path TO 'pg_catalog', 'postbell'
+AS $function$
+DECLARE
+    v_id      uuid;
+    v_matches bigint;
+    v_picked  bigint;
+    v_moved   bigint;
+    v_jobs    integer;
+    v_total   bigint := 0;
+BEGIN
+    IF p_channels IS NULL OR cardinality(p_channels) = 0 THEN
+        RAISE EXCEPTION 'replay: name at least one channel' USING ERRCODE = '22023';
+    END IF;
+    IF 'IN_APP' = ANY (p_channels) THEN
+        RAISE EXCEPTION 'replay: IN_APP deliveries are the inbox items themselves; they are not sent again'
+            USING ERRCODE = '22023';
+    END IF;
+    IF p_statuses IS NULL OR NOT p_statuses <@ replay_statuses() OR cardinality(p_statuses) = 0 THEN
+        RAISE EXCEPTION 'replay: statuses must be among %', replay_statuses() USING ERRCODE = '22023';
+    END IF;
+    IF p_from IS NOT NULL AND p_to IS NOT NULL AND p_from >= p_to THEN
+        RAISE EXCEPTION 'replay: from must be before to' USING ERRCODE = '22023';
+    END IF;
+
+    IF p_dry_run THEN
+        SELECT count(*) INTO v_matches
+          FROM replay_candidates(p_channels, p_statuses, p_from, p_to, p_recipient, p_category,
+                                 p_notification, NULL);
+        RETURN QUERY SELECT NULL::uuid, v_matches, false, NULL::bytea,
+                            coalesce(v_matches > p_max, false);
+        RETURN;
+    END IF;
+
+    IF p_idempotency_key IS NOT NULL THEN
+        -- A key past its time to live is forgotten, so it can start a new replay.
+        UPDATE replays AS r
+           SET idempotency_key = NULL, idempotency_scope = NULL
+         WHERE r.idempotency_scope = p_idempotency_scope
+           AND r.idempotency_key = p_idempotency_key
+           AND r.created_at < now() - p_idempotency_ttl;
+    END IF;
+
+    INSERT INTO replays AS r (channels, statuses, from_at, to_at, recipient, category,
+                              notification_id, priority, idempotency_scope, idempotency_key,
+                              request_hash)
+    VALUES (p_channels, p_statuses, p_from, p_to, p_recipient, p_category, p_notification,
+            coalesce(p_priority, 'low'),
+            CASE WHEN p_idempotency_key IS NOT NULL THEN p_idempotency_scope END,
+            p_idempotency_key, p_request_hash)
+    ON CONFLICT (idempotency_scope, idempotency_key) WHERE idempotency_key IS NOT NULL
+    DO NOTHING
+    RETURNING r.id INTO v_id;
+
+    IF v_id IS NULL THEN
+        RETURN QUERY
+            SELECT r.id, r.deliveries, false, r.request_hash, false
+              FROM replays AS r
+             WHERE r.idempotency_scope = p_idempotency_scope
+               AND r.idempotency_key = p_idempotency_key;
+        RETURN;
+    END IF;
+
+    IF p_max IS NOT NULL THEN
+        SELECT count(*) INTO v_matches
+          FROM replay_candidates(p_channels, p_statuses, p_from, p_to, p_recipient, p_category,
+                                 p_notification, v_id);
+        IF v_matches > p_max THEN
+            RETURN QUERY SELECT v_id, v_matches, true, p_request_hash, true;
+            RETURN;
+        END IF;
+    END IF;
+
+    LOOP
+        WITH picked AS (
+            SELECT c.id, c.status
+              FROM replay_candidates(p_channels, p_statuses, p_from, p_to, p_recipient,
+                                     p_category, p_notification, v_id) AS c
+             ORDER BY c.id
+             LIMIT p_chunk
+        ),
+        moved AS (
+            -- The status is checked again on the row as it is now: a delivery that
+            -- changed since it was read (a callback, another replay) is left alone.
+            UPDATE deliveries AS d
+               SET status = 'pending', reason = NULL, attempts = 0, next_attempt_at = now(),
+                   replay_id = v_id, updated_at = now()
+              FROM picked
+             WHERE d.id = picked.id
+               AND d.status = ANY (p_statuses)
+               AND d.replay_id IS DISTINCT FROM v_id
+            RETURNING d.id, d.channel, picked.status AS previous
+        ),
+        timeline AS (
+            INSERT INTO delivery_events (delivery_id, kind, outcome, detail)
+            SELECT m.id, 'replay', 'pending',
+                   jsonb_build_object('replay_id', v_id, 'previous_status', m.previous)
+              FROM moved AS m
+        )
+        SELECT (SELECT count(*) FROM picked), count(*),
+               defer_deliveries(array_agg(m.id), array_agg(m.channel),
+                                array_agg(job_priority(coalesce(p_priority, 'low'))),
+                                array_agg(NULL::timestamptz), coalesce(p_batch_sizes, '{}'))
+          INTO v_picked, v_moved, v_jobs
+          FROM moved AS m;
+        v_total := v_total + v_moved;
+        -- a short chunk was the last; a row read but changed meanwhile is either
+        -- sent again above or no longer a candidate, so each round makes progress
+        EXIT WHEN v_picked < p_chunk;
+    END LOOP;
+
+    UPDATE replays AS r SET deliveries = v_total WHERE r.id = v_id;
+    RETURN QUERY SELECT v_id, v_total, true, p_request_hash, false;
+END;
+$function$;
+
+CREATE OR REPLACE FUNCTION postbell.replay_candidates(p_channels text[], p_statuses text[], p_from timestamp with time zone, p_to timestamp with time zone, p_recipient text, p_category text, p_notification uuid, p_replay uuid)
+ RETURNS TABLE(id bigint, channel text, status text, notification_id uuid)
+ LANGUAGE sql
+ STABLE
+AS $function$
+    SELECT d.id, d.channel, d.status, d.notification_id
+      FROM deliveries AS d
+      JOIN notifications AS n ON n.id = d.notification_id
+      JOIN recipients AS r ON r.id = d.recipient_id
+      LEFT JOIN preferences AS p ON p.recipient_id = d.recipient_id
+      LEFT JOIN categories AS c ON c.key = n.category
+     WHERE d.channel = ANY (p_channels)
+       AND d.channel <> 'IN_APP'
+       AND d.status = ANY (p_statuses)
+       AND d.status = ANY (replay_statuses())
+       AND (p_from IS NULL OR d.created_at >= p_from)
+       AND (p_to IS NULL OR d.created_at < p_to)
+       AND (p_notification IS NULL OR d.notification_id = p_notification)
+       AND (p_recipient IS NULL OR r.external_id = p_recipient)
+       AND (p_category IS NULL OR n.category = p_category)
+       AND (p_replay IS NULL OR d.replay_id IS DISTINCT FROM p_replay)
+       AND (n.expires_at IS NULL OR n.expires_at > now())
+       AND (coalesce(c.required, false)
+            OR (coalesce(p.channels ->> d.channel, '') <> 'false'
+                AND coalesce(p.categories -> n.category ->> d.channel, '') <> 'false'))
+       AND CASE d.channel WHEN 'EMAIL' THEN r.email_inactive_at IS NULL
+                          WHEN 'SMS' THEN r.phone_inactive_at IS NULL
+                          WHEN 'WHATSAPP' THEN r.whatsapp_inactive_at IS NULL
+                          WHEN 'TELEGRAM' THEN r.telegram_inactive_at IS NULL
+                          ELSE true END
+$function$;
+
+CREATE OR REPLACE FUNCTION postbell.replay_statuses()
+ RETURNS text[]
+ LANGUAGE sql
+ IMMUTABLE
+RETURN ARRAY['sent'::text, 'delivered'::text, 'undelivered'::text, 'dead'::text];
 
 CREATE OR REPLACE FUNCTION postbell.route_job(p_notification_id uuid, p_priority text, p_run_at timestamp with time zone)
  RETURNS procrastinate_job_to_defer_v1

@@ -138,6 +138,10 @@ class Settings:
     metrics_token: str | None = dataclasses.field(repr=False)
     inbox_secrets: tuple[str, ...] = dataclasses.field(repr=False)
     public_url: str | None
+    #: POSTBELL_TRACK_OPENS / POSTBELL_TRACK_CLICKS: an open pixel, and redirect links,
+    #: in emails (they need POSTBELL_PUBLIC_URL and POSTBELL_INBOX_SECRET)
+    track_opens: bool
+    track_clicks: bool
     cors_origins: tuple[str, ...]
     log_format: LogFormat
     log_level: str
@@ -239,6 +243,8 @@ class Settings:
             metrics_token=env.secret("POSTBELL_METRICS_TOKEN", min_length=16),
             inbox_secrets=env.csv("POSTBELL_INBOX_SECRET"),
             public_url=env.url("POSTBELL_PUBLIC_URL", schemes=("http", "https")),
+            track_opens=env.boolean("POSTBELL_TRACK_OPENS", False),
+            track_clicks=env.boolean("POSTBELL_TRACK_CLICKS", False),
             cors_origins=env.csv("POSTBELL_CORS_ORIGINS"),
             log_format=log_format or ("console" if dev else "json"),  # type: ignore[arg-type]
             log_level=env.choice(

@@ -168,3 +168,12 @@ def test_nul_is_refused_with_a_clear_message() -> None:
         tokens.sign("s3", "inbox", "a\x00")
     with pytest.raises(ValueError, match=r"^an external id may not hold NUL$"):
         tokens.recipient_token("s3", "a\x00")
+
+
+def test_a_recipient_token_never_shows_in_a_principals_repr() -> None:
+    """Principals reach logs and tracebacks; the token they hold must not."""
+    from postbell.app.api.auth import KeyPrincipal, TokenPrincipal
+
+    assert "s3cr3t" not in repr(TokenPrincipal("s3cr3t"))
+    assert KeyPrincipal(role="admin", key_id=None).idempotency_scope == "admin"
+    assert KeyPrincipal(role="send", key_id=7).idempotency_scope == "7"

@@ -44,6 +44,16 @@ CREATE TABLE categories (
 ALTER TABLE categories ADD CONSTRAINT categories_pkey PRIMARY KEY (key);
 ALTER TABLE categories ADD CONSTRAINT categories_sms_type_check CHECK ((sms_type = ANY (ARRAY['transactional'::text, 'promotional'::text])));
 
+CREATE TABLE dashboard_sessions (
+    id_hash bytea NOT NULL,
+    key_hash bytea NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    last_seen_at timestamp with time zone DEFAULT now() NOT NULL,
+    expires_at timestamp with time zone NOT NULL
+);
+ALTER TABLE dashboard_sessions ADD CONSTRAINT dashboard_sessions_pkey PRIMARY KEY (id_hash);
+CREATE INDEX dashboard_sessions_expires_idx ON postbell.dashboard_sessions USING btree (expires_at);
+
 CREATE TABLE deliveries (
     id bigint GENERATED ALWAYS AS IDENTITY NOT NULL,
     notification_id uuid NOT NULL,
@@ -177,14 +187,17 @@ CREATE INDEX notifications_created_brin_idx ON postbell.notifications USING brin
 CREATE INDEX notifications_created_idx ON postbell.notifications USING btree (created_at, id);
 CREATE UNIQUE INDEX notifications_idempotency_idx ON postbell.notifications USING btree (idempotency_scope, idempotency_key) WHERE (idempotency_key IS NOT NULL);
 CREATE INDEX notifications_send_at_idx ON postbell.notifications USING btree (send_at) WHERE (send_at IS NOT NULL);
+CREATE INDEX notifications_template_created_idx ON postbell.notifications USING btree (template_key, created_at, id) WHERE (template_key IS NOT NULL);
 CREATE INDEX notifications_template_scheduled_idx ON postbell.notifications USING btree (template_key) WHERE ((status = 'scheduled'::text) AND (template_key IS NOT NULL));
+CREATE INDEX notifications_workflow_created_idx ON postbell.notifications USING btree ((((metadata -> 'workflow'::text) ->> 'key'::text)), created_at, id) WHERE (((metadata -> 'workflow'::text) ->> 'key'::text) IS NOT NULL);
 
 CREATE TABLE preferences (
     recipient_id bigint NOT NULL,
     channels jsonb DEFAULT '{}'::jsonb NOT NULL,
     categories jsonb DEFAULT '{}'::jsonb NOT NULL,
     quiet_hours jsonb,
-    updated_at timestamp with time zone DEFAULT now() NOT NULL
+    updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    topics jsonb DEFAULT '{}'::jsonb NOT NULL
 );
 ALTER TABLE preferences ADD CONSTRAINT preferences_pkey PRIMARY KEY (recipient_id);
 ALTER TABLE preferences ADD CONSTRAINT preferences_recipient_id_fkey FOREIGN KEY (recipient_id) REFERENCES recipients(id) ON DELETE CASCADE;
@@ -329,6 +342,7 @@ CREATE INDEX workflow_runs_cancel_idx ON postbell.workflow_runs USING btree (can
 CREATE INDEX workflow_runs_digest_idx ON postbell.workflow_runs USING btree (digest_id) WHERE (digest_id IS NOT NULL);
 CREATE INDEX workflow_runs_due_idx ON postbell.workflow_runs USING btree (due_at) WHERE (state = 'waiting'::text);
 CREATE INDEX workflow_runs_list_idx ON postbell.workflow_runs USING btree (workflow_key, recipient, id);
+CREATE INDEX workflow_runs_open_idx ON postbell.workflow_runs USING btree (workflow_key, state) WHERE (state = ANY (ARRAY['waiting'::text, 'digesting'::text]));
 CREATE INDEX workflow_runs_trigger_idx ON postbell.workflow_runs USING btree (trigger_id);
 CREATE INDEX workflow_runs_workflow_idx ON postbell.workflow_runs USING btree (workflow_key, id);
 
@@ -725,11 +739,11 @@ BEGIN
 END;
 $function$;
 
-CREATE OR REPLACE FUNCTION postbell.delivery_skip_reason(p_channel text, p_configured boolean, p_address_field text, p_inactive_field text, p_expires_at timestamp with time zone, p_recipient recipients, p_preferences preferences, p_category text, p_required boolean)
+CREATE OR REPLACE FUNCTION postbell.delivery_skip_reason(p_channel text, p_configured boolean, p_address_field text, p_inactive_field text, p_expires_at timestamp with time zone, p_recipient recipients, p_preferences preferences, p_category text, p_required boolean, p_topic text DEFAULT NULL::text)
  RETURNS text
  LANGUAGE sql
  STABLE
-RETURN CASE WHEN (p_expires_at <= now()) THEN 'expired'::text WHEN (p_configured IS NOT TRUE) THEN 'channel_not_configured'::text WHEN ((p_required IS NOT TRUE) AND ((((p_preferences).channels ->> p_channel) = 'false'::text) OR ((((p_preferences).categories -> p_category) ->> p_channel) = 'false'::text))) THEN 'opted_out'::text WHEN (p_address_field IS NULL) THEN NULL::text WHEN (p_address_field = '@devices'::text) THEN CASE WHEN (EXISTS (SELECT 1 FROM devices d WHERE ((d.recipient_id = (delivery_skip_reason.p_recipient).id) AND (d.disabled_at IS NULL)))) THEN NULL::text ELSE 'no_device'::text END WHEN ((to_jsonb(p_recipient) ->> p_address_field) IS NULL) THEN CASE WHEN category_address(p_category, p_address_field) THEN NULL::text ELSE 'no_address'::text END WHEN ((to_jsonb(p_recipient) ->> p_inactive_field) IS NOT NULL) THEN 'address_inactive'::text ELSE NULL::text END;
+RETURN CASE WHEN (p_expires_at <= now()) THEN 'expired'::text WHEN (p_configured IS NOT TRUE) THEN 'channel_not_configured'::text WHEN ((p_required IS NOT TRUE) AND ((((p_preferences).channels ->> p_channel) = 'false'::text) OR ((((p_preferences).categories -> p_category) ->> p_channel) = 'false'::text) OR (((p_preferences).topics -> p_topic) = 'false'::jsonb) OR ((((p_preferences).topics -> p_topic) ->> p_channel) = 'false'::text))) THEN 'opted_out'::text WHEN (p_address_field IS NULL) THEN NULL::text WHEN (p_address_field = '@devices'::text) THEN CASE WHEN (EXISTS (SELECT 1 FROM devices d WHERE ((d.recipient_id = (delivery_skip_reason.p_recipient).id) AND (d.disabled_at IS NULL)))) THEN NULL::text ELSE 'no_device'::text END WHEN ((to_jsonb(p_recipient) ->> p_address_field) IS NULL) THEN CASE WHEN category_address(p_category, p_address_field) THEN NULL::text ELSE 'no_address'::text END WHEN ((to_jsonb(p_recipient) ->> p_inactive_field) IS NOT NULL) THEN 'address_inactive'::text ELSE NULL::text END;
 
 CREATE OR REPLACE FUNCTION postbell.digest_due_at(p_setting jsonb, p_zone text, p_now timestamp with time zone)
  RETURNS timestamp with time zone
@@ -980,6 +994,12 @@ BEGIN
     RETURN v_result.id;
 END;
 $function$;
+
+CREATE OR REPLACE FUNCTION postbell.preferences_topics_merge(p_stored jsonb, p_change jsonb)
+ RETURNS jsonb
+ LANGUAGE sql
+ IMMUTABLE
+RETURN CASE WHEN (p_change IS NULL) THEN p_stored ELSE (SELECT COALESCE(jsonb_object_agg(m.k, m.v), '{}'::jsonb) AS "coalesce" FROM (SELECT k.k, CASE WHEN (NOT (preferences_topics_merge.p_change ? k.k)) THEN (preferences_topics_merge.p_stored -> k.k) WHEN (jsonb_typeof((preferences_topics_merge.p_change -> k.k)) = 'object'::text) THEN (CASE WHEN (jsonb_typeof((preferences_topics_merge.p_stored -> k.k)) = 'object'::text) THEN (preferences_topics_merge.p_stored -> k.k) ELSE '{}'::jsonb END || (preferences_topics_merge.p_change -> k.k)) ELSE (preferences_topics_merge.p_change -> k.k) END AS v FROM (SELECT jsonb_object_keys(preferences_topics_merge.p_stored) AS jsonb_object_keys UNION SELECT jsonb_object_keys(preferences_topics_merge.p_change) AS jsonb_object_keys) k(k)) m WHERE (jsonb_typeof(m.v) <> 'null'::text)) END;
 
 CREATE OR REPLACE FUNCTION postbell.quiet_hours_end(p_quiet jsonb, p_fallback_zone text, p_now timestamp with time zone)
  RETURNS timestamp with time zone

@@ -198,6 +198,9 @@ async def _send(
         }
         if row["digest_count"] is not None:
             metadata["workflow"]["count"] = count
+        if row["topic"] is not None:
+            # routing reads it there: the members' mutes of that topic apply
+            metadata["workflow"]["topic"] = row["topic"]
         group: dict[str, Any] = {
             "action_url": step.action_url,
             "metadata": metadata,

@@ -1,5 +1,5 @@
 -- name: preferences_get
-SELECT p.channels, p.categories, p.quiet_hours, p.updated_at,
+SELECT p.channels, p.categories, p.topics, p.quiet_hours, p.updated_at,
        (SELECT coalesce(jsonb_object_agg(d.category, jsonb_build_object(
                    'frequency', d.frequency, 'hour', d.hour, 'weekday', d.weekday)), '{}')
           FROM digest_preferences AS d WHERE d.recipient_id = r.id) AS digest
@@ -39,9 +39,12 @@ SELECT recipient_id, category, setting ->> 'frequency', (setting ->> 'hour')::in
 
 -- name: preferences_put
 -- A partial PUT: channel switches merge into the stored ones, category switches
--- merge per category, quiet_hours is replaced when named (null clears it).
-INSERT INTO preferences AS p (recipient_id, channels, categories, quiet_hours)
+-- merge per category, quiet_hours is replaced when named (null clears it). Topics
+-- (preferences_topics_merge): per topic, a true/false replaces what was there, a map
+-- of channel switches merges into the stored one, null forgets the topic.
+INSERT INTO preferences AS p (recipient_id, channels, categories, topics, quiet_hours)
 SELECT r.id, coalesce(%(channels)s::jsonb, '{}'), coalesce(%(categories)s::jsonb, '{}'),
+       preferences_topics_merge('{}', %(topics)s::jsonb),
        CASE WHEN %(quiet_hours_set)s THEN %(quiet_hours)s::jsonb END
   FROM recipients AS r
  WHERE r.external_id = %(external_id)s
@@ -53,6 +56,7 @@ SELECT r.id, coalesce(%(channels)s::jsonb, '{}'), coalesce(%(categories)s::jsonb
                        FROM (SELECT jsonb_object_keys(p.categories) AS k
                              UNION
                              SELECT jsonb_object_keys(coalesce(%(categories)s::jsonb, '{}'))) AS keys),
+       topics = preferences_topics_merge(p.topics, %(topics)s::jsonb),
        quiet_hours = CASE WHEN %(quiet_hours_set)s THEN %(quiet_hours)s::jsonb ELSE p.quiet_hours END,
        updated_at = now()
-RETURNING channels, categories, quiet_hours, updated_at
+RETURNING channels, categories, topics, quiet_hours, updated_at

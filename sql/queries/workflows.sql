@@ -129,8 +129,10 @@ SELECT t.data
 -- worker that dies mid-batch releases its claim with its connection). A run
 -- cancelled before this statement is no longer 'waiting' and is not claimed.
 -- digest_count: for the run that delivers a fired digest, how many events it holds.
--- delivered_digest: that digest's id; templates: the template versions the trigger pinned.
+-- delivered_digest: that digest's id; templates: the template versions the trigger pinned;
+-- topic: the trigger's topic (its members' mutes apply to the sends).
 SELECT r.id, r.workflow_key, r.version, r.recipient, r.step, r.trigger_id, t.data, t.templates,
+       t.topic,
        CASE WHEN d.run_id = r.id THEN cardinality(d.run_ids) END AS digest_count,
        CASE WHEN d.run_id = r.id THEN d.id END AS delivered_digest
   FROM workflow_runs AS r

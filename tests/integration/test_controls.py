@@ -34,6 +34,7 @@ async def test_preferences_partial_put_and_token_access(api: httpx.AsyncClient) 
     assert empty.json() == {
         "channels": {},
         "categories": {},
+        "topics": {},
         "quiet_hours": None,
         "updated_at": None,
         "digest": {},

@@ -12,3 +12,13 @@ SELECT variant, metric, sent, n, rate, is_first, diff, ci_low, ci_high, z, p_val
   FROM experiment_stats
  WHERE experiment = %(key)s
  ORDER BY NOT is_first, variant, metric
+
+-- name: experiments_list
+-- The dashboard's Experiments page: every experiment notifications named, the most
+-- recently sent first (the partial index notifications_experiment_idx holds them).
+SELECT experiment AS key, count(*) AS notifications, max(created_at) AS last_sent_at
+  FROM notifications
+ WHERE experiment IS NOT NULL
+ GROUP BY experiment
+ ORDER BY max(created_at) DESC
+ LIMIT %(limit)s

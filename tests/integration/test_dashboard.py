@@ -182,6 +182,7 @@ async def test_failed_sign_ins_are_rate_limited(settings: Settings, pool: db.Poo
         "/dashboard/notifications",
         "/dashboard/templates",
         "/dashboard/workflows",
+        "/dashboard/experiments",
     ],
 )
 async def test_pages_answer(settings: Settings, pool: db.Pool, path: str) -> None:
@@ -212,3 +213,26 @@ async def test_a_notification_and_its_timeline(
         page = await client.get(f"/dashboard/notifications/{nid}")
         assert page.status_code == 200
         assert "hello &lt;b&gt;there&lt;/b&gt;" in page.text  # escaped
+
+
+async def test_the_experiments_pages_show_each_variants_results(
+    settings: Settings, pool: db.Pool
+) -> None:
+    """The list names the experiment; its page shows per outcome each variant's count,
+    rate, the difference to the first with its interval and the p-value (the hand-
+    computed example of test_experiments: clicked b − a = +3.0 pts, 0.2 to 5.8, p 0.0355)."""
+    from tests.integration.test_experiments import experiment_with
+
+    experiment = unique("dash-exp")
+    await experiment_with(pool, experiment, {"a": (1000, 100), "b": (1000, 130)})
+    async with browser(settings, pool) as client:
+        assert (await sign_in(client, ADMIN_KEY)).status_code == 303
+        listing = await client.get("/dashboard/experiments")
+        assert listing.status_code == 200 and f"/dashboard/experiments/{experiment}" in listing.text
+        page = await client.get(f"/dashboard/experiments/{experiment}")
+        assert page.status_code == 200, page.text
+        clicked = page.text.split('id="m-clicked"')[1].split("</section>")[0]
+        assert "a (baseline)" in clicked and "10.0 %" in clicked and "13.0 %" in clicked
+        assert "+3.0 pts (+0.2 to +5.8)" in clicked and "0.035" in clicked
+        missing = await client.get("/dashboard/experiments/no-such-experiment")
+        assert missing.status_code == 404

@@ -16,6 +16,13 @@ from postbell.app.core.settings import Settings
 METRICS = ("delivered", "opened", "clicked", "unsubscribed")
 
 
+async def list_recent(pool: db.Pool, limit: int = 100) -> list[dict[str, Any]]:
+    """The experiments notifications named, most recently sent first: key,
+    notifications, last_sent_at."""
+    async with pool.connection() as conn:
+        return await db.fetch_all(conn, "experiments_list", {"limit": limit})
+
+
 async def stats(pool: db.Pool, key: str) -> ExperimentStats:
     """The experiment's variants (the first, the baseline, first), each with its sent
     count and per outcome: count, rate, and against the first variant the difference

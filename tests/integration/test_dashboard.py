@@ -220,7 +220,7 @@ async def test_the_experiments_pages_show_each_variants_results(
 ) -> None:
     """The list names the experiment; its page shows per outcome each variant's count,
     rate, the difference to the first with its interval and the p-value (the hand-
-    computed example of test_experiments: clicked b − a = +3.0 pts, 0.2 to 5.8, p 0.0355)."""
+    computed example of test_experiments: clicked b - a = +3.0 pts, 0.2 to 5.8, p 0.0355)."""
     from tests.integration.test_experiments import experiment_with
 
     experiment = unique("dash-exp")

@@ -212,3 +212,49 @@ async def test_a_notification_and_its_timeline(
         page = await client.get(f"/dashboard/notifications/{nid}")
         assert page.status_code == 200
         assert "hello &lt;b&gt;there&lt;/b&gt;" in page.text  # escaped
+
+
+async def test_overview_fragment_templates_and_workflows(
+    settings: Settings, pool: db.Pool, api: httpx.AsyncClient
+) -> None:
+    """htmx asks the overview for its figures alone; a template's page previews each of
+    its channels in the chosen locale; a workflow's page lists its runs by state."""
+    template = unique("tpl")
+    body = {
+        "default_locale": "en",
+        "example_data": {"who": "Ada"},
+        "locales": {
+            "en": {"IN_APP": {"body": "Hi {{ who }}"}},
+            "de": {"IN_APP": {"body": "Hallo {{ who }}"}},
+        },
+    }
+    assert (
+        await api.put(f"/api/templates/{template}", headers=ADMIN, json=body)
+    ).status_code == 200
+    workflow = unique("wf")
+    steps = {"steps": [{"type": "delay", "for": "1d"}, {"type": "send", "message": "later"}]}
+    assert (
+        await api.put(f"/api/workflows/{workflow}", headers=ADMIN, json=steps)
+    ).status_code == 200
+    trigger = await api.post(
+        f"/api/workflows/{workflow}/trigger", headers=ADMIN, json={"to": [unique("r")]}
+    )
+    assert trigger.status_code == 202
+    async with browser(settings, pool) as client:
+        assert (await sign_in(client, ADMIN_KEY)).status_code == 303
+        fragment = await client.get("/dashboard", headers={"HX-Request": "true"})
+        assert fragment.status_code == 200
+        assert "<html" not in fragment.text and "Queue depth" in fragment.text
+        german = await client.get(f"/dashboard/templates/{template}", params={"locale": "de"})
+        assert german.status_code == 200 and "Hallo Ada" in german.text
+        listed = await client.get("/dashboard/templates")
+        assert template in listed.text
+        waiting = await client.get(f"/dashboard/workflows/{workflow}", params={"state": "waiting"})
+        assert (
+            waiting.status_code == 200
+            and "waiting" in waiting.text
+            and "No runs" not in waiting.text
+        )
+        done = await client.get(f"/dashboard/workflows/{workflow}", params={"state": "done"})
+        assert "No runs done" in done.text
+        assert (await client.get("/dashboard/workflows/nope-none")).status_code == 404

@@ -682,6 +682,124 @@ def cmd_dead_letters(args: argparse.Namespace) -> int:
     return _run(run())
 
 
+def _replay_time(option: str, value: str) -> str:
+    """``--from``/``--to``: an RFC 3339 time, ``now``, or an age (``90m``, ``2h``,
+    ``1d``: that long ago), as the RFC 3339 time the API takes."""
+    from postbell.app.api.ops.dead_letters import parse_older_than
+
+    if value.strip().lower() == "now":
+        return dt.datetime.now(dt.UTC).isoformat()
+    try:
+        moment = parse_older_than(value)
+    except PostbellError as exc:
+        raise UsageError(f"{option}: " + exc.detail.replace("older_than", option)) from None
+    assert moment is not None
+    return moment.isoformat()
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    import uuid
+
+    import msgspec
+
+    from postbell.app.api.replays import service
+    from postbell.app.api.replays.schemas import NotificationReplayIn, ReplayIn
+
+    channels = []
+    for part in args.channel or []:
+        for name in (c for c in part.split(",") if c.strip()):
+            channel = parse_channel(name)
+            if channel is None:
+                raise UsageError(f"--channel: {unknown_channel(name.strip())}")
+            channels.append(channel)
+    statuses = [s.strip() for part in args.status or [] for s in part.split(",") if s.strip()]
+    body: dict[str, Any] = {"dry_run": args.dry_run, "priority": args.priority}
+    if statuses:
+        body["statuses"] = statuses
+    notification_id = None
+    try:
+        if args.notification:
+            if args.start or args.end or args.recipient or args.category:
+                raise UsageError(
+                    "--notification replays that notification: no --from, --to, --recipient"
+                    " or --category"
+                )
+            try:
+                notification_id = uuid.UUID(args.notification)
+            except ValueError:
+                raise UsageError("--notification: not a notification id (a UUID)") from None
+            payload: Any = msgspec.convert(
+                {**body, "channels": channels or None}, NotificationReplayIn
+            )
+        else:
+            if len(channels) != 1 or not args.start or not args.end:
+                raise UsageError("name one --channel, --from and --to (or --notification ID)")
+            payload = msgspec.convert(
+                {
+                    **body,
+                    "channel": channels[0],
+                    "from": _replay_time("--from", args.start),
+                    "to": _replay_time("--to", args.end),
+                    "recipient": args.recipient,
+                    "category": args.category,
+                },
+                ReplayIn,
+            )
+    except msgspec.ValidationError as exc:
+        raise UsageError(_replay_error(str(exc), None)) from None
+    settings = _one_shot(_settings())
+
+    async def run() -> int:
+        async with _database(settings) as url:
+            pool = await _cli_pool(url)
+            try:
+                if notification_id is not None:
+                    accepted, created = await service.replay_notification(
+                        pool,
+                        settings,
+                        notification_id,
+                        payload,
+                        idempotency_scope="cli",
+                        idempotency_key=args.key,
+                    )
+                else:
+                    accepted, created = await service.replay(
+                        pool, settings, payload, idempotency_scope="cli", idempotency_key=args.key
+                    )
+            except PostbellError as exc:
+                raise UsageError(_replay_error(exc.detail, exc.field)) from None
+            finally:
+                await pool.close()
+        n = accepted.deliveries
+        noun = f"deliver{'y' if n == 1 else 'ies'}"
+        if accepted.dry_run:
+            print(f"dry run: {n} {noun} would be sent again")
+        elif created:
+            print(f"replay {accepted.id}: {n} {noun} sent again")
+        else:
+            print(f"replay {accepted.id} (this --key's, already done): {n} {noun}; nothing more")
+        return 0
+
+    return _run(run())
+
+
+_REPLAY_OPTIONS = {"from": "--from", "to": "--to", "statuses": "--status", "channel": "--channel"}
+
+
+def _replay_error(detail: str, field: str | None) -> str:
+    """A service or validation error as a CLI line naming the option."""
+    if field is None and " - at `$." in detail:  # msgspec: "Invalid ... - at `$.statuses[0]`"
+        detail, _, path = detail.partition(" - at `$.")
+        field = path.rstrip("`")
+    if field is None:
+        return detail
+    name = field.split("[")[0]
+    option = _REPLAY_OPTIONS.get(name, "--" + name.replace("_", "-"))
+    if name == "Idempotency-Key":
+        option = "--key"
+    return f"{option}: {detail}"
+
+
 def _dead_letters_error(exc: PostbellError) -> str:
     """A service error as a CLI line: ``--older-than: ...`` where the API says
     ``older_than``; a not-found id as is (``no dead delivery 7``)."""
@@ -1096,6 +1214,47 @@ def _parser() -> argparse.ArgumentParser:
     )
     action.add_argument(
         "--retry-all", action="store_true", help="requeue every dead delivery matching the filters"
+    )
+
+    rp = command(
+        "replay",
+        cmd_replay,
+        "send past deliveries again (after a receiver's outage)",
+        "Send one channel's past deliveries again, through the normal queues at low priority: "
+        "those created between --from and --to with one of --status (sent, delivered, "
+        "undelivered, dead; default all four), optionally of one --recipient or --category. "
+        "Or every delivery of one --notification (all its channels but IN_APP, or --channel). "
+        "Each keeps its delivery id; webhooks carry X-Postbell-Replay. At most "
+        "100,000 deliveries and 31 days per replay. See docs/operations.md.",
+    )
+    rp.add_argument(
+        "--channel",
+        action="append",
+        metavar="CHANNEL",
+        help="the channel (WEBHOOK, EMAIL, ...); with --notification, repeatable",
+    )
+    rp.add_argument(
+        "--from", dest="start", metavar="TIME", help="RFC 3339 time, or an age: 2h (ago)"
+    )
+    rp.add_argument("--to", dest="end", metavar="TIME", help="RFC 3339 time, an age, or now")
+    rp.add_argument(
+        "--status",
+        action="append",
+        metavar="STATUS",
+        help="sent, delivered, undelivered, dead (repeatable or comma-separated)",
+    )
+    rp.add_argument("--recipient", metavar="ID", help="only this recipient (external id)")
+    rp.add_argument("--category", metavar="KEY", help="only this category")
+    rp.add_argument("--notification", metavar="ID", help="replay this notification instead")
+    rp.add_argument(
+        "--priority",
+        choices=["low", "normal", "high", "urgent"],
+        default="low",
+        help="the resends' priority (default low)",
+    )
+    rp.add_argument("--dry-run", action="store_true", help="count only; change nothing")
+    rp.add_argument(
+        "--key", metavar="KEY", help="an idempotency key: running again with it sends nothing more"
     )
 
     templates_cmd = command(

@@ -73,7 +73,9 @@ CREATE TABLE deliveries (
     archived_at timestamp with time zone,
     fallback_for bigint,
     fallback_reason text,
-    content jsonb
+    content jsonb,
+    replay_id uuid,
+    variant text
 );
 ALTER TABLE deliveries ADD CONSTRAINT deliveries_pkey PRIMARY KEY (id);
 ALTER TABLE deliveries ADD CONSTRAINT deliveries_status_check CHECK ((status = ANY (ARRAY['pending'::text, 'failed'::text, 'sent'::text, 'delivered'::text, 'bounced'::text, 'complained'::text, 'undelivered'::text, 'dead'::text, 'skipped'::text, 'cancelled'::text])));
@@ -83,6 +85,14 @@ CREATE UNIQUE INDEX deliveries_notification_recipient_channel_idx ON postbell.de
 CREATE INDEX deliveries_recipient_channel_idx ON postbell.deliveries USING btree (recipient_id, channel, id);
 CREATE INDEX deliveries_recipient_channel_sent_idx ON postbell.deliveries USING btree (recipient_id, channel, sent_at) WHERE ((sent_at IS NOT NULL) AND (channel <> 'IN_APP'::text));
 CREATE INDEX deliveries_unsent_idx ON postbell.deliveries USING btree (next_attempt_at) WHERE (status = ANY (ARRAY['pending'::text, 'failed'::text]));
+
+CREATE TABLE delivery_engagements (
+    delivery_id bigint NOT NULL,
+    kind text NOT NULL,
+    at timestamp with time zone DEFAULT now() NOT NULL
+);
+ALTER TABLE delivery_engagements ADD CONSTRAINT delivery_engagements_pkey PRIMARY KEY (delivery_id, kind);
+ALTER TABLE delivery_engagements ADD CONSTRAINT delivery_engagements_kind_check CHECK ((kind = ANY (ARRAY['opened'::text, 'clicked'::text])));
 
 CREATE TABLE delivery_events (
     delivery_id bigint NOT NULL,
@@ -114,6 +124,20 @@ ALTER TABLE devices ADD CONSTRAINT devices_pkey PRIMARY KEY (id);
 ALTER TABLE devices ADD CONSTRAINT devices_recipient_id_fkey FOREIGN KEY (recipient_id) REFERENCES recipients(id) ON DELETE CASCADE;
 ALTER TABLE devices ADD CONSTRAINT devices_platform_check CHECK ((platform = ANY (ARRAY['android'::text, 'ios'::text, 'web'::text])));
 CREATE INDEX devices_active_recipient_idx ON postbell.devices USING btree (recipient_id) WHERE (disabled_at IS NULL);
+
+CREATE TABLE digest_preferences (
+    recipient_id bigint NOT NULL,
+    category text NOT NULL,
+    frequency text NOT NULL,
+    hour integer DEFAULT 9 NOT NULL,
+    weekday text DEFAULT 'monday'::text NOT NULL,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL
+);
+ALTER TABLE digest_preferences ADD CONSTRAINT digest_preferences_pkey PRIMARY KEY (recipient_id, category);
+ALTER TABLE digest_preferences ADD CONSTRAINT digest_preferences_recipient_id_fkey FOREIGN KEY (recipient_id) REFERENCES recipients(id) ON DELETE CASCADE;
+ALTER TABLE digest_preferences ADD CONSTRAINT digest_preferences_frequency_check CHECK ((frequency = ANY (ARRAY['off'::text, 'hourly'::text, 'daily'::text, 'weekly'::text])));
+ALTER TABLE digest_preferences ADD CONSTRAINT digest_preferences_hour_check CHECK (((hour >= 0) AND (hour <= 23)));
+ALTER TABLE digest_preferences ADD CONSTRAINT digest_preferences_weekday_check CHECK ((weekday = ANY (ARRAY['monday'::text, 'tuesday'::text, 'wednesday'::text, 'thursday'::text, 'friday'::text, 'saturday'::text, 'sunday'::text])));
 
 CREATE TABLE inbox_counts (
     recipient_id bigint NOT NULL,
@@ -160,7 +184,9 @@ CREATE TABLE notifications (
     template_key text,
     template_version integer,
     template_data jsonb,
-    rendered jsonb
+    rendered jsonb,
+    experiment text,
+    variants jsonb
 );
 ALTER TABLE notifications ADD CONSTRAINT notifications_pkey PRIMARY KEY (id);
 ALTER TABLE notifications ADD CONSTRAINT notifications_template_fkey FOREIGN KEY (template_key, template_version) REFERENCES template_versions(template_key, version) NOT VALID;
@@ -171,6 +197,7 @@ ALTER TABLE notifications ADD CONSTRAINT notifications_times_in_range CHECK (((s
 CREATE INDEX notifications_category_created_idx ON postbell.notifications USING btree (category, created_at, id) WHERE (category IS NOT NULL);
 CREATE INDEX notifications_created_brin_idx ON postbell.notifications USING brin (created_at);
 CREATE INDEX notifications_created_idx ON postbell.notifications USING btree (created_at, id);
+CREATE INDEX notifications_experiment_idx ON postbell.notifications USING btree (experiment) WHERE (experiment IS NOT NULL);
 CREATE UNIQUE INDEX notifications_idempotency_idx ON postbell.notifications USING btree (idempotency_scope, idempotency_key) WHERE (idempotency_key IS NOT NULL);
 CREATE INDEX notifications_send_at_idx ON postbell.notifications USING btree (send_at) WHERE (send_at IS NOT NULL);
 CREATE INDEX notifications_template_created_idx ON postbell.notifications USING btree (template_key, created_at, id) WHERE (template_key IS NOT NULL);
@@ -182,7 +209,8 @@ CREATE TABLE preferences (
     channels jsonb DEFAULT '{}'::jsonb NOT NULL,
     categories jsonb DEFAULT '{}'::jsonb NOT NULL,
     quiet_hours jsonb,
-    updated_at timestamp with time zone DEFAULT now() NOT NULL
+    updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    topics jsonb DEFAULT '{}'::jsonb NOT NULL
 );
 ALTER TABLE preferences ADD CONSTRAINT preferences_pkey PRIMARY KEY (recipient_id);
 ALTER TABLE preferences ADD CONSTRAINT preferences_recipient_id_fkey FOREIGN KEY (recipient_id) REFERENCES recipients(id) ON DELETE CASCADE;
@@ -228,6 +256,26 @@ CREATE TABLE recipients (
 );
 ALTER TABLE recipients ADD CONSTRAINT recipients_external_id_key UNIQUE (external_id);
 ALTER TABLE recipients ADD CONSTRAINT recipients_pkey PRIMARY KEY (id);
+
+CREATE TABLE replays (
+    id uuid DEFAULT gen_random_uuid() NOT NULL,
+    channels text[] NOT NULL,
+    statuses text[] NOT NULL,
+    from_at timestamp with time zone,
+    to_at timestamp with time zone,
+    recipient text,
+    category text,
+    notification_id uuid,
+    priority text DEFAULT 'low'::text NOT NULL,
+    deliveries bigint DEFAULT 0 NOT NULL,
+    idempotency_scope text,
+    idempotency_key text,
+    request_hash bytea,
+    created_at timestamp with time zone DEFAULT now() NOT NULL
+);
+ALTER TABLE replays ADD CONSTRAINT replays_pkey PRIMARY KEY (id);
+ALTER TABLE replays ADD CONSTRAINT replays_priority_check CHECK ((priority = ANY (ARRAY['low'::text, 'normal'::text, 'high'::text, 'urgent'::text])));
+CREATE UNIQUE INDEX replays_idempotency_idx ON postbell.replays USING btree (idempotency_scope, idempotency_key) WHERE (idempotency_key IS NOT NULL);
 
 CREATE TABLE schema_migrations (
     version integer NOT NULL,
@@ -327,6 +375,7 @@ CREATE INDEX workflow_runs_cancel_idx ON postbell.workflow_runs USING btree (can
 CREATE INDEX workflow_runs_digest_idx ON postbell.workflow_runs USING btree (digest_id) WHERE (digest_id IS NOT NULL);
 CREATE INDEX workflow_runs_due_idx ON postbell.workflow_runs USING btree (due_at) WHERE (state = 'waiting'::text);
 CREATE INDEX workflow_runs_list_idx ON postbell.workflow_runs USING btree (workflow_key, recipient, id);
+CREATE INDEX workflow_runs_open_idx ON postbell.workflow_runs USING btree (workflow_key, state) WHERE (state = ANY (ARRAY['waiting'::text, 'digesting'::text]));
 CREATE INDEX workflow_runs_trigger_idx ON postbell.workflow_runs USING btree (trigger_id);
 CREATE INDEX workflow_runs_workflow_idx ON postbell.workflow_runs USING btree (workflow_key, id);
 
@@ -352,7 +401,8 @@ CREATE TABLE workflow_triggers (
     idempotency_scope text,
     idempotency_key text,
     request_hash bytea,
-    created_at timestamp with time zone DEFAULT now() NOT NULL
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    templates jsonb
 );
 ALTER TABLE workflow_triggers ADD CONSTRAINT workflow_triggers_pkey PRIMARY KEY (id);
 ALTER TABLE workflow_triggers ADD CONSTRAINT workflow_triggers_workflow_key_version_fkey FOREIGN KEY (workflow_key, version) REFERENCES workflow_versions(workflow_key, version) ON DELETE CASCADE;
@@ -404,6 +454,107 @@ CREATE VIEW delivery_stats AS
    FROM deliveries d
   WHERE d.created_at > (now() - '7 days'::interval)
   GROUP BY (date_trunc('hour'::text, d.created_at)), d.channel, d.status;
+
+CREATE VIEW experiment_stats AS
+ WITH d AS (
+         SELECT n.experiment,
+            d.variant,
+            d.id,
+            d.channel,
+            d.status,
+            d.read_at,
+            d.seen_at,
+            n.category,
+            d.recipient_id
+           FROM notifications n
+             JOIN deliveries d ON d.notification_id = n.id
+          WHERE n.experiment IS NOT NULL AND d.variant IS NOT NULL AND (d.status = ANY (ARRAY['sent'::text, 'delivered'::text, 'bounced'::text, 'complained'::text, 'undelivered'::text]))
+        ), counts AS (
+         SELECT d.experiment,
+            d.variant,
+            count(*) AS sent,
+            count(*) FILTER (WHERE d.status = 'delivered'::text OR d.channel = 'IN_APP'::text AND d.status = 'sent'::text) AS delivered,
+            count(*) FILTER (WHERE d.read_at IS NOT NULL OR d.seen_at IS NOT NULL OR (EXISTS ( SELECT 1
+                   FROM delivery_engagements e
+                  WHERE e.delivery_id = d.id AND e.kind = 'opened'::text))) AS opened,
+            count(*) FILTER (WHERE (EXISTS ( SELECT 1
+                   FROM delivery_engagements e
+                  WHERE e.delivery_id = d.id AND e.kind = 'clicked'::text))) AS clicked,
+            count(*) FILTER (WHERE (EXISTS ( SELECT 1
+                   FROM preferences p
+                  WHERE p.recipient_id = d.recipient_id AND ((p.channels ->> d.channel) = 'false'::text OR ((p.categories -> d.category) ->> d.channel) = 'false'::text)))) AS unsubscribed
+           FROM d
+          GROUP BY d.experiment, d.variant
+        ), firsts AS (
+         SELECT DISTINCT ON (n.experiment) n.experiment,
+            (n.variants -> 0) ->> 'name'::text AS variant
+           FROM notifications n
+          WHERE n.experiment IS NOT NULL
+          ORDER BY n.experiment, n.created_at DESC
+        ), long AS (
+         SELECT c.experiment,
+            c.variant,
+            m.metric,
+            c.sent,
+            m.n
+           FROM counts c
+             CROSS JOIN LATERAL ( VALUES ('delivered'::text,c.delivered), ('opened'::text,c.opened), ('clicked'::text,c.clicked), ('unsubscribed'::text,c.unsubscribed)) m(metric, n)
+        ), compared AS (
+         SELECT l.experiment,
+            l.variant,
+            l.metric,
+            l.sent,
+            l.n,
+            l.n::double precision / NULLIF(l.sent, 0)::double precision AS rate,
+            b.sent AS base_sent,
+            b.n AS base_n,
+            b.n::double precision / NULLIF(b.sent, 0)::double precision AS base_rate,
+            l.variant = f.variant AS is_first
+           FROM long l
+             JOIN firsts f ON f.experiment = l.experiment
+             LEFT JOIN long b ON b.experiment = l.experiment AND b.variant = f.variant AND b.metric = l.metric
+        ), tested AS (
+         SELECT c.experiment,
+            c.variant,
+            c.metric,
+            c.sent,
+            c.n,
+            c.rate,
+            c.base_sent,
+            c.base_n,
+            c.base_rate,
+            c.is_first,
+                CASE
+                    WHEN NOT c.is_first THEN c.rate - c.base_rate
+                    ELSE NULL::double precision
+                END AS diff,
+                CASE
+                    WHEN NOT c.is_first THEN sqrt(c.rate * (1::double precision - c.rate) / c.sent::double precision + c.base_rate * (1::double precision - c.base_rate) / c.base_sent::double precision)
+                    ELSE NULL::double precision
+                END AS se,
+                CASE
+                    WHEN NOT c.is_first THEN sqrt((c.n + c.base_n)::double precision / (c.sent + c.base_sent)::double precision * (1::double precision - (c.n + c.base_n)::double precision / (c.sent + c.base_sent)::double precision) * (1.0 / c.sent::numeric + 1.0 / c.base_sent::numeric)::double precision)
+                    ELSE NULL::double precision
+                END AS pooled_se
+           FROM compared c
+        )
+ SELECT tested.experiment,
+    tested.variant,
+    tested.metric,
+    tested.sent,
+    tested.n,
+    tested.rate,
+    tested.is_first,
+    tested.diff,
+    tested.diff - 1.959963984540054::double precision * tested.se AS ci_low,
+    tested.diff + 1.959963984540054::double precision * tested.se AS ci_high,
+    tested.diff / NULLIF(tested.pooled_se, 0::double precision) AS z,
+        CASE
+            WHEN tested.pooled_se > 0::double precision THEN 2::double precision * (1::double precision - normal_cdf(abs(tested.diff) / tested.pooled_se))
+            WHEN NOT tested.is_first AND tested.base_sent IS NOT NULL THEN 1.0::double precision
+            ELSE NULL::double precision
+        END AS p_value
+   FROM tested;
 
 CREATE VIEW queue_depth AS
  SELECT j.queue_name AS queue,
@@ -629,7 +780,8 @@ AS $function$
 BEGIN
     WITH c AS (
         SELECT o.channel, o.status AS old_status, d.status AS new_status,
-               o.reason AS old_reason, d.reason AS new_reason, d.notification_id, d.sent_at
+               o.reason AS old_reason, d.reason AS new_reason, d.notification_id, d.sent_at,
+               d.replay_id
           FROM old_rows AS o
           JOIN new_rows AS d ON d.id = o.id
          WHERE o.status IS DISTINCT FROM d.status
@@ -657,6 +809,7 @@ BEGIN
           FROM (SELECT notification_id, channel, sent_at, count(*)::double precision AS n
                   FROM c
                  WHERE new_status = 'sent' AND sent_at IS NOT NULL
+                   AND replay_id IS NULL   -- a replay's resend is not a time to send
                  GROUP BY 1, 2, 3) AS s
           JOIN notifications AS n ON n.id = s.notification_id
     )
@@ -722,11 +875,17 @@ BEGIN
 END;
 $function$;
 
-CREATE OR REPLACE FUNCTION postbell.delivery_skip_reason(p_channel text, p_configured boolean, p_address_field text, p_inactive_field text, p_expires_at timestamp with time zone, p_recipient recipients, p_preferences preferences, p_category text, p_required boolean)
+CREATE OR REPLACE FUNCTION postbell.delivery_skip_reason(p_channel text, p_configured boolean, p_address_field text, p_inactive_field text, p_expires_at timestamp with time zone, p_recipient recipients, p_preferences preferences, p_category text, p_required boolean, p_topic text DEFAULT NULL::text)
  RETURNS text
  LANGUAGE sql
  STABLE
-RETURN CASE WHEN (p_expires_at <= now()) THEN 'expired'::text WHEN (p_configured IS NOT TRUE) THEN 'channel_not_configured'::text WHEN ((p_required IS NOT TRUE) AND ((((p_preferences).channels ->> p_channel) = 'false'::text) OR ((((p_preferences).categories -> p_category) ->> p_channel) = 'false'::text))) THEN 'opted_out'::text WHEN (p_address_field IS NULL) THEN NULL::text WHEN (p_address_field = '@devices'::text) THEN CASE WHEN (EXISTS (SELECT 1 FROM devices d WHERE ((d.recipient_id = (delivery_skip_reason.p_recipient).id) AND (d.disabled_at IS NULL)))) THEN NULL::text ELSE 'no_device'::text END WHEN ((to_jsonb(p_recipient) ->> p_address_field) IS NULL) THEN CASE WHEN category_address(p_category, p_address_field) THEN NULL::text ELSE 'no_address'::text END WHEN ((to_jsonb(p_recipient) ->> p_inactive_field) IS NOT NULL) THEN 'address_inactive'::text ELSE NULL::text END;
+RETURN CASE WHEN (p_expires_at <= now()) THEN 'expired'::text WHEN (p_configured IS NOT TRUE) THEN 'channel_not_configured'::text WHEN ((p_required IS NOT TRUE) AND ((((p_preferences).channels ->> p_channel) = 'false'::text) OR ((((p_preferences).categories -> p_category) ->> p_channel) = 'false'::text) OR (((p_preferences).topics -> p_topic) = 'false'::jsonb) OR ((((p_preferences).topics -> p_topic) ->> p_channel) = 'false'::text))) THEN 'opted_out'::text WHEN (p_address_field IS NULL) THEN NULL::text WHEN (p_address_field = '@devices'::text) THEN CASE WHEN (EXISTS (SELECT 1 FROM devices d WHERE ((d.recipient_id = (delivery_skip_reason.p_recipient).id) AND (d.disabled_at IS NULL)))) THEN NULL::text ELSE 'no_device'::text END WHEN ((to_jsonb(p_recipient) ->> p_address_field) IS NULL) THEN CASE WHEN category_address(p_category, p_address_field) THEN NULL::text ELSE 'no_address'::text END WHEN ((to_jsonb(p_recipient) ->> p_inactive_field) IS NOT NULL) THEN 'address_inactive'::text ELSE NULL::text END;
+
+CREATE OR REPLACE FUNCTION postbell.digest_due_at(p_setting jsonb, p_zone text, p_now timestamp with time zone)
+ RETURNS timestamp with time zone
+ LANGUAGE sql
+ STABLE
+RETURN (SELECT CASE l.frequency WHEN 'hourly'::text THEN (digest_due_at.p_now + '01:00:00'::interval) WHEN 'daily'::text THEN (CASE WHEN (l.at > l.local) THEN l.at ELSE (l.at + '1 day'::interval) END AT TIME ZONE l.zone) WHEN 'weekly'::text THEN (CASE WHEN ((l.at + make_interval(days => l.ahead)) > l.local) THEN (l.at + make_interval(days => l.ahead)) ELSE (l.at + make_interval(days => (l.ahead + 7))) END AT TIME ZONE l.zone) ELSE NULL::timestamp with time zone END AS "case" FROM (SELECT z.zone, z.frequency, (digest_due_at.p_now AT TIME ZONE z.zone) AS local, (date_trunc('day'::text, (digest_due_at.p_now AT TIME ZONE z.zone)) + make_interval(hours => COALESCE(((digest_due_at.p_setting ->> 'hour'::text))::integer, 9))) AS at, (((COALESCE(array_position(ARRAY['monday'::text, 'tuesday'::text, 'wednesday'::text, 'thursday'::text, 'friday'::text, 'saturday'::text, 'sunday'::text], (digest_due_at.p_setting ->> 'weekday'::text)), 1) - (EXTRACT(isodow FROM (digest_due_at.p_now AT TIME ZONE z.zone)))::integer) + 7) % 7) AS ahead FROM (SELECT COALESCE(digest_due_at.p_zone, 'UTC'::text) AS zone, (digest_due_at.p_setting ->> 'frequency'::text) AS frequency) z) l);
 
 CREATE OR REPLACE FUNCTION postbell.enqueue_notification(p_recipients text[], p_topic text, p_title text, p_body text, p_action_url text, p_metadata jsonb, p_channels text[], p_priority text, p_category text, p_fallback jsonb, p_send_at timestamp with time zone, p_expires_at timestamp with time zone, p_idempotency_scope text, p_idempotency_key text, p_request_hash bytea, p_idempotency_ttl interval, p_wakeup boolean DEFAULT true, p_template_key text DEFAULT NULL::text, p_template_version integer DEFAULT NULL::integer, p_template_data jsonb DEFAULT NULL::jsonb)
  RETURNS TABLE(id uuid, status text, created boolean, request_hash bytea)
@@ -783,6 +942,42 @@ BEGIN
 END;
 $function$;
 
+CREATE OR REPLACE FUNCTION postbell.experiment_bucket(p_experiment text, p_external_id text)
+ RETURNS bigint
+ LANGUAGE sql
+ IMMUTABLE PARALLEL SAFE
+ SET search_path TO 'pg_catalog'
+RETURN ((('x'::text || substr(md5(((p_experiment || chr(31)) || p_external_id)), 1, 15)))::bit(60))::bigint;
+
+CREATE OR REPLACE FUNCTION postbell.experiment_content(p_variants jsonb, p_variant text)
+ RETURNS jsonb
+ LANGUAGE sql
+ IMMUTABLE PARALLEL SAFE
+ SET search_path TO 'pg_catalog'
+AS $function$
+    SELECT jsonb_strip_nulls(jsonb_build_object('title', e ->> 'title', 'body', e ->> 'body',
+                                                'action_url', e ->> 'action_url'))
+      FROM jsonb_array_elements(p_variants) AS e
+     WHERE e ->> 'name' = p_variant
+     LIMIT 1
+$function$;
+
+CREATE OR REPLACE FUNCTION postbell.experiment_variant(p_experiment text, p_external_id text, p_variants jsonb)
+ RETURNS text
+ LANGUAGE sql
+ IMMUTABLE PARALLEL SAFE
+ SET search_path TO 'pg_catalog', 'postbell'
+AS $function$
+    SELECT w.name
+      FROM (SELECT v.e ->> 'name' AS name, v.i,
+                   sum((v.e ->> 'weight')::bigint) OVER (ORDER BY v.i) AS upto,
+                   sum((v.e ->> 'weight')::bigint) OVER () AS total
+              FROM jsonb_array_elements(p_variants) WITH ORDINALITY AS v(e, i)) AS w
+     WHERE experiment_bucket(p_experiment, p_external_id) % w.total < w.upto
+     ORDER BY w.i
+     LIMIT 1
+$function$;
+
 CREATE OR REPLACE FUNCTION postbell.inbox_content(p_content jsonb, p_rendered jsonb, p_locale text)
  RETURNS jsonb
  LANGUAGE sql
@@ -811,6 +1006,19 @@ CREATE OR REPLACE FUNCTION postbell.metric_send_buckets()
  SET search_path TO 'pg_catalog'
 AS $function$ SELECT ARRAY[0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 21600,
                    86400, 'Infinity']::double precision[] $function$;
+
+CREATE OR REPLACE FUNCTION postbell.normal_cdf(p_z double precision)
+ RETURNS double precision
+ LANGUAGE sql
+ IMMUTABLE PARALLEL SAFE
+ SET search_path TO 'pg_catalog'
+AS $function$
+    SELECT CASE WHEN p_z >= 0 THEN 1 - e ELSE e END
+      FROM (SELECT 0.5 * t * exp(-x * x) * (0.254829592 + t * (-0.284496736 + t * (1.421413741
+                   + t * (-1.453152027 + t * 1.061405429)))) AS e
+              FROM (SELECT abs(p_z) / sqrt(2) AS x,
+                           1 / (1 + 0.3275911 * abs(p_z) / sqrt(2)) AS t) AS a) AS b
+$function$;
 
 CREATE OR REPLACE FUNCTION postbell.notification_counts_forget()
  RETURNS trigger
@@ -972,11 +1180,173 @@ BEGIN
 END;
 $function$;
 
+CREATE OR REPLACE FUNCTION postbell.preferences_topics_merge(p_stored jsonb, p_change jsonb)
+ RETURNS jsonb
+ LANGUAGE sql
+ IMMUTABLE
+RETURN CASE WHEN (p_change IS NULL) THEN p_stored ELSE (SELECT COALESCE(jsonb_object_agg(m.k, m.v), '{}'::jsonb) AS "coalesce" FROM (SELECT k.k, CASE WHEN (NOT (preferences_topics_merge.p_change ? k.k)) THEN (preferences_topics_merge.p_stored -> k.k) WHEN (jsonb_typeof((preferences_topics_merge.p_change -> k.k)) = 'object'::text) THEN (CASE WHEN (jsonb_typeof((preferences_topics_merge.p_stored -> k.k)) = 'object'::text) THEN (preferences_topics_merge.p_stored -> k.k) ELSE '{}'::jsonb END || (preferences_topics_merge.p_change -> k.k)) ELSE (preferences_topics_merge.p_change -> k.k) END AS v FROM (SELECT jsonb_object_keys(preferences_topics_merge.p_stored) AS jsonb_object_keys UNION SELECT jsonb_object_keys(preferences_topics_merge.p_change) AS jsonb_object_keys) k(k)) m WHERE (jsonb_typeof(m.v) <> 'null'::text)) END;
+
 CREATE OR REPLACE FUNCTION postbell.quiet_hours_end(p_quiet jsonb, p_fallback_zone text, p_now timestamp with time zone)
  RETURNS timestamp with time zone
  LANGUAGE sql
  STABLE
 RETURN (SELECT CASE WHEN (q.start_at = q.end_at) THEN NULL::timestamp with time zone WHEN (q.start_at < q.end_at) THEN CASE WHEN ((q.local_time >= q.start_at) AND (q.local_time < q.end_at)) THEN ((q.local_day + q.end_at) AT TIME ZONE q.zone) ELSE NULL::timestamp with time zone END WHEN (q.local_time >= q.start_at) THEN (((q.local_day + 1) + q.end_at) AT TIME ZONE q.zone) WHEN (q.local_time < q.end_at) THEN ((q.local_day + q.end_at) AT TIME ZONE q.zone) ELSE NULL::timestamp with time zone END AS "case" FROM (SELECT z.zone, ((quiet_hours_end.p_quiet ->> 'start'::text))::time without time zone AS start_at, ((quiet_hours_end.p_quiet ->> 'end'::text))::time without time zone AS end_at, ((quiet_hours_end.p_now AT TIME ZONE z.zone))::time without time zone AS local_time, ((quiet_hours_end.p_now AT TIME ZONE z.zone))::date AS local_day FROM (SELECT COALESCE((quiet_hours_end.p_quiet ->> 'timezone'::text), quiet_hours_end.p_fallback_zone, 'UTC'::text) AS zone) z WHERE (quiet_hours_end.p_quiet IS NOT NULL)) q);
+
+CREATE OR REPLACE FUNCTION postbell.replay(p_channels text[], p_from timestamp with time zone, p_to timestamp with time zone, p_statuses text[] DEFAULT replay_statuses(), p_recipient text DEFAULT NULL::text, p_category text DEFAULT NULL::text, p_priority text DEFAULT 'low'::text, p_notification uuid DEFAULT NULL::uuid, p_dry_run boolean DEFAULT false, p_idempotency_key text DEFAULT NULL::text, p_idempotency_scope text DEFAULT 'sql'::text, p_request_hash bytea DEFAULT NULL::bytea, p_idempotency_ttl interval DEFAULT '24:00:00'::interval, p_batch_sizes jsonb DEFAULT '{}'::jsonb, p_chunk integer DEFAULT 10000, p_max bigint DEFAULT NULL::bigint)
+ RETURNS TABLE(id uuid, deliveries bigint, created boolean, request_hash bytea, too_large boolean)
+ LANGUAGE plpgsql
+ SET search_path TO 'pg_catalog', 'postbell'
+AS $function$
+DECLARE
+    v_id      uuid;
+    v_matches bigint;
+    v_picked  bigint;
+    v_moved   bigint;
+    v_jobs    integer;
+    v_total   bigint := 0;
+BEGIN
+    IF p_channels IS NULL OR cardinality(p_channels) = 0 THEN
+        RAISE EXCEPTION 'replay: name at least one channel' USING ERRCODE = '22023';
+    END IF;
+    IF 'IN_APP' = ANY (p_channels) THEN
+        RAISE EXCEPTION 'replay: IN_APP deliveries are the inbox items themselves; they are not sent again'
+            USING ERRCODE = '22023';
+    END IF;
+    IF p_statuses IS NULL OR NOT p_statuses <@ replay_statuses() OR cardinality(p_statuses) = 0 THEN
+        RAISE EXCEPTION 'replay: statuses must be among %', replay_statuses() USING ERRCODE = '22023';
+    END IF;
+    IF p_from IS NOT NULL AND p_to IS NOT NULL AND p_from >= p_to THEN
+        RAISE EXCEPTION 'replay: from must be before to' USING ERRCODE = '22023';
+    END IF;
+
+    IF p_dry_run THEN
+        SELECT count(*) INTO v_matches
+          FROM replay_candidates(p_channels, p_statuses, p_from, p_to, p_recipient, p_category,
+                                 p_notification, NULL);
+        RETURN QUERY SELECT NULL::uuid, v_matches, false, NULL::bytea,
+                            coalesce(v_matches > p_max, false);
+        RETURN;
+    END IF;
+
+    IF p_idempotency_key IS NOT NULL THEN
+        -- A key past its time to live is forgotten, so it can start a new replay.
+        UPDATE replays AS r
+           SET idempotency_key = NULL, idempotency_scope = NULL
+         WHERE r.idempotency_scope = p_idempotency_scope
+           AND r.idempotency_key = p_idempotency_key
+           AND r.created_at < now() - p_idempotency_ttl;
+    END IF;
+
+    INSERT INTO replays AS r (channels, statuses, from_at, to_at, recipient, category,
+                              notification_id, priority, idempotency_scope, idempotency_key,
+                              request_hash)
+    VALUES (p_channels, p_statuses, p_from, p_to, p_recipient, p_category, p_notification,
+            coalesce(p_priority, 'low'),
+            CASE WHEN p_idempotency_key IS NOT NULL THEN p_idempotency_scope END,
+            p_idempotency_key, p_request_hash)
+    ON CONFLICT (idempotency_scope, idempotency_key) WHERE idempotency_key IS NOT NULL
+    DO NOTHING
+    RETURNING r.id INTO v_id;
+
+    IF v_id IS NULL THEN
+        RETURN QUERY
+            SELECT r.id, r.deliveries, false, r.request_hash, false
+              FROM replays AS r
+             WHERE r.idempotency_scope = p_idempotency_scope
+               AND r.idempotency_key = p_idempotency_key;
+        RETURN;
+    END IF;
+
+    IF p_max IS NOT NULL THEN
+        SELECT count(*) INTO v_matches
+          FROM replay_candidates(p_channels, p_statuses, p_from, p_to, p_recipient, p_category,
+                                 p_notification, v_id);
+        IF v_matches > p_max THEN
+            RETURN QUERY SELECT v_id, v_matches, true, p_request_hash, true;
+            RETURN;
+        END IF;
+    END IF;
+
+    LOOP
+        WITH picked AS (
+            SELECT c.id, c.status
+              FROM replay_candidates(p_channels, p_statuses, p_from, p_to, p_recipient,
+                                     p_category, p_notification, v_id) AS c
+             ORDER BY c.id
+             LIMIT p_chunk
+        ),
+        moved AS (
+            -- The status is checked again on the row as it is now: a delivery that
+            -- changed since it was read (a callback, another replay) is left alone.
+            UPDATE deliveries AS d
+               SET status = 'pending', reason = NULL, attempts = 0, next_attempt_at = now(),
+                   replay_id = v_id, updated_at = now()
+              FROM picked
+             WHERE d.id = picked.id
+               AND d.status = ANY (p_statuses)
+               AND d.replay_id IS DISTINCT FROM v_id
+            RETURNING d.id, d.channel, picked.status AS previous
+        ),
+        timeline AS (
+            INSERT INTO delivery_events (delivery_id, kind, outcome, detail)
+            SELECT m.id, 'replay', 'pending',
+                   jsonb_build_object('replay_id', v_id, 'previous_status', m.previous)
+              FROM moved AS m
+        )
+        SELECT (SELECT count(*) FROM picked), count(*),
+               defer_deliveries(array_agg(m.id), array_agg(m.channel),
+                                array_agg(job_priority(coalesce(p_priority, 'low'))),
+                                array_agg(NULL::timestamptz), coalesce(p_batch_sizes, '{}'))
+          INTO v_picked, v_moved, v_jobs
+          FROM moved AS m;
+        v_total := v_total + v_moved;
+        -- a short chunk was the last; a row read but changed meanwhile is either
+        -- sent again above or no longer a candidate, so each round makes progress
+        EXIT WHEN v_picked < p_chunk;
+    END LOOP;
+
+    UPDATE replays AS r SET deliveries = v_total WHERE r.id = v_id;
+    RETURN QUERY SELECT v_id, v_total, true, p_request_hash, false;
+END;
+$function$;
+
+CREATE OR REPLACE FUNCTION postbell.replay_candidates(p_channels text[], p_statuses text[], p_from timestamp with time zone, p_to timestamp with time zone, p_recipient text, p_category text, p_notification uuid, p_replay uuid)
+ RETURNS TABLE(id bigint, channel text, status text, notification_id uuid)
+ LANGUAGE sql
+ STABLE
+AS $function$
+    SELECT d.id, d.channel, d.status, d.notification_id
+      FROM deliveries AS d
+      JOIN notifications AS n ON n.id = d.notification_id
+      JOIN recipients AS r ON r.id = d.recipient_id
+      LEFT JOIN preferences AS p ON p.recipient_id = d.recipient_id
+      LEFT JOIN categories AS c ON c.key = n.category
+     WHERE d.channel = ANY (p_channels)
+       AND d.channel <> 'IN_APP'
+       AND d.status = ANY (p_statuses)
+       AND d.status = ANY (replay_statuses())
+       AND (p_from IS NULL OR d.created_at >= p_from)
+       AND (p_to IS NULL OR d.created_at < p_to)
+       AND (p_notification IS NULL OR d.notification_id = p_notification)
+       AND (p_recipient IS NULL OR r.external_id = p_recipient)
+       AND (p_category IS NULL OR n.category = p_category)
+       AND (p_replay IS NULL OR d.replay_id IS DISTINCT FROM p_replay)
+       AND (n.expires_at IS NULL OR n.expires_at > now())
+       AND (coalesce(c.required, false)
+            OR (coalesce(p.channels ->> d.channel, '') <> 'false'
+                AND coalesce(p.categories -> n.category ->> d.channel, '') <> 'false'))
+       AND CASE d.channel WHEN 'EMAIL' THEN r.email_inactive_at IS NULL
+                          WHEN 'SMS' THEN r.phone_inactive_at IS NULL
+                          WHEN 'WHATSAPP' THEN r.whatsapp_inactive_at IS NULL
+                          WHEN 'TELEGRAM' THEN r.telegram_inactive_at IS NULL
+                          ELSE true END
+$function$;
+
+CREATE OR REPLACE FUNCTION postbell.replay_statuses()
+ RETURNS text[]
+ LANGUAGE sql
+ IMMUTABLE
+RETURN ARRAY['sent'::text, 'delivered'::text, 'undelivered'::text, 'dead'::text];
 
 CREATE OR REPLACE FUNCTION postbell.route_job(p_notification_id uuid, p_priority text, p_run_at timestamp with time zone)
  RETURNS procrastinate_job_to_defer_v1
@@ -990,13 +1360,59 @@ CREATE OR REPLACE FUNCTION postbell.start_workflow(p_workflow text, p_recipients
  SET search_path TO 'pg_catalog', 'postbell'
 AS $function$
 DECLARE
-    v_id      uuid;
-    v_version integer;
+    v_id        uuid;
+    v_version   integer;
+    v_steps     jsonb;
+    v_templates jsonb;
+    v_missing   record;
 BEGIN
-    SELECT w.version INTO v_version FROM workflows AS w WHERE w.key = p_workflow;
+    SELECT w.version, v.steps INTO v_version, v_steps
+      FROM workflows AS w
+      JOIN workflow_versions AS v ON v.workflow_key = w.key AND v.version = w.version
+     WHERE w.key = p_workflow;
     IF v_version IS NULL THEN
         RAISE EXCEPTION 'postbell.trigger: unknown workflow %', p_workflow
             USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF v_steps @? '$[*].template' THEN
+        -- Share-locked: a DELETE or an activation waits until this trigger commits.
+        WITH named AS (
+            SELECT DISTINCT s ->> 'template' AS key
+              FROM jsonb_array_elements(v_steps) AS s
+             WHERE s ? 'template'
+        ),
+        live AS (
+            SELECT t.key, t.active_version
+              FROM templates AS t
+             WHERE t.key IN (SELECT key FROM named) AND t.deleted_at IS NULL
+               FOR SHARE OF t
+        )
+        SELECT jsonb_object_agg(l.key, l.active_version)
+                   FILTER (WHERE l.key IS NOT NULL) AS pins,
+               min(n.key) FILTER (WHERE l.key IS NULL) AS gone
+          INTO v_missing
+          FROM named AS n
+          LEFT JOIN live AS l ON l.key = n.key;
+        IF v_missing.gone IS NOT NULL THEN
+            RAISE EXCEPTION 'postbell.trigger: workflow % names template %, which does not exist',
+                p_workflow, v_missing.gone
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        v_templates := v_missing.pins;
+        SELECT k.name AS data_key, tv.template_key INTO v_missing
+          FROM jsonb_each_text(v_templates) AS p(key, version)
+          JOIN template_versions AS tv
+            ON tv.template_key = p.key AND tv.version = p.version::int
+         CROSS JOIN LATERAL unnest(tv.required_data) AS k(name)
+         WHERE k.name NOT IN ('events', 'count')
+           AND NOT coalesce(p_data, '{}') ? k.name
+         ORDER BY k.name
+         LIMIT 1;
+        IF FOUND THEN
+            RAISE EXCEPTION 'postbell.trigger: data lacks "%", which template % requires',
+                v_missing.data_key, v_missing.template_key
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
     END IF;
     IF p_idempotency_key IS NOT NULL THEN
         UPDATE workflow_triggers AS t
@@ -1006,9 +1422,10 @@ BEGIN
            AND t.created_at < now() - p_idempotency_ttl;
     END IF;
     INSERT INTO workflow_triggers AS t (workflow_key, version, topic, data, cancel_key,
-                                        idempotency_scope, idempotency_key, request_hash)
+                                        idempotency_scope, idempotency_key, request_hash,
+                                        templates)
     VALUES (p_workflow, v_version, p_topic, coalesce(p_data, '{}'), p_cancel_key,
-            p_idempotency_scope, p_idempotency_key, p_request_hash)
+            p_idempotency_scope, p_idempotency_key, p_request_hash, v_templates)
     ON CONFLICT (idempotency_scope, idempotency_key) WHERE idempotency_key IS NOT NULL
     DO NOTHING
     RETURNING t.id INTO v_id;
@@ -1036,6 +1453,7 @@ AS $function$
 DECLARE
     v_hash   bytea;
     v_result record;
+    v_first  jsonb;
 BEGIN
     IF recipients IS NULL OR cardinality(recipients) = 0 THEN
         RAISE EXCEPTION 'postbell.trigger: recipients must name at least one recipient'
@@ -1070,6 +1488,17 @@ BEGIN
     IF NOT v_result.created AND v_result.request_hash IS DISTINCT FROM v_hash THEN
         RAISE EXCEPTION 'postbell.trigger: idempotency key % was used with other arguments', idempotency_key
             USING ERRCODE = 'unique_violation';
+    END IF;
+    -- Wake the workflow engine when the runs' first step may send at once (not a
+    -- digest, not a fixed delay): one NOTIFY per call, after the commit, on the
+    -- channel the engine LISTENs to. Without it the engine's poll finds them.
+    IF v_result.created THEN
+        SELECT v.steps -> 0 INTO v_first
+          FROM workflow_versions AS v
+         WHERE v.workflow_key = trigger.workflow AND v.version = v_result.version;
+        IF NOT (v_first ->> 'type' = 'digest' OR (v_first ->> 'type' = 'delay' AND v_first ? 'for')) THEN
+            PERFORM pg_notify('postbell_workflows', '');
+        END IF;
     END IF;
     RETURN v_result.id;
 END;

@@ -272,6 +272,8 @@ def _delivery(row: Any) -> Delivery:
             sms_type=row["category_sms_type"],
             whatsapp_content_sid=row["category_whatsapp_content_sid"],
         ),
+        replay_id=row["replay_id"],
+        variant=row["variant"],
     )
 
 

@@ -27,6 +27,7 @@ from postbell.app.api.categories.routes import router as categories
 from postbell.app.api.dashboard.routes import router as dashboard
 from postbell.app.api.deliveries.routes import router as deliveries
 from postbell.app.api.deps import Services
+from postbell.app.api.experiments.routes import experiments, tracking
 from postbell.app.api.inbox.routes import router as inbox
 from postbell.app.api.metrics.http import HttpMetricsMiddleware
 from postbell.app.api.metrics.routes import router as metrics
@@ -34,6 +35,7 @@ from postbell.app.api.notifications.routes import router as notifications
 from postbell.app.api.openapi import document_errors
 from postbell.app.api.ops.routes import dead_letters, health, index
 from postbell.app.api.recipients.routes import preferences, recipients, unsubscribe
+from postbell.app.api.replays.routes import notification_replays, replays
 from postbell.app.api.templates.routes import router as templates
 from postbell.app.api.topics.routes import router as topics
 from postbell.app.api.workflows.routes import workflow_runs, workflows
@@ -57,6 +59,10 @@ ROUTERS: list[Router] = [
     topics,
     inbox,
     dead_letters,
+    replays,
+    notification_replays,
+    experiments,
+    tracking,
     callbacks,
     metrics,
     workflows,
@@ -70,6 +76,8 @@ OPEN_PATHS = [
     "^/ready",
     "^/schema",
     "^/static/",
+    "^/r/",
+    "^/o/",
     "^/api$",
     "^/api/callbacks/",
     "^/api/unsubscribe",

@@ -1,4 +1,5 @@
-"""Signed values: recipient tokens (inbox and preferences) and unsubscribe links.
+"""Signed values: recipient tokens (inbox and preferences), unsubscribe links, and the
+click (``/r/``) and open (``/o/``) tokens of experiment emails.
 
 Every token is an HMAC-SHA256 under ``POSTBELL_INBOX_SECRET``; with several secrets
 configured, the first signs and all verify, so secrets rotate. Verification is
@@ -25,6 +26,8 @@ from collections.abc import Sequence
 from typing import Literal
 
 _RECIPIENT_TOKEN_RE = re.compile(r"^(?:(\d{1,12})\.)?([0-9a-f]{64})$")
+#: a delivery id as click and open tokens carry it: ASCII digits, a bigint
+_DELIVERY_ID_RE = re.compile(r"[1-9][0-9]{0,17}")
 
 # Type-only aliases: a mutant of them changes no behaviour (make mutate skips them).
 TokenCheck = Literal["ok", "expired", "bad"]  # pragma: no mutate
@@ -95,6 +98,53 @@ def read_unsubscribe_token(secrets_: Sequence[str], token: str) -> tuple[str, st
         expected = sign(secret, "unsubscribe", external_id, category)[:16]
         valid |= hmac.compare_digest(expected, mac)
     return (external_id, category) if valid else None
+
+
+def click_token(secret: str, delivery_id: int, url: str) -> str:
+    """The token of a tracked link (``/r/{token}``): it redirects to ``url`` only, and
+    counts one click for ``delivery_id``."""
+    payload = f"{delivery_id}\x00{url}".encode()
+    mac = sign(secret, "click", str(delivery_id), url)[:16]
+    return f"{_b64(payload)}.{_b64(mac)}"
+
+
+def read_click_token(secrets_: Sequence[str], token: str) -> tuple[int, str] | None:
+    """(delivery_id, url) of a valid click token, else None: a token redirects only to
+    the URL it signs, and only to an http(s) one."""
+    try:
+        payload_part, dot, mac_part = token.partition(".")
+        payload, mac = _unb64(payload_part), _unb64(mac_part)
+        delivery, separator, url = payload.decode().partition("\x00")
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        return None
+    if not (dot and separator and _DELIVERY_ID_RE.fullmatch(delivery)):
+        return None
+    if not url.lower().startswith(("https://", "http://")) or "\x00" in url:
+        return None
+    valid = False
+    for secret in secrets_:
+        valid |= hmac.compare_digest(sign(secret, "click", delivery, url)[:16], mac)
+    return (int(delivery), url) if valid else None
+
+
+def open_token(secret: str, delivery_id: int) -> str:
+    """The token of an email's open pixel (``/o/{token}``)."""
+    mac = sign(secret, "open", str(delivery_id))[:16]
+    return f"{delivery_id}.{_b64(mac)}"
+
+
+def read_open_token(secrets_: Sequence[str], token: str) -> int | None:
+    delivery, dot, mac_part = token.partition(".")
+    if not (dot and _DELIVERY_ID_RE.fullmatch(delivery)):
+        return None
+    try:
+        mac = _unb64(mac_part)
+    except (ValueError, binascii.Error):
+        return None
+    valid = False
+    for secret in secrets_:
+        valid |= hmac.compare_digest(sign(secret, "open", delivery)[:16], mac)
+    return int(delivery) if valid else None
 
 
 def _b64(data: bytes) -> str:

@@ -3,8 +3,11 @@
 -- notification's content, the recipient's addresses (and, for PUSH, devices), and
 -- what the category sets per channel (the Apprise URLs only for APPRISE: they hold
 -- credentials, so no other channel's run loads them).
-SELECT d.id, d.attempts, d.notification_id, d.recipient_id, job_priority(n.priority) AS job_priority,
-       n.title, n.body, n.action_url, n.metadata, n.category, n.priority, n.expires_at,
+SELECT d.id, d.attempts, d.notification_id, d.recipient_id, d.replay_id, d.variant,
+       job_priority(n.priority) AS job_priority,
+       coalesce(v.title, n.title) AS title, coalesce(v.body, n.body) AS body,
+       coalesce(v.action_url, n.action_url) AS action_url,
+       n.metadata, n.category, n.priority, n.expires_at,
        n.template_key, n.template_version, n.template_data,
        c.rate_limits -> d.channel AS rate_limit, coalesce(c.required, false) AS category_required,
        r.external_id, r.email, r.phone, r.name, r.locale, r.timezone, r.webhook_url,
@@ -24,6 +27,12 @@ SELECT d.id, d.attempts, d.notification_id, d.recipient_id, job_priority(n.prior
   JOIN notifications AS n ON n.id = d.notification_id
   LEFT JOIN categories AS c ON c.key = n.category
   JOIN recipients AS r ON r.id = d.recipient_id
+  -- an experiment's variant: its own text (0021)
+  LEFT JOIN LATERAL (
+        SELECT e ->> 'title' AS title, e ->> 'body' AS body, e ->> 'action_url' AS action_url
+          FROM jsonb_array_elements(n.variants) AS e
+         WHERE e ->> 'name' = d.variant
+         LIMIT 1) AS v ON d.variant IS NOT NULL
  WHERE d.id = ANY(%(ids)s::bigint[])
    AND d.channel = %(channel)s
    AND d.status IN ('pending', 'failed')
@@ -35,8 +44,9 @@ SELECT d.id, d.attempts, d.notification_id, d.recipient_id, job_priority(n.prior
 -- IN_APP; routing writes the others) are announced to the live inboxes, one NOTIFY
 -- each with an exact range, so that no earlier item is announced again.
 -- The same statement writes the timeline (one event per attempt, or per delivery
--- skipped at send time; none for IN_APP, nor for a delivery only held back) and adds
--- the batch's failed attempts to the provider-error rollup, by error class.
+-- skipped at send time; none for IN_APP, nor for a delivery only held back; a
+-- replayed delivery's events name the replay) and adds the batch's failed attempts
+-- to the provider-error rollup, by error class.
 WITH recorded AS (
     UPDATE deliveries AS d
        SET status = o.status,
@@ -56,7 +66,7 @@ WITH recorded AS (
      WHERE d.id = o.id
        AND d.status IN ('pending', 'failed')
     RETURNING d.id, d.channel, d.status, o.reason, o.error, o.provider_message_id, o.attempted,
-              o.error_class
+              o.error_class, d.replay_id
 ),
 inbox AS (
     SELECT pg_notify('postbell_inbox', json_build_object('lo', id, 'hi', id)::text)
@@ -70,7 +80,8 @@ events AS (
            provider_message_id,
            CASE WHEN attempted THEN %(started_at)s::timestamptz END,
            CASE WHEN attempted THEN %(duration_ms)s::double precision END,
-           CASE WHEN reason IS NOT NULL THEN jsonb_build_object('reason', reason) END
+           nullif(jsonb_strip_nulls(jsonb_build_object('reason', reason, 'replay_id', replay_id)),
+                  '{}')
       FROM recorded
      WHERE channel <> 'IN_APP' AND (attempted OR status = 'skipped')
 ),
@@ -107,7 +118,8 @@ f AS (
            d.channel || ' ' || CASE WHEN d.status = 'dead' THEN 'dead' ELSE d.reason END
                AS fallback_reason,
            delivery_skip_reason(fb.channel, s.configured, s.address_field, s.inactive_field,
-                                n.expires_at, r, p, n.category, coalesce(c.required, false)) AS reason
+                                n.expires_at, r, p, n.category, coalesce(c.required, false),
+                                coalesce(n.topic, n.metadata #>> '{workflow,topic}')) AS reason
       FROM deliveries AS d
       JOIN notifications AS n ON n.id = d.notification_id
       LEFT JOIN categories AS c ON c.key = n.category

@@ -14,7 +14,7 @@ SELECT d.id, d.notification_id, coalesce(t.content ->> 'title', n.title) AS titl
         SELECT inbox_content(d.content, n.rendered,
                              (SELECT r.locale FROM recipients AS r WHERE r.id = d.recipient_id))
                    AS content
-         WHERE n.template_key IS NOT NULL) AS t ON true
+         WHERE n.template_key IS NOT NULL OR d.content IS NOT NULL) AS t ON true
  WHERE d.recipient_id = %(recipient_id)s
    AND d.channel = 'IN_APP'
    AND d.status = 'sent'               -- not the skipped (opted out) or cancelled ones
@@ -78,7 +78,7 @@ SELECT d.id, d.recipient_id, d.notification_id, coalesce(t.content ->> 'title', 
         SELECT inbox_content(d.content, n.rendered,
                              (SELECT r.locale FROM recipients AS r WHERE r.id = d.recipient_id))
                    AS content
-         WHERE n.template_key IS NOT NULL) AS t ON true
+         WHERE n.template_key IS NOT NULL OR d.content IS NOT NULL) AS t ON true
  WHERE d.recipient_id = ANY(%(recipient_ids)s::bigint[])
    AND d.channel = 'IN_APP'
    AND d.status = 'sent'
@@ -109,7 +109,7 @@ SELECT d.id, d.recipient_id, d.notification_id, coalesce(t.content ->> 'title', 
         SELECT inbox_content(d.content, n.rendered,
                              (SELECT r.locale FROM recipients AS r WHERE r.id = d.recipient_id))
                    AS content
-         WHERE n.template_key IS NOT NULL) AS t ON true
+         WHERE n.template_key IS NOT NULL OR d.content IS NOT NULL) AS t ON true
  WHERE d.recipient_id = %(recipient_id)s
    AND d.channel = 'IN_APP'
    AND d.status = 'sent'

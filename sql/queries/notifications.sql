@@ -160,3 +160,12 @@ SELECT v.template_key AS key, v.version, v.category, v.default_locale, v.example
  WHERE t.key = %(key)s
    AND t.deleted_at IS NULL
    FOR SHARE OF t
+
+-- name: notifications_set_experiment
+-- An experiment's key and variants, in the transaction that enqueued the notification
+-- (before its route job can be seen). Variants without their template field's null.
+UPDATE notifications
+   SET experiment = %(experiment)s,
+       variants = (SELECT jsonb_agg(jsonb_strip_nulls(e) ORDER BY i)
+                     FROM jsonb_array_elements(%(variants)s::jsonb) WITH ORDINALITY AS v(e, i))
+ WHERE id = %(id)s

@@ -3,6 +3,7 @@ migrate, keys, send, and a graceful worker stop."""
 
 from __future__ import annotations
 
+import datetime as dt
 import signal
 import time
 
@@ -28,6 +29,7 @@ COMMANDS = [
     ["db", "stop"],
     ["db", "url"],
     ["dead-letters"],
+    ["replay"],
     ["queues"],
     ["schema"],
     ["schema", "dump"],
@@ -148,6 +150,88 @@ def test_queues_and_dead_letters_print_one_line_per_row(fresh_database_url: str)
     assert dead.returncode == 0, dead.stderr
     assert dead.stdout.splitlines()[1].endswith("Twilio said: line two line three"), dead.stdout
     assert dead.stdout.splitlines()[2] == "1 dead in all"
+
+
+def test_replay_dry_run_then_once_per_key(fresh_database_url: str) -> None:
+    """`postbell replay`: a dry run counts and changes nothing; the replay puts the
+    delivery back to pending with its replay id and a timeline event; running it again
+    with the same --key sends nothing more; bad options fail with one line naming them."""
+    environ = env(DATABASE_URL=fresh_database_url)
+    assert run("migrate", environ=environ).returncode == 0
+    with psycopg.connect(fresh_database_url) as conn:
+        conn.execute("SET search_path = postbell")
+        recipient = conn.execute(
+            "INSERT INTO recipients (external_id, webhook_url)"
+            " VALUES ('user-7', 'https://hooks.example.org/7') RETURNING id"
+        ).fetchone()
+        notification = conn.execute(
+            "INSERT INTO notifications (status, body, recipients) VALUES ('routed', 'x', '{user-7}')"
+            " RETURNING id"
+        ).fetchone()
+        assert recipient and notification
+        delivery = conn.execute(
+            "INSERT INTO deliveries (notification_id, recipient_id, channel, status, reason)"
+            " VALUES (%s, %s, 'WEBHOOK', 'dead', 'retries_exhausted') RETURNING id",
+            (notification[0], recipient[0]),
+        ).fetchone()
+        assert delivery
+
+    # Relative times (1h, now) would move between the two keyed runs, and a key used
+    # with a different request is refused: a keyed replay names fixed times.
+    now = dt.datetime.now(dt.UTC)
+    start, end = (
+        (now - dt.timedelta(hours=1)).isoformat(),
+        (now + dt.timedelta(minutes=5)).isoformat(),
+    )
+    window = ["--channel", "webhook", "--from", start, "--to", end]
+    relative = run(
+        "replay",
+        "--channel",
+        "WEBHOOK",
+        "--from",
+        "1h",
+        "--to",
+        "now",
+        "--dry-run",
+        environ=environ,
+    )
+    assert relative.stdout.strip() == "dry run: 1 delivery would be sent again", relative.stderr
+    dry = run("replay", *window, "--status", "dead", "--dry-run", environ=environ)
+    assert dry.returncode == 0, dry.stderr
+    assert dry.stdout.strip() == "dry run: 1 delivery would be sent again"
+    first = run("replay", *window, "--recipient", "user-7", "--key", "k1", environ=environ)
+    assert first.returncode == 0, first.stderr
+    replay_id = first.stdout.split()[1].rstrip(":")
+    assert first.stdout.strip() == f"replay {replay_id}: 1 delivery sent again"
+    again = run("replay", *window, "--recipient", "user-7", "--key", "k1", environ=environ)
+    assert again.returncode == 0, again.stderr
+    assert "nothing more" in again.stdout and replay_id in again.stdout
+    with psycopg.connect(fresh_database_url) as conn:
+        conn.execute("SET search_path = postbell")
+        row = conn.execute(
+            "SELECT status, replay_id::text, attempts FROM deliveries WHERE id = %s", (delivery[0],)
+        ).fetchone()
+        events = conn.execute(
+            "SELECT kind, outcome, detail ->> 'previous_status' FROM delivery_events"
+            " WHERE delivery_id = %s",
+            (delivery[0],),
+        ).fetchall()
+        jobs = conn.execute(
+            "SELECT queue_name, priority FROM procrastinate_jobs WHERE task_name = 'postbell.deliver'"
+        ).fetchall()
+    assert row == ("pending", replay_id, 0)
+    assert events == [("replay", "pending", "dead")]
+    assert jobs == [("webhook", 0)]  # low priority
+
+    backwards = run(
+        "replay", "--channel", "WEBHOOK", "--from", "now", "--to", "1h", environ=environ
+    )
+    assert backwards.returncode == 2
+    assert backwards.stderr.strip().splitlines()[-1].endswith("--from: from must be before to")
+    lost = run("replay", *window, "--status", "lost", environ=environ)
+    assert lost.returncode == 2 and "--status" in lost.stderr, lost.stderr
+    missing = run("replay", "--channel", "WEBHOOK", environ=environ)
+    assert missing.returncode == 2 and "--from" in missing.stderr, missing.stderr
 
 
 def test_schema_dump_prints_the_schema(database_url: str) -> None:

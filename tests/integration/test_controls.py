@@ -34,8 +34,10 @@ async def test_preferences_partial_put_and_token_access(api: httpx.AsyncClient) 
     assert empty.json() == {
         "channels": {},
         "categories": {},
+        "topics": {},
         "quiet_hours": None,
         "updated_at": None,
+        "digest": {},
     }
     first = await api.put(
         f"/api/recipients/{rid}/preferences",

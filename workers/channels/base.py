@@ -73,6 +73,12 @@ class Delivery:
     rendered: Mapping[str, str] | None = dataclasses.field(default=None, repr=False)
     #: Deliveries with equal keys have equal rendered content (shared MIME parts).
     content_key: object = None
+    #: The replay that sends this delivery again (None: its first send, or a retry
+    #: of it). The delivery id stays the same; channels that can mark a resend do.
+    replay_id: uuid.UUID | None = None
+    #: An experiment's variant this delivery carries (its text is already in title and
+    #: body); None outside experiments.
+    variant: str | None = None
 
     @property
     def subject(self) -> str:

@@ -2,7 +2,10 @@
 
 Headers a receiver relies on:
 
-* ``X-Postbell-Delivery: <delivery id>``: the same on every retry; dedupe by it.
+* ``X-Postbell-Delivery: <delivery id>``: the same on every retry, and on a replay;
+  dedupe by it.
+* ``X-Postbell-Replay: <replay id>``: only when an operator's replay sends the
+  delivery again (the body's ``replay_id`` says the same, under the signature).
 * ``X-Postbell-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>``:
   the secret is the recipient's ``webhook_secret`` or ``WEBHOOK_SIGNING_SECRET``. A
   receiver recomputes it over the raw body and rejects timestamps older than a few
@@ -35,8 +38,10 @@ def signature(secret: str, body: bytes, timestamp: int) -> str:
 
 
 def payload(delivery: Delivery) -> bytes:
+    replay = {"replay_id": str(delivery.replay_id)} if delivery.replay_id is not None else {}
     return msgspec.json.encode(
         {
+            **replay,
             "id": str(delivery.id),
             "notification_id": str(delivery.notification_id),
             "recipient": delivery.recipient.external_id,
@@ -73,6 +78,8 @@ class WebhookChannel(HttpChannel):
             "X-Postbell-Delivery": str(delivery.id),
             "X-Postbell-Notification": str(delivery.notification_id),
         }
+        if delivery.replay_id is not None:
+            headers["X-Postbell-Replay"] = str(delivery.replay_id)
         secret = delivery.recipient.webhook_secret or self.settings.webhook_signing_secret
         if secret:
             headers["X-Postbell-Signature"] = signature(secret, body, int(time.time()))

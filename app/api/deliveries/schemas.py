@@ -17,7 +17,9 @@ class DeliveryEvent(msgspec.Struct):
     call's ``started_at`` and ``duration_ms``), ``skip`` (not sent at send time,
     ``detail.reason``), ``feedback`` (what the provider reported, ``detail.provider``,
     ``detail.applied``: whether it moved the delivery), ``requeue`` (a dead letter put
-    back), ``replay``, ``cancel``."""
+    back), ``replay`` (sent again by a replay: ``detail.replay_id``,
+    ``detail.previous_status``; the attempts that follow name the replay in
+    ``detail.replay_id`` too), ``cancel``."""
 
     at: dt.datetime
     kind: str
@@ -49,5 +51,7 @@ class DeliveryDetail(msgspec.Struct):
     archived_at: dt.datetime | None
     fallback_for: int | None
     fallback_reason: str | None
+    #: the last replay that sent it again (null: never replayed)
+    replay_id: uuid.UUID | None
     #: oldest first, at most the last 1,000
     events: list[DeliveryEvent]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+import msgspec
 from psycopg.rows import DictRow
 from psycopg.types.json import Jsonb
 
@@ -80,3 +81,18 @@ async def list_counts(
 
 async def template(conn: db.Conn, key: str) -> DictRow | None:
     return await db.fetch_one(conn, "notifications_template", {"key": key})
+
+
+async def set_experiment(
+    conn: db.Conn, notification_id: Any, experiment: str, variants: Any
+) -> None:
+    """Attach an experiment to a notification just enqueued (the same transaction)."""
+    await db.execute(
+        conn,
+        "notifications_set_experiment",
+        {
+            "id": notification_id,
+            "experiment": experiment,
+            "variants": Jsonb(msgspec.to_builtins(variants)),
+        },
+    )

@@ -14,6 +14,18 @@ from postbell.app.core.channels import ChannelName
 Priority = Literal["low", "normal", "high", "urgent"]
 
 
+class Variant(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """One arm of an A/B experiment: its share (``weight``) and its own text."""
+
+    name: Key
+    weight: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)]
+    title: Title | None = None
+    body: Body | None = None
+    action_url: Url | None = None
+    #: not yet: a variant has its own title/body/action_url (docs/experiments.md)
+    template: Key | None = None
+
+
 class NotificationIn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """A notification to send. ``message`` is shorthand for ``body``."""
 
@@ -39,6 +51,10 @@ class NotificationIn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     template: Key | None = None
     #: The template's variables (required with a template: its required data keys).
     data: dict[str, Any] | None = None
+    #: An A/B experiment's key: each recipient gets one of ``variants``, the same one
+    #: for every notification of this experiment (docs/experiments.md).
+    experiment: Key | None = None
+    variants: Annotated[list[Variant], msgspec.Meta(min_length=2, max_length=10)] | None = None
 
 
 class NotificationAccepted(msgspec.Struct):

@@ -71,6 +71,8 @@ def check(
         if payload.message is not None and payload.body is not None:
             raise Invalid("give either 'message' or 'body', not both", field="body")
         given = payload.message if payload.message is not None else payload.body
+        if given is None and payload.variants:
+            given = payload.variants[0].body  # the variants carry the text
         if given is None or not given.strip():
             raise Invalid(
                 "the notification needs a 'message' (or 'body', or a 'template')", field="message"
@@ -79,6 +81,7 @@ def check(
         validation.no_nul(text, "message" if payload.message is not None else "body")
     if payload.title is not None:
         validation.no_nul(payload.title, "title")
+    check_experiment(payload)
     for index, recipient in enumerate(payload.to or ()):
         validation.external_id(recipient, f"to[{index}]")
     if payload.to is not None and payload.topic is not None:
@@ -163,6 +166,9 @@ async def accept(
             template_version=pinned["version"] if pinned else None,
             template_data=(payload.data or {}) if pinned else None,
         )
+        if row["created"] and payload.experiment is not None:
+            # the same transaction as the enqueue: routing sees the variants or nothing
+            await repo.set_experiment(conn, row["id"], payload.experiment, payload.variants)
     if waker is not None and row["created"]:
         waker.poke()
     if not row["created"] and bytes(row["request_hash"] or b"") != (digest or b""):
@@ -172,12 +178,48 @@ async def accept(
     return NotificationAccepted(id=row["id"], status=row["status"]), bool(row["created"])
 
 
+def check_experiment(payload: NotificationIn) -> None:
+    """An experiment's rules: a key and two to ten variants together, unique names,
+    each variant with its own text (a title or a body); no template (yet)."""
+    if payload.experiment is None and payload.variants is None:
+        return
+    if payload.experiment is None:
+        raise Invalid("'variants' go with an 'experiment' key", field="experiment")
+    if not payload.variants:
+        raise Invalid("an experiment needs 'variants' (two to ten)", field="variants")
+    if payload.template is not None:
+        raise Invalid(
+            "an experiment's variants carry their own text; a template is not supported with"
+            " them yet",
+            field="template",
+        )
+    seen: set[str] = set()
+    for index, variant in enumerate(payload.variants):
+        where = f"variants[{index}]"
+        if variant.template is not None:
+            raise Invalid(
+                "template variants are not supported yet: give the variant a title and body",
+                field=f"{where}.template",
+            )
+        if variant.name in seen:
+            raise Invalid(f"variant name {variant.name!r} is used twice", field=f"{where}.name")
+        seen.add(variant.name)
+        if variant.title is None and (variant.body is None or not variant.body.strip()):
+            raise Invalid("a variant needs its own 'title' or 'body'", field=f"{where}.body")
+        for name in ("title", "body"):
+            value = getattr(variant, name)
+            if value is not None:
+                validation.no_nul(value, f"{where}.{name}")
+        if variant.action_url is not None:
+            validation.http_url(variant.action_url, f"{where}.action_url")
+
+
 def _templated(
     conn: db.Conn, payload: NotificationIn
 ) -> contextlib.AbstractAsyncContextManager[Any]:
     """A transaction when a template is pinned (its row is share-locked until the
     notification is written); else none: the enqueue is one statement."""
-    if payload.template is None:
+    if payload.template is None and payload.experiment is None:
         return contextlib.nullcontext()
     return conn.transaction()
 

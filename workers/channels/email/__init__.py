@@ -13,13 +13,16 @@ so a receiver can drop the duplicate an at-least-once resend may cause.
 
 from __future__ import annotations
 
+import dataclasses
 import email.utils
+import html
+import re
 from collections.abc import Sequence
 from typing import ClassVar
 from urllib.parse import quote
 
 from postbell.app.core.settings import Settings
-from postbell.app.core.tokens import unsubscribe_token
+from postbell.app.core.tokens import click_token, open_token, unsubscribe_token
 from postbell.workers.channels.base import Channel, Delivery, Outcome, invalid_content
 from postbell.workers.channels.email import mime
 from postbell.workers.channels.email.console import ConsoleTransport
@@ -50,14 +53,53 @@ class Unsubscribe:
         return self.base + quote(unsubscribe_token(self.secret, external_id, category))
 
 
+_HREF_RE = re.compile(r'href="(https?://[^"]+)"', re.IGNORECASE)
+
+
+class Tracking:
+    """Opens and clicks of an experiment's emails (POSTBELL_TRACK_OPENS,
+    POSTBELL_TRACK_CLICKS): every http(s) link of the HTML part goes through
+    ``/r/{token}`` (which redirects only to the URL it signs), and a 1x1 image
+    ``/o/{token}`` ends the body. Only deliveries of an experiment are tracked."""
+
+    def __init__(self, public_url: str, secret: str, *, opens: bool, clicks: bool) -> None:
+        self.base = public_url.rstrip("/")
+        self.secret = secret
+        self.opens = opens
+        self.clicks = clicks
+
+    def apply(self, delivery: Delivery, content: mime.Content) -> mime.Content:
+        page = content.html
+        if self.clicks:
+
+            def link(match: re.Match[str]) -> str:
+                url = html.unescape(match.group(1))
+                token = click_token(self.secret, delivery.id, url)
+                return f'href="{self.base}/r/{quote(token, safe=".")}"'
+
+            page = _HREF_RE.sub(link, page)
+        if self.opens:
+            token = quote(open_token(self.secret, delivery.id), safe=".")
+            pixel = f'<img src="{self.base}/o/{token}" width="1" height="1" alt="">'
+            page = page.replace("</body>", pixel + "</body>") if "</body>" in page else page + pixel
+        if page == content.html:
+            return content
+        return dataclasses.replace(content, html=page, html_qp=mime.quoted_printable(page))
+
+
 class EmailChannel:
     name: ClassVar[str] = "EMAIL"
     address_field: ClassVar[str | None] = "email"
     inactive_field: ClassVar[str | None] = "email_inactive_at"
 
     def __init__(
-        self, transport: EmailTransport, sender: str, unsubscribe: Unsubscribe | None = None
+        self,
+        transport: EmailTransport,
+        sender: str,
+        unsubscribe: Unsubscribe | None = None,
+        tracking: Tracking | None = None,
     ) -> None:
+        self.tracking = tracking
         self.transport = transport
         self.sender = sender
         _, self.sender_address = email.utils.parseaddr(sender)
@@ -80,7 +122,16 @@ class EmailChannel:
         unsubscribe = None
         if settings.public_url and settings.inbox_secrets:
             unsubscribe = Unsubscribe(settings.public_url, settings.inbox_secrets[0])
-        return cls(transport, settings.email_from, unsubscribe)
+        tracking = None
+        tracked = settings.track_opens or settings.track_clicks
+        if tracked and settings.public_url and settings.inbox_secrets:
+            tracking = Tracking(
+                settings.public_url,
+                settings.inbox_secrets[0],
+                opens=settings.track_opens,
+                clicks=settings.track_clicks,
+            )
+        return cls(transport, settings.email_from, unsubscribe, tracking)
 
     async def send(self, deliveries: Sequence[Delivery]) -> list[Outcome]:
         shared: dict[object, mime.Content] = {}
@@ -112,6 +163,8 @@ class EmailChannel:
         content = cache.get(shared_by)
         if content is None:
             content = cache[shared_by] = mime.content_of(delivery)
+        if self.tracking is not None and delivery.variant is not None:
+            content = self.tracking.apply(delivery, content)  # this delivery's own links
         extra: tuple[tuple[str, str], ...] = ()
         if self.unsubscribe and delivery.category and not delivery.category_required:
             link = self.unsubscribe.url(recipient.external_id, delivery.category)
@@ -119,6 +172,9 @@ class EmailChannel:
                 ("List-Unsubscribe", f"<{link}>"),
                 ("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"),
             )
+        if delivery.replay_id is not None:
+            # the same Message-ID (the delivery's): a mail client shows the resend once
+            extra += (("X-Postbell-Replay", str(delivery.replay_id)),)
         return OutgoingEmail(
             delivery_id=delivery.id,
             notification_id=str(delivery.notification_id),

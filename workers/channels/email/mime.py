@@ -97,6 +97,11 @@ def one_line(text: str) -> str:
     return _CONTROL.sub(" ", text).strip()
 
 
+def quoted_printable(text: str) -> str:
+    """An HTML or text part as quoted-printable with CRLF line ends."""
+    return _qp(text)
+
+
 def _qp(text: str) -> str:
     encoded = quopri.encodestring(text.encode("utf-8")).decode("ascii")
     return encoded.replace("\r\n", "\n").replace("\n", CRLF)

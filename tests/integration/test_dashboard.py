@@ -16,7 +16,7 @@ from postbell.app.core import db
 from postbell.app.core.keys import create_key
 from postbell.app.core.settings import Settings
 from postbell.app.core.tokens import recipient_token
-from tests.conftest import ADMIN, ADMIN_KEY, INBOX_SECRET, api_client, query, unique
+from tests.conftest import ADMIN, ADMIN_KEY, INBOX_SECRET, api_client, query, unique, wait_until
 from tests.integration.test_delivery_flow import send
 
 CSRF = re.compile(r'name="csrf" value="([^"]*)"')
@@ -258,3 +258,35 @@ async def test_overview_fragment_templates_and_workflows(
         done = await client.get(f"/dashboard/workflows/{workflow}", params={"state": "done"})
         assert "No runs done" in done.text
         assert (await client.get("/dashboard/workflows/nope-none")).status_code == 404
+
+
+async def test_an_experiments_variants_side_by_side(
+    settings: Settings, pool: db.Pool, api: httpx.AsyncClient, worker: None
+) -> None:
+    """The Experiments page shows each variant's sent count and outcomes for the key
+    typed in; an unknown key says so (404)."""
+    experiment = unique("exp")
+    variants = [
+        {"name": "a", "weight": 50, "title": "Welcome!", "body": "Glad you are here."},
+        {"name": "b", "weight": 50, "title": "Hello there", "body": "Come and say hi."},
+    ]
+    people = [unique("p") for _ in range(20)]
+    response = await api.post(
+        "/api/notifications",
+        headers=ADMIN,
+        json={"to": people, "channels": ["IN_APP"], "experiment": experiment, "variants": variants},
+    )
+    assert response.status_code == 202, response.text
+    async with browser(settings, pool) as client:
+        assert (await sign_in(client, ADMIN_KEY)).status_code == 303
+        empty = await client.get("/dashboard/experiments")
+        assert empty.status_code == 200 and 'aria-current="page"' in empty.text
+
+        async def shown() -> httpx.Response | None:
+            page = await client.get("/dashboard/experiments", params={"key": experiment})
+            return page if page.status_code == 200 else None
+
+        page = await wait_until(shown)
+        assert "a (baseline)" in page.text and ">b<" in page.text.replace(" ", "")
+        missing = await client.get("/dashboard/experiments", params={"key": unique("none")})
+        assert missing.status_code == 404

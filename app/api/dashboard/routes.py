@@ -27,6 +27,7 @@ from litestar.response import Redirect
 from postbell.app.api.auth import KeyPrincipal, KeyStore, client_address
 from postbell.app.api.dashboard import service
 from postbell.app.api.deliveries import service as deliveries
+from postbell.app.api.experiments import service as experiments
 from postbell.app.api.limits import Limits
 from postbell.app.api.notifications import service as notifications
 from postbell.app.api.ops import dead_letters
@@ -49,6 +50,7 @@ NAV = [
     ("notifications", "Notifications", f"{PREFIX}/notifications"),
     ("templates", "Templates", f"{PREFIX}/templates"),
     ("workflows", "Workflows", f"{PREFIX}/workflows"),
+    ("experiments", "Experiments", f"{PREFIX}/experiments"),
 ]
 
 _env = jinja2.Environment(
@@ -465,6 +467,31 @@ async def workflow_page(request: Request[Any, Any, Any], key: FromPath[str]) -> 
     )
 
 
+@get("/experiments")
+async def experiments_page(request: Request[Any, Any, Any]) -> Response[str]:
+    """An experiment's variants side by side (the experiments service: sent, and per
+    outcome the count, rate, difference to the first variant with its interval and
+    p-value). Experiments have no list: the key is typed in (or linked)."""
+    key = (request.query_params.get("key") or "").strip()[:100]
+    result, error = None, None
+    if key:
+        try:
+            result = await experiments.stats(request.app.state.services.pool, key)
+        except PostbellError as exc:
+            error = exc.detail
+    return _html(
+        request,
+        "experiments.html.j2",
+        404 if error else 200,
+        page="experiments",
+        title="Experiments",
+        key=key,
+        result=result,
+        error=error,
+        outcomes=("delivered", "opened", "clicked", "unsubscribed"),
+    )
+
+
 def _not_found(request: Request[Any, Any, Any], exc: PostbellError) -> Response[str]:
     status = 404 if isinstance(exc, NotFound) else exc.status_code
     return _html(request, "error.html.j2", status, title="Not found", message=exc.detail)
@@ -488,6 +515,7 @@ router = Router(
         template_page,
         workflows_page,
         workflow_page,
+        experiments_page,
     ],
     before_request=_require_session,
     include_in_schema=False,

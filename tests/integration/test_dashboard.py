@@ -16,7 +16,7 @@ from postbell.app.core import db
 from postbell.app.core.keys import create_key
 from postbell.app.core.settings import Settings
 from postbell.app.core.tokens import recipient_token
-from tests.conftest import ADMIN, ADMIN_KEY, INBOX_SECRET, api_client, query, unique
+from tests.conftest import ADMIN, ADMIN_KEY, INBOX_SECRET, api_client, query, unique, wait_until
 from tests.integration.test_delivery_flow import send
 
 CSRF = re.compile(r'name="csrf" value="([^"]*)"')
@@ -235,4 +235,84 @@ async def test_the_experiments_pages_show_each_variants_results(
         assert "a (baseline)" in clicked and "10.0 %" in clicked and "13.0 %" in clicked
         assert "+3.0 pts (+0.2 to +5.8)" in clicked and "0.035" in clicked
         missing = await client.get("/dashboard/experiments/no-such-experiment")
+        assert missing.status_code == 404
+
+
+async def test_overview_fragment_templates_and_workflows(
+    settings: Settings, pool: db.Pool, api: httpx.AsyncClient
+) -> None:
+    """htmx asks the overview for its figures alone; a template's page previews each of
+    its channels in the chosen locale; a workflow's page lists its runs by state."""
+    template = unique("tpl")
+    body = {
+        "default_locale": "en",
+        "example_data": {"who": "Ada"},
+        "locales": {
+            "en": {"IN_APP": {"body": "Hi {{ who }}"}},
+            "de": {"IN_APP": {"body": "Hallo {{ who }}"}},
+        },
+    }
+    assert (
+        await api.put(f"/api/templates/{template}", headers=ADMIN, json=body)
+    ).status_code == 200
+    workflow = unique("wf")
+    steps = {"steps": [{"type": "delay", "for": "1d"}, {"type": "send", "message": "later"}]}
+    assert (
+        await api.put(f"/api/workflows/{workflow}", headers=ADMIN, json=steps)
+    ).status_code == 200
+    trigger = await api.post(
+        f"/api/workflows/{workflow}/trigger", headers=ADMIN, json={"to": [unique("r")]}
+    )
+    assert trigger.status_code == 202
+    async with browser(settings, pool) as client:
+        assert (await sign_in(client, ADMIN_KEY)).status_code == 303
+        fragment = await client.get("/dashboard", headers={"HX-Request": "true"})
+        assert fragment.status_code == 200
+        assert "<html" not in fragment.text and "Queue depth" in fragment.text
+        german = await client.get(f"/dashboard/templates/{template}", params={"locale": "de"})
+        assert german.status_code == 200 and "Hallo Ada" in german.text
+        listed = await client.get("/dashboard/templates")
+        assert template in listed.text
+        waiting = await client.get(f"/dashboard/workflows/{workflow}", params={"state": "waiting"})
+        assert (
+            waiting.status_code == 200
+            and "waiting" in waiting.text
+            and "No runs" not in waiting.text
+        )
+        done = await client.get(f"/dashboard/workflows/{workflow}", params={"state": "done"})
+        assert "No runs done" in done.text
+        assert (await client.get("/dashboard/workflows/nope-none")).status_code == 404
+
+
+async def test_an_experiments_variants_side_by_side(
+    settings: Settings, pool: db.Pool, api: httpx.AsyncClient, worker: None
+) -> None:
+    """An experiment sent through the API shows in the list, and its page shows each
+    variant; an unknown key says so (404)."""
+    experiment = unique("exp")
+    variants = [
+        {"name": "a", "weight": 50, "title": "Welcome!", "body": "Glad you are here."},
+        {"name": "b", "weight": 50, "title": "Hello there", "body": "Come and say hi."},
+    ]
+    people = [unique("p") for _ in range(20)]
+    response = await api.post(
+        "/api/notifications",
+        headers=ADMIN,
+        json={"to": people, "channels": ["IN_APP"], "experiment": experiment, "variants": variants},
+    )
+    assert response.status_code == 202, response.text
+    async with browser(settings, pool) as client:
+        assert (await sign_in(client, ADMIN_KEY)).status_code == 303
+        empty = await client.get("/dashboard/experiments")
+        assert empty.status_code == 200 and 'aria-current="page"' in empty.text
+
+        async def shown() -> httpx.Response | None:
+            page = await client.get(f"/dashboard/experiments/{experiment}")
+            return page if page.status_code == 200 else None
+
+        page = await wait_until(shown)
+        assert "a (baseline)" in page.text and ">b<" in page.text.replace(" ", "")
+        listed = await client.get("/dashboard/experiments")
+        assert f"/dashboard/experiments/{experiment}" in listed.text
+        missing = await client.get(f"/dashboard/experiments/{unique('none')}")
         assert missing.status_code == 404

@@ -149,7 +149,13 @@ async def test_template_and_workflow_filters(api: httpx.AsyncClient, worker: Non
         template,
         None,
     )
-    mine = {i["id"]: i for i in await all_pages(api, recipient=rid)}
+
+    async def all_routed() -> dict[str, dict[str, Any]] | None:
+        # under `recipient` a notification shows once its deliveries exist
+        found = {i["id"]: i for i in await all_pages(api, recipient=rid)}
+        return found if {plain, templated, by_workflow["id"]} <= set(found) else None
+
+    mine = await wait_until(all_routed)
     assert (mine[plain]["template"], mine[plain]["workflow"]) == (None, None)
     assert [i["id"] for i in await all_pages(api, recipient=rid, template=template)] == [templated]
     assert [i["id"] for i in await all_pages(api, recipient=rid, workflow=workflow)] == [

@@ -192,7 +192,11 @@ async def _send(
             "priority": step.priority,
             "category": category,
             "fallback": step.fallback,
+            "experiment": step.experiment,
+            "variants": msgspec.to_builtins(step.variants) if step.variants else None,
         }
+        if group["body"] is None and step.variants:
+            group["body"] = step.variants[0].body  # the variants carry the text
         key = msgspec.json.encode(group, order="sorted")
         groups.setdefault(key, group)
         members.setdefault(key, []).append(row["id"])
@@ -209,6 +213,18 @@ async def _send(
     for r in made:
         for run_id in members[keys[r["n"]]]:
             outcomes[run_id].notification_id = r["id"]
+        group = groups[keys[r["n"]]]
+        if group["experiment"] is not None:
+            # same transaction: its route job is seen with the variants or not at all
+            await db.execute(
+                conn,
+                "notifications_set_experiment",
+                {
+                    "id": r["id"],
+                    "experiment": group["experiment"],
+                    "variants": Jsonb(group["variants"]),
+                },
+            )
 
 
 async def _join_digests(conn: db.Conn, digests: list[tuple[Any, DigestStep]]) -> None:

@@ -49,6 +49,16 @@ class Condition(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, omit_d
     equals: Any = msgspec.UNSET
 
 
+class StepVariant(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, omit_defaults=True):
+    """One arm of a send step's A/B experiment (docs/experiments.md)."""
+
+    name: StepKey
+    weight: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)]
+    title: StepTitle | None = None
+    body: StepBody | None = None
+    action_url: StepUrl | None = None
+
+
 class SendStep(
     msgspec.Struct,
     tag="send",
@@ -70,6 +80,9 @@ class SendStep(
     fallback: dict[ChannelName, ChannelName] | None = None
     #: Reserved for the templates issue: refused (422) until templates exist.
     template: StepKey | None = None
+    #: An A/B experiment: each recipient gets one of ``variants`` (docs/experiments.md).
+    experiment: StepKey | None = None
+    variants: Annotated[list[StepVariant], msgspec.Meta(min_length=2, max_length=10)] | None = None
     if_: Condition | None = msgspec.field(default=None, name="if")
 
 
@@ -162,6 +175,33 @@ def read_path(data: Any, path: str) -> Any:
     return value
 
 
+def _experiment(step: SendStep, at: str) -> None:
+    """A send step's experiment: the notifications' rules (key and variants together,
+    unique names, each variant its own title or body)."""
+    if step.experiment is None and step.variants is None:
+        return
+    if step.experiment is None:
+        raise Invalid(
+            f"{at}.experiment: 'variants' go with an 'experiment' key", field=f"{at}.experiment"
+        )
+    if not step.variants:
+        raise Invalid(
+            f"{at}.variants: an experiment needs 'variants' (two to ten)", field=f"{at}.variants"
+        )
+    names: set[str] = set()
+    for index, variant in enumerate(step.variants):
+        where = f"{at}.variants[{index}]"
+        if variant.name in names:
+            raise Invalid(
+                f"{where}.name: variant name {variant.name!r} is used twice", field=f"{where}.name"
+            )
+        names.add(variant.name)
+        if variant.title is None and (variant.body is None or not variant.body.strip()):
+            raise Invalid(
+                f"{where}.body: a variant needs its own 'title' or 'body'", field=f"{where}.body"
+            )
+
+
 def check(steps: list[Step]) -> None:
     """The rules beyond the types; ``Invalid`` naming ``steps[i].<field>``."""
     if not steps:
@@ -184,7 +224,10 @@ def check(steps: list[Step]) -> None:
                 raise Invalid(
                     f"{at}.body: give either 'message' or 'body', not both", field=f"{at}.body"
                 )
+            _experiment(step, at)
             text = step.message if step.message is not None else step.body
+            if text is None and step.variants:
+                text = step.variants[0].body
             if text is None or not text.strip():
                 raise Invalid(
                     f"{at}.message: a send step needs a 'message' (or 'body')",

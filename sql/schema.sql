@@ -914,54 +914,6 @@ CREATE OR REPLACE FUNCTION postbell.experiment_bucket(p_experiment text, p_exter
  SET search_path TO 'pg_catalog'
 RETURN ((('x'::text || substr(md5(((p_experiment || chr(31)) || p_external_id)), 1, 15)))::bit(60))::bigint;
 
-CREATE OR REPLACE FUNCTION postbell.experiment_check(p_body jsonb, p_template text)
- RETURNS void
- LANGUAGE plpgsql
- SET search_path TO 'pg_catalog', 'postbell'
-AS $function$
-DECLARE
-    v_variants jsonb := p_body -> 'variants';
-BEGIN
-    IF jsonb_typeof(p_body -> 'experiment') IS DISTINCT FROM 'string'
-       OR NOT (p_body ->> 'experiment') ~ '^[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}$' THEN
-        RAISE EXCEPTION 'postbell.notify: "experiment" must be a key (letters, digits, _ . : -; up to 100)'
-            USING ERRCODE = 'invalid_parameter_value';
-    END IF;
-    IF p_template IS NOT NULL THEN
-        RAISE EXCEPTION 'postbell.notify: an experiment''s variants carry their own text; no template with them yet'
-            USING ERRCODE = 'invalid_parameter_value';
-    END IF;
-    IF jsonb_typeof(v_variants) IS DISTINCT FROM 'array'
-       OR jsonb_array_length(v_variants) NOT BETWEEN 2 AND 10 THEN
-        RAISE EXCEPTION 'postbell.notify: an experiment needs "variants": an array of 2 to 10'
-            USING ERRCODE = 'invalid_parameter_value';
-    END IF;
-    IF EXISTS (
-        SELECT 1 FROM jsonb_array_elements(v_variants) AS e
-         WHERE jsonb_typeof(e) <> 'object'
-            OR jsonb_typeof(e -> 'name') IS DISTINCT FROM 'string'
-            OR NOT (e ->> 'name') ~ '^[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}$'
-            OR jsonb_typeof(e -> 'weight') IS DISTINCT FROM 'number'
-            OR (e ->> 'weight') !~ '^[1-9][0-9]{0,6}$' OR (e ->> 'weight')::integer > 1000000
-            OR e ? 'template'
-            OR EXISTS (SELECT 1 FROM jsonb_object_keys(e) AS k
-                        WHERE k NOT IN ('name', 'weight', 'title', 'body', 'action_url'))
-            OR (coalesce(e ->> 'title', '') = '' AND coalesce(btrim(e ->> 'body'), '') = '')
-            OR coalesce(e ->> 'title', '') ~ '[[:cntrl:]]' OR length(coalesce(e ->> 'title', '')) > 300
-            OR length(coalesce(e ->> 'body', '')) > 20000
-            OR coalesce(e ->> 'action_url', 'https://x') !~ '^https?://[^[:space:][:cntrl:]]+$')
-    THEN
-        RAISE EXCEPTION 'postbell.notify: each variant needs a "name" (a key), a whole "weight" from 1 to 1000000 and its own "title" or "body" (and may have an http(s) "action_url"; no "template")'
-            USING ERRCODE = 'invalid_parameter_value';
-    END IF;
-    IF (SELECT count(DISTINCT e ->> 'name') FROM jsonb_array_elements(v_variants) AS e)
-       <> jsonb_array_length(v_variants) THEN
-        RAISE EXCEPTION 'postbell.notify: variant names must be unique'
-            USING ERRCODE = 'invalid_parameter_value';
-    END IF;
-END;
-$function$;
-
 CREATE OR REPLACE FUNCTION postbell.experiment_content(p_variants jsonb, p_variant text)
  RETURNS jsonb
  LANGUAGE sql
@@ -1064,8 +1016,7 @@ CREATE OR REPLACE FUNCTION postbell.notify(recipients text[], body jsonb, channe
 AS $function$
 DECLARE
     v_template text := body ->> 'template';
-    v_text     text := coalesce(body ->> 'message', body ->> 'body',
-                                body -> 'variants' -> 0 ->> 'body');
+    v_text     text := coalesce(body ->> 'message', body ->> 'body');
     v_unknown  text;
     v_hash     bytea;
     v_result   record;
@@ -1174,10 +1125,6 @@ BEGIN
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
 
-    IF body ? 'experiment' OR body ? 'variants' THEN
-        PERFORM experiment_check(body, v_template);
-    END IF;
-
     v_hash := sha256(convert_to(jsonb_build_array(recipients, body, channels, priority, category,
                                                   send_at)::text, 'UTF8'));
     SELECT * INTO v_result
@@ -1190,15 +1137,6 @@ BEGIN
                CASE WHEN idempotency_key IS NOT NULL THEN v_hash END, interval '24 hours',
                true, v_template, v_pinned,
                CASE WHEN v_template IS NOT NULL THEN coalesce(body -> 'data', '{}') END);
-    IF v_result.created AND body ? 'experiment' THEN
-        -- in the caller's transaction, before its route job can be seen
-        UPDATE notifications AS n
-           SET experiment = notify.body ->> 'experiment',
-               variants = (SELECT jsonb_agg(jsonb_strip_nulls(v.e) ORDER BY v.i)
-                             FROM jsonb_array_elements(notify.body -> 'variants')
-                                  WITH ORDINALITY AS v(e, i))
-         WHERE n.id = v_result.id;
-    END IF;
     IF NOT v_result.created AND v_result.request_hash IS DISTINCT FROM v_hash THEN
         RAISE EXCEPTION 'postbell.notify: idempotency key % was used with other arguments', idempotency_key
             USING ERRCODE = 'unique_violation';

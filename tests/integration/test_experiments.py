@@ -351,48 +351,6 @@ async def _async(value: Any) -> Any:
     return value
 
 
-async def test_sql_notify_starts_an_experiment(
-    api: httpx.AsyncClient, worker: None, pool: db.Pool
-) -> None:
-    """postbell.notify() takes "experiment" + "variants" in its body, in the caller's
-    transaction; bad variants raise naming the rule."""
-    import json
-
-    import psycopg
-
-    experiment = unique("sqlexp")
-    who = [unique("sq") for _ in range(20)]
-    body = {"experiment": experiment, "variants": VARIANTS}
-    rows = await query(
-        pool,
-        "SELECT postbell.notify(%(to)s, %(body)s::jsonb, ARRAY['IN_APP']) AS id",
-        {"to": who, "body": json.dumps(body)},
-    )
-    nid = str(rows[0]["id"])
-    await settled(api, nid, {"sent": 20})
-    got = await query(
-        pool,
-        "SELECT r.external_id, d.variant FROM deliveries AS d"
-        " JOIN recipients AS r ON r.id = d.recipient_id WHERE d.notification_id = %(id)s",
-        {"id": nid},
-    )
-    expected = await query(
-        pool,
-        "SELECT w AS external_id, experiment_variant(%(e)s, w, %(v)s::jsonb) AS variant"
-        " FROM unnest(%(to)s::text[]) AS w",
-        {"e": experiment, "v": json.dumps(VARIANTS), "to": who},
-    )
-    assert sorted(got, key=str) == sorted(expected, key=str)
-
-    bad = {"experiment": experiment, "variants": [VARIANTS[0], VARIANTS[0]]}
-    with pytest.raises(psycopg.errors.InvalidParameterValue, match="unique"):
-        await query(
-            pool,
-            "SELECT postbell.notify(ARRAY['x'], %(body)s::jsonb)",
-            {"body": json.dumps(bad)},
-        )
-
-
 async def test_workflow_send_step_runs_an_experiment(
     api: httpx.AsyncClient, worker: None, pool: db.Pool
 ) -> None:

@@ -1,4 +1,4 @@
-"""``make bench``: baselines and workloads W1-W5, W4s, WN and the Celery baseline on a
+"""``make bench``: baselines and workloads W1-W10 (W6, W7: workflows), W4s, WN and the Celery baseline on a
 fresh database, with progress bars; writes bench/results/<timestamp>.json and the
 table in bench/README.md.
 
@@ -23,7 +23,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from bench import scale, workloads
+from bench import flows, scale, workloads
 from bench.env import Database, admin_url, machine, server_settings
 
 HERE = Path(__file__).parent
@@ -44,6 +44,10 @@ SIZES = {
     "W8": 20_000,
     "W10": 20_000,
     "W10_fan_out": 100_000,
+    "W11": 10_000,
+    "W6": 20_000,
+    "W7": 100_000,
+    "W7_recipients": 1_000,
 }
 GOALS = {
     "W1": "≥ 50,000 deliveries/s (≥ 100× a)",
@@ -61,6 +65,9 @@ GOALS = {
     "W5b": "urgent ahead of ≥ 90 % of the backlog, p99 ≤ 500 ms",
     "W8": "≥ 3,000 routed/s after ANALYZE of the empty job table",
     "W10": "inbox p99 ≤ 3 ms at 20,000 items; counts O(1) in inbox and fan-out size",
+    "W11": "≥ 3,000/s from one worker to a 200 ms receiver; fast receiver not slower",
+    "W6": "EMAILs = the unread half, exactly",
+    "W7": "digests ≤ recipients × windows; every event in one digest",
 }
 
 
@@ -79,6 +86,9 @@ ALL = (
     "W8",
     "W9",
     "W10",
+    "W11",
+    "W6",
+    "W7",
     "CELERY",
 )
 
@@ -149,6 +159,14 @@ def main(argv: list[str] | None = None) -> int:
                 "W10",
                 lambda t: scale.w10_inbox(
                     fresh(admin), size["W10"], fan_out=size["W10_fan_out"], tick=t
+                ),
+            ),
+            ("W11", lambda t: w11(admin, size["W11"], t)),
+            ("W6", lambda t: flows.w6_unread_email(fresh(admin), size["W6"], t)),
+            (
+                "W7",
+                lambda t: flows.w7_digest_stream(
+                    fresh(admin), size["W7"], size["W7_recipients"], 10.0, t
                 ),
             ),
         ):
@@ -376,6 +394,49 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                 GOALS["W10"],
             )
         )
+    if "W11" in results:
+        r = results["W11"]
+        for ms in ("200", "0"):
+            adaptive, fixed = r[f"{ms}ms_adaptive"], r[f"{ms}ms_fixed64"]
+            out.append(
+                (
+                    f"W11 {adaptive['webhooks']:,} webhooks, one worker, {ms} ms receiver",
+                    f"{adaptive['per_second']:,.0f}/s adaptive ({adaptive['worker_peak_rss_mb']} MB)"
+                    f" vs {fixed['per_second']:,.0f}/s fixed 64 ({fixed['worker_peak_rss_mb']} MB)",
+                    "",
+                    GOALS["W11"],
+                )
+            )
+    if "W6" in results:
+        r = results["W6"]
+        e = r["email"]
+        out.append(
+            (
+                f"W6 workflow to {r['members']:,}: IN_APP, delay {r['delay']}, EMAIL if unread"
+                " (half read)",
+                f"IN_APP {r['in_app']['per_second']:,.0f} deliveries/s;"
+                f" EMAIL {e['per_second'] or 0:,.0f}/s, due → sent p50/p99"
+                f" {e['due_to_sent_ms']['p50'] / 1000:.2f}/{e['due_to_sent_ms']['p99'] / 1000:.2f} s;"
+                f" {e['deliveries']:,} EMAILs for {r['unread']:,} unread"
+                + (" (exact)" if r["exact"] else " (NOT exact)"),
+                "",
+                GOALS["W6"],
+            )
+        )
+    if "W7" in results:
+        r = results["W7"]
+        out.append(
+            (
+                f"W7 {r['triggers']:,} triggers from {r['recipients']:,} recipients over"
+                f" {r['stream_seconds']} s, digest {r['window_s']:g}s",
+                f"{r['accepted_per_s']:,.0f} triggers/s accepted; {r['digests']:,} digests"
+                f" (bound {r['digest_bound']:,}), {r['events_in_digests']:,} events in them;"
+                f" worker CPU {r['worker_cpu_s']} s ({r['worker_cpu_ms_per_trigger']} ms/trigger),"
+                f" last digest sent at {r['seconds_to_last_digest']} s",
+                "",
+                GOALS["W7"],
+            )
+        )
     for name in ("W1", "W2"):
         if name in results:
             rss = results[name]["peak_rss_mb"]
@@ -388,6 +449,19 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                 )
             )
     return out
+
+
+def w11(admin: str, webhooks: int, tick: Any) -> dict[str, Any]:
+    """W11 four ways, same run: a 200 ms and an instant receiver, each with the adaptive
+    limit (default ceiling) and with the fixed 64 of before (the ceiling at 64)."""
+    cases = {}
+    for delay in (0.2, 0.0):
+        for ceiling in (None, 64):
+            key = f"{round(delay * 1000)}ms_{'adaptive' if ceiling is None else 'fixed64'}"
+            cases[key] = scale.w11_slow_receiver(
+                fresh(admin), webhooks, delay=delay, max_in_flight=ceiling, tick=tick
+            )
+    return cases
 
 
 def table(results: dict[str, Any]) -> Table:

@@ -166,6 +166,67 @@ def w5b_urgent_behind_slow(
     }
 
 
+# -- W11: webhooks to a slow receiver ---------------------------------------------------------
+
+
+def w11_slow_receiver(
+    database: Database,
+    webhooks: int,
+    delay: float = 0.2,
+    max_in_flight: int | None = None,
+    tick: Tick = _noop,
+) -> dict[str, Any]:
+    """``webhooks`` webhooks (one notification) from ONE worker process to a receiver
+    that answers in ``delay`` seconds; ``max_in_flight`` sets POSTBELL_MAX_IN_FLIGHT
+    (64 is the fixed limit before the adaptive gate). Measured: webhooks/s from the
+    notify() to the last arrival, the worker's peak RSS."""
+    import httpx
+
+    from bench.env import start_receiver
+    from bench.workloads import decided
+
+    extra = {} if max_in_flight is None else {"POSTBELL_MAX_IN_FLIGHT": str(max_in_flight)}
+    with processes() as started:
+        receiver = start_receiver(started, delay=delay)
+        database.execute(
+            "INSERT INTO recipients (external_id, webhook_url)"
+            " SELECT 'w11-' || i, %s FROM generate_series(1, %s) AS i",
+            (f"{receiver}/hook", webhooks),
+        )
+        worker = start_worker(started, database.url, **extra)
+        time.sleep(1.0)
+        began = time.perf_counter()
+        nid = database.scalar(
+            "SELECT notify(ARRAY(SELECT 'w11-' || i FROM generate_series(1, %s) AS i),"
+            " '{\"message\": \"slow receiver\"}', ARRAY['WEBHOOK'])",
+            (webhooks,),
+        )
+
+        def received() -> bool:
+            count = int(httpx.get(f"{receiver}/stats").json()["count"])
+            tick(count / webhooks)
+            return count >= webhooks
+
+        wait(received, timeout=600, sample=started, every=0.05)
+        elapsed = time.perf_counter() - began
+        wait(lambda: decided(database, str(nid)) == webhooks, timeout=120)
+        received = int(httpx.get(f"{receiver}/stats").json()["count"])
+        sent = database.scalar(
+            "SELECT count(*) FROM deliveries WHERE notification_id = %s AND status = 'sent'",
+            (nid,),
+        )
+    return {
+        "webhooks": webhooks,
+        "received": received,
+        "sent": int(sent),
+        "receiver_ms": round(delay * 1000),
+        "max_in_flight": max_in_flight or "default",
+        "seconds": round(elapsed, 3),
+        "per_second": round(webhooks / elapsed, 1),
+        "worker_peak_rss_mb": worker.peak_rss >> 20,
+    }
+
+
 # -- W10: inbox counts at 20,000 items ------------------------------------------------------
 
 

@@ -145,11 +145,14 @@ def populate(
     *,
     topic: str,
     opted_out_every: int = 0,
+    muted_every: int = 0,
     webhook_url: str | None = None,
     email_domain: str | None = None,
 ) -> None:
     """``count`` recipients subscribed to ``topic``, each with a preferences row; every
-    ``opted_out_every``-th one opted out of category 'bench'."""
+    ``opted_out_every``-th one opted out of category 'bench'; with ``muted_every``,
+    every so many (offset by half) muted ``topic`` (every channel, or IN_APP alone,
+    in turn) and every fourth muted another topic."""
     database.execute("INSERT INTO topics (key) VALUES (%s) ON CONFLICT DO NOTHING", (topic,))
     database.execute("INSERT INTO categories (key) VALUES ('bench') ON CONFLICT DO NOTHING")
     database.execute(
@@ -169,6 +172,19 @@ def populate(
         " FROM recipients WHERE external_id LIKE %s || '%%'",
         (opted_out_every, max(opted_out_every, 1), prefix),
     )
+    if muted_every:
+        database.execute(
+            "UPDATE preferences AS p"
+            " SET topics = CASE WHEN p.recipient_id %% 4 = 1"
+            "                   THEN jsonb_build_object(%s::text || '-other', false) ELSE '{}' END"
+            "           || CASE WHEN p.recipient_id %% %s = %s"
+            "                   THEN jsonb_build_object(%s::text, CASE WHEN p.recipient_id %% (2 * %s) < %s"
+            "                                                    THEN 'false'::jsonb"
+            "                                                    ELSE '{\"IN_APP\": false}' END)"
+            "                   ELSE '{}' END"
+            "  FROM recipients AS r WHERE r.id = p.recipient_id AND r.external_id LIKE %s || '%%'",
+            (topic, muted_every, muted_every // 2, topic, muted_every, muted_every, prefix),
+        )
     database.execute("ANALYZE")
 
 
@@ -219,7 +235,7 @@ def w1_inapp_fanout(
 ) -> dict[str, Any]:
     """W1; ``templated`` (W1t): the same fan-out with a template naming the community,
     half the members with locale de."""
-    populate(database, "w1-", members, topic="w1", opted_out_every=10)
+    populate(database, "w1-", members, topic="w1", opted_out_every=10, muted_every=10)
     if templated:
         database.execute("UPDATE recipients SET locale = 'de' WHERE id %% 2 = 0")
     with processes() as started:

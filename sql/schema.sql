@@ -44,6 +44,16 @@ CREATE TABLE categories (
 ALTER TABLE categories ADD CONSTRAINT categories_pkey PRIMARY KEY (key);
 ALTER TABLE categories ADD CONSTRAINT categories_sms_type_check CHECK ((sms_type = ANY (ARRAY['transactional'::text, 'promotional'::text])));
 
+CREATE TABLE dashboard_sessions (
+    id_hash bytea NOT NULL,
+    key_hash bytea NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    last_seen_at timestamp with time zone DEFAULT now() NOT NULL,
+    expires_at timestamp with time zone NOT NULL
+);
+ALTER TABLE dashboard_sessions ADD CONSTRAINT dashboard_sessions_pkey PRIMARY KEY (id_hash);
+CREATE INDEX dashboard_sessions_expires_idx ON postbell.dashboard_sessions USING btree (expires_at);
+
 CREATE TABLE deliveries (
     id bigint GENERATED ALWAYS AS IDENTITY NOT NULL,
     notification_id uuid NOT NULL,
@@ -115,6 +125,20 @@ ALTER TABLE devices ADD CONSTRAINT devices_recipient_id_fkey FOREIGN KEY (recipi
 ALTER TABLE devices ADD CONSTRAINT devices_platform_check CHECK ((platform = ANY (ARRAY['android'::text, 'ios'::text, 'web'::text])));
 CREATE INDEX devices_active_recipient_idx ON postbell.devices USING btree (recipient_id) WHERE (disabled_at IS NULL);
 
+CREATE TABLE digest_preferences (
+    recipient_id bigint NOT NULL,
+    category text NOT NULL,
+    frequency text NOT NULL,
+    hour integer DEFAULT 9 NOT NULL,
+    weekday text DEFAULT 'monday'::text NOT NULL,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL
+);
+ALTER TABLE digest_preferences ADD CONSTRAINT digest_preferences_pkey PRIMARY KEY (recipient_id, category);
+ALTER TABLE digest_preferences ADD CONSTRAINT digest_preferences_recipient_id_fkey FOREIGN KEY (recipient_id) REFERENCES recipients(id) ON DELETE CASCADE;
+ALTER TABLE digest_preferences ADD CONSTRAINT digest_preferences_frequency_check CHECK ((frequency = ANY (ARRAY['off'::text, 'hourly'::text, 'daily'::text, 'weekly'::text])));
+ALTER TABLE digest_preferences ADD CONSTRAINT digest_preferences_hour_check CHECK (((hour >= 0) AND (hour <= 23)));
+ALTER TABLE digest_preferences ADD CONSTRAINT digest_preferences_weekday_check CHECK ((weekday = ANY (ARRAY['monday'::text, 'tuesday'::text, 'wednesday'::text, 'thursday'::text, 'friday'::text, 'saturday'::text, 'sunday'::text])));
+
 CREATE TABLE inbox_counts (
     recipient_id bigint NOT NULL,
     unread integer DEFAULT 0 NOT NULL,
@@ -176,14 +200,17 @@ CREATE INDEX notifications_created_idx ON postbell.notifications USING btree (cr
 CREATE INDEX notifications_experiment_idx ON postbell.notifications USING btree (experiment) WHERE (experiment IS NOT NULL);
 CREATE UNIQUE INDEX notifications_idempotency_idx ON postbell.notifications USING btree (idempotency_scope, idempotency_key) WHERE (idempotency_key IS NOT NULL);
 CREATE INDEX notifications_send_at_idx ON postbell.notifications USING btree (send_at) WHERE (send_at IS NOT NULL);
+CREATE INDEX notifications_template_created_idx ON postbell.notifications USING btree (template_key, created_at, id) WHERE (template_key IS NOT NULL);
 CREATE INDEX notifications_template_scheduled_idx ON postbell.notifications USING btree (template_key) WHERE ((status = 'scheduled'::text) AND (template_key IS NOT NULL));
+CREATE INDEX notifications_workflow_created_idx ON postbell.notifications USING btree ((((metadata -> 'workflow'::text) ->> 'key'::text)), created_at, id) WHERE (((metadata -> 'workflow'::text) ->> 'key'::text) IS NOT NULL);
 
 CREATE TABLE preferences (
     recipient_id bigint NOT NULL,
     channels jsonb DEFAULT '{}'::jsonb NOT NULL,
     categories jsonb DEFAULT '{}'::jsonb NOT NULL,
     quiet_hours jsonb,
-    updated_at timestamp with time zone DEFAULT now() NOT NULL
+    updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    topics jsonb DEFAULT '{}'::jsonb NOT NULL
 );
 ALTER TABLE preferences ADD CONSTRAINT preferences_pkey PRIMARY KEY (recipient_id);
 ALTER TABLE preferences ADD CONSTRAINT preferences_recipient_id_fkey FOREIGN KEY (recipient_id) REFERENCES recipients(id) ON DELETE CASCADE;
@@ -348,6 +375,7 @@ CREATE INDEX workflow_runs_cancel_idx ON postbell.workflow_runs USING btree (can
 CREATE INDEX workflow_runs_digest_idx ON postbell.workflow_runs USING btree (digest_id) WHERE (digest_id IS NOT NULL);
 CREATE INDEX workflow_runs_due_idx ON postbell.workflow_runs USING btree (due_at) WHERE (state = 'waiting'::text);
 CREATE INDEX workflow_runs_list_idx ON postbell.workflow_runs USING btree (workflow_key, recipient, id);
+CREATE INDEX workflow_runs_open_idx ON postbell.workflow_runs USING btree (workflow_key, state) WHERE (state = ANY (ARRAY['waiting'::text, 'digesting'::text]));
 CREATE INDEX workflow_runs_trigger_idx ON postbell.workflow_runs USING btree (trigger_id);
 CREATE INDEX workflow_runs_workflow_idx ON postbell.workflow_runs USING btree (workflow_key, id);
 
@@ -373,7 +401,8 @@ CREATE TABLE workflow_triggers (
     idempotency_scope text,
     idempotency_key text,
     request_hash bytea,
-    created_at timestamp with time zone DEFAULT now() NOT NULL
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    templates jsonb
 );
 ALTER TABLE workflow_triggers ADD CONSTRAINT workflow_triggers_pkey PRIMARY KEY (id);
 ALTER TABLE workflow_triggers ADD CONSTRAINT workflow_triggers_workflow_key_version_fkey FOREIGN KEY (workflow_key, version) REFERENCES workflow_versions(workflow_key, version) ON DELETE CASCADE;
@@ -846,11 +875,17 @@ BEGIN
 END;
 $function$;
 
-CREATE OR REPLACE FUNCTION postbell.delivery_skip_reason(p_channel text, p_configured boolean, p_address_field text, p_inactive_field text, p_expires_at timestamp with time zone, p_recipient recipients, p_preferences preferences, p_category text, p_required boolean)
+CREATE OR REPLACE FUNCTION postbell.delivery_skip_reason(p_channel text, p_configured boolean, p_address_field text, p_inactive_field text, p_expires_at timestamp with time zone, p_recipient recipients, p_preferences preferences, p_category text, p_required boolean, p_topic text DEFAULT NULL::text)
  RETURNS text
  LANGUAGE sql
  STABLE
-RETURN CASE WHEN (p_expires_at <= now()) THEN 'expired'::text WHEN (p_configured IS NOT TRUE) THEN 'channel_not_configured'::text WHEN ((p_required IS NOT TRUE) AND ((((p_preferences).channels ->> p_channel) = 'false'::text) OR ((((p_preferences).categories -> p_category) ->> p_channel) = 'false'::text))) THEN 'opted_out'::text WHEN (p_address_field IS NULL) THEN NULL::text WHEN (p_address_field = '@devices'::text) THEN CASE WHEN (EXISTS (SELECT 1 FROM devices d WHERE ((d.recipient_id = (delivery_skip_reason.p_recipient).id) AND (d.disabled_at IS NULL)))) THEN NULL::text ELSE 'no_device'::text END WHEN ((to_jsonb(p_recipient) ->> p_address_field) IS NULL) THEN CASE WHEN category_address(p_category, p_address_field) THEN NULL::text ELSE 'no_address'::text END WHEN ((to_jsonb(p_recipient) ->> p_inactive_field) IS NOT NULL) THEN 'address_inactive'::text ELSE NULL::text END;
+RETURN CASE WHEN (p_expires_at <= now()) THEN 'expired'::text WHEN (p_configured IS NOT TRUE) THEN 'channel_not_configured'::text WHEN ((p_required IS NOT TRUE) AND ((((p_preferences).channels ->> p_channel) = 'false'::text) OR ((((p_preferences).categories -> p_category) ->> p_channel) = 'false'::text) OR (((p_preferences).topics -> p_topic) = 'false'::jsonb) OR ((((p_preferences).topics -> p_topic) ->> p_channel) = 'false'::text))) THEN 'opted_out'::text WHEN (p_address_field IS NULL) THEN NULL::text WHEN (p_address_field = '@devices'::text) THEN CASE WHEN (EXISTS (SELECT 1 FROM devices d WHERE ((d.recipient_id = (delivery_skip_reason.p_recipient).id) AND (d.disabled_at IS NULL)))) THEN NULL::text ELSE 'no_device'::text END WHEN ((to_jsonb(p_recipient) ->> p_address_field) IS NULL) THEN CASE WHEN category_address(p_category, p_address_field) THEN NULL::text ELSE 'no_address'::text END WHEN ((to_jsonb(p_recipient) ->> p_inactive_field) IS NOT NULL) THEN 'address_inactive'::text ELSE NULL::text END;
+
+CREATE OR REPLACE FUNCTION postbell.digest_due_at(p_setting jsonb, p_zone text, p_now timestamp with time zone)
+ RETURNS timestamp with time zone
+ LANGUAGE sql
+ STABLE
+RETURN (SELECT CASE l.frequency WHEN 'hourly'::text THEN (digest_due_at.p_now + '01:00:00'::interval) WHEN 'daily'::text THEN (CASE WHEN (l.at > l.local) THEN l.at ELSE (l.at + '1 day'::interval) END AT TIME ZONE l.zone) WHEN 'weekly'::text THEN (CASE WHEN ((l.at + make_interval(days => l.ahead)) > l.local) THEN (l.at + make_interval(days => l.ahead)) ELSE (l.at + make_interval(days => (l.ahead + 7))) END AT TIME ZONE l.zone) ELSE NULL::timestamp with time zone END AS "case" FROM (SELECT z.zone, z.frequency, (digest_due_at.p_now AT TIME ZONE z.zone) AS local, (date_trunc('day'::text, (digest_due_at.p_now AT TIME ZONE z.zone)) + make_interval(hours => COALESCE(((digest_due_at.p_setting ->> 'hour'::text))::integer, 9))) AS at, (((COALESCE(array_position(ARRAY['monday'::text, 'tuesday'::text, 'wednesday'::text, 'thursday'::text, 'friday'::text, 'saturday'::text, 'sunday'::text], (digest_due_at.p_setting ->> 'weekday'::text)), 1) - (EXTRACT(isodow FROM (digest_due_at.p_now AT TIME ZONE z.zone)))::integer) + 7) % 7) AS ahead FROM (SELECT COALESCE(digest_due_at.p_zone, 'UTC'::text) AS zone, (digest_due_at.p_setting ->> 'frequency'::text) AS frequency) z) l);
 
 CREATE OR REPLACE FUNCTION postbell.enqueue_notification(p_recipients text[], p_topic text, p_title text, p_body text, p_action_url text, p_metadata jsonb, p_channels text[], p_priority text, p_category text, p_fallback jsonb, p_send_at timestamp with time zone, p_expires_at timestamp with time zone, p_idempotency_scope text, p_idempotency_key text, p_request_hash bytea, p_idempotency_ttl interval, p_wakeup boolean DEFAULT true, p_template_key text DEFAULT NULL::text, p_template_version integer DEFAULT NULL::integer, p_template_data jsonb DEFAULT NULL::jsonb)
  RETURNS TABLE(id uuid, status text, created boolean, request_hash bytea)
@@ -1145,6 +1180,12 @@ BEGIN
 END;
 $function$;
 
+CREATE OR REPLACE FUNCTION postbell.preferences_topics_merge(p_stored jsonb, p_change jsonb)
+ RETURNS jsonb
+ LANGUAGE sql
+ IMMUTABLE
+RETURN CASE WHEN (p_change IS NULL) THEN p_stored ELSE (SELECT COALESCE(jsonb_object_agg(m.k, m.v), '{}'::jsonb) AS "coalesce" FROM (SELECT k.k, CASE WHEN (NOT (preferences_topics_merge.p_change ? k.k)) THEN (preferences_topics_merge.p_stored -> k.k) WHEN (jsonb_typeof((preferences_topics_merge.p_change -> k.k)) = 'object'::text) THEN (CASE WHEN (jsonb_typeof((preferences_topics_merge.p_stored -> k.k)) = 'object'::text) THEN (preferences_topics_merge.p_stored -> k.k) ELSE '{}'::jsonb END || (preferences_topics_merge.p_change -> k.k)) ELSE (preferences_topics_merge.p_change -> k.k) END AS v FROM (SELECT jsonb_object_keys(preferences_topics_merge.p_stored) AS jsonb_object_keys UNION SELECT jsonb_object_keys(preferences_topics_merge.p_change) AS jsonb_object_keys) k(k)) m WHERE (jsonb_typeof(m.v) <> 'null'::text)) END;
+
 CREATE OR REPLACE FUNCTION postbell.quiet_hours_end(p_quiet jsonb, p_fallback_zone text, p_now timestamp with time zone)
  RETURNS timestamp with time zone
  LANGUAGE sql
@@ -1319,13 +1360,59 @@ CREATE OR REPLACE FUNCTION postbell.start_workflow(p_workflow text, p_recipients
  SET search_path TO 'pg_catalog', 'postbell'
 AS $function$
 DECLARE
-    v_id      uuid;
-    v_version integer;
+    v_id        uuid;
+    v_version   integer;
+    v_steps     jsonb;
+    v_templates jsonb;
+    v_missing   record;
 BEGIN
-    SELECT w.version INTO v_version FROM workflows AS w WHERE w.key = p_workflow;
+    SELECT w.version, v.steps INTO v_version, v_steps
+      FROM workflows AS w
+      JOIN workflow_versions AS v ON v.workflow_key = w.key AND v.version = w.version
+     WHERE w.key = p_workflow;
     IF v_version IS NULL THEN
         RAISE EXCEPTION 'postbell.trigger: unknown workflow %', p_workflow
             USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF v_steps @? '$[*].template' THEN
+        -- Share-locked: a DELETE or an activation waits until this trigger commits.
+        WITH named AS (
+            SELECT DISTINCT s ->> 'template' AS key
+              FROM jsonb_array_elements(v_steps) AS s
+             WHERE s ? 'template'
+        ),
+        live AS (
+            SELECT t.key, t.active_version
+              FROM templates AS t
+             WHERE t.key IN (SELECT key FROM named) AND t.deleted_at IS NULL
+               FOR SHARE OF t
+        )
+        SELECT jsonb_object_agg(l.key, l.active_version)
+                   FILTER (WHERE l.key IS NOT NULL) AS pins,
+               min(n.key) FILTER (WHERE l.key IS NULL) AS gone
+          INTO v_missing
+          FROM named AS n
+          LEFT JOIN live AS l ON l.key = n.key;
+        IF v_missing.gone IS NOT NULL THEN
+            RAISE EXCEPTION 'postbell.trigger: workflow % names template %, which does not exist',
+                p_workflow, v_missing.gone
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        v_templates := v_missing.pins;
+        SELECT k.name AS data_key, tv.template_key INTO v_missing
+          FROM jsonb_each_text(v_templates) AS p(key, version)
+          JOIN template_versions AS tv
+            ON tv.template_key = p.key AND tv.version = p.version::int
+         CROSS JOIN LATERAL unnest(tv.required_data) AS k(name)
+         WHERE k.name NOT IN ('events', 'count')
+           AND NOT coalesce(p_data, '{}') ? k.name
+         ORDER BY k.name
+         LIMIT 1;
+        IF FOUND THEN
+            RAISE EXCEPTION 'postbell.trigger: data lacks "%", which template % requires',
+                v_missing.data_key, v_missing.template_key
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
     END IF;
     IF p_idempotency_key IS NOT NULL THEN
         UPDATE workflow_triggers AS t
@@ -1335,9 +1422,10 @@ BEGIN
            AND t.created_at < now() - p_idempotency_ttl;
     END IF;
     INSERT INTO workflow_triggers AS t (workflow_key, version, topic, data, cancel_key,
-                                        idempotency_scope, idempotency_key, request_hash)
+                                        idempotency_scope, idempotency_key, request_hash,
+                                        templates)
     VALUES (p_workflow, v_version, p_topic, coalesce(p_data, '{}'), p_cancel_key,
-            p_idempotency_scope, p_idempotency_key, p_request_hash)
+            p_idempotency_scope, p_idempotency_key, p_request_hash, v_templates)
     ON CONFLICT (idempotency_scope, idempotency_key) WHERE idempotency_key IS NOT NULL
     DO NOTHING
     RETURNING t.id INTO v_id;
@@ -1365,6 +1453,7 @@ AS $function$
 DECLARE
     v_hash   bytea;
     v_result record;
+    v_first  jsonb;
 BEGIN
     IF recipients IS NULL OR cardinality(recipients) = 0 THEN
         RAISE EXCEPTION 'postbell.trigger: recipients must name at least one recipient'
@@ -1399,6 +1488,17 @@ BEGIN
     IF NOT v_result.created AND v_result.request_hash IS DISTINCT FROM v_hash THEN
         RAISE EXCEPTION 'postbell.trigger: idempotency key % was used with other arguments', idempotency_key
             USING ERRCODE = 'unique_violation';
+    END IF;
+    -- Wake the workflow engine when the runs' first step may send at once (not a
+    -- digest, not a fixed delay): one NOTIFY per call, after the commit, on the
+    -- channel the engine LISTENs to. Without it the engine's poll finds them.
+    IF v_result.created THEN
+        SELECT v.steps -> 0 INTO v_first
+          FROM workflow_versions AS v
+         WHERE v.workflow_key = trigger.workflow AND v.version = v_result.version;
+        IF NOT (v_first ->> 'type' = 'digest' OR (v_first ->> 'type' = 'delay' AND v_first ? 'for')) THEN
+            PERFORM pg_notify('postbell_workflows', '');
+        END IF;
     END IF;
     RETURN v_result.id;
 END;

@@ -112,7 +112,11 @@ async def run(
     upkeep = asyncio.create_task(maintenance.loop(runtime, app.job_manager, stop))
     # Workflow runs advance beside the routing work they make (docs/workflows.md).
     engine = (
-        asyncio.create_task(workflows.loop(pool, stop, interval=settings.poll_interval))
+        asyncio.create_task(
+            workflows.loop(
+                pool, stop, interval=settings.poll_interval, database_url=settings.database_url
+            )
+        )
         if listen is None or ROUTE_QUEUE in listen
         else None
     )

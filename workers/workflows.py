@@ -10,6 +10,12 @@ and record every run's outcome with one UPDATE. Because the notifications and th
 advance commit together, a crash can neither send a step twice nor skip it.
 
 Due digests fire in rounds of their own (``fire_digests``).
+
+A trigger whose first step may send at once NOTIFYs ``postbell_workflows`` (the API
+coalesced through its Waker, ``postbell.trigger`` once per call); each engine
+LISTENs there on a connection of its own and runs a round at once. Polling every
+``interval`` stays: delays and digests come due without any NOTIFY, and a lost
+wake-up only delays.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ import msgspec
 import structlog
 from psycopg.types.json import Jsonb
 
-from postbell.app.core import db, workflow_steps
+from postbell.app.core import db, templates, workflow_steps
 from postbell.app.core.workflow_steps import (
     DelayStep,
     DigestStep,
@@ -41,7 +47,8 @@ BATCH = 500
 #: How soon a run whose `in_app` condition waits for routing looks again.
 ROUTING_RECHECK = dt.timedelta(seconds=1)
 PURGE_EVERY_SECONDS = 60.0
-_COUNT_RE = re.compile(r"\{\{\s*count\s*\}\}")
+#: Jinja2 markup: message fields without it are sent as written (no render).
+_MARKUP_RE = re.compile(r"\{[{%#]")
 
 #: Versions never change once stored: cached per process.
 _versions: dict[tuple[str, int], tuple[str | None, list[Step]]] = {}
@@ -86,8 +93,12 @@ def _holds(condition: workflow_steps.Condition, data: Any, in_app: Any) -> bool:
     return True
 
 
-def _render(text: str | None, count: int) -> str | None:
-    return _COUNT_RE.sub(str(count), text) if text is not None else None
+def _render(text: str | None, variables: dict[str, Any], name: str) -> str | None:
+    """A message field rendered in the template sandbox (``TemplateError`` when it
+    does not render with this run's variables)."""
+    if text is None or not _MARKUP_RE.search(text):
+        return text
+    return templates.render_text(text, variables, name)
 
 
 async def advance(pool: db.Pool, *, batch: int = BATCH) -> int:
@@ -101,7 +112,7 @@ async def advance(pool: db.Pool, *, batch: int = BATCH) -> int:
         now = dt.datetime.now(dt.UTC)
         outcomes: dict[int, Outcome] = {}
         sends: list[tuple[Any, SendStep, str | None]] = []
-        digests: list[tuple[Any, DigestStep]] = []
+        digests: list[tuple[Any, DigestStep, str | None]] = []
         throttles: list[tuple[Any, ThrottleStep]] = []
         in_app_ids: list[int] = []
         for row in rows:
@@ -123,7 +134,7 @@ async def advance(pool: db.Pool, *, batch: int = BATCH) -> int:
                     else:
                         outcomes[row["id"]] = Outcome(index + 1, "waiting", due_at=max(until, now))
                 elif isinstance(step, DigestStep):
-                    digests.append((row, step))
+                    digests.append((row, step, category))
                 else:
                     throttles.append((row, step))
             except (ValueError, OverflowError) as exc:
@@ -135,7 +146,7 @@ async def advance(pool: db.Pool, *, batch: int = BATCH) -> int:
                 in_app[r["run_id"]] = r
         await _send(conn, sends, in_app, outcomes, now)
         if digests:
-            await _join_digests(conn, digests)
+            await _join_digests(conn, digests, outcomes, now)
         if throttles:
             await _throttle(conn, throttles, outcomes, now)
         if outcomes:
@@ -164,6 +175,8 @@ async def _send(
 ) -> None:
     groups: dict[bytes, dict[str, Any]] = {}
     members: dict[bytes, list[int]] = {}
+    repeats: dict[tuple[bytes, str], int] = {}
+    events = await _digest_events(conn, sends)
     for row, step, category in sends:
         index = row["step"]
         if step.if_ is not None:
@@ -176,16 +189,19 @@ async def _send(
                 outcomes[row["id"]] = Outcome(index + 1, "waiting", due_at=now)
                 continue
         count = int(row["digest_count"] or 1)
-        text = step.message if step.message is not None else step.body
+        variables = workflow_steps.variables(
+            row["data"], events.get(row["delivered_digest"]) or [row["data"]], count
+        )
         metadata = {
             **(step.metadata or {}),
             "workflow": {"key": row["workflow_key"], "version": row["version"], "step": index},
         }
         if row["digest_count"] is not None:
             metadata["workflow"]["count"] = count
-        group = {
-            "title": _render(step.title, count),
-            "body": _render(text, count),
+        if row["topic"] is not None:
+            # routing reads it there: the members' mutes of that topic apply
+            metadata["workflow"]["topic"] = row["topic"]
+        group: dict[str, Any] = {
             "action_url": step.action_url,
             "metadata": metadata,
             "channels": list(dict.fromkeys(step.channels)) if step.channels else None,
@@ -195,9 +211,37 @@ async def _send(
             "experiment": step.experiment,
             "variants": msgspec.to_builtins(step.variants) if step.variants else None,
         }
-        if group["body"] is None and step.variants:
+        if step.template is not None:
+            pinned = (row["templates"] or {}).get(step.template)
+            if pinned is None:  # pinned by every trigger since migration 0017
+                outcomes[row["id"]] = Outcome(
+                    index, "failed", reason=f"step {index}: template {step.template} not pinned"
+                )
+                continue
+            group |= {
+                "template_key": step.template,
+                "template_version": int(pinned),
+                "template_data": variables,
+            }
+        else:
+            text = step.message if step.message is not None else step.body
+            try:
+                group |= {
+                    "title": _render(step.title, variables, "title"),
+                    "body": _render(text, variables, "message"),
+                }
+            except templates.TemplateError as exc:
+                # this run's data does not fit the step: it fails alone
+                outcomes[row["id"]] = Outcome(index, "failed", reason=f"step {index}: {exc}")
+                continue
+        if group.get("body") is None and step.variants:
             group["body"] = step.variants[0].body  # the variants carry the text
         key = msgspec.json.encode(group, order="sorted")
+        # Two runs of one recipient (two triggers) never share a notification: the
+        # second makes its own, as each trigger sends once.
+        nth = repeats[(key, row["recipient"])] = repeats.get((key, row["recipient"]), -1) + 1
+        if nth:
+            key += b"#%d" % nth
         groups.setdefault(key, group)
         members.setdefault(key, []).append(row["id"])
         outcomes[row["id"]] = Outcome(index + 1, "waiting", due_at=now)
@@ -227,25 +271,65 @@ async def _send(
             )
 
 
-async def _join_digests(conn: db.Conn, digests: list[tuple[Any, DigestStep]]) -> None:
-    windows = [workflow_steps.seconds(s.window, "window") for _, s in digests]
-    await db.execute(
+async def _digest_events(
+    conn: db.Conn, sends: list[tuple[Any, SendStep, str | None]]
+) -> dict[int, list[Any]]:
+    """The events of the digests this batch's sends deliver (the first
+    ``MAX_EVENTS`` of each, in trigger order), by digest id."""
+    ids = sorted({row["delivered_digest"] for row, _, _ in sends if row["delivered_digest"]})
+    if not ids:
+        return {}
+    rows = await db.fetch_all(
+        conn,
+        "workflow_digests_events_many",
+        {"ids": ids, "max_events": workflow_steps.MAX_EVENTS},
+    )
+    return {r["digest_id"]: list(r["events"] or ()) for r in rows}
+
+
+async def _join_digests(
+    conn: db.Conn,
+    digests: list[tuple[Any, DigestStep, str | None]],
+    outcomes: dict[int, Outcome],
+    now: dt.datetime,
+) -> None:
+    """Runs at a digest step join their digests in one statement. A step with
+    ``window: preference`` reads each recipient's frequency there (set-based): the
+    runs whose recipient chose ``off`` come back and go on at once, undigested."""
+    windows: list[int | None] = []
+    max_waits: list[int | None] = []
+    defaults: list[Jsonb | None] = []
+    for _, step, _ in digests:
+        by_preference = step.window == "preference"
+        window = None if by_preference else workflow_steps.seconds(step.window, "window")
+        windows.append(window)
+        max_waits.append(
+            workflow_steps.seconds(step.max_wait, "max_wait") if step.max_wait else window
+        )
+        defaults.append(
+            Jsonb(msgspec.to_builtins(step.default or workflow_steps.DEFAULT_SETTING))
+            if by_preference
+            else None
+        )
+    undigested = await db.fetch_all(
         conn,
         "workflow_digests_join",
         {
-            "run_ids": [r["id"] for r, _ in digests],
-            "workflows": [r["workflow_key"] for r, _ in digests],
-            "versions": [r["version"] for r, _ in digests],
-            "steps": [r["step"] for r, _ in digests],
-            "recipients": [r["recipient"] for r, _ in digests],
-            "keys": [workflow_steps.key_of(s.key, r["data"]) for r, s in digests],
+            "run_ids": [r["id"] for r, _, _ in digests],
+            "workflows": [r["workflow_key"] for r, _, _ in digests],
+            "versions": [r["version"] for r, _, _ in digests],
+            "steps": [r["step"] for r, _, _ in digests],
+            "recipients": [r["recipient"] for r, _, _ in digests],
+            "keys": [workflow_steps.key_of(s.key, r["data"]) for r, s, _ in digests],
             "windows": windows,
-            "max_waits": [
-                workflow_steps.seconds(s.max_wait, "max_wait") if s.max_wait else w
-                for (_, s), w in zip(digests, windows, strict=True)
-            ],
+            "max_waits": max_waits,
+            "categories": [c for _, _, c in digests],
+            "defaults": defaults,
         },
     )
+    steps = {r["id"]: r["step"] for r, _, _ in digests}
+    for r in undigested:
+        outcomes[r["run_id"]] = Outcome(steps[r["run_id"]] + 1, "waiting", due_at=now)
 
 
 async def _throttle(
@@ -309,18 +393,58 @@ async def run_due(pool: db.Pool, *, batch: int = BATCH) -> int:
             return total
 
 
-async def loop(pool: db.Pool, stop: asyncio.Event, *, interval: float) -> None:
-    """Advance due runs every ``interval`` seconds (at once again after a full batch)
-    until ``stop``; errors are logged and the loop goes on."""
+async def listen(database_url: str, wake: asyncio.Event) -> None:
+    """LISTEN on the engine's wake-up channel and set ``wake`` for each NOTIFY (and
+    after every (re)connect: what came meanwhile was missed). Reconnects forever,
+    with a growing delay, until cancelled."""
+    delay = 0.5
+    while True:
+        try:
+            async with await db.connect(database_url, name="postbell-workflows-listen") as conn:
+                await conn.execute(f"LISTEN {workflow_steps.WAKEUP_CHANNEL}".encode())
+                delay = 0.5
+                wake.set()
+                async for _ in conn.notifies():
+                    wake.set()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning(
+                "workflows_listen_lost", error=db.describe_error(exc, database_url), retry_in=delay
+            )
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 10.0)
+
+
+async def loop(
+    pool: db.Pool, stop: asyncio.Event, *, interval: float, database_url: str | None = None
+) -> None:
+    """Advance due runs every ``interval`` seconds (at once again after a full batch),
+    and at once when a trigger's NOTIFY arrives (with ``database_url``: LISTEN on a
+    connection of its own), until ``stop``; errors are logged and the loop goes on."""
     clock = asyncio.get_running_loop().time
     next_purge = clock() + PURGE_EVERY_SECONDS
-    while not stop.is_set():
-        try:
-            await run_due(pool)
-            if clock() >= next_purge:
-                next_purge = clock() + PURGE_EVERY_SECONDS
-                await purge_throttle_passes(pool)
-        except Exception as exc:
-            log.warning("workflows_failed", error=db.describe_error(exc))
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=interval)
+    wake = asyncio.Event()
+    listener = asyncio.create_task(listen(database_url, wake)) if database_url else None
+    stopping = asyncio.create_task(stop.wait())
+    try:
+        while not stop.is_set():
+            wake.clear()
+            try:
+                await run_due(pool)
+                if clock() >= next_purge:
+                    next_purge = clock() + PURGE_EVERY_SECONDS
+                    await purge_throttle_passes(pool)
+            except Exception as exc:
+                log.warning("workflows_failed", error=db.describe_error(exc))
+            woken = asyncio.create_task(wake.wait())
+            await asyncio.wait(
+                {stopping, woken}, timeout=interval, return_when=asyncio.FIRST_COMPLETED
+            )
+            woken.cancel()
+    finally:
+        stopping.cancel()
+        if listener is not None:
+            listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await listener

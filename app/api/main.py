@@ -24,6 +24,7 @@ from postbell.app.api import errors
 from postbell.app.api.auth import AuthMiddleware
 from postbell.app.api.callbacks.routes import router as callbacks
 from postbell.app.api.categories.routes import router as categories
+from postbell.app.api.dashboard.routes import router as dashboard
 from postbell.app.api.deliveries.routes import router as deliveries
 from postbell.app.api.deps import Services
 from postbell.app.api.experiments.routes import experiments, tracking
@@ -66,6 +67,7 @@ ROUTERS: list[Router] = [
     metrics,
     workflows,
     workflow_runs,
+    dashboard,
 ]
 #: Paths open without a credential: probes, the API docs, provider callbacks (they
 #: carry the provider's signature instead) and one-click unsubscribe (a signed token).
@@ -79,6 +81,9 @@ OPEN_PATHS = [
     "^/api$",
     "^/api/callbacks/",
     "^/api/unsubscribe",
+    # a browser sends the dashboard's session cookie, not a Bearer credential: its own
+    # check (app/api/dashboard/routes.py) runs before every page
+    "^/dashboard",
 ]
 #: Large enough for 10,000 recipient ids or a bulk upsert, small enough to refuse abuse.
 MAX_BODY_BYTES = 8 * 1024 * 1024

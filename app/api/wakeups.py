@@ -16,6 +16,7 @@ import contextlib
 import structlog
 
 from postbell.app.core import db
+from postbell.app.core.workflow_steps import WAKEUP_CHANNEL
 
 log = structlog.get_logger("postbell.wakeups")
 
@@ -25,6 +26,8 @@ _WAKE = (
     f"SELECT pg_notify('procrastinate_queue_v1#route', {_PAYLOAD}),"
     f" pg_notify('procrastinate_any_queue_v1', {_PAYLOAD})"
 ).encode()
+#: The workflow engines' wake-up (workers/workflows.py LISTENs on it).
+_WAKE_WORKFLOWS = f"SELECT pg_notify('{WAKEUP_CHANNEL}', '')".encode()
 
 
 class Waker:
@@ -32,8 +35,17 @@ class Waker:
         self._url = database_url
         self._pending = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._routing = False
+        self._workflows = False
 
     def poke(self) -> None:
+        """Wake the route workers (a notification was accepted)."""
+        self._routing = True
+        self._pending.set()
+
+    def poke_workflows(self) -> None:
+        """Wake the workflow engines (a trigger's runs may send at once)."""
+        self._workflows = True
         self._pending.set()
 
     async def start(self) -> None:
@@ -54,7 +66,12 @@ class Waker:
                     while True:
                         await self._pending.wait()
                         self._pending.clear()
-                        await conn.execute(_WAKE)
+                        routing, workflows = self._routing, self._workflows
+                        self._routing = self._workflows = False
+                        if routing:
+                            await conn.execute(_WAKE)
+                        if workflows:
+                            await conn.execute(_WAKE_WORKFLOWS)
                         await asyncio.sleep(INTERVAL)
             except asyncio.CancelledError:
                 raise

@@ -46,7 +46,8 @@ async def store_key(conn: db.Conn, key: str, role: Role, name: str | None = None
         "api_keys_insert",
         {"key_hash": hash_key(key), "prefix": key[:8], "name": name, "role": role},
     )
-    return int(row["id"]) if row else 0
+    assert row is not None  # ON CONFLICT ... DO UPDATE returns the row either way
+    return int(row["id"])
 
 
 async def create_key(conn: db.Conn, role: Role, name: str | None = None) -> tuple[int, str]:

@@ -43,6 +43,10 @@ DEFAULT_PROVIDER_RATES: Mapping[str, float] = {"TELEGRAM": 25.0}
 #: ``worker --concurrency`` / POSTBELL_WORKER_CONCURRENCY.
 MAX_WEB_WORKERS = 128
 MAX_WORKER_CONCURRENCY = 1000
+#: POSTBELL_MAX_IN_FLIGHT's default and bound: 1,000 requests in flight are ~3,000/s
+#: to receivers answering in 300 ms, in tens of MB (one socket and buffer each).
+MAX_IN_FLIGHT = 1000
+MAX_IN_FLIGHT_BOUND = 20_000
 
 
 class ConfigError(Exception):
@@ -171,6 +175,11 @@ class Settings:
     retry_max_seconds: float
     batch_size: int
     batch_size_by_channel: Mapping[str, int]
+    #: POSTBELL_MAX_IN_FLIGHT(_<CHANNEL>): the most requests an HTTP channel (WEBHOOK,
+    #: SLACK, DISCORD, TEAMS) has in flight per worker process; below it the number
+    #: follows the receivers' latency (workers/channels/gate.py)
+    max_in_flight: int
+    max_in_flight_by_channel: Mapping[str, int]
     provider_rates: Mapping[str, float]  # channel -> sends per second
     #: per API process, per second (None: no limit); see app/api/limits.py
     rate_limit_key: float | None
@@ -269,6 +278,12 @@ class Settings:
             retry_max_seconds=env.number("POSTBELL_RETRY_MAX_SECONDS", 3600.0, minimum=0.01),
             batch_size=env.integer("POSTBELL_BATCH_SIZE", 500, minimum=1, maximum=10_000),
             batch_size_by_channel=env.per_channel("POSTBELL_BATCH_SIZE"),
+            max_in_flight=env.integer(
+                "POSTBELL_MAX_IN_FLIGHT", MAX_IN_FLIGHT, minimum=1, maximum=MAX_IN_FLIGHT_BOUND
+            ),
+            max_in_flight_by_channel=env.per_channel(
+                "POSTBELL_MAX_IN_FLIGHT", maximum=MAX_IN_FLIGHT_BOUND
+            ),
             provider_rates=env.rates("POSTBELL_PROVIDER_RATE"),
             rate_limit_key=env.rate("POSTBELL_RATE_LIMIT_KEY", 5000.0, off=True),
             rate_limit_token=env.rate("POSTBELL_RATE_LIMIT_TOKEN", 20.0, off=True),
@@ -296,6 +311,9 @@ class Settings:
 
     def max_attempts(self, channel: str) -> int:
         return self.retry_max_attempts_by_channel.get(channel, self.retry_max_attempts)
+
+    def max_in_flight_for(self, channel: str) -> int:
+        return self.max_in_flight_by_channel.get(channel, self.max_in_flight)
 
     def batch_size_for(self, channel: str) -> int:
         size = self.batch_size_by_channel.get(channel, self.batch_size)
@@ -658,11 +676,11 @@ class _Env:
                     f" the channels are {', '.join(CHANNELS)}"
                 )
 
-    def per_channel(self, prefix: str) -> dict[str, int]:
+    def per_channel(self, prefix: str, *, maximum: int | None = None) -> dict[str, int]:
         self._check_channel_suffixes(prefix)
         out: dict[str, int] = {}
         for channel in CHANNELS:
-            value = self.integer_or_none(f"{prefix}_{channel}", minimum=1)
+            value = self.integer_or_none(f"{prefix}_{channel}", minimum=1, maximum=maximum)
             if value is not None:
                 out[channel] = value
         return out

@@ -746,6 +746,35 @@ def _render_field(
     return "".join(pieces).strip()
 
 
+def render_text(source: str, variables: Mapping[str, Any], name: str) -> str:
+    """One plain-text field outside a template version (a workflow step's message
+    fields): the same sandbox and limits, no autoescape, English and UTC for the
+    Babel filters. Raises ``TemplateError`` naming ``name`` as the field."""
+    compiled = compile_field(source, False, name)
+    token = _STATE.set(_RenderState(_ENGLISH, dt.UTC))
+    try:
+        pieces: list[str] = []
+        size = 0
+        try:
+            for piece in compiled.template.generate(variables):
+                size += len(piece)
+                if size > MAX_OUTPUT:
+                    raise SecurityError(f"the output grew past {MAX_OUTPUT} characters")
+                pieces.append(piece)
+        except jinja2.UndefinedError as exc:
+            raise TemplateError(exc.message or "undefined variable", field=name) from None
+        except RecursionError:
+            raise TemplateError("recursion too deep", field=name) from None
+        except Exception as exc:
+            message = str(exc) or type(exc).__name__
+            if isinstance(exc, SecurityError):
+                message = f"refused: {message}"
+            raise TemplateError(message[:300], field=name) from None
+    finally:
+        _STATE.reset(token)
+    return "".join(pieces).strip()
+
+
 # ---------------------------------------------------------------- validation
 
 

@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from postbell.app.core import templates
 from postbell.app.core.channels import ChannelName
 from postbell.app.core.errors import Invalid
 
@@ -28,8 +29,20 @@ _PATH_RE = re.compile(r"data(\.[A-Za-z0-9_-]{1,100}){1,10}")
 #: The longest wait a step may name: longer is a typo, not a plan.
 MAX_SECONDS = 366 * 86400
 MAX_STEPS = 50
+#: The NOTIFY channel that wakes the workflow engine (postbell.trigger in SQL, and
+#: the API's Waker, send on it; each engine LISTENs).
+WAKEUP_CHANNEL = "postbell_workflows"
 
 Duration = Annotated[str, msgspec.Meta(min_length=2, max_length=40, pattern=r"^[+-]?[0-9smhd]+$")]
+#: A digest window: a duration, or ``preference`` (the recipient's digest frequency).
+Window = Annotated[
+    str, msgspec.Meta(min_length=2, max_length=40, pattern=r"^([0-9smhd]+|preference)$")
+]
+#: What a send step's fields and templates see besides the trigger's data.
+WORKFLOW_VARIABLES = frozenset({"events", "count"})
+#: The events a digest hands its templates and message fields (``count`` is all).
+MAX_EVENTS = 100
+Weekday = Literal["monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"]
 DataPath = Annotated[str, msgspec.Meta(min_length=6, max_length=400, pattern=LINE)]
 StepTitle = Annotated[str, msgspec.Meta(max_length=300, pattern=LINE)]
 StepBody = Annotated[str, msgspec.Meta(min_length=1, max_length=20_000, pattern=TEXT)]
@@ -37,6 +50,20 @@ StepUrl = Annotated[str, msgspec.Meta(max_length=2048, pattern=LINE)]
 StepKey = Annotated[
     str, msgspec.Meta(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")
 ]
+
+
+class DigestSetting(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """A digest frequency: ``off`` (each event goes on at once), ``hourly``, ``daily``
+    (at ``hour`` o'clock in the recipient's timezone) or ``weekly`` (at ``hour`` on
+    ``weekday``). A recipient's choice per category, or a digest step's default."""
+
+    frequency: Literal["off", "hourly", "daily", "weekly"]
+    hour: Annotated[int, msgspec.Meta(ge=0, le=23)] = 9
+    weekday: Weekday = "monday"
+
+
+#: A digest step's default frequency when the recipient chose none.
+DEFAULT_SETTING = DigestSetting(frequency="daily")
 
 
 class Condition(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, omit_defaults=True):
@@ -68,7 +95,10 @@ class SendStep(
     omit_defaults=True,
 ):
     """An ordinary notification to the run's recipient: preferences, quiet hours,
-    priorities, fallbacks and the category's rate limits apply."""
+    priorities, fallbacks and the category's rate limits apply. Its text is either
+    ``template`` (rendered with the run's data, ``events`` and ``count``, at the
+    version the trigger pinned) or the message fields (``title``, ``message``: Jinja2
+    in the same sandbox, with the same variables, rendered by the engine)."""
 
     channels: Annotated[list[ChannelName], msgspec.Meta(min_length=1)] | None = None
     title: StepTitle | None = None
@@ -78,7 +108,7 @@ class SendStep(
     metadata: dict[str, Any] | None = None
     priority: Literal["low", "normal", "high", "urgent"] = "normal"
     fallback: dict[ChannelName, ChannelName] | None = None
-    #: Reserved for the templates issue: refused (422) until templates exist.
+    #: A template's key (docs/templates.md) instead of the message fields.
     template: StepKey | None = None
     #: An A/B experiment: each recipient gets one of ``variants`` (docs/experiments.md).
     experiment: StepKey | None = None
@@ -113,11 +143,17 @@ class DigestStep(
     """Collect this step's runs for one recipient and ``key`` (a data path; none: all
     of them) into one digest. It fires once ``window`` has passed without a new
     event, and at the latest ``max_wait`` after its first (default: ``window``, a
-    fixed window). The run of its first event goes on; the others end ``done``."""
+    fixed window). The run of its first event goes on; the others end ``done``.
 
-    window: Duration
+    ``window: preference`` follows the recipient's digest frequency for the
+    workflow's category (``default`` when they chose none): off, hourly, or the next
+    delivery hour in their timezone, capped by ``max_wait`` when given."""
+
+    window: Window
     key: DataPath | None = None
     max_wait: Duration | None = None
+    #: with ``window: preference``: the frequency of recipients who chose none
+    default: DigestSetting | None = None
 
 
 class ThrottleStep(
@@ -202,8 +238,9 @@ def _experiment(step: SendStep, at: str) -> None:
             )
 
 
-def check(steps: list[Step]) -> None:
-    """The rules beyond the types; ``Invalid`` naming ``steps[i].<field>``."""
+def check(steps: list[Step], category: str | None = None) -> None:
+    """The rules beyond the types; ``Invalid`` naming ``steps[i].<field>``. Templates
+    are checked against the database by the caller (``templates_named``)."""
     if not steps:
         raise Invalid("a workflow needs at least one step", field="steps")
     if len(steps) > MAX_STEPS:
@@ -214,25 +251,42 @@ def check(steps: list[Step]) -> None:
         at = f"steps[{index}]"
         if isinstance(step, SendStep):
             sends += 1
-            if step.template is not None:
-                raise Invalid(
-                    f"{at}.template: workflow send steps do not take templates yet; give the"
-                    " message fields (title, message) instead",
-                    field=f"{at}.template",
-                )
-            if step.message is not None and step.body is not None:
-                raise Invalid(
-                    f"{at}.body: give either 'message' or 'body', not both", field=f"{at}.body"
-                )
             _experiment(step, at)
-            text = step.message if step.message is not None else step.body
-            if text is None and step.variants:
-                text = step.variants[0].body
-            if text is None or not text.strip():
-                raise Invalid(
-                    f"{at}.message: a send step needs a 'message' (or 'body')",
-                    field=f"{at}.message",
-                )
+            if step.template is not None:
+                if step.experiment is not None:
+                    raise Invalid(
+                        f"{at}.template: an experiment's variants carry their own text; no"
+                        " template with them yet",
+                        field=f"{at}.template",
+                    )
+                for name in ("title", "message", "body", "action_url"):
+                    if getattr(step, name) is not None:
+                        raise Invalid(
+                            f"{at}.{name}: give either 'template' or message fields, not both:"
+                            " the template has the text",
+                            field=f"{at}.{name}",
+                        )
+            else:
+                if step.message is not None and step.body is not None:
+                    raise Invalid(
+                        f"{at}.body: give either 'message' or 'body', not both",
+                        field=f"{at}.body",
+                    )
+                text = step.message if step.message is not None else step.body
+                if text is None and step.variants:
+                    text = step.variants[0].body  # the variants carry the text
+                if text is None or not text.strip():
+                    raise Invalid(
+                        f"{at}.message: a send step needs a 'message' (or 'body', or a 'template')",
+                        field=f"{at}.message",
+                    )
+                for name in ("title", "message", "body"):
+                    source = getattr(step, name)
+                    if source is not None:
+                        try:
+                            templates.compile_field(source, False, f"{at}.{name}")
+                        except templates.TemplateError as exc:
+                            raise Invalid(f"{at}.{name}: {exc}", field=f"{at}.{name}") from None
             for first, second in (step.fallback or {}).items():
                 if first == second:
                     raise Invalid(
@@ -258,9 +312,24 @@ def check(steps: list[Step]) -> None:
             if step.offset is not None:
                 seconds(step.offset, f"{at}.offset", signed=True)
         elif isinstance(step, DigestStep):
-            window = seconds(step.window, f"{at}.window")
             if step.key is not None:
                 data_path(step.key, f"{at}.key")
+            if step.window == "preference":
+                if category is None:
+                    raise Invalid(
+                        f"{at}.window: 'preference' follows the recipients' digest frequency"
+                        " for the workflow's category: give the workflow a category",
+                        field=f"{at}.window",
+                    )
+                if step.max_wait is not None:
+                    seconds(step.max_wait, f"{at}.max_wait")
+                continue
+            if step.default is not None:
+                raise Invalid(
+                    f'{at}.default: a default frequency goes with "window": "preference"',
+                    field=f"{at}.default",
+                )
+            window = seconds(step.window, f"{at}.window")
             if step.max_wait is not None and seconds(step.max_wait, f"{at}.max_wait") < window:
                 raise Invalid(f"{at}.max_wait: must be at least the window", field=f"{at}.max_wait")
         elif isinstance(step, ThrottleStep):
@@ -319,3 +388,26 @@ def key_of(path: str | None, data: Any) -> str:
     if path is None:
         return ""
     return msgspec.json.encode(read_path(data, path)).decode()
+
+
+def template_keys(steps: list[Step]) -> list[str]:
+    """The templates a workflow's send steps name, each once, in step order."""
+    return list(dict.fromkeys(s.template for s in steps if isinstance(s, SendStep) and s.template))
+
+
+def wakes(steps: list[Step]) -> bool:
+    """Whether a new run's first step may send at once (anything but a digest or a
+    fixed delay): then a trigger wakes the engine instead of waiting for its poll.
+    postbell.trigger() in SQL decides the same (migration 0017)."""
+    first = steps[0]
+    return not (
+        isinstance(first, DigestStep) or (isinstance(first, DelayStep) and first.for_ is not None)
+    )
+
+
+def variables(data: Any, events: list[Any], count: int) -> dict[str, Any]:
+    """What a send step's template or message fields render with: the run's trigger
+    data, ``events`` (each digested trigger's data, in order; the run's own without
+    a digest) and ``count`` (how many events; 1 without a digest). ``events`` and
+    ``count`` hide data keys of the same names."""
+    return {**(data if isinstance(data, dict) else {}), "events": events, "count": count}

@@ -118,7 +118,8 @@ f AS (
            d.channel || ' ' || CASE WHEN d.status = 'dead' THEN 'dead' ELSE d.reason END
                AS fallback_reason,
            delivery_skip_reason(fb.channel, s.configured, s.address_field, s.inactive_field,
-                                n.expires_at, r, p, n.category, coalesce(c.required, false)) AS reason
+                                n.expires_at, r, p, n.category, coalesce(c.required, false),
+                                coalesce(n.topic, n.metadata #>> '{workflow,topic}')) AS reason
       FROM deliveries AS d
       JOIN notifications AS n ON n.id = d.notification_id
       LEFT JOIN categories AS c ON c.key = n.category

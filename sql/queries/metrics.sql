@@ -41,3 +41,17 @@ folded AS (
     RETURNING 1
 )
 SELECT (SELECT count(*) FROM gone) AS before, (SELECT count(*) FROM folded) AS after
+
+-- name: metrics_workflow_runs
+-- Runs not final, per workflow and state (waiting, digesting), 0 for a workflow
+-- with none: a count over workflow_runs_open_idx (0018), which holds only the runs
+-- that are not final, never a scan of every run ever made.
+SELECT w.key AS workflow, s.state, coalesce(c.runs, 0) AS runs
+  FROM workflows AS w
+ CROSS JOIN (VALUES ('waiting'), ('digesting')) AS s(state)
+  LEFT JOIN (SELECT r.workflow_key, r.state, count(*) AS runs
+               FROM workflow_runs AS r
+              WHERE r.state IN ('waiting', 'digesting')
+              GROUP BY r.workflow_key, r.state) AS c
+         ON c.workflow_key = w.key AND c.state = s.state
+ ORDER BY w.key, s.state

@@ -86,11 +86,14 @@ SELECT (%(category)s::text IS NULL OR EXISTS (SELECT 1 FROM categories WHERE key
 -- Newest first, keyset on (created_at, id): the list walks an index backwards
 -- (notifications_created_idx; with a category notifications_category_created_idx),
 -- the other filters narrow that walk. channel: the channels it sends on — its own, else its
--- category's defaults, else IN_APP — and any fallback channel it names. Run
+-- category's defaults, else IN_APP — and any fallback channel it names. template: the
+-- template it was sent with (template_key); workflow: the workflow whose send step made
+-- it (the engine records it in metadata.workflow, workers/workflows.py). Run
 -- unprepared, so each call is planned for the filters it has.
 SELECT n.id, n.status, n.priority, n.category, n.title, n.topic,
        cardinality(n.recipients) AS recipient_count, n.channels, n.send_at, n.expires_at,
-       n.created_at, n.routed_at
+       n.created_at, n.routed_at, n.template_key AS template,
+       n.metadata -> 'workflow' ->> 'key' AS workflow
   FROM notifications AS n
  WHERE (%(before_at)s::timestamptz IS NULL
         OR (n.created_at, n.id) < (%(before_at)s::timestamptz, %(before_id)s::uuid))
@@ -99,6 +102,8 @@ SELECT n.id, n.status, n.priority, n.category, n.title, n.topic,
    AND (%(created_after)s::timestamptz IS NULL OR n.created_at >= %(created_after)s::timestamptz)
    AND (%(created_before)s::timestamptz IS NULL OR n.created_at < %(created_before)s::timestamptz)
    AND (%(channel)s::text IS NULL OR notification_sends_on(n, %(channel)s::text))
+   AND (%(template)s::text IS NULL OR n.template_key = %(template)s::text)
+   AND (%(workflow)s::text IS NULL OR n.metadata -> 'workflow' ->> 'key' = %(workflow)s::text)
  ORDER BY n.created_at DESC, n.id DESC
  LIMIT %(limit)s
 
@@ -122,7 +127,8 @@ mine AS (
 )
 SELECT n.id, n.status, n.priority, n.category, n.title, n.topic,
        cardinality(n.recipients) AS recipient_count, n.channels, n.send_at, n.expires_at,
-       n.created_at, n.routed_at
+       n.created_at, n.routed_at, n.template_key AS template,
+       n.metadata -> 'workflow' ->> 'key' AS workflow
   FROM notifications AS n
   JOIN mine USING (id)
  WHERE (%(before_at)s::timestamptz IS NULL
@@ -132,6 +138,8 @@ SELECT n.id, n.status, n.priority, n.category, n.title, n.topic,
    AND (%(created_after)s::timestamptz IS NULL OR n.created_at >= %(created_after)s::timestamptz)
    AND (%(created_before)s::timestamptz IS NULL OR n.created_at < %(created_before)s::timestamptz)
    AND (%(channel)s::text IS NULL OR notification_sends_on(n, %(channel)s::text))
+   AND (%(template)s::text IS NULL OR n.template_key = %(template)s::text)
+   AND (%(workflow)s::text IS NULL OR n.metadata -> 'workflow' ->> 'key' = %(workflow)s::text)
  ORDER BY n.created_at DESC, n.id DESC
  LIMIT %(limit)s
 

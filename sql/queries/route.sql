@@ -26,9 +26,9 @@ SELECT DISTINCT x
 -- notification's recipient list, or one chunk of a topic notification's subscribers
 -- (recipient_id > %(after)s, %(chunk)s of them, in id order). For every target x
 -- channel (the notification's, else its category's defaults, else IN_APP),
--- delivery_skip_reason() decides: skipped with a reason (expired, opted out, no
--- address ...), or sent at once for IN_APP, or pending — held to the end of the
--- recipient's quiet hours unless urgent. A fallback delivery is added where the
+-- delivery_skip_reason() decides: skipped with a reason (expired, opted out of the
+-- channel, the category or the topic, no address ...), or sent at once for IN_APP,
+-- or pending — held to the end of the recipient's quiet hours unless urgent. A fallback delivery is added where the
 -- notification (or its category) names one for a channel without device or address.
 -- Then deliver jobs for every pending id, and one NOTIFY for the live inboxes.
 -- ON CONFLICT makes a second run of the same batch or chunk a no-op.
@@ -43,7 +43,10 @@ n AS (
            n.status = 'cancelled' AS cancelled,
            coalesce(n.channels, c.default_channels, %(default_channels)s::text[]) AS channels,
            coalesce(n.fallback, c.fallback, '{}') AS fallback,
-           coalesce(c.required, false) AS required, n.experiment, n.variants
+           coalesce(c.required, false) AS required, n.experiment, n.variants,
+           -- the topic whose mutes apply: the notification's own, or the topic of the
+           -- workflow trigger whose run made it
+           coalesce(n.topic, n.metadata #>> '{workflow,topic}') AS mute_topic
       FROM notifications AS n
       LEFT JOIN categories AS c ON c.key = n.category
      WHERE n.id = ANY(%(ids)s::uuid[])
@@ -65,7 +68,7 @@ members AS (
 ),
 targets AS (
     SELECT m.notification_id, n.priority, n.expires_at, n.category, n.channels, n.fallback,
-           n.required, n.cancelled, r AS recipient, p AS preferences, n.variants,
+           n.required, n.cancelled, n.mute_topic, r AS recipient, p AS preferences, n.variants,
            -- an experiment's variant for this recipient (0021: a hash, the same every time)
            CASE WHEN n.experiment IS NOT NULL
                 THEN experiment_variant(n.experiment, r.external_id, n.variants) END AS variant
@@ -79,7 +82,7 @@ decided AS (
            t.variants,
            delivery_skip_reason(c.channel, s.configured, s.address_field, s.inactive_field,
                                 t.expires_at, t.recipient, t.preferences, t.category,
-                                t.required) AS reason,
+                                t.required, t.mute_topic) AS reason,
            CASE WHEN c.channel <> 'IN_APP' AND t.priority <> 'urgent'
                 THEN quiet_hours_end((t.preferences).quiet_hours, (t.recipient).timezone, now())
            END AS quiet_until
@@ -121,7 +124,8 @@ fallback AS (
                    i.id AS fallback_for, i.channel || ' ' || i.reason AS fallback_reason,
                    delivery_skip_reason(t.fallback ->> i.channel, s.configured, s.address_field,
                                         s.inactive_field, t.expires_at, t.recipient,
-                                        t.preferences, t.category, t.required) AS reason
+                                        t.preferences, t.category, t.required,
+                                        t.mute_topic) AS reason
               FROM ins AS i
               JOIN targets AS t
                 ON t.notification_id = i.notification_id AND (t.recipient).id = i.recipient_id

@@ -76,6 +76,14 @@ SELECT id FROM notifications
  WHERE template_key = %(key)s AND status = 'scheduled'
  LIMIT 1
 
+-- name: templates_workflow_use
+-- A workflow whose current version names this template (DELETE refuses then: its
+-- next trigger could not pin it). Runs in flight keep their pinned version.
+SELECT w.key FROM workflows AS w
+  JOIN workflow_versions AS v ON v.workflow_key = w.key AND v.version = w.version
+ WHERE v.steps @> jsonb_build_array(jsonb_build_object('template', %(key)s::text))
+ LIMIT 1
+
 -- name: templates_delete
 UPDATE templates SET deleted_at = now(), updated_at = now()
  WHERE key = %(key)s AND deleted_at IS NULL

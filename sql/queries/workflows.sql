@@ -38,6 +38,16 @@ SELECT w.key, w.version, v.category, v.steps, w.created_at, w.updated_at
 -- name: workflows_category_exists
 SELECT EXISTS (SELECT 1 FROM categories WHERE key = %(category)s) AS found
 
+-- name: workflow_templates_active
+-- The active versions of the templates a workflow names (share-locked while a
+-- trigger pins them: a DELETE or an activation waits for its commit).
+SELECT t.key, v.version, v.required_data, v.locales, v.default_locale
+  FROM templates AS t
+  JOIN template_versions AS v ON v.template_key = t.key AND v.version = t.active_version
+ WHERE t.key = ANY(%(keys)s::text[])
+   AND t.deleted_at IS NULL
+   FOR SHARE OF t
+
 -- name: workflows_topic_exists
 SELECT EXISTS (SELECT 1 FROM topics WHERE key = %(topic)s) AS found
 
@@ -119,8 +129,12 @@ SELECT t.data
 -- worker that dies mid-batch releases its claim with its connection). A run
 -- cancelled before this statement is no longer 'waiting' and is not claimed.
 -- digest_count: for the run that delivers a fired digest, how many events it holds.
-SELECT r.id, r.workflow_key, r.version, r.recipient, r.step, r.trigger_id, t.data,
-       CASE WHEN d.run_id = r.id THEN cardinality(d.run_ids) END AS digest_count
+-- delivered_digest: that digest's id; templates: the template versions the trigger pinned;
+-- topic: the trigger's topic (its members' mutes apply to the sends).
+SELECT r.id, r.workflow_key, r.version, r.recipient, r.step, r.trigger_id, t.data, t.templates,
+       t.topic,
+       CASE WHEN d.run_id = r.id THEN cardinality(d.run_ids) END AS digest_count,
+       CASE WHEN d.run_id = r.id THEN d.id END AS delivered_digest
   FROM workflow_runs AS r
   JOIN workflow_triggers AS t ON t.id = r.trigger_id
   LEFT JOIN workflow_digests AS d ON d.id = r.digest_id
@@ -129,6 +143,17 @@ SELECT r.id, r.workflow_key, r.version, r.recipient, r.step, r.trigger_id, t.dat
  ORDER BY r.due_at
  LIMIT %(limit)s
    FOR UPDATE OF r SKIP LOCKED
+
+-- name: workflow_digests_events_many
+-- For the runs about to send what their fired digest collected: each digest's first
+-- %(max_events)s events (each trigger's data), in trigger order.
+SELECT d.id AS digest_id,
+       (SELECT jsonb_agg(t.data ORDER BY x.n)
+          FROM unnest(d.run_ids[1:%(max_events)s]) WITH ORDINALITY AS x(run_id, n)
+          JOIN workflow_runs AS r ON r.id = x.run_id
+          JOIN workflow_triggers AS t ON t.id = r.trigger_id) AS events
+  FROM workflow_digests AS d
+ WHERE d.id = ANY(%(ids)s::bigint[])
 
 -- name: workflow_versions_get_many
 SELECT workflow_key, version, category, steps
@@ -162,52 +187,90 @@ SELECT w.id AS run_id,
 -- each), through enqueue_notification: routing applies preferences, quiet hours,
 -- priorities, fallbacks and rate limits as for any notification. Same transaction
 -- as the runs' advance: a crash leaves both undone, never a notification without
--- the advance (or the reverse).
+-- the advance (or the reverse). A templated step's notification carries the pinned
+-- version and its data (the router and the deliver runs render it, as for any
+-- templated notification); without a workflow category it takes the template's.
 SELECT g.n, e.id
   FROM jsonb_to_recordset(%(groups)s::jsonb)
        AS g(n int, recipients jsonb, title text, body text, action_url text, metadata jsonb,
-            channels jsonb, priority text, category text, fallback jsonb)
+            channels jsonb, priority text, category text, fallback jsonb, template_key text,
+            template_version int, template_data jsonb)
  CROSS JOIN LATERAL enqueue_notification(
-       ARRAY(SELECT jsonb_array_elements_text(g.recipients)), NULL, g.title, g.body, g.action_url,
-       g.metadata,
+       ARRAY(SELECT jsonb_array_elements_text(g.recipients)), NULL, g.title, coalesce(g.body, ''),
+       g.action_url, g.metadata,
        CASE WHEN g.channels IS NOT NULL THEN ARRAY(SELECT jsonb_array_elements_text(g.channels)) END,
-       g.priority, g.category, g.fallback, NULL, NULL, NULL, NULL, NULL, interval '1 day') AS e
+       g.priority,
+       coalesce(g.category, (SELECT v.category FROM template_versions AS v
+                              WHERE v.template_key = g.template_key
+                                AND v.version = g.template_version)),
+       g.fallback, NULL, NULL, NULL, NULL, NULL, interval '1 day', true,
+       g.template_key, g.template_version, g.template_data) AS e
 
 -- name: workflow_digests_join
 -- Runs reaching a digest step join the open digest of their (workflow, version,
 -- step, recipient, key), or open it: INSERT ... ON CONFLICT on the partial unique
 -- index, so concurrent batches can never open two. A new event moves the due time
 -- to now + window, never past max_due_at (first event + max_wait).
+-- A step with "window": "preference" (window_s null) reads the recipient's digest
+-- frequency for the workflow's category (else the step's default): the digest is
+-- due at digest_due_at() (an hour on, or the next delivery hour in the recipient's
+-- timezone), capped by max_wait when given, and that time is fixed (max_due_at).
+-- Runs whose recipient chose "off" join nothing: they are answered, and go on.
 WITH x AS (
     SELECT *
       FROM unnest(%(run_ids)s::bigint[], %(workflows)s::text[], %(versions)s::int[],
                   %(steps)s::int[], %(recipients)s::text[], %(keys)s::text[],
-                  %(windows)s::float8[], %(max_waits)s::float8[])
-           AS x(run_id, workflow_key, version, step, recipient, digest_key, window_s, max_wait_s)
+                  %(windows)s::float8[], %(max_waits)s::float8[], %(categories)s::text[],
+                  %(defaults)s::jsonb[])
+           AS x(run_id, workflow_key, version, step, recipient, digest_key, window_s, max_wait_s,
+                category, default_setting)
+),
+p AS (
+    SELECT x.run_id, x.workflow_key, x.version, x.step, x.recipient, x.digest_key,
+           coalesce(now() + make_interval(secs => x.window_s), s.due_at) AS due_at,
+           CASE WHEN x.window_s IS NOT NULL THEN now() + make_interval(secs => x.max_wait_s)
+                ELSE s.due_at END AS max_due_at,
+           x.window_s IS NULL AND s.setting ->> 'frequency' = 'off' AS off
+      FROM x
+      LEFT JOIN recipients AS rc ON x.window_s IS NULL AND rc.external_id = x.recipient
+      LEFT JOIN digest_preferences AS dp
+        ON dp.recipient_id = rc.id AND dp.category = x.category
+     CROSS JOIN LATERAL (
+         SELECT CASE WHEN dp.recipient_id IS NOT NULL
+                     THEN jsonb_build_object('frequency', dp.frequency, 'hour', dp.hour,
+                                             'weekday', dp.weekday)
+                     ELSE x.default_setting END AS setting) AS c
+     CROSS JOIN LATERAL (
+         SELECT c.setting,
+                least(digest_due_at(c.setting, rc.timezone, now()),
+                      now() + make_interval(secs => x.max_wait_s)) AS due_at) AS s
 ),
 g AS (
     SELECT workflow_key, version, step, recipient, digest_key, count(*) AS n,
-           min(window_s) AS window_s, min(max_wait_s) AS max_wait_s
-      FROM x
+           min(due_at) AS due_at, min(max_due_at) AS max_due_at
+      FROM p
+     WHERE NOT p.off
      GROUP BY 1, 2, 3, 4, 5
      ORDER BY 1, 2, 3, 4, 5
 ),
 d AS (
     INSERT INTO workflow_digests AS d (workflow_key, version, step, recipient, digest_key, events,
                                        due_at, max_due_at)
-    SELECT workflow_key, version, step, recipient, digest_key, n,
-           now() + make_interval(secs => window_s), now() + make_interval(secs => max_wait_s)
+    SELECT workflow_key, version, step, recipient, digest_key, n, due_at, max_due_at
       FROM g
         ON CONFLICT (workflow_key, version, step, recipient, digest_key) WHERE state = 'open'
         DO UPDATE SET events = d.events + excluded.events, last_event_at = now(),
                       due_at = least(excluded.due_at, d.max_due_at)
     RETURNING d.id, d.workflow_key, d.version, d.step, d.recipient, d.digest_key
+),
+joined AS (
+    UPDATE workflow_runs AS r
+       SET state = 'digesting', due_at = NULL, digest_id = d.id, updated_at = now()
+      FROM p
+      JOIN d USING (workflow_key, version, step, recipient, digest_key)
+     WHERE r.id = p.run_id
 )
-UPDATE workflow_runs AS r
-   SET state = 'digesting', due_at = NULL, digest_id = d.id, updated_at = now()
-  FROM x
-  JOIN d USING (workflow_key, version, step, recipient, digest_key)
- WHERE r.id = x.run_id
+SELECT run_id FROM p WHERE p.off
 
 -- name: workflow_digests_claim_due
 -- Due open digests, marked fired (their unique slot frees: the next event opens a

@@ -74,8 +74,12 @@ async def test_api_key_from_the_cli_store_authenticates(api: httpx.AsyncClient, 
         _, key = await keys.create_key(conn, "send", "test")
         stored = await db.fetch_all(conn, "api_keys_list")
     assert all(key not in str(row) for row in stored)
+    # what `postbell keys list` shows to tell keys apart: "pb_" and five characters
+    [row] = [r for r in stored if r["name"] == "test" and r["prefix"] == key[:8]]
     response = await api.get("/api/recipients/ghost", headers={"Authorization": f"Bearer {key}"})
     assert response.status_code == 404  # authenticated; the recipient just doesn't exist
+    async with pool.connection() as conn:  # storing it again answers the same key's id
+        assert await keys.store_key(conn, key, "send", "test") == row["id"]
 
 
 async def test_docs_page_and_api_index_work_offline(api: httpx.AsyncClient) -> None:

@@ -34,8 +34,10 @@ async def test_preferences_partial_put_and_token_access(api: httpx.AsyncClient) 
     assert empty.json() == {
         "channels": {},
         "categories": {},
+        "topics": {},
         "quiet_hours": None,
         "updated_at": None,
+        "digest": {},
     }
     first = await api.put(
         f"/api/recipients/{rid}/preferences",
@@ -280,15 +282,21 @@ async def test_idempotency_under_concurrent_repeats(api: httpx.AsyncClient, pool
         "idempotency_conflict",
         "Idempotency-Key",
     )
-    # Same key, another API key: a different scope.
+    # Same key, other API keys: each its own scope (the bootstrap admin key's, and one
+    # per stored key: two stored keys never share one).
     async with pool.connection() as conn:
         _, other = await keys.create_key(conn, "send")
-    elsewhere = await api.post(
-        "/api/notifications",
-        headers={"Authorization": f"Bearer {other}", "Idempotency-Key": key},
-        json=body,
-    )
-    assert elsewhere.status_code == 202
+        _, third = await keys.create_key(conn, "send")
+    ids = set()
+    for credential in (other, third):
+        elsewhere = await api.post(
+            "/api/notifications",
+            headers={"Authorization": f"Bearer {credential}", "Idempotency-Key": key},
+            json=body,
+        )
+        assert elsewhere.status_code == 202
+        ids.add(elsewhere.json()["id"])
+    assert len(ids) == 2 and responses[0].json()["id"] not in ids
 
 
 async def test_idempotency_key_expires(api: httpx.AsyncClient, pool: db.Pool) -> None:

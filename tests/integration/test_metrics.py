@@ -189,7 +189,9 @@ async def test_compaction_folds_the_rollup_without_changing_a_figure(
         return {
             k: v
             for k, v in samples.items()
-            if not k[0].startswith(("postbell_http", "postbell_queue", "postbell_workers"))
+            if not k[0].startswith(
+                ("postbell_http", "postbell_queue", "postbell_workers", "postbell_workflow")
+            )
         }
 
     async with pool.connection() as conn:
@@ -210,6 +212,53 @@ async def test_compaction_folds_the_rollup_without_changing_a_figure(
     after = fleet(await scrape(metrics_api))
     assert after == before
     assert pick(after, "postbell_provider_errors_total", channel="SMS", **{"class": "timeout"}) >= 5
+
+
+async def test_workflow_runs_waiting_by_workflow_and_state(fresh_database_url: str) -> None:
+    """postbell_workflow_runs_waiting counts the runs not final per workflow and state
+    (0 for a workflow with none), and reads them through the index of open runs: with
+    20,000 finished runs in the table the plan touches no run that is final."""
+    from postbell.workers import workflows
+    from tests.integration.test_workflows_engine import workflow_env
+
+    async with workflow_env(fresh_database_url) as env:
+        await env.put(
+            "wf-delay", [{"type": "delay", "for": "1h"}, {"type": "send", "message": "later"}]
+        )
+        await env.put(
+            "wf-digest",
+            [{"type": "digest", "window": "1h"}, {"type": "send", "message": "{{count}} new"}],
+        )
+        await env.put("wf-idle", [{"type": "send", "message": "hi"}])
+        await env.trigger("wf-delay", to=["a", "b", "c"])
+        await env.trigger("wf-digest", to=["a", "b"])
+        await env.trigger("wf-digest", to=["a"])
+        await workflows.run_due(env.pool)
+        # 20,000 final runs: what a scrape must not read
+        await query(
+            env.pool,
+            "INSERT INTO workflow_runs (trigger_id, workflow_key, version, recipient, state,"
+            " finished_at) SELECT trigger_id, workflow_key, version, 'old-' || i, 'done', now()"
+            " FROM (SELECT trigger_id, workflow_key, version FROM workflow_runs LIMIT 1) AS t,"
+            " generate_series(1, 20000) AS i",
+        )
+        await query(env.pool, "ANALYZE workflow_runs")
+        response = await env.api.get("/metrics", headers=ADMIN)
+        assert response.status_code == 200, response.text
+        got = series(parse(response.text), "postbell_workflow_runs_waiting")
+        assert got == {
+            (("state", "digesting"), ("workflow", "wf-delay")): 0.0,
+            (("state", "waiting"), ("workflow", "wf-delay")): 3.0,
+            (("state", "digesting"), ("workflow", "wf-digest")): 3.0,
+            (("state", "waiting"), ("workflow", "wf-digest")): 0.0,
+            (("state", "digesting"), ("workflow", "wf-idle")): 0.0,
+            (("state", "waiting"), ("workflow", "wf-idle")): 0.0,
+        }
+        async with env.pool.connection() as conn:
+            cursor = await conn.execute(b"EXPLAIN " + db.queries["metrics_workflow_runs"])
+            plan = "\n".join(str(next(iter(row.values()))) for row in await cursor.fetchall())
+        assert "workflow_runs_open_idx" in plan, plan
+        assert "Seq Scan on workflow_runs" not in plan, plan
 
 
 async def test_worker_serves_its_own_metrics(

@@ -109,6 +109,56 @@ async def test_filters(api: httpx.AsyncClient, worker: None) -> None:
     assert await wait_until(shown_cancelled) == [scheduled]
 
 
+async def test_template_and_workflow_filters(api: httpx.AsyncClient, worker: None) -> None:
+    """template keeps the notifications sent with that template; workflow keeps those a
+    send step of that workflow made; each item names both (null when neither)."""
+    rid = unique("tw")
+    start = dt.datetime.now(dt.UTC).isoformat()
+    template = unique("tpl")
+    put = await api.put(
+        f"/api/templates/{template}",
+        headers=ADMIN,
+        json={
+            "default_locale": "en",
+            "example_data": {"who": "Ada"},
+            "locales": {"en": {"IN_APP": {"body": "Hi {{ who }}"}}},
+        },
+    )
+    assert put.status_code == 200, put.text
+    templated = await send(api, to=[rid], template=template, data={"who": "Ada"})
+    plain = await send(api, to=[rid], message="plain", channels=["IN_APP"])
+    workflow = unique("wf")
+    steps = {"steps": [{"type": "send", "channels": ["IN_APP"], "message": "from a workflow"}]}
+    assert (
+        await api.put(f"/api/workflows/{workflow}", headers=ADMIN, json=steps)
+    ).status_code == 200
+    trigger = await api.post(
+        f"/api/workflows/{workflow}/trigger", headers=ADMIN, json={"to": [rid]}
+    )
+    assert trigger.status_code == 202, trigger.text
+
+    async def made() -> list[dict[str, Any]] | None:
+        items = await all_pages(api, workflow=workflow, created_after=start)
+        return items or None
+
+    [by_workflow] = await wait_until(made)
+    assert (by_workflow["workflow"], by_workflow["template"]) == (workflow, None)
+    [by_template] = await all_pages(api, template=template, created_after=start)
+    assert (by_template["id"], by_template["template"], by_template["workflow"]) == (
+        templated,
+        template,
+        None,
+    )
+    mine = {i["id"]: i for i in await all_pages(api, recipient=rid)}
+    assert (mine[plain]["template"], mine[plain]["workflow"]) == (None, None)
+    assert [i["id"] for i in await all_pages(api, recipient=rid, template=template)] == [templated]
+    assert [i["id"] for i in await all_pages(api, recipient=rid, workflow=workflow)] == [
+        by_workflow["id"]
+    ]
+    assert await all_pages(api, template=unique("none"), created_after=start) == []
+    assert await all_pages(api, workflow=unique("none"), created_after=start) == []
+
+
 @pytest.mark.parametrize(
     ("params", "field"),
     [
@@ -144,6 +194,8 @@ QUERIES = {
         {"created_after": "2026-01-01T00:00:00Z", "created_before": "2026-01-02T00:00:00Z"},
     ),
     "recipient": ("notifications_list_for_recipient", {"recipient": "explain-r-42"}),
+    "template": ("notifications_list", {"template": "explain-tpl"}),
+    "workflow": ("notifications_list", {"workflow": "explain-wf"}),
 }
 
 
@@ -157,6 +209,8 @@ async def test_list_queries_use_indexes(pool: db.Pool, case: str) -> None:
         "category": None,
         "status": None,
         "channel": None,
+        "template": None,
+        "workflow": None,
         "created_after": None,
         "created_before": None,
         "before_at": None,

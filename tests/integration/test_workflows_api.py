@@ -88,9 +88,32 @@ BAD_STEPS: list[tuple[str, Any, str]] = [
         "steps[0].if.in_app",
     ),
     (
-        "templates not taken by send steps yet",
-        [{"type": "send", "channels": ["EMAIL"], "template": "reply-digest"}],
+        "template and message fields",
+        [{"type": "send", "channels": ["EMAIL"], "template": "reply-digest", "message": "x"}],
+        "steps[0].message",
+    ),
+    (
+        "unknown template",
+        [{"type": "send", "channels": ["EMAIL"], "template": "no-such-template-x"}],
         "steps[0].template",
+    ),
+    (
+        "message that does not compile",
+        [{"type": "send", "message": "{% for e in events %}{{ e.author }}"}],
+        "steps[0].message",
+    ),
+    (
+        "preference window without a category",
+        [{"type": "digest", "window": "preference"}, {"type": "send", "message": "x"}],
+        "steps[0].window",
+    ),
+    (
+        "default frequency with a fixed window",
+        [
+            {"type": "digest", "window": "1h", "default": {"frequency": "daily"}},
+            {"type": "send", "message": "x"},
+        ],
+        "steps[0].default",
     ),
     (
         "max_wait under the window",

@@ -45,6 +45,8 @@ TARGETS = (
         "auth",
         "app/api/auth.py",
         (
+            "tests/unit/test_auth.py",
+            "tests/integration/test_controls.py::test_idempotency_under_concurrent_repeats",
             "tests/integration/test_api_basics.py",
             "tests/integration/test_rate_limits.py",
             "tests/integration/test_inbox_live.py",

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
+import typing
 
 from postbell.app.core import keys, tokens
 
@@ -43,8 +45,26 @@ def test_no_secret_configured_rejects_every_token() -> None:
 
 def test_keys_are_random_and_stored_as_sha256() -> None:
     a, b = keys.generate_key(), keys.generate_key()
-    assert a != b and a.startswith("pb_") and len(a) > 40
+    assert a != b and a.startswith("pb_")
+    # 256 bits of entropy: the part after the prefix is 32 random bytes, URL-safe base64
+    assert len(base64.urlsafe_b64decode(a.removeprefix("pb_") + "=")) == 32
+    assert len(a) == len("pb_") + 43
     assert keys.hash_key(a) == hashlib.sha256(a.encode()).digest()
+
+
+def test_roles_are_the_two_the_api_knows() -> None:
+    """The CLI offers ROLES as --role's choices; the API checks keys by these names."""
+    assert keys.ROLES == typing.get_args(keys.Role) == ("admin", "send")
+
+
+def test_a_key_name_is_1_to_100_printable_characters() -> None:
+    assert keys.name_problem("deploy bot · café") is None
+    assert keys.name_problem("x" * 100) is None
+    assert keys.name_problem("") == "the name is empty"
+    assert keys.name_problem(" \t ") == "the name is empty"
+    assert keys.name_problem("x" * 101) == "at most 100 characters, got 101"
+    for bad in ("a\x00b", "line\nbreak", "esc\x1b[31m"):
+        assert keys.name_problem(bad) == "control characters are not allowed", bad
 
 
 def test_an_id_with_a_dot_cannot_forge_another_recipients_expiring_token() -> None:
@@ -148,3 +168,12 @@ def test_nul_is_refused_with_a_clear_message() -> None:
         tokens.sign("s3", "inbox", "a\x00")
     with pytest.raises(ValueError, match=r"^an external id may not hold NUL$"):
         tokens.recipient_token("s3", "a\x00")
+
+
+def test_a_recipient_token_never_shows_in_a_principals_repr() -> None:
+    """Principals reach logs and tracebacks; the token they hold must not."""
+    from postbell.app.api.auth import KeyPrincipal, TokenPrincipal
+
+    assert "s3cr3t" not in repr(TokenPrincipal("s3cr3t"))
+    assert KeyPrincipal(role="admin", key_id=None).idempotency_scope == "admin"
+    assert KeyPrincipal(role="send", key_id=7).idempotency_scope == "7"

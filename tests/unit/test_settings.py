@@ -193,3 +193,20 @@ def test_sns_settings_reuse_the_aws_credentials() -> None:
         "Postbell",
     )
     assert "secret-value" not in repr(settings)
+
+
+def test_max_in_flight_has_a_default_a_per_channel_value_and_bounds() -> None:
+    settings = Settings.from_env(
+        {"POSTBELL_MAX_IN_FLIGHT": "2000", "POSTBELL_MAX_IN_FLIGHT_SLACK": "16"}
+    )
+    assert settings.max_in_flight_for("WEBHOOK") == 2000
+    assert settings.max_in_flight_for("SLACK") == 16
+    assert Settings.from_env({}).max_in_flight_for("TEAMS") == 1000
+    for name, value in (
+        ("POSTBELL_MAX_IN_FLIGHT", "0"),
+        ("POSTBELL_MAX_IN_FLIGHT_WEBHOOK", "20001"),
+    ):
+        with pytest.raises(ConfigError, match=name):
+            Settings.from_env({name: value})
+    with pytest.raises(ConfigError, match="POSTBELL_MAX_IN_FLIGHT_FAX: no channel"):
+        Settings.from_env({"POSTBELL_MAX_IN_FLIGHT_FAX": "5"})

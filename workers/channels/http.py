@@ -28,7 +28,7 @@ from aiohappyeyeballs import AddrInfoType
 from postbell.app.core.addresses import AddressGuard, PrivateAddressError
 from postbell.app.core.settings import Settings
 from postbell.workers.channels.base import Delivery, Outcome, invalid_content
-from postbell.workers.channels.gate import PriorityGate, rank
+from postbell.workers.channels.gate import AdaptiveGate, rank
 
 
 def new_session(
@@ -113,7 +113,8 @@ def classify_exception(exc: BaseException, what: str) -> Outcome:
     return Outcome.retry(f"{what}: {type(exc).__name__}: {exc}"[:500])
 
 
-#: Requests in flight at once per channel and worker process.
+#: Requests in flight at once per channel and worker process, where they start (the
+#: gate then sizes them to the latency it sees, up to POSTBELL_MAX_IN_FLIGHT).
 CONCURRENCY = 64
 
 
@@ -131,8 +132,9 @@ class HttpChannel:
         self.settings = settings
         self._session: aiohttp.ClientSession | None = None
         # Waiting requests go out by priority: an urgent delivery waits only for the
-        # requests already in flight, not for every queued low-priority one.
-        self._limit = PriorityGate(CONCURRENCY)
+        # requests already in flight, not for every queued low-priority one. How many
+        # are in flight follows the receivers' latency (see gate.AdaptiveGate).
+        self._limit = AdaptiveGate(settings.max_in_flight_for(self.name), start=CONCURRENCY)
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -140,6 +142,7 @@ class HttpChannel:
             self._session = new_session(
                 timeout=self.settings.http_timeout,
                 guard=self.settings.address_guard,
+                per_host=self._limit.ceiling,
             )
         return self._session
 
@@ -168,12 +171,14 @@ class HttpChannel:
         except Exception as exc:
             return invalid_content(self.what, exc)
         async with self._limit.slot(rank(delivery.priority)):
+            started = time.perf_counter()
             try:
                 async with self.session.post(
                     url, data=body, headers=headers, allow_redirects=False
                 ) as response:
                     wanted = response.status >= 400 or self.read_success_body
                     text = (await response.text(errors="replace"))[:2000] if wanted else ""
+                    self._limit.observe(time.perf_counter() - started)
                     return self.outcome(response.status, response.headers, text)
             except Exception as exc:
                 return classify_exception(exc, self.what)

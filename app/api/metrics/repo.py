@@ -22,3 +22,7 @@ async def queues(conn: db.Conn) -> list[DictRow]:
 
 async def workers(conn: db.Conn) -> DictRow | None:
     return await db.fetch_one(conn, "metrics_workers")
+
+
+async def workflow_runs(conn: db.Conn) -> list[DictRow]:
+    return await db.fetch_all(conn, "metrics_workflow_runs")

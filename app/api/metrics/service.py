@@ -42,8 +42,17 @@ async def render(pool: db.Pool, http: HttpMetrics) -> bytes:
         buckets = await repo.send_buckets(conn)
         queues = await repo.queues(conn)
         workers = await repo.workers(conn)
+        runs = await repo.workflow_runs(conn)
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Fixed([*fleet(rollup, buckets), *queue_families(queues, workers)]))
+    registry.register(
+        _Fixed(
+            [
+                *fleet(rollup, buckets),
+                *queue_families(queues, workers),
+                workflow_runs_family(runs),
+            ]
+        )
+    )
     return generate_latest(registry) + generate_latest(http.registry)
 
 
@@ -131,3 +140,15 @@ def queue_families(rows: Iterable[Any], workers: Any) -> list[Metric]:
     )
     live.add_metric((), float(workers["live"]) if workers else 0.0)
     return [jobs, later, oldest, live]
+
+
+def workflow_runs_family(rows: Iterable[Any]) -> Metric:
+    waiting = GaugeMetricFamily(
+        "postbell_workflow_runs_waiting",
+        "Workflow runs not finished, per workflow and state: waiting (for their step's"
+        " due time) or digesting (collected into an open digest)",
+        labels=("workflow", "state"),
+    )
+    for row in rows:
+        waiting.add_metric((row["workflow"], row["state"]), float(row["runs"]))
+    return waiting

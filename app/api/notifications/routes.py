@@ -60,6 +60,8 @@ async def list_notifications(
     category: FilterParam = None,
     status: FilterParam = None,
     channel: FilterParam = None,
+    template: FilterParam = None,
+    workflow: FilterParam = None,
     created_after: FilterParam = None,
     created_before: FilterParam = None,
     cursor: CursorParam = None,
@@ -67,13 +69,16 @@ async def list_notifications(
 ) -> NotificationPage:
     """Notifications, newest first, each with its delivery counts by status. Filters:
     ``recipient`` (external id), ``category``, ``status``, ``channel`` (a channel it
-    sends on), ``created_after`` / ``created_before`` (RFC 3339 times)."""
+    sends on), ``template`` (the template it was sent with), ``workflow`` (the
+    workflow that made it), ``created_after`` / ``created_before`` (RFC 3339 times)."""
     return await service.list_page(
         pool,
         recipient=recipient,
         category=category,
         status=status,
         channel=channel,
+        template=template,
+        workflow=workflow,
         created_after=created_after,
         created_before=created_before,
         cursor=cursor,

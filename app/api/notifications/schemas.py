@@ -127,6 +127,9 @@ class NotificationSummary(msgspec.Struct):
     created_at: dt.datetime
     routed_at: dt.datetime | None
     delivery_counts: dict[str, int]
+    #: the template it was sent with, and the workflow whose send step made it
+    template: str | None = None
+    workflow: str | None = None
 
 
 class NotificationPage(msgspec.Struct):

@@ -32,6 +32,7 @@ async def unsubscribe(pool: db.Pool, secrets: Sequence[str], token: str) -> tupl
         "external_id": external_id,
         "channels": None,
         "categories": Jsonb({category: {"EMAIL": False}}),
+        "topics": None,
         "quiet_hours": None,
         "quiet_hours_set": False,
     }

@@ -46,6 +46,10 @@ async def scheduled_use(conn: db.Conn, key: str) -> DictRow | None:
     return await db.fetch_one(conn, "templates_scheduled_use", {"key": key})
 
 
+async def workflow_use(conn: db.Conn, key: str) -> DictRow | None:
+    return await db.fetch_one(conn, "templates_workflow_use", {"key": key})
+
+
 async def delete(conn: db.Conn, key: str) -> None:
     await db.execute(conn, "templates_delete", {"key": key})
 

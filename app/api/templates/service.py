@@ -176,8 +176,9 @@ async def activate(pool: db.Pool, key: str, version: int) -> TemplateOut:
 
 
 async def delete(pool: db.Pool, key: str) -> None:
-    """Delete a template; Conflict while a scheduled notification will render it.
-    Its versions stay for the notifications already accepted."""
+    """Delete a template; Conflict while a scheduled notification will render it or
+    a workflow's current version names it. Its versions stay for the notifications
+    (and workflow runs) already accepted."""
     async with pool.connection() as conn, conn.transaction():
         if not await repo.lock(conn, key):
             raise NotFound(f"no template {key!r}")
@@ -186,6 +187,12 @@ async def delete(pool: db.Pool, key: str) -> None:
             raise Conflict(
                 f"template {key!r} is used by scheduled notification {used['id']}; "
                 "cancel it first (POST /api/notifications/{id}/cancel)"
+            )
+        workflow = await repo.workflow_use(conn, key)
+        if workflow is not None:
+            raise Conflict(
+                f"template {key!r} is named by workflow {workflow['key']!r}; "
+                "change its send steps first (PUT /api/workflows/{key})"
             )
         await repo.delete(conn, key)
 

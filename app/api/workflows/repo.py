@@ -40,6 +40,11 @@ async def category_exists(conn: db.Conn, category: str) -> bool:
     return bool(row and row["found"])
 
 
+async def templates_active(conn: db.Conn, keys: list[str]) -> dict[str, DictRow]:
+    rows = await db.fetch_all(conn, "workflow_templates_active", {"keys": keys})
+    return {r["key"]: r for r in rows}
+
+
 async def topic_exists(conn: db.Conn, topic: str) -> bool:
     row = await db.fetch_one(conn, "workflows_topic_exists", {"topic": topic})
     return bool(row and row["found"])

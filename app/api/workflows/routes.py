@@ -9,7 +9,7 @@ from litestar.openapi import ResponseSpec
 from litestar.params import HeaderParameter, JSONBody, QueryParameter
 
 from postbell.app.api.auth import KeyPrincipal, require_role
-from postbell.app.api.deps import AppSettings, Pool
+from postbell.app.api.deps import AppSettings, Pool, ProcessWaker
 from postbell.app.api.pagination import DEFAULT_LIMIT, MAX_LIMIT
 from postbell.app.api.types import CursorParam, IdParam, KeyParam
 from postbell.app.api.workflows import service
@@ -60,6 +60,7 @@ async def trigger_workflow(
     request: Request[KeyPrincipal, Any, Any],
     pool: Pool,
     settings: AppSettings,
+    waker: ProcessWaker,
     key: KeyParam,
     data: JSONBody[TriggerIn],
     idempotency_key: Annotated[str | None, HeaderParameter(name="Idempotency-Key")] = None,
@@ -72,6 +73,7 @@ async def trigger_workflow(
         data,
         idempotency_scope=request.user.idempotency_scope,
         idempotency_key=idempotency_key,
+        waker=waker,
     )
     return Response(accepted, status_code=202 if created else 200)
 

@@ -11,6 +11,7 @@ from typing import Any
 import msgspec
 
 from postbell.app.api.pagination import decode_cursor, encode_cursor
+from postbell.app.api.wakeups import Waker
 from postbell.app.api.workflows import repo
 from postbell.app.api.workflows.schemas import (
     CancelOut,
@@ -24,8 +25,8 @@ from postbell.app.api.workflows.schemas import (
     WorkflowList,
     WorkflowOut,
 )
-from postbell.app.core import db, validation, workflow_steps
-from postbell.app.core.errors import Invalid, NotFound
+from postbell.app.core import db, templates, validation, workflow_steps
+from postbell.app.core.errors import Conflict, Invalid, NotFound
 from postbell.app.core.settings import Settings
 
 #: Runs of a topic trigger inserted per statement.
@@ -54,7 +55,7 @@ async def put(pool: db.Pool, key: str, data: WorkflowIn) -> WorkflowOut:
     keep the current one). New triggers use it; runs in flight keep theirs."""
     if key == "cancel":
         raise Invalid("'cancel' is reserved (POST /api/workflows/cancel)", field="key")
-    workflow_steps.check(data.steps)
+    workflow_steps.check(data.steps, data.category)
     steps = msgspec.to_builtins(data.steps)
     async with pool.connection() as conn, conn.transaction():
         if data.category is not None and not await repo.category_exists(conn, data.category):
@@ -62,6 +63,7 @@ async def put(pool: db.Pool, key: str, data: WorkflowIn) -> WorkflowOut:
                 f"unknown category {data.category!r}; create it with PUT /api/categories/{{key}}",
                 field="category",
             )
+        await _check_templates(conn, data.steps)
         current = await repo.lock(conn, key)
         if (
             current["steps"] != steps
@@ -72,6 +74,66 @@ async def put(pool: db.Pool, key: str, data: WorkflowIn) -> WorkflowOut:
         row = await repo.get(conn, key)
     assert row is not None
     return _out(row)
+
+
+async def _check_templates(conn: db.Conn, steps: list[workflow_steps.Step]) -> None:
+    """Every template a send step names exists, and has a part (or an IN_APP one to
+    fall back to) for each channel the step names, in its active version."""
+    keys = workflow_steps.template_keys(steps)
+    if not keys:
+        return
+    found = await repo.templates_active(conn, keys)
+    for index, step in enumerate(steps):
+        if not isinstance(step, workflow_steps.SendStep) or step.template is None:
+            continue
+        at = f"steps[{index}]"
+        row = found.get(step.template)
+        if row is None:
+            raise Invalid(
+                f"{at}.template: unknown template {step.template!r}; save it with"
+                " PUT /api/templates/{key}",
+                field=f"{at}.template",
+            )
+        compiled = templates.CACHE.get(row["key"], row["version"]) or templates.CACHE.put(
+            row["key"], row["version"], row["locales"], row["default_locale"]
+        )
+        for channel in step.channels or ():
+            if not any(compiled.part_channel(loc, channel) for loc in compiled.locales):
+                raise Invalid(
+                    f"{at}.channels: template {step.template!r} has no {channel} part"
+                    " (nor an IN_APP one to use)",
+                    field=f"{at}.channels",
+                )
+
+
+async def _check_trigger_templates(
+    conn: db.Conn, key: str, steps: list[workflow_steps.Step], data: dict[str, Any]
+) -> None:
+    """The templates the trigger will pin still exist (else 409) and its data holds
+    every key they require (else 422 naming it); they stay share-locked until the
+    trigger commits. postbell.trigger() checks the same in SQL."""
+    keys = workflow_steps.template_keys(steps)
+    if not keys:
+        return
+    found = await repo.templates_active(conn, keys)
+    for name in keys:
+        row = found.get(name)
+        if row is None:
+            raise Conflict(
+                f"workflow {key!r} names template {name!r}, which no longer exists;"
+                " save it again or change the workflow"
+            )
+        missing = templates.missing_data(
+            set(row["required_data"]) - workflow_steps.WORKFLOW_VARIABLES, data
+        )
+        if missing is not None:
+            raise Invalid(
+                f"data lacks {missing!r}, which template {name!r} requires",
+                field=f"data.{missing}",
+            )
+    reserved = sorted(set(data) & templates.RESERVED)
+    if reserved:
+        raise Invalid(f"data may not use the reserved name {reserved[0]!r}", field="data")
 
 
 async def get(pool: db.Pool, key: str) -> WorkflowOut:
@@ -101,10 +163,13 @@ async def trigger(
     *,
     idempotency_scope: str,
     idempotency_key: str | None,
+    waker: Waker | None = None,
 ) -> tuple[TriggerAccepted, bool]:
     """Start the workflow for each recipient, in one transaction: the trigger row and
     its runs (a topic's in chunks of ``TOPIC_CHUNK``, each one INSERT ... SELECT).
-    Answers the trigger and whether it is new (an idempotent repeat: the original)."""
+    Answers the trigger and whether it is new (an idempotent repeat: the original).
+    With a ``waker``, a new trigger whose first step may send at once wakes the
+    workflow engines after the commit (coalesced with other requests')."""
     if idempotency_key is not None and not 1 <= len(idempotency_key) <= MAX_IDEMPOTENCY_KEY:
         raise Invalid("Idempotency-Key must be 1 to 255 characters", field="Idempotency-Key")
     if payload.to is not None and payload.topic is not None:
@@ -117,8 +182,11 @@ async def trigger(
         validation.json_value(payload.data, "data", MAX_DATA_BYTES)
     digest = _request_hash(key, payload) if idempotency_key else None
     async with pool.connection() as conn, conn.transaction():
-        if await repo.get(conn, key) is None:
+        current = await repo.get(conn, key)
+        if current is None:
             raise NotFound(f"no workflow {key!r}")
+        steps = workflow_steps.decode(current["steps"])
+        await _check_trigger_templates(conn, key, steps, payload.data or {})
         if payload.topic is not None and not await repo.topic_exists(conn, payload.topic):
             raise Invalid(
                 f"unknown topic {payload.topic!r}; subscribe recipients to it first", field="topic"
@@ -161,6 +229,8 @@ async def trigger(
                 after = int(chunk["last_id"])
         else:
             runs = len(dict.fromkeys(payload.to or ()))
+    if waker is not None and row["created"] and workflow_steps.wakes(steps):
+        waker.poke_workflows()
     accepted = TriggerAccepted(id=row["id"], workflow=key, version=row["version"], runs=runs)
     return accepted, bool(row["created"])
 

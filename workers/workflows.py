@@ -208,6 +208,8 @@ async def _send(
             "priority": step.priority,
             "category": category,
             "fallback": step.fallback,
+            "experiment": step.experiment,
+            "variants": msgspec.to_builtins(step.variants) if step.variants else None,
         }
         if step.template is not None:
             pinned = (row["templates"] or {}).get(step.template)
@@ -232,6 +234,8 @@ async def _send(
                 # this run's data does not fit the step: it fails alone
                 outcomes[row["id"]] = Outcome(index, "failed", reason=f"step {index}: {exc}")
                 continue
+        if group.get("body") is None and step.variants:
+            group["body"] = step.variants[0].body  # the variants carry the text
         key = msgspec.json.encode(group, order="sorted")
         # Two runs of one recipient (two triggers) never share a notification: the
         # second makes its own, as each trigger sends once.
@@ -253,6 +257,18 @@ async def _send(
     for r in made:
         for run_id in members[keys[r["n"]]]:
             outcomes[run_id].notification_id = r["id"]
+        group = groups[keys[r["n"]]]
+        if group["experiment"] is not None:
+            # same transaction: its route job is seen with the variants or not at all
+            await db.execute(
+                conn,
+                "notifications_set_experiment",
+                {
+                    "id": r["id"],
+                    "experiment": group["experiment"],
+                    "variants": Jsonb(group["variants"]),
+                },
+            )
 
 
 async def _digest_events(

@@ -76,6 +76,16 @@ class Condition(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, omit_d
     equals: Any = msgspec.UNSET
 
 
+class StepVariant(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, omit_defaults=True):
+    """One arm of a send step's A/B experiment (docs/experiments.md)."""
+
+    name: StepKey
+    weight: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)]
+    title: StepTitle | None = None
+    body: StepBody | None = None
+    action_url: StepUrl | None = None
+
+
 class SendStep(
     msgspec.Struct,
     tag="send",
@@ -100,6 +110,9 @@ class SendStep(
     fallback: dict[ChannelName, ChannelName] | None = None
     #: A template's key (docs/templates.md) instead of the message fields.
     template: StepKey | None = None
+    #: An A/B experiment: each recipient gets one of ``variants`` (docs/experiments.md).
+    experiment: StepKey | None = None
+    variants: Annotated[list[StepVariant], msgspec.Meta(min_length=2, max_length=10)] | None = None
     if_: Condition | None = msgspec.field(default=None, name="if")
 
 
@@ -198,6 +211,33 @@ def read_path(data: Any, path: str) -> Any:
     return value
 
 
+def _experiment(step: SendStep, at: str) -> None:
+    """A send step's experiment: the notifications' rules (key and variants together,
+    unique names, each variant its own title or body)."""
+    if step.experiment is None and step.variants is None:
+        return
+    if step.experiment is None:
+        raise Invalid(
+            f"{at}.experiment: 'variants' go with an 'experiment' key", field=f"{at}.experiment"
+        )
+    if not step.variants:
+        raise Invalid(
+            f"{at}.variants: an experiment needs 'variants' (two to ten)", field=f"{at}.variants"
+        )
+    names: set[str] = set()
+    for index, variant in enumerate(step.variants):
+        where = f"{at}.variants[{index}]"
+        if variant.name in names:
+            raise Invalid(
+                f"{where}.name: variant name {variant.name!r} is used twice", field=f"{where}.name"
+            )
+        names.add(variant.name)
+        if variant.title is None and (variant.body is None or not variant.body.strip()):
+            raise Invalid(
+                f"{where}.body: a variant needs its own 'title' or 'body'", field=f"{where}.body"
+            )
+
+
 def check(steps: list[Step], category: str | None = None) -> None:
     """The rules beyond the types; ``Invalid`` naming ``steps[i].<field>``. Templates
     are checked against the database by the caller (``templates_named``)."""
@@ -211,7 +251,14 @@ def check(steps: list[Step], category: str | None = None) -> None:
         at = f"steps[{index}]"
         if isinstance(step, SendStep):
             sends += 1
+            _experiment(step, at)
             if step.template is not None:
+                if step.experiment is not None:
+                    raise Invalid(
+                        f"{at}.template: an experiment's variants carry their own text; no"
+                        " template with them yet",
+                        field=f"{at}.template",
+                    )
                 for name in ("title", "message", "body", "action_url"):
                     if getattr(step, name) is not None:
                         raise Invalid(
@@ -226,6 +273,8 @@ def check(steps: list[Step], category: str | None = None) -> None:
                         field=f"{at}.body",
                     )
                 text = step.message if step.message is not None else step.body
+                if text is None and step.variants:
+                    text = step.variants[0].body  # the variants carry the text
                 if text is None or not text.strip():
                     raise Invalid(
                         f"{at}.message: a send step needs a 'message' (or 'body', or a 'template')",

@@ -349,3 +349,45 @@ async def test_experiment_email_through_smtp_is_tracked_end_to_end(
 
 async def _async(value: Any) -> Any:
     return value
+
+
+async def test_workflow_send_step_runs_an_experiment(
+    api: httpx.AsyncClient, worker: None, pool: db.Pool
+) -> None:
+    """A workflow send step may carry "experiment" + "variants": its notification does,
+    and each recipient's delivery gets the hash's variant; a bad step is a 422 naming
+    steps[i].variants[j].<field>."""
+    import json
+
+    from tests.conftest import wait_until
+
+    key, experiment = unique("wfexp"), unique("wfx")
+    step = {"type": "send", "channels": ["IN_APP"], "experiment": experiment, "variants": VARIANTS}
+    put = await api.put(f"/api/workflows/{key}", json={"steps": [step]}, headers=ADMIN)
+    assert put.status_code == 200, put.text
+    who = [unique("wr") for _ in range(6)]
+    trigger = await api.post(f"/api/workflows/{key}/trigger", json={"to": who}, headers=ADMIN)
+    assert trigger.status_code == 202, trigger.text
+
+    async def delivered() -> list[dict[str, Any]] | None:
+        rows = await query(
+            pool,
+            "SELECT r.external_id, d.variant FROM notifications AS n"
+            " JOIN deliveries AS d ON d.notification_id = n.id"
+            " JOIN recipients AS r ON r.id = d.recipient_id WHERE n.experiment = %(e)s",
+            {"e": experiment},
+        )
+        return rows if len(rows) == len(who) else None
+
+    got = await wait_until(delivered, timeout=30)
+    expected = await query(
+        pool,
+        "SELECT w AS external_id, experiment_variant(%(e)s, w, %(v)s::jsonb) AS variant"
+        " FROM unnest(%(to)s::text[]) AS w",
+        {"e": experiment, "v": json.dumps(VARIANTS), "to": who},
+    )
+    assert sorted(got, key=str) == sorted(expected, key=str)
+
+    bad = {**step, "variants": [VARIANTS[0], VARIANTS[0]]}
+    response = await api.put(f"/api/workflows/{key}", json={"steps": [bad]}, headers=ADMIN)
+    assert (response.status_code, response.json()["field"]) == (422, "steps[0].variants[1].name")

@@ -53,5 +53,7 @@ class DeliveryDetail(msgspec.Struct):
     fallback_reason: str | None
     #: the last replay that sent it again (null: never replayed)
     replay_id: uuid.UUID | None
+    #: the experiment variant it carries (null outside experiments)
+    variant: str | None
     #: oldest first, at most the last 1,000
     events: list[DeliveryEvent]

@@ -279,6 +279,9 @@ async def test_overview_fragment_templates_and_workflows(
             and "waiting" in waiting.text
             and "No runs" not in waiting.text
         )
+        overview = await client.get("/dashboard/workflows")
+        row = overview.text.split(f'href="/dashboard/workflows/{workflow}"')[1].split("</tr>")[0]
+        assert "1 waiting" in row and "0 digesting" in row
         done = await client.get(f"/dashboard/workflows/{workflow}", params={"state": "done"})
         assert "No runs done" in done.text
         assert (await client.get("/dashboard/workflows/nope-none")).status_code == 404

@@ -432,8 +432,16 @@ async def template_page(request: Request[Any, Any, Any], key: FromPath[str]) -> 
 
 @get("/workflows")
 async def workflows_page(request: Request[Any, Any, Any]) -> Response[str]:
-    result = await workflows.list_all(request.app.state.services.pool)
-    return _html(request, "workflows.html.j2", page="workflows", title="Workflows", result=result)
+    pool = request.app.state.services.pool
+    result = await workflows.list_all(pool)
+    return _html(
+        request,
+        "workflows.html.j2",
+        page="workflows",
+        title="Workflows",
+        result=result,
+        open_runs=await service.open_runs(pool),
+    )
 
 
 RUN_STATES = ("waiting", "digesting", "done", "cancelled", "throttled", "failed")

@@ -205,3 +205,14 @@ async def queues(pool: db.Pool) -> dict[str, Any]:
             entry["oldest"] = float(r["oldest_seconds"])
     ordered = sorted(table.items(), key=lambda kv: (kv[0][0], -kv[0][1]))
     return {"rows": [v for _, v in ordered], "totals": dict(totals or {})}
+
+
+async def open_runs(pool: db.Pool) -> dict[str, dict[str, int]]:
+    """Per workflow, its runs not finished by state (waiting, digesting): the count
+    /metrics reads, over the index of open runs (never every run ever made)."""
+    async with pool.connection() as conn:
+        rows = await metrics_repo.workflow_runs(conn)
+    out: dict[str, dict[str, int]] = defaultdict(dict)
+    for row in rows:
+        out[row["workflow"]][row["state"]] = int(row["runs"])
+    return dict(out)

@@ -430,7 +430,8 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                 f"W7 {r['triggers']:,} triggers from {r['recipients']:,} recipients over"
                 f" {r['stream_seconds']} s, digest {r['window_s']:g}s",
                 f"{r['accepted_per_s']:,.0f} triggers/s accepted; {r['digests']:,} digests"
-                f" (bound {r['digest_bound']:,}), {r['events_in_digests']:,} events in them;"
+                f" (bound {r['digest_bound']:,} over the {r['joining_seconds']} s the engine"
+                f" opened digests), {r['events_in_digests']:,} events in them;"
                 f" worker CPU {r['worker_cpu_s']} s ({r['worker_cpu_ms_per_trigger']} ms/trigger),"
                 f" last digest sent at {r['seconds_to_last_digest']} s",
                 "",

@@ -221,3 +221,17 @@ async def test_get_unknown_notification_is_404(api: httpx.AsyncClient) -> None:
         "/api/notifications/6f1c2f53-3b2e-4c54-9a53-0c4bb6f2a111", headers=ADMIN
     )
     assert (response.status_code, response.json()["error"]) == (404, "not_found")
+
+
+async def test_an_idempotency_key_is_1_to_255_characters(api: httpx.AsyncClient) -> None:
+    body = {"to": [unique("idem-len")], "message": "hi"}
+    longest = unique("k").ljust(255, "k")
+    accepted = await api.post(
+        "/api/notifications", headers={**ADMIN, "Idempotency-Key": longest}, json=body
+    )
+    assert accepted.status_code == 202, accepted.text
+    refused = await api.post(
+        "/api/notifications", headers={**ADMIN, "Idempotency-Key": longest + "k"}, json=body
+    )
+    assert refused.status_code == 422 and refused.json()["field"] == "Idempotency-Key"
+    assert refused.json()["detail"] == "Idempotency-Key must be 1 to 255 characters"

@@ -57,6 +57,8 @@ TARGETS = (
         "enqueue",
         "app/api/notifications/service.py",
         (
+            "tests/unit/test_notification_rules.py",
+            "tests/integration/test_controls.py::test_idempotency_under_concurrent_repeats",
             "tests/integration/test_notifications_api.py",
             "tests/integration/test_hostile_input.py",
             "tests/integration/test_races.py",

@@ -26,6 +26,7 @@ DISTRIBUTED = {
     "recipients": "id",
     "deliveries": "recipient_id",
     "preferences": "recipient_id",
+    "digest_preferences": "recipient_id",
     "devices": "recipient_id",
     "topic_subscribers": "recipient_id",
 }

@@ -57,14 +57,23 @@ async def route(context: Any, notification_id: str) -> None:
     with runtime.running(context.job) as track:
         async with runtime.routing:
             runtime.waiting_routes.pop(context.job.id, None)
+            error: Exception | None = None
             if waiter.done():
                 topics = waiter.result()  # a batch took it
                 if topics is None:  # that batch failed: route it here, alone
-                    topics = await _route_batch(runtime, context.job, [notification_id], {}, track)
+                    topics, error = await _route_batch(
+                        runtime, context.job, [notification_id], {}, track
+                    )
             else:
                 adopted, runtime.waiting_routes = runtime.waiting_routes, {}
-                topics = await _route_batch(runtime, context.job, [notification_id], adopted, track)
+                topics, error = await _route_batch(
+                    runtime, context.job, [notification_id], adopted, track
+                )
+        # The topic work this run claimed is fanned out even when its own notification
+        # failed: those jobs are held by this run and would wait for the stall check.
         await router.route_topics(runtime, topics)
+        if error is not None:
+            raise error
 
 
 async def _route_batch(
@@ -73,12 +82,13 @@ async def _route_batch(
     own: list[str],
     adopted: dict[int, tuple[str, int, asyncio.Future[list[router.TopicWork] | None]]],
     track: Callable[[Sequence[int]], None],
-) -> list[router.TopicWork]:
+) -> tuple[list[router.TopicWork], Exception | None]:
     """Route this run's notification, the adopted runs' and claimed queued ones, in
     one transaction per priority, highest first (urgent ones do not wait for a batch
     of newsletters); settle the adopted runs' futures with their own topic work, which
     each runs itself, or the error that failed their notification; answer this run's
-    topic work, or raise its notification's error."""
+    topic work (its own and the claimed jobs'), and its notification's error if it
+    failed."""
     await asyncio.sleep(ROUTE_GATHER_SECONDS)
     room = max(ROUTE_BATCH - len(own) - len(adopted), 0)
     claimed = await claim_more(runtime.pool, job, limit=room, max_items=room)
@@ -112,10 +122,8 @@ async def _route_batch(
         else:
             work = by_notification.pop(adopted_id, None)
             future.set_result([work] if work else [])
-    for notification_id in own:
-        if notification_id in failed:
-            raise failed[notification_id]
-    return list(by_notification.values())
+    error = next((failed[n] for n in own if n in failed), None)
+    return list(by_notification.values()), error
 
 
 # The queue is the channel's (deliver_job() sets it); this default is never used.

@@ -20,19 +20,28 @@ async def test_a_poisoned_notification_fails_alone(fresh_database_url: str) -> N
     """Twenty notifications queued before the worker starts route as one batch. Two of
     them cannot be routed (a trigger rejects their deliveries): the first one, whose job
     procrastinate starts, and one the batch claims. The batch falls back to routing
-    each alone: the other eighteen are routed, the two jobs fail, nothing is lost."""
+    each alone: the other eighteen are routed, the two jobs fail, nothing is lost —
+    three of them topic notifications (each fanned out to both members, none dropped
+    by the one-by-one path) and two without channels (IN_APP by default)."""
     settings = make_settings(fresh_database_url)
     pool = db.create_pool(fresh_database_url, max_size=5)
     await pool.open(wait=True)
     try:
         async with api_client(create_app(settings, pool=pool)) as client:
+            subscribed = await client.put(
+                "/api/topics/club/subscribers",
+                headers=ADMIN,
+                json={"recipients": ["member-1", "member-2"]},
+            )
+            assert subscribed.status_code == 200, subscribed.text
             ids = []
             for i in range(20):
-                response = await client.post(
-                    "/api/notifications",
-                    headers=ADMIN,
-                    json={"to": [f"user-{i}"], "message": f"m{i}", "channels": ["IN_APP"]},
-                )
+                body: dict[str, object] = {"to": [f"user-{i}"], "message": f"m{i}"}
+                if i in (3, 11, 15):
+                    body = {"topic": "club", "message": f"m{i}"}
+                if i not in (5, 12):  # those two name no channel: IN_APP by default
+                    body["channels"] = ["IN_APP"]
+                response = await client.post("/api/notifications", headers=ADMIN, json=body)
                 assert response.status_code == 202, response.text
                 ids.append(response.json()["id"])
         poisoned = [ids[0], ids[7]]
@@ -60,7 +69,24 @@ async def test_a_poisoned_notification_fails_alone(fresh_database_url: str) -> N
             pool,
             "SELECT count(*) AS n FROM deliveries WHERE status = 'sent' AND channel = 'IN_APP'",
         )
-        assert inbox[0]["n"] == 18
+        assert inbox[0]["n"] == 15 + 3 * 2
+        members = await query(
+            pool,
+            "SELECT r.external_id, count(*) AS n FROM deliveries AS d"
+            " JOIN recipients AS r ON r.id = d.recipient_id"
+            " WHERE r.external_id LIKE 'member-%%' GROUP BY 1 ORDER BY 1",
+        )
+        assert members == [{"external_id": "member-1", "n": 3}, {"external_id": "member-2", "n": 3}]
+        defaults = await query(
+            pool,
+            "SELECT r.external_id, d.channel FROM deliveries AS d"
+            " JOIN recipients AS r ON r.id = d.recipient_id"
+            " WHERE r.external_id IN ('user-5', 'user-12') ORDER BY 1",
+        )
+        assert defaults == [
+            {"external_id": "user-12", "channel": "IN_APP"},
+            {"external_id": "user-5", "channel": "IN_APP"},
+        ]
         failed = await query(
             pool,
             "SELECT args ->> 'notification_id' AS id FROM procrastinate_jobs"

@@ -16,6 +16,7 @@ unless the operator allowed it; redirects are never followed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
 import socket
 import time
@@ -28,7 +29,7 @@ from aiohappyeyeballs import AddrInfoType
 from postbell.app.core.addresses import AddressGuard, PrivateAddressError
 from postbell.app.core.settings import Settings
 from postbell.workers.channels.base import Delivery, Outcome, invalid_content
-from postbell.workers.channels.gate import AdaptiveGate, rank
+from postbell.workers.channels.gate import RANKS, AdaptiveGate, rank
 
 
 def new_session(
@@ -116,6 +117,10 @@ def classify_exception(exc: BaseException, what: str) -> Outcome:
 #: Requests in flight at once per channel and worker process, where they start (the
 #: gate then sizes them to the latency it sees, up to POSTBELL_MAX_IN_FLIGHT).
 CONCURRENCY = 64
+#: ``low`` is bulk: at most this many of a process's requests in flight per channel
+#: are low-priority ones, whatever the gate allows, so work of a higher priority that
+#: arrives while a low backlog drains queues behind at most these.
+LOW_IN_FLIGHT = 64
 
 
 class HttpChannel:
@@ -135,6 +140,7 @@ class HttpChannel:
         # requests already in flight, not for every queued low-priority one. How many
         # are in flight follows the receivers' latency (see gate.AdaptiveGate).
         self._limit = AdaptiveGate(settings.max_in_flight_for(self.name), start=CONCURRENCY)
+        self._low = asyncio.Semaphore(LOW_IN_FLIGHT)
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -170,7 +176,11 @@ class HttpChannel:
             return Outcome.fail(f"{self.what}: {exc}", "invalid_address")
         except Exception as exc:
             return invalid_content(self.what, exc)
-        async with self._limit.slot(rank(delivery.priority)):
+        priority = rank(delivery.priority)
+        async with (
+            self._low if priority < RANKS["normal"] else contextlib.nullcontext(),
+            self._limit.slot(priority),
+        ):
             started = time.perf_counter()
             try:
                 async with self.session.post(

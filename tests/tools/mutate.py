@@ -81,7 +81,13 @@ TARGETS = (
     Target(
         "claims",
         "workers/claims.py",
-        ("tests/integration/test_maintenance.py", "tests/integration/test_delivery_flow.py"),
+        # test_routing's batch is the one that claims queued jobs (claim_more with
+        # rows, only(), finish and fail of claimed jobs); the others claim none
+        (
+            "tests/integration/test_routing.py",
+            "tests/integration/test_maintenance.py",
+            "tests/integration/test_delivery_flow.py",
+        ),
     ),
     Target(
         "callback_verify",

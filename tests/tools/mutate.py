@@ -213,8 +213,13 @@ def main() -> None:
         for target in chosen:
             entry = run_target(target, venv, workdir, args.budget)
             report.append(entry)
+            # mutmut's "suspicious" and "timeout" mutants were caught too (the tests
+            # failed, or never finished), only slowly
+            slow = int(entry["suspicious"]) + int(entry["timeout"])  # type: ignore[call-overload]
             print(
-                f"{target.name:16} {entry['killed']:>4} killed {entry['survived']:>4} survived"
+                f"{target.name:16} {entry['killed']:>4} killed"
+                + (f" (+{slow} slowly)" if slow else "")
+                + f" {entry['survived']:>4} survived"
                 f" of {entry['mutants']:>4} in {entry['seconds']} s"
                 + ("" if entry["finished"] else " (budget spent)"),
                 flush=True,

@@ -716,14 +716,8 @@ def _render_field(
     compiled: Field, variables: Mapping[str, Any], locale: str, channel: str, field: str
 ) -> str:
     name = f"{locale}.{channel}.{field}"
-    pieces: list[str] = []
-    size = 0
     try:
-        for piece in compiled.template.generate(variables):
-            size += len(piece)
-            if size > MAX_OUTPUT:
-                raise SecurityError(f"the output grew past {MAX_OUTPUT} characters")
-            pieces.append(piece)
+        text = _generate(compiled, variables)
     except jinja2.UndefinedError as exc:
         raise TemplateError(
             exc.message or "undefined variable",
@@ -743,6 +737,18 @@ def _render_field(
         raise TemplateError(
             message[:300], locale=locale, channel=channel, field=field, line=_line_of(exc, name)
         ) from None
+    return text
+
+
+def _generate(compiled: Field, variables: Mapping[str, Any]) -> str:
+    """The field's output, stopped once it grows past ``MAX_OUTPUT``."""
+    pieces: list[str] = []
+    size = 0
+    for piece in compiled.template.generate(variables):
+        size += len(piece)
+        if size > MAX_OUTPUT:
+            raise SecurityError(f"the output grew past {MAX_OUTPUT} characters")
+        pieces.append(piece)
     return "".join(pieces).strip()
 
 
@@ -753,14 +759,8 @@ def render_text(source: str, variables: Mapping[str, Any], name: str) -> str:
     compiled = compile_field(source, False, name)
     token = _STATE.set(_RenderState(_ENGLISH, dt.UTC))
     try:
-        pieces: list[str] = []
-        size = 0
         try:
-            for piece in compiled.template.generate(variables):
-                size += len(piece)
-                if size > MAX_OUTPUT:
-                    raise SecurityError(f"the output grew past {MAX_OUTPUT} characters")
-                pieces.append(piece)
+            text = _generate(compiled, variables)
         except jinja2.UndefinedError as exc:
             raise TemplateError(exc.message or "undefined variable", field=name) from None
         except RecursionError:
@@ -772,7 +772,7 @@ def render_text(source: str, variables: Mapping[str, Any], name: str) -> str:
             raise TemplateError(message[:300], field=name) from None
     finally:
         _STATE.reset(token)
-    return "".join(pieces).strip()
+    return text
 
 
 # ---------------------------------------------------------------- validation

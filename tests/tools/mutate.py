@@ -76,6 +76,7 @@ TARGETS = (
             "tests/unit/test_retry_plan.py",
             "tests/integration/test_channels.py",
             "tests/integration/test_races.py",
+            "tests/integration/test_run_failures.py",
         ),
     ),
     Target(
@@ -85,6 +86,7 @@ TARGETS = (
         # rows, only(), finish and fail of claimed jobs); the others claim none
         (
             "tests/integration/test_routing.py",
+            "tests/integration/test_run_failures.py",
             "tests/integration/test_maintenance.py",
             "tests/integration/test_delivery_flow.py",
         ),

@@ -1,6 +1,6 @@
 """What the API's handlers share, built once per app and handed out by Litestar's
 dependency injection: a handler declares ``pool: Pool``, ``settings: AppSettings``,
-``waker: ProcessWaker`` or ``hub: Hub`` (the aliases below) and gets it."""
+``waker: ProcessWaker``, ``batches: Batches`` or ``hub: Hub`` (the aliases below) and gets it."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from postbell.app.api.auth import KeyStore
 from postbell.app.api.inbox.live import InboxHub
 from postbell.app.api.limits import Limits
 from postbell.app.api.metrics.http import HttpMetrics
+from postbell.app.api.notifications.batches import GroupCommit
 from postbell.app.api.wakeups import Waker
 from postbell.app.core import db
 from postbell.app.core.settings import Settings
@@ -23,6 +24,7 @@ from postbell.app.core.settings import Settings
 Pool = NamedDependency[SkipValidation[db.Pool]]
 AppSettings = NamedDependency[SkipValidation[Settings]]
 ProcessWaker = NamedDependency[SkipValidation[Waker]]
+Batches = NamedDependency[SkipValidation[GroupCommit]]
 Hub = NamedDependency[SkipValidation[InboxHub]]
 RateLimits = NamedDependency[SkipValidation[Limits]]
 
@@ -40,6 +42,7 @@ class Services:
     keys: KeyStore
     hub: InboxHub
     waker: Waker
+    batches: GroupCommit
     limits: Limits
     owns_pool: bool
     #: this process's own HTTP request metrics (GET /metrics shows them)
@@ -65,6 +68,7 @@ class Services:
             keys=KeyStore(pool, settings.admin_key),
             hub=InboxHub(settings.database_url, pool),
             waker=Waker(settings.database_url),
+            batches=GroupCommit(pool),
             limits=Limits.from_settings(settings),
             owns_pool=owns_pool,
         )
@@ -76,6 +80,7 @@ class Services:
         await self.waker.start()
 
     async def stop(self) -> None:
+        await self.batches.stop()
         await self.waker.stop()
         await self.hub.stop()
         if self.owns_pool:
@@ -89,6 +94,7 @@ class Services:
             "pool": value(self.pool),
             "settings": value(self.settings),
             "waker": value(self.waker),
+            "batches": value(self.batches),
             "hub": value(self.hub),
             "limits": value(self.limits),
         }

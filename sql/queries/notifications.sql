@@ -169,3 +169,9 @@ UPDATE notifications
        variants = (SELECT jsonb_agg(jsonb_strip_nulls(e) ORDER BY i)
                      FROM jsonb_array_elements(%(variants)s::jsonb) WITH ORDINALITY AS v(e, i))
  WHERE id = %(id)s
+
+-- name: notifications_enqueue_batch
+-- The group commit (app/api/notifications/batches.py): many requests' notifications
+-- and route jobs in one statement, one row per item in order (id NULL and error set
+-- for an item whose category or topic does not exist).
+SELECT ord, id, status, error FROM enqueue_notifications(%(items)s::jsonb)

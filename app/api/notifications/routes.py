@@ -10,7 +10,7 @@ from litestar.openapi import ResponseSpec
 from litestar.params import FromPath, HeaderParameter, JSONBody, QueryParameter
 
 from postbell.app.api.auth import KeyPrincipal, require_role
-from postbell.app.api.deps import AppSettings, Pool, ProcessWaker
+from postbell.app.api.deps import AppSettings, Batches, Pool, ProcessWaker
 from postbell.app.api.errors import ErrorBody
 from postbell.app.api.notifications import service
 from postbell.app.api.notifications.schemas import (
@@ -36,6 +36,7 @@ async def send_notification(
     pool: Pool,
     settings: AppSettings,
     waker: ProcessWaker,
+    batches: Batches,
     data: JSONBody[NotificationIn],
     idempotency_key: Annotated[str | None, HeaderParameter(name="Idempotency-Key")] = None,
 ) -> Response[NotificationAccepted]:
@@ -47,6 +48,7 @@ async def send_notification(
         idempotency_scope=request.user.idempotency_scope,
         idempotency_key=idempotency_key,
         waker=waker,
+        batches=batches,
     )
     return Response(accepted, status_code=202 if created else 200)
 

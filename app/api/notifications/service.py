@@ -12,6 +12,7 @@ import msgspec
 from psycopg.rows import DictRow
 
 from postbell.app.api.notifications import repo
+from postbell.app.api.notifications.batches import GroupCommit
 from postbell.app.api.notifications.schemas import (
     Cancelled,
     DeliveryOut,
@@ -128,35 +129,49 @@ async def accept(
     idempotency_scope: str,
     idempotency_key: str | None,
     waker: Waker | None = None,
+    batches: GroupCommit | None = None,
 ) -> tuple[NotificationAccepted, bool]:
     """Write the notification and its routing job in one transaction.
 
     Answers the accepted notification and whether it is new; an idempotent repeat
     (same key, same request) answers the original and writes nothing. With a
-    ``waker``, the workers' wake-up is coalesced with other requests' (app/wakeups.py).
+    ``waker``, the workers' wake-up is coalesced with other requests' (app/wakeups.py);
+    with ``batches``, a plain notification (no key, template or experiment) shares its
+    transaction with the requests accepted at the same moment (batches.py).
     """
     if idempotency_key is not None and not 1 <= len(idempotency_key) <= MAX_IDEMPOTENCY_KEY:
         raise Invalid("Idempotency-Key must be 1 to 255 characters", field="Idempotency-Key")
     text, recipients = check(settings, payload, dt.datetime.now(dt.UTC))
     digest = request_hash(payload) if idempotency_key else None
+    fields: dict[str, Any] = {
+        "recipients": recipients,
+        "topic": payload.topic,
+        "title": payload.title,
+        "body": text,
+        "action_url": payload.action_url,
+        "metadata": payload.metadata,
+        "channels": list(dict.fromkeys(payload.channels)) if payload.channels else None,
+        "priority": payload.priority,
+        "category": payload.category,
+        "fallback": payload.fallback,
+        "send_at": payload.send_at,
+        "expires_at": payload.expires_at,
+    }
+    if batches is not None and waker is not None and _batchable(payload, idempotency_key):
+        row = await batches.write(
+            _batch_item(fields), lambda: _enqueue_alone(pool, settings, fields)
+        )
+        if row.get("error"):
+            raise _unknown_target(row["error"], payload.category, payload.topic)
+        waker.poke()
+        return NotificationAccepted(id=row["id"], status=row["status"]), True
     async with pool.connection() as conn, _templated(conn, payload):
         pinned = await _pin_template(conn, payload)
         category = payload.category or (pinned["category"] if pinned else None)
         await _check_targets(conn, category, payload.topic)
         row = await repo.enqueue(
             conn,
-            recipients=recipients,
-            topic=payload.topic,
-            title=payload.title,
-            body=text,
-            action_url=payload.action_url,
-            metadata=payload.metadata,
-            channels=list(dict.fromkeys(payload.channels)) if payload.channels else None,
-            priority=payload.priority,
-            category=category,
-            fallback=payload.fallback,
-            send_at=payload.send_at,
-            expires_at=payload.expires_at,
+            **(fields | {"category": category}),
             idempotency_scope=idempotency_scope if idempotency_key else None,
             idempotency_key=idempotency_key,
             request_hash=digest,
@@ -176,6 +191,39 @@ async def accept(
             "this Idempotency-Key was used with a different request", field="Idempotency-Key"
         )
     return NotificationAccepted(id=row["id"], status=row["status"]), bool(row["created"])
+
+
+def _batchable(payload: NotificationIn, idempotency_key: str | None) -> bool:
+    """A request the group commit writes: nothing to pin, lock or wait for."""
+    return idempotency_key is None and payload.template is None and payload.experiment is None
+
+
+def _batch_item(fields: dict[str, Any]) -> dict[str, Any]:
+    """``fields`` as one item of enqueue_notifications()' JSON array."""
+    item = dict(fields)
+    for name in ("send_at", "expires_at"):
+        if item[name] is not None:
+            item[name] = item[name].isoformat()
+    return item
+
+
+async def _enqueue_alone(pool: db.Pool, settings: Settings, fields: dict[str, Any]) -> DictRow:
+    """One request of a batch that failed, written on its own (batches.py): the
+    request at fault gets its own error, the others their rows."""
+    async with pool.connection() as conn:
+        await _check_targets(conn, fields["category"], fields["topic"])
+        return await repo.enqueue(
+            conn,
+            **fields,
+            idempotency_scope=None,
+            idempotency_key=None,
+            request_hash=None,
+            idempotency_ttl_hours=settings.idempotency_ttl_hours,
+            wakeup=False,
+            template_key=None,
+            template_version=None,
+            template_data=None,
+        )
 
 
 def check_experiment(payload: NotificationIn) -> None:
@@ -282,12 +330,19 @@ async def _check_targets(conn: db.Conn, category: str | None, topic: str | None)
         return
     found = await repo.target_check(conn, category=category, topic=topic)
     if not found["category_ok"]:
-        raise Invalid(
+        raise _unknown_target("unknown_category", category, topic)
+    if not found["topic_ok"]:
+        raise _unknown_target("unknown_topic", category, topic)
+
+
+def _unknown_target(error: str, category: str | None, topic: str | None) -> Invalid:
+    """The 422 for a notification whose category or topic does not exist."""
+    if error == "unknown_category":
+        return Invalid(
             f"unknown category {category!r}; create it with PUT /api/categories/{{key}}",
             field="category",
         )
-    if not found["topic_ok"]:
-        raise Invalid(f"unknown topic {topic!r}; subscribe recipients to it first", field="topic")
+    return Invalid(f"unknown topic {topic!r}; subscribe recipients to it first", field="topic")
 
 
 async def cancel(pool: db.Pool, notification_id: uuid.UUID) -> Cancelled:

@@ -163,9 +163,12 @@ SELECT v.template_key AS key, v.version, v.category, v.default_locale, v.example
 
 -- name: notifications_set_experiment
 -- An experiment's key and variants, in the transaction that enqueued the notification
--- (before its route job can be seen). Variants without their template field's null.
+-- (before its route job can be seen). Variants without their null fields; a template
+-- variant carries its pinned template_version. The templates' data (%(data)s, null
+-- when no variant names a template) is kept where the notification has none of its own.
 UPDATE notifications
    SET experiment = %(experiment)s,
        variants = (SELECT jsonb_agg(jsonb_strip_nulls(e) ORDER BY i)
-                     FROM jsonb_array_elements(%(variants)s::jsonb) WITH ORDINALITY AS v(e, i))
+                     FROM jsonb_array_elements(%(variants)s::jsonb) WITH ORDINALITY AS v(e, i)),
+       template_data = coalesce(template_data, %(data)s::jsonb)
  WHERE id = %(id)s

@@ -210,6 +210,31 @@ UPDATE deliveries AS d
   FROM unnest(%(ids)s::bigint[], %(contents)s::jsonb[], %(errors)s::text[]) AS c(id, content, error)
  WHERE d.id = c.id
 
+-- name: route_variant_templated
+-- The template variants of a routing batch's experiments (0022): each variant's
+-- pinned version, with the notification's data; their IN_APP text is rendered per
+-- recipient (route_unrendered_variant_in_app).
+SELECT n.id, e ->> 'name' AS variant, e ->> 'template' AS template_key,
+       (e ->> 'template_version')::integer AS template_version, n.template_data, n.category,
+       n.priority
+  FROM notifications AS n
+ CROSS JOIN LATERAL jsonb_array_elements(n.variants) AS e
+ WHERE n.id = ANY(%(ids)s::uuid[])
+   AND n.experiment IS NOT NULL
+   AND e ? 'template'
+
+-- name: route_unrendered_variant_in_app
+-- route_unrendered_in_app for the deliveries of one template variant.
+SELECT d.id, r.external_id, r.name, r.email, r.locale, r.timezone, r.metadata
+  FROM deliveries AS d
+  JOIN recipients AS r ON r.id = d.recipient_id
+ WHERE d.notification_id = %(id)s
+   AND d.channel = 'IN_APP'
+   AND d.status = 'sent'
+   AND d.content IS NULL
+   AND d.variant = %(variant)s
+ ORDER BY d.id
+
 -- name: template_versions_load
 -- The versions a router or deliver run renders with (cached: versions never change).
 SELECT template_key AS key, version, default_locale, locales

@@ -376,3 +376,32 @@ async def test_delete_refused_while_a_scheduled_variant_names_it(api: httpx.Asyn
     cancel = await api.post(f"/api/notifications/{nid}/cancel", headers=ADMIN)
     assert cancel.status_code == 200, cancel.text
     assert (await api.delete(f"/api/templates/{key}", headers=ADMIN)).status_code == 204
+
+
+async def test_each_text_variant_gets_its_own_email(
+    api: httpx.AsyncClient, worker: None, pool: db.Pool, smtp: SmtpPeer
+) -> None:
+    """Two text variants of one notification by email: each recipient's email has
+    their variant's subject and body (a deliver run builds the shared MIME parts once
+    per variant, not once per notification)."""
+    experiment = unique("twotext")
+    variants = [
+        {"name": "a", "weight": 1, "title": "Subject A", "body": "Body A"},
+        {"name": "b", "weight": 1, "title": "Subject B", "body": "Body B"},
+    ]
+    people = {await recipient(api, email=f"{unique('t')}@example.org"): None for _ in range(12)}
+    addresses = {
+        rid: (await api.get(f"/api/recipients/{rid}", headers=ADMIN)).json()["email"]
+        for rid in people
+    }
+    nid = await send(
+        api, to=list(people), channels=["EMAIL"], experiment=experiment, variants=variants
+    )
+    await settled(api, nid, {"sent": 12})
+    split = await delivered_variants(pool, nid)
+    assert set(split.values()) == {"a", "b"}, split
+    for rid, address in addresses.items():
+        (mail,) = smtp.to(address)
+        assert mail.message["Subject"] == f"Subject {split[rid].upper()}", (rid, split[rid])
+        text = mail.message.get_body(preferencelist=("plain",)).get_content()
+        assert f"Body {split[rid].upper()}" in text

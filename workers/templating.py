@@ -79,10 +79,12 @@ async def render_in_app(conn: db.Conn, ids: Sequence[uuid.UUID]) -> None:
     transaction (so an inbox never shows an item before its text). An experiment's
     template variants first, per recipient: their deliveries then hold their own text,
     so the notification's template (if any) renders only the others."""
-    variants = await db.fetch_all(conn, "route_variant_templated", {"ids": list(ids)})
-    if variants:
-        await ensure_loaded(conn, ((v["template_key"], v["template_version"]) for v in variants))
-        for v in variants:
+    rows = await db.fetch_all(conn, "route_templated", {"ids": list(ids)})
+    if not rows:
+        return
+    await ensure_loaded(conn, ((n["template_key"], n["template_version"]) for n in rows))
+    for v in rows:
+        if v["variant"] is not None:
             try:
                 template: templates.Compiled | None = compiled(
                     v["template_key"], v["template_version"]
@@ -90,10 +92,7 @@ async def render_in_app(conn: db.Conn, ids: Sequence[uuid.UUID]) -> None:
             except templates.TemplateError:
                 template = None
             await _render_each(conn, template, v, variant=v["variant"])
-    notifications = await db.fetch_all(conn, "route_templated", {"ids": list(ids)})
-    if not notifications:
-        return
-    await ensure_loaded(conn, ((n["template_key"], n["template_version"]) for n in notifications))
+    notifications = [n for n in rows if n["variant"] is None]
     for n in notifications:
         key, version = n["template_key"], n["template_version"]
         try:

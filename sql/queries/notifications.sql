@@ -11,7 +11,8 @@ SELECT id, status, created, request_hash
 -- name: notifications_get
 SELECT id, status, priority, category, title, body, action_url, metadata, channels, topic,
        cardinality(recipients) AS recipient_count, fallback, send_at, expires_at,
-       created_at, routed_at, template_key, template_version, template_data
+       created_at, routed_at, template_key, template_version, template_data, experiment,
+       variants
   FROM notifications
  WHERE id = %(id)s
 

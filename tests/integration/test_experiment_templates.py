@@ -104,6 +104,9 @@ async def test_template_variant_and_text_variant(
         "template": key,
         "template_version": 1,
     }
+    shown = (await api.get(f"/api/notifications/{nid}", headers=ADMIN)).json()
+    assert (shown["experiment"], shown["variants"]) == (experiment, stored["variants"])
+    assert shown["data"] == EXAMPLE
     for rid, (language, address) in people.items():
         title, subject = EXPECTED[(split[rid], language)]
         (item,) = await inbox(api, rid)

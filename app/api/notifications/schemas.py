@@ -111,6 +111,10 @@ class NotificationOut(msgspec.Struct):
     template: str | None = None
     template_version: int | None = None
     data: dict[str, Any] | None = None
+    #: its A/B experiment and the variants as stored: a template variant with the
+    #: ``template_version`` pinned when accepted
+    experiment: str | None = None
+    variants: list[dict[str, Any]] | None = None
 
 
 class NotificationSummary(msgspec.Struct):

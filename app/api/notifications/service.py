@@ -390,6 +390,8 @@ async def read(
         template=row["template_key"],
         template_version=row["template_version"],
         data=row["template_data"],
+        experiment=row["experiment"],
+        variants=row["variants"],
     )
 
 

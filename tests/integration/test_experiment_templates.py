@@ -408,3 +408,32 @@ async def test_each_text_variant_gets_its_own_email(
         assert mail.message["Subject"] == f"Subject {split[rid].upper()}", (rid, split[rid])
         text = mail.message.get_body(preferencelist=("plain",)).get_content()
         assert f"Body {split[rid].upper()}" in text
+
+
+async def test_topic_notification_with_a_template_variant(
+    api: httpx.AsyncClient, worker: None, pool: db.Pool
+) -> None:
+    """A topic notification's template variant is rendered for its members as for a
+    recipient list: German for de members, the text variant for the others."""
+    key = await put_template(api)
+    topic, experiment = unique("tvtopic"), unique("tvexp")
+    who = [await recipient(api, locale="de") for _ in range(10)]
+    response = await api.put(
+        f"/api/topics/{topic}/subscribers", headers=ADMIN, json={"recipients": who}
+    )
+    assert response.status_code == 200, response.text
+    variants = [{"name": "a", "weight": 1, "template": key}, {**TEXT, "weight": 1}]
+    nid = await send(
+        api,
+        topic=topic,
+        channels=["IN_APP"],
+        experiment=experiment,
+        variants=variants,
+        data=EXAMPLE,
+    )
+    await settled(api, nid, {"sent": 10})
+    split = await delivered_variants(pool, nid)
+    assert split == await assigned(pool, experiment, variants, who)
+    for rid in who:
+        (item,) = await inbox(api, rid)
+        assert item["title"] == EXPECTED[(split[rid], "de")][0]

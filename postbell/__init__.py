@@ -64,8 +64,9 @@ async def notify(
     """Enqueue a notification in ``conn``'s current transaction; answer its id.
 
     ``body`` is the message text, or ``{"message", "title", "action_url", "metadata",
-    "fallback", "expires_at"}``. Bad arguments raise ``psycopg.errors.InvalidParameterValue``
-    with a message naming the problem.
+    "fallback", "expires_at"}`` (or ``{"template", "data", ...}``; with ``"experiment"``
+    and ``"variants"`` an A/B experiment, docs/experiments.md). Bad arguments raise
+    ``psycopg.errors.InvalidParameterValue`` with a message naming the problem.
     """
     cursor = await conn.execute(
         _SQL, _args(recipients, body, channels, priority, category, send_at, idempotency_key)

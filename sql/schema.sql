@@ -1020,6 +1020,8 @@ AS $function$
                                                 'action_url', e ->> 'action_url'))
       FROM jsonb_array_elements(p_variants) AS e
      WHERE e ->> 'name' = p_variant
+       AND NOT e ? 'template'
+       AND (e ? 'title' OR e ? 'body')
      LIMIT 1
 $function$;
 
@@ -1120,6 +1122,19 @@ DECLARE
     v_version  record;
     v_pinned   integer;
     v_missing  text;
+    -- an experiment (0022): its key, the variants as given and as stored (each
+    -- template variant with the version pinned here)
+    v_experiment text := body ->> 'experiment';
+    v_variants   jsonb := body -> 'variants';
+    v_data       jsonb := body -> 'data';
+    v_stored     jsonb := '[]';
+    v_variant    jsonb;
+    v_at         text;
+    v_names      text[] := '{}';
+    v_field      text;
+    v_has_text   boolean;
+    v_any_vt     boolean := false;
+    v_first_body text;
 BEGIN
     IF recipients IS NULL OR cardinality(recipients) = 0 THEN
         RAISE EXCEPTION 'postbell.notify: recipients must name at least one recipient'
@@ -1140,6 +1155,117 @@ BEGIN
     IF body IS NULL OR jsonb_typeof(body) <> 'object' THEN
         RAISE EXCEPTION 'postbell.notify: body must be a JSON object'
             USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF body ? 'experiment' OR body ? 'variants' THEN
+        -- An A/B experiment: the HTTP API's rules (docs/experiments.md).
+        IF v_experiment IS NULL THEN
+            RAISE EXCEPTION 'postbell.notify: experiment: ''variants'' go with an ''experiment'' key'
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        IF jsonb_typeof(body -> 'experiment') <> 'string' OR length(v_experiment) > 100
+           OR v_experiment !~ '^[A-Za-z0-9][A-Za-z0-9._:-]*$' THEN
+            RAISE EXCEPTION 'postbell.notify: experiment must be a key (letters, digits and . _ : -, at most 100 characters)'
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        IF v_variants IS NULL OR jsonb_typeof(v_variants) <> 'array'
+           OR jsonb_array_length(v_variants) NOT BETWEEN 2 AND 10 THEN
+            RAISE EXCEPTION 'postbell.notify: variants: an experiment needs ''variants'' (two to ten)'
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        IF v_data IS NOT NULL AND jsonb_typeof(v_data) <> 'object' THEN
+            RAISE EXCEPTION 'postbell.notify: "data" must be a JSON object'
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        FOR i IN 0 .. jsonb_array_length(v_variants) - 1 LOOP
+            v_at := format('variants[%s]', i);
+            v_variant := v_variants -> i;
+            IF jsonb_typeof(v_variant) <> 'object' THEN
+                RAISE EXCEPTION 'postbell.notify: %: a variant is a JSON object', v_at
+                    USING ERRCODE = 'invalid_parameter_value';
+            END IF;
+            v_variant := jsonb_strip_nulls(v_variant);
+            SELECT k INTO v_field FROM jsonb_object_keys(v_variant) AS k
+             WHERE k NOT IN ('name', 'weight', 'title', 'body', 'action_url', 'template')
+             ORDER BY k LIMIT 1;
+            IF v_field IS NOT NULL THEN
+                RAISE EXCEPTION 'postbell.notify: %.%: unknown field (a variant has name, weight, title, body, action_url, template)', v_at, v_field
+                    USING ERRCODE = 'invalid_parameter_value';
+            END IF;
+            SELECT k INTO v_field FROM unnest(ARRAY['name', 'title', 'body', 'action_url', 'template']) AS k
+             WHERE v_variant ? k AND jsonb_typeof(v_variant -> k) <> 'string' LIMIT 1;
+            IF v_field IS NOT NULL THEN
+                RAISE EXCEPTION 'postbell.notify: %.%: must be a string', v_at, v_field
+                    USING ERRCODE = 'invalid_parameter_value';
+            END IF;
+            IF NOT coalesce(v_variant ->> 'name' ~ '^[A-Za-z0-9][A-Za-z0-9._:-]*$'
+                            AND length(v_variant ->> 'name') <= 100, false) THEN
+                RAISE EXCEPTION 'postbell.notify: %.name: a variant needs a name (a key: letters, digits and . _ : -, at most 100 characters)', v_at
+                    USING ERRCODE = 'invalid_parameter_value';
+            END IF;
+            IF (v_variant ->> 'name') = ANY (v_names) THEN
+                RAISE EXCEPTION 'postbell.notify: %.name: variant name % is used twice', v_at, quote_literal(v_variant ->> 'name')
+                    USING ERRCODE = 'invalid_parameter_value';
+            END IF;
+            v_names := v_names || (v_variant ->> 'name');
+            IF NOT coalesce(jsonb_typeof(v_variant -> 'weight') = 'number'
+                            AND (v_variant ->> 'weight') ~ '^[0-9]{1,7}$'
+                            AND (v_variant ->> 'weight')::integer BETWEEN 1 AND 1000000, false) THEN
+                RAISE EXCEPTION 'postbell.notify: %.weight: a variant needs a weight, a whole number from 1 to 1000000', v_at
+                    USING ERRCODE = 'invalid_parameter_value';
+            END IF;
+            IF length(coalesce(v_variant ->> 'body', '')) > 20000 OR length(coalesce(v_variant ->> 'title', '')) > 300 THEN
+                RAISE EXCEPTION 'postbell.notify: %: message over 20000 or title over 300 characters', v_at
+                    USING ERRCODE = 'invalid_parameter_value';
+            END IF;
+            IF coalesce(v_variant ->> 'title', '') ~ '[[:cntrl:]]' OR coalesce(v_variant ->> 'action_url', '') ~ '[[:cntrl:]]' THEN
+                RAISE EXCEPTION 'postbell.notify: %: title and action_url may not hold control characters', v_at
+                    USING ERRCODE = 'invalid_parameter_value';
+            END IF;
+            IF v_variant ? 'action_url' AND (v_variant ->> 'action_url') !~* '^https?://[^/?#[:space:]]+' THEN
+                RAISE EXCEPTION 'postbell.notify: %.action_url: must be an http:// or https:// URL', v_at
+                    USING ERRCODE = 'invalid_parameter_value';
+            END IF;
+            v_has_text := v_variant ? 'title' OR btrim(coalesce(v_variant ->> 'body', '')) <> '';
+            IF v_variant ? 'template' THEN
+                IF v_has_text OR v_variant ? 'body' OR v_variant ? 'action_url' THEN
+                    RAISE EXCEPTION 'postbell.notify: %.template: give a variant either a ''template'' or its own text, not both', v_at
+                        USING ERRCODE = 'invalid_parameter_value';
+                END IF;
+                -- the variant's template, pinned like the notification's
+                SELECT v.version, v.required_data INTO v_version
+                  FROM templates AS t
+                  JOIN template_versions AS v ON v.template_key = t.key AND v.version = t.active_version
+                 WHERE t.key = v_variant ->> 'template' AND t.deleted_at IS NULL
+                   FOR SHARE OF t;
+                IF NOT FOUND THEN
+                    RAISE EXCEPTION 'postbell.notify: %.template: unknown template %', v_at, v_variant ->> 'template'
+                        USING ERRCODE = 'invalid_parameter_value';
+                END IF;
+                SELECT k INTO v_missing FROM unnest(v_version.required_data) AS k
+                 WHERE NOT coalesce(v_data, '{}') ? k ORDER BY k LIMIT 1;
+                IF v_missing IS NOT NULL THEN
+                    RAISE EXCEPTION 'postbell.notify: data lacks "%", which template % requires', v_missing, v_variant ->> 'template'
+                        USING ERRCODE = 'invalid_parameter_value';
+                END IF;
+                v_any_vt := true;
+                v_variant := v_variant || jsonb_build_object('template_version', v_version.version);
+            ELSIF v_template IS NULL AND NOT v_has_text THEN
+                RAISE EXCEPTION 'postbell.notify: %.body: a variant needs its own ''title'' or ''body'' (or a ''template'')', v_at
+                    USING ERRCODE = 'invalid_parameter_value';
+            ELSIF v_template IS NOT NULL AND v_has_text AND btrim(coalesce(v_variant ->> 'body', '')) = '' THEN
+                RAISE EXCEPTION 'postbell.notify: %.body: a text variant of a templated notification needs its own ''body''', v_at
+                    USING ERRCODE = 'invalid_parameter_value';
+            END IF;
+            IF v_first_body IS NULL AND btrim(coalesce(v_variant ->> 'body', '')) <> '' THEN
+                v_first_body := v_variant ->> 'body';
+            END IF;
+            v_stored := v_stored || jsonb_build_array(
+                v_variant || jsonb_build_object('weight', (v_variant ->> 'weight')::integer));
+        END LOOP;
+        IF v_template IS NULL AND v_text IS NULL THEN
+            -- the variants carry the text: the first variant's body stands in
+            v_text := coalesce(v_first_body, CASE WHEN v_any_vt THEN '' END);
+        END IF;
     END IF;
     IF v_template IS NOT NULL THEN
         -- A template: its text comes from the active version, pinned here.
@@ -1170,7 +1296,7 @@ BEGIN
         v_pinned := v_version.version;
         category := coalesce(category, v_version.category);
     ELSE
-        IF v_text IS NULL OR btrim(v_text) = '' THEN
+        IF (v_text IS NULL OR btrim(v_text) = '') AND NOT v_any_vt THEN
             RAISE EXCEPTION 'postbell.notify: body needs "message" (or "body", or "template")'
                 USING ERRCODE = 'invalid_parameter_value';
         END IF;
@@ -1233,6 +1359,15 @@ BEGIN
                CASE WHEN idempotency_key IS NOT NULL THEN v_hash END, interval '24 hours',
                true, v_template, v_pinned,
                CASE WHEN v_template IS NOT NULL THEN coalesce(body -> 'data', '{}') END);
+    IF v_result.created AND v_experiment IS NOT NULL THEN
+        -- the same transaction as the enqueue: routing sees the variants or nothing
+        UPDATE notifications AS n
+           SET experiment = v_experiment,
+               variants = v_stored,
+               template_data = CASE WHEN v_any_vt THEN coalesce(n.template_data, v_data, '{}')
+                                    ELSE n.template_data END
+         WHERE n.id = v_result.id;
+    END IF;
     IF NOT v_result.created AND v_result.request_hash IS DISTINCT FROM v_hash THEN
         RAISE EXCEPTION 'postbell.notify: idempotency key % was used with other arguments', idempotency_key
             USING ERRCODE = 'unique_violation';
@@ -1435,12 +1570,18 @@ BEGIN
         RAISE EXCEPTION 'postbell.trigger: unknown workflow %', p_workflow
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    IF v_steps @? '$[*].template' THEN
+    IF v_steps @? '$[*].template' OR v_steps @? '$[*].variants[*].template' THEN
         -- Share-locked: a DELETE or an activation waits until this trigger commits.
         WITH named AS (
-            SELECT DISTINCT s ->> 'template' AS key
+            SELECT s ->> 'template' AS key
               FROM jsonb_array_elements(v_steps) AS s
              WHERE s ? 'template'
+            UNION
+            -- an experiment's variants naming a template (0022)
+            SELECT v ->> 'template'
+              FROM jsonb_array_elements(v_steps) AS s
+             CROSS JOIN LATERAL jsonb_array_elements(s -> 'variants') AS v
+             WHERE jsonb_typeof(s -> 'variants') = 'array' AND v ? 'template'
         ),
         live AS (
             SELECT t.key, t.active_version

@@ -76,11 +76,23 @@ def notification_vars(row: Mapping[str, Any], notification_id: Any) -> dict[str,
 
 async def render_in_app(conn: db.Conn, ids: Sequence[uuid.UUID]) -> None:
     """The IN_APP text of the batch's templated notifications, in the routing
-    transaction (so an inbox never shows an item before its text)."""
-    notifications = await db.fetch_all(conn, "route_templated", {"ids": list(ids)})
-    if not notifications:
+    transaction (so an inbox never shows an item before its text). An experiment's
+    template variants first, per recipient: their deliveries then hold their own text,
+    so the notification's template (if any) renders only the others."""
+    rows = await db.fetch_all(conn, "route_templated", {"ids": list(ids)})
+    if not rows:
         return
-    await ensure_loaded(conn, ((n["template_key"], n["template_version"]) for n in notifications))
+    await ensure_loaded(conn, ((n["template_key"], n["template_version"]) for n in rows))
+    for v in rows:
+        if v["variant"] is not None:
+            try:
+                template: templates.Compiled | None = compiled(
+                    v["template_key"], v["template_version"]
+                )
+            except templates.TemplateError:
+                template = None
+            await _render_each(conn, template, v, variant=v["variant"])
+    notifications = [n for n in rows if n["variant"] is None]
     for n in notifications:
         key, version = n["template_key"], n["template_version"]
         try:
@@ -121,10 +133,20 @@ def _render_shared(template: templates.Compiled, n: Mapping[str, Any]) -> dict[s
 
 
 async def _render_each(
-    conn: db.Conn, template: templates.Compiled | None, n: Mapping[str, Any]
+    conn: db.Conn,
+    template: templates.Compiled | None,
+    n: Mapping[str, Any],
+    variant: str | None = None,
 ) -> None:
+    """Per recipient: the notification's IN_APP deliveries still without text, or
+    those of one template ``variant`` of its experiment."""
     key, version = n["template_key"], n["template_version"]
-    rows = await db.fetch_all(conn, "route_unrendered_in_app", {"id": n["id"]})
+    if variant is None:
+        rows = await db.fetch_all(conn, "route_unrendered_in_app", {"id": n["id"]})
+    else:
+        rows = await db.fetch_all(
+            conn, "route_unrendered_variant_in_app", {"id": n["id"], "variant": variant}
+        )
     done: dict[tuple[Any, ...], tuple[dict[str, str] | None, str | None]] = {}
     for start in range(0, len(rows), RENDER_BATCH):
         ids: list[int] = []

@@ -211,6 +211,21 @@ async def _send(
             "experiment": step.experiment,
             "variants": msgspec.to_builtins(step.variants) if step.variants else None,
         }
+        if step.variants and any(v.template for v in step.variants):
+            # template variants render the versions the trigger pinned, with the run's
+            # variables (the templates' data)
+            pins = row["templates"] or {}
+            unpinned = [v.template for v in step.variants if v.template and v.template not in pins]
+            if unpinned:
+                outcomes[row["id"]] = Outcome(
+                    index, "failed", reason=f"step {index}: template {unpinned[0]} not pinned"
+                )
+                continue
+            group["variants"] = [
+                v | {"template_version": int(pins[v["template"]])} if v.get("template") else v
+                for v in group["variants"]
+            ]
+            group["variant_data"] = variables
         if step.template is not None:
             pinned = (row["templates"] or {}).get(step.template)
             if pinned is None:  # pinned by every trigger since migration 0017
@@ -235,7 +250,8 @@ async def _send(
                 outcomes[row["id"]] = Outcome(index, "failed", reason=f"step {index}: {exc}")
                 continue
         if group.get("body") is None and step.variants:
-            group["body"] = step.variants[0].body  # the variants carry the text
+            # the variants carry the text: the first variant's body stands in
+            group["body"] = next((v.body for v in step.variants if v.body), None)
         key = msgspec.json.encode(group, order="sorted")
         # Two runs of one recipient (two triggers) never share a notification: the
         # second makes its own, as each trigger sends once.
@@ -267,6 +283,7 @@ async def _send(
                     "id": r["id"],
                     "experiment": group["experiment"],
                     "variants": Jsonb(group["variants"]),
+                    "data": Jsonb(group["variant_data"]) if "variant_data" in group else None,
                 },
             )
 

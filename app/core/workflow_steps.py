@@ -77,13 +77,15 @@ class Condition(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, omit_d
 
 
 class StepVariant(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, omit_defaults=True):
-    """One arm of a send step's A/B experiment (docs/experiments.md)."""
+    """One arm of a send step's A/B experiment (docs/experiments.md): its own text, or
+    a ``template`` (pinned by each trigger, like the step's)."""
 
     name: StepKey
     weight: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)]
     title: StepTitle | None = None
     body: StepBody | None = None
     action_url: StepUrl | None = None
+    template: StepKey | None = None
 
 
 class SendStep(
@@ -213,7 +215,8 @@ def read_path(data: Any, path: str) -> Any:
 
 def _experiment(step: SendStep, at: str) -> None:
     """A send step's experiment: the notifications' rules (key and variants together,
-    unique names, each variant its own title or body)."""
+    unique names, each variant its own title or body, or a template; with a step
+    template, a variant with neither shows it)."""
     if step.experiment is None and step.variants is None:
         return
     if step.experiment is None:
@@ -232,9 +235,23 @@ def _experiment(step: SendStep, at: str) -> None:
                 f"{where}.name: variant name {variant.name!r} is used twice", field=f"{where}.name"
             )
         names.add(variant.name)
-        if variant.title is None and (variant.body is None or not variant.body.strip()):
+        has_text = variant.title is not None or bool(variant.body and variant.body.strip())
+        if variant.template is not None:
+            if has_text or variant.body is not None or variant.action_url is not None:
+                raise Invalid(
+                    f"{where}.template: give a variant either a 'template' or its own text,"
+                    " not both",
+                    field=f"{where}.template",
+                )
+        elif step.template is None and not has_text:
             raise Invalid(
-                f"{where}.body: a variant needs its own 'title' or 'body'", field=f"{where}.body"
+                f"{where}.body: a variant needs its own 'title' or 'body' (or a 'template')",
+                field=f"{where}.body",
+            )
+        elif step.template is not None and has_text and not (variant.body or "").strip():
+            raise Invalid(
+                f"{where}.body: a text variant of a templated step needs its own 'body'",
+                field=f"{where}.body",
             )
 
 
@@ -253,12 +270,6 @@ def check(steps: list[Step], category: str | None = None) -> None:
             sends += 1
             _experiment(step, at)
             if step.template is not None:
-                if step.experiment is not None:
-                    raise Invalid(
-                        f"{at}.template: an experiment's variants carry their own text; no"
-                        " template with them yet",
-                        field=f"{at}.template",
-                    )
                 for name in ("title", "message", "body", "action_url"):
                     if getattr(step, name) is not None:
                         raise Invalid(
@@ -273,9 +284,11 @@ def check(steps: list[Step], category: str | None = None) -> None:
                         field=f"{at}.body",
                     )
                 text = step.message if step.message is not None else step.body
+                variant_templates = any(v.template for v in step.variants or ())
                 if text is None and step.variants:
-                    text = step.variants[0].body  # the variants carry the text
-                if text is None or not text.strip():
+                    # the variants carry the text: the first variant's body stands in
+                    text = next((v.body for v in step.variants if v.body and v.body.strip()), None)
+                if (text is None or not text.strip()) and not variant_templates:
                     raise Invalid(
                         f"{at}.message: a send step needs a 'message' (or 'body', or a 'template')",
                         field=f"{at}.message",
@@ -391,8 +404,14 @@ def key_of(path: str | None, data: Any) -> str:
 
 
 def template_keys(steps: list[Step]) -> list[str]:
-    """The templates a workflow's send steps name, each once, in step order."""
-    return list(dict.fromkeys(s.template for s in steps if isinstance(s, SendStep) and s.template))
+    """The templates a workflow's send steps (and their experiments' variants) name,
+    each once, in step order."""
+    keys: list[str] = []
+    for step in steps:
+        if isinstance(step, SendStep):
+            keys += [step.template] if step.template else []
+            keys += [v.template for v in step.variants or () if v.template]
+    return list(dict.fromkeys(keys))
 
 
 def wakes(steps: list[Step]) -> bool:

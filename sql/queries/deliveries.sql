@@ -8,7 +8,12 @@ SELECT d.id, d.attempts, d.notification_id, d.recipient_id, d.replay_id, d.varia
        coalesce(v.title, n.title) AS title, coalesce(v.body, n.body) AS body,
        coalesce(v.action_url, n.action_url) AS action_url,
        n.metadata, n.category, n.priority, n.expires_at,
-       n.template_key, n.template_version, n.template_data,
+       -- a template variant renders its pinned version; a text variant its own text
+       CASE WHEN v.template_key IS NOT NULL THEN v.template_key
+            WHEN v.own_text THEN NULL ELSE n.template_key END AS template_key,
+       CASE WHEN v.template_key IS NOT NULL THEN v.template_version
+            WHEN v.own_text THEN NULL ELSE n.template_version END AS template_version,
+       n.template_data,
        c.rate_limits -> d.channel AS rate_limit, coalesce(c.required, false) AS category_required,
        r.external_id, r.email, r.phone, r.name, r.locale, r.timezone, r.webhook_url,
        r.webhook_secret, r.slack_webhook_url, r.discord_webhook_url, r.whatsapp,
@@ -27,9 +32,12 @@ SELECT d.id, d.attempts, d.notification_id, d.recipient_id, d.replay_id, d.varia
   JOIN notifications AS n ON n.id = d.notification_id
   LEFT JOIN categories AS c ON c.key = n.category
   JOIN recipients AS r ON r.id = d.recipient_id
-  -- an experiment's variant: its own text (0021)
+  -- an experiment's variant: its own text (0021), or its template (0022)
   LEFT JOIN LATERAL (
-        SELECT e ->> 'title' AS title, e ->> 'body' AS body, e ->> 'action_url' AS action_url
+        SELECT e ->> 'title' AS title, e ->> 'body' AS body, e ->> 'action_url' AS action_url,
+               e ->> 'template' AS template_key, (e ->> 'template_version')::integer
+                   AS template_version,
+               NOT e ? 'template' AND (e ? 'title' OR e ? 'body') AS own_text
           FROM jsonb_array_elements(n.variants) AS e
          WHERE e ->> 'name' = d.variant
          LIMIT 1) AS v ON d.variant IS NOT NULL

@@ -11,7 +11,8 @@ SELECT id, status, created, request_hash
 -- name: notifications_get
 SELECT id, status, priority, category, title, body, action_url, metadata, channels, topic,
        cardinality(recipients) AS recipient_count, fallback, send_at, expires_at,
-       created_at, routed_at, template_key, template_version, template_data
+       created_at, routed_at, template_key, template_version, template_data, experiment,
+       variants
   FROM notifications
  WHERE id = %(id)s
 
@@ -163,11 +164,14 @@ SELECT v.template_key AS key, v.version, v.category, v.default_locale, v.example
 
 -- name: notifications_set_experiment
 -- An experiment's key and variants, in the transaction that enqueued the notification
--- (before its route job can be seen). Variants without their template field's null.
+-- (before its route job can be seen). Variants without their null fields; a template
+-- variant carries its pinned template_version. The templates' data (%(data)s, null
+-- when no variant names a template) is kept where the notification has none of its own.
 UPDATE notifications
    SET experiment = %(experiment)s,
        variants = (SELECT jsonb_agg(jsonb_strip_nulls(e) ORDER BY i)
-                     FROM jsonb_array_elements(%(variants)s::jsonb) WITH ORDINALITY AS v(e, i))
+                     FROM jsonb_array_elements(%(variants)s::jsonb) WITH ORDINALITY AS v(e, i)),
+       template_data = coalesce(template_data, %(data)s::jsonb)
  WHERE id = %(id)s
 
 -- name: notifications_enqueue_batch

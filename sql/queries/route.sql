@@ -174,11 +174,22 @@ UPDATE notifications SET routed_through = %(through)s WHERE id = %(id)s
 
 -- name: route_templated
 -- The templated notifications of a routing batch: their IN_APP text is rendered here.
-SELECT id, template_key, template_version, template_data, category, priority,
-       rendered IS NOT NULL AS rendered
+-- Rows with a variant: an experiment's template variants (0022), each with its pinned
+-- version and the notification's data, rendered per recipient
+-- (route_unrendered_variant_in_app).
+SELECT id, NULL::text AS variant, template_key, template_version, template_data, category,
+       priority, rendered IS NOT NULL AS rendered
   FROM notifications
  WHERE id = ANY(%(ids)s::uuid[])
    AND template_key IS NOT NULL
+UNION ALL
+SELECT n.id, e ->> 'name', e ->> 'template', (e ->> 'template_version')::integer,
+       n.template_data, n.category, n.priority, false
+  FROM notifications AS n
+ CROSS JOIN LATERAL jsonb_array_elements(n.variants) AS e
+ WHERE n.id = ANY(%(ids)s::uuid[])
+   AND n.experiment IS NOT NULL
+   AND e ? 'template'
 
 -- name: route_store_rendered
 -- The IN_APP text of a notification whose part shows nothing of the recipient:
@@ -209,6 +220,18 @@ UPDATE deliveries AS d
        updated_at = now()
   FROM unnest(%(ids)s::bigint[], %(contents)s::jsonb[], %(errors)s::text[]) AS c(id, content, error)
  WHERE d.id = c.id
+
+-- name: route_unrendered_variant_in_app
+-- route_unrendered_in_app for the deliveries of one template variant.
+SELECT d.id, r.external_id, r.name, r.email, r.locale, r.timezone, r.metadata
+  FROM deliveries AS d
+  JOIN recipients AS r ON r.id = d.recipient_id
+ WHERE d.notification_id = %(id)s
+   AND d.channel = 'IN_APP'
+   AND d.status = 'sent'
+   AND d.content IS NULL
+   AND d.variant = %(variant)s
+ ORDER BY d.id
 
 -- name: template_versions_load
 -- The versions a router or deliver run renders with (cached: versions never change).

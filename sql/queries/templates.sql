@@ -74,6 +74,11 @@ SELECT key FROM templates WHERE key = %(key)s AND deleted_at IS NULL FOR UPDATE
 -- A scheduled notification that will render this template (DELETE refuses then).
 SELECT id FROM notifications
  WHERE template_key = %(key)s AND status = 'scheduled'
+UNION ALL
+-- or whose experiment has a variant naming it (0022)
+SELECT id FROM notifications
+ WHERE experiment IS NOT NULL AND status = 'scheduled'
+   AND variants @> jsonb_build_array(jsonb_build_object('template', %(key)s::text))
  LIMIT 1
 
 -- name: templates_workflow_use
@@ -82,6 +87,8 @@ SELECT id FROM notifications
 SELECT w.key FROM workflows AS w
   JOIN workflow_versions AS v ON v.workflow_key = w.key AND v.version = w.version
  WHERE v.steps @> jsonb_build_array(jsonb_build_object('template', %(key)s::text))
+    OR v.steps @> jsonb_build_array(jsonb_build_object(
+           'variants', jsonb_build_array(jsonb_build_object('template', %(key)s::text))))
  LIMIT 1
 
 -- name: templates_delete

@@ -84,9 +84,10 @@ async def template(conn: db.Conn, key: str) -> DictRow | None:
 
 
 async def set_experiment(
-    conn: db.Conn, notification_id: Any, experiment: str, variants: Any
+    conn: db.Conn, notification_id: Any, experiment: str, variants: Any, *, data: Any = None
 ) -> None:
-    """Attach an experiment to a notification just enqueued (the same transaction)."""
+    """Attach an experiment to a notification just enqueued (the same transaction);
+    ``data``: the template variants' data, kept unless the notification has its own."""
     await db.execute(
         conn,
         "notifications_set_experiment",
@@ -94,5 +95,6 @@ async def set_experiment(
             "id": notification_id,
             "experiment": experiment,
             "variants": Jsonb(msgspec.to_builtins(variants)),
+            "data": Jsonb(data) if data is not None else None,
         },
     )

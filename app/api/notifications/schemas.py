@@ -15,14 +15,16 @@ Priority = Literal["low", "normal", "high", "urgent"]
 
 
 class Variant(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    """One arm of an A/B experiment: its share (``weight``) and its own text."""
+    """One arm of an A/B experiment: its share (``weight``) and either its own text or
+    a ``template`` (its active version is pinned when the notification is accepted)."""
 
     name: Key
     weight: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)]
     title: Title | None = None
     body: Body | None = None
     action_url: Url | None = None
-    #: not yet: a variant has its own title/body/action_url (docs/experiments.md)
+    #: A template's key instead of the text: rendered with the notification's ``data``
+    #: per channel and recipient locale (docs/experiments.md).
     template: Key | None = None
 
 
@@ -109,6 +111,10 @@ class NotificationOut(msgspec.Struct):
     template: str | None = None
     template_version: int | None = None
     data: dict[str, Any] | None = None
+    #: its A/B experiment and the variants as stored: a template variant with the
+    #: ``template_version`` pinned when accepted
+    experiment: str | None = None
+    variants: list[dict[str, Any]] | None = None
 
 
 class NotificationSummary(msgspec.Struct):

@@ -67,14 +67,20 @@ def check(
         validation.json_value(payload.data or {}, "data", MAX_DATA_BYTES)
         text = ""
     else:
-        if payload.data is not None:
+        variant_templates = any(v.template is not None for v in payload.variants or ())
+        if payload.data is not None and not variant_templates:
             raise Invalid("'data' goes with a 'template'", field="data")
+        if payload.data is not None:
+            validation.json_value(payload.data, "data", MAX_DATA_BYTES)
         if payload.message is not None and payload.body is not None:
             raise Invalid("give either 'message' or 'body', not both", field="body")
         given = payload.message if payload.message is not None else payload.body
         if given is None and payload.variants:
-            given = payload.variants[0].body  # the variants carry the text
-        if given is None or not given.strip():
+            # the variants carry the text: the first variant's body stands in
+            given = next((v.body for v in payload.variants if v.body and v.body.strip()), None)
+            if given is None and variant_templates:
+                given = ""  # every text is a variant's (templates render their own)
+        if given is None or (not given.strip() and not variant_templates):
             raise Invalid(
                 "the notification needs a 'message' (or 'body', or a 'template')", field="message"
             )
@@ -167,6 +173,7 @@ async def accept(
         return NotificationAccepted(id=row["id"], status=row["status"]), True
     async with pool.connection() as conn, _templated(conn, payload):
         pinned = await _pin_template(conn, payload)
+        variants = await _pin_variants(conn, payload)
         category = payload.category or (pinned["category"] if pinned else None)
         await _check_targets(conn, category, payload.topic)
         row = await repo.enqueue(
@@ -183,7 +190,15 @@ async def accept(
         )
         if row["created"] and payload.experiment is not None:
             # the same transaction as the enqueue: routing sees the variants or nothing
-            await repo.set_experiment(conn, row["id"], payload.experiment, payload.variants)
+            await repo.set_experiment(
+                conn,
+                row["id"],
+                payload.experiment,
+                variants,
+                data=(payload.data or {})
+                if any("template_version" in v for v in variants)
+                else None,
+            )
     if waker is not None and row["created"]:
         waker.poke()
     if not row["created"] and bytes(row["request_hash"] or b"") != (digest or b""):
@@ -228,32 +243,38 @@ async def _enqueue_alone(pool: db.Pool, settings: Settings, fields: dict[str, An
 
 def check_experiment(payload: NotificationIn) -> None:
     """An experiment's rules: a key and two to ten variants together, unique names,
-    each variant with its own text (a title or a body); no template (yet)."""
+    each variant with either its own text (a title or a body) or a ``template``. With
+    a notification ``template``, a variant with neither shows that template, and a
+    text variant needs its own body. postbell.notify() checks the same (0022)."""
     if payload.experiment is None and payload.variants is None:
         return
     if payload.experiment is None:
         raise Invalid("'variants' go with an 'experiment' key", field="experiment")
     if not payload.variants:
         raise Invalid("an experiment needs 'variants' (two to ten)", field="variants")
-    if payload.template is not None:
-        raise Invalid(
-            "an experiment's variants carry their own text; a template is not supported with"
-            " them yet",
-            field="template",
-        )
     seen: set[str] = set()
     for index, variant in enumerate(payload.variants):
         where = f"variants[{index}]"
-        if variant.template is not None:
-            raise Invalid(
-                "template variants are not supported yet: give the variant a title and body",
-                field=f"{where}.template",
-            )
         if variant.name in seen:
             raise Invalid(f"variant name {variant.name!r} is used twice", field=f"{where}.name")
         seen.add(variant.name)
-        if variant.title is None and (variant.body is None or not variant.body.strip()):
-            raise Invalid("a variant needs its own 'title' or 'body'", field=f"{where}.body")
+        has_text = variant.title is not None or bool(variant.body and variant.body.strip())
+        if variant.template is not None:
+            if has_text or variant.body is not None or variant.action_url is not None:
+                raise Invalid(
+                    "give a variant either a 'template' or its own text, not both",
+                    field=f"{where}.template",
+                )
+        elif payload.template is None and not has_text:
+            raise Invalid(
+                "a variant needs its own 'title' or 'body' (or a 'template')",
+                field=f"{where}.body",
+            )
+        elif payload.template is not None and has_text and not (variant.body or "").strip():
+            raise Invalid(
+                "a text variant of a templated notification needs its own 'body'",
+                field=f"{where}.body",
+            )
         for name in ("title", "body"):
             value = getattr(variant, name)
             if value is not None:
@@ -278,11 +299,30 @@ async def _pin_template(conn: db.Conn, payload: NotificationIn) -> DictRow | Non
     (nothing written) naming the first missing key or the fault."""
     if payload.template is None:
         return None
-    row = await repo.template(conn, payload.template)
+    return await _pin(conn, payload, payload.template, "template")
+
+
+async def _pin_variants(conn: db.Conn, payload: NotificationIn) -> list[dict[str, Any]]:
+    """The experiment's variants as stored: each template variant with the active
+    version of its template pinned (``template_version``), checked as a notification's
+    template is; Invalid naming ``variants[i].template`` for an unknown one."""
+    stored: list[dict[str, Any]] = []
+    for index, variant in enumerate(payload.variants or ()):
+        item = msgspec.to_builtins(variant)
+        if variant.template is not None:
+            row = await _pin(conn, payload, variant.template, f"variants[{index}].template")
+            item["template_version"] = row["version"]
+        stored.append(item)
+    return stored
+
+
+async def _pin(conn: db.Conn, payload: NotificationIn, key: str, field: str) -> DictRow:
+    """The active version of template ``key`` (share-locked), checked against the
+    notification's data and channels; ``field`` names where the key was given."""
+    row = await repo.template(conn, key)
     if row is None:
         raise Invalid(
-            f"unknown template {payload.template!r}; save it with PUT /api/templates/{{key}}",
-            field="template",
+            f"unknown template {key!r}; save it with PUT /api/templates/{{key}}", field=field
         )
     data = payload.data or {}
     missing = templates.missing_data(row["required_data"], data)
@@ -305,6 +345,12 @@ async def _pin_template(conn: db.Conn, payload: NotificationIn) -> DictRow | Non
         for channel in dict.fromkeys(wanted):
             usable = [loc for loc in compiled.locales if compiled.part_channel(loc, channel)]
             if not usable:
+                if field != "template":  # a variant's: name the variant
+                    raise Invalid(
+                        f"template {row['key']!r} (version {row['version']}) has no {channel}"
+                        " part (nor an IN_APP one to use)",
+                        field=field,
+                    )
                 raise templates.TemplateError(
                     f"the template has no {channel} part (nor an IN_APP one to use)"
                 )
@@ -399,6 +445,8 @@ async def read(
         template=row["template_key"],
         template_version=row["template_version"],
         data=row["template_data"],
+        experiment=row["experiment"],
+        variants=row["variants"],
     )
 
 

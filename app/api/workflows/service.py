@@ -84,26 +84,32 @@ async def _check_templates(conn: db.Conn, steps: list[workflow_steps.Step]) -> N
         return
     found = await repo.templates_active(conn, keys)
     for index, step in enumerate(steps):
-        if not isinstance(step, workflow_steps.SendStep) or step.template is None:
+        if not isinstance(step, workflow_steps.SendStep):
             continue
-        at = f"steps[{index}]"
-        row = found.get(step.template)
-        if row is None:
-            raise Invalid(
-                f"{at}.template: unknown template {step.template!r}; save it with"
-                " PUT /api/templates/{key}",
-                field=f"{at}.template",
-            )
-        compiled = templates.CACHE.get(row["key"], row["version"]) or templates.CACHE.put(
-            row["key"], row["version"], row["locales"], row["default_locale"]
-        )
-        for channel in step.channels or ():
-            if not any(compiled.part_channel(loc, channel) for loc in compiled.locales):
+        # (where the key is, where a missing part is reported, the key)
+        named = [(f"steps[{index}].template", f"steps[{index}].channels", step.template)] + [
+            (f"steps[{index}].variants[{i}].template",) * 2 + (v.template,)
+            for i, v in enumerate(step.variants or ())
+        ]
+        for field, part_field, key in named:
+            if key is None:
+                continue
+            row = found.get(key)
+            if row is None:
                 raise Invalid(
-                    f"{at}.channels: template {step.template!r} has no {channel} part"
-                    " (nor an IN_APP one to use)",
-                    field=f"{at}.channels",
+                    f"{field}: unknown template {key!r}; save it with PUT /api/templates/{{key}}",
+                    field=field,
                 )
+            compiled = templates.CACHE.get(row["key"], row["version"]) or templates.CACHE.put(
+                row["key"], row["version"], row["locales"], row["default_locale"]
+            )
+            for channel in step.channels or ():
+                if not any(compiled.part_channel(loc, channel) for loc in compiled.locales):
+                    raise Invalid(
+                        f"{part_field}: template {key!r} has no {channel} part"
+                        " (nor an IN_APP one to use)",
+                        field=part_field,
+                    )
 
 
 async def _check_trigger_templates(

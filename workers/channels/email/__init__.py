@@ -159,7 +159,8 @@ class EmailChannel:
         recipient = delivery.recipient
         assert recipient.email, "send() skips deliveries without an address"
         cache = shared if shared is not None else {}
-        shared_by = delivery.content_key or delivery.notification_id
+        # a notification's recipients share its parts; an experiment's, their variant's
+        shared_by = delivery.content_key or (delivery.notification_id, delivery.variant)
         content = cache.get(shared_by)
         if content is None:
             content = cache[shared_by] = mime.content_of(delivery)

@@ -46,6 +46,7 @@ TARGETS = (
         "app/api/auth.py",
         (
             "tests/unit/test_auth.py",
+            "tests/integration/test_auth_rules.py",
             "tests/integration/test_controls.py::test_idempotency_under_concurrent_repeats",
             "tests/integration/test_api_basics.py",
             "tests/integration/test_rate_limits.py",
@@ -60,6 +61,7 @@ TARGETS = (
             "tests/unit/test_notification_rules.py",
             "tests/integration/test_controls.py::test_idempotency_under_concurrent_repeats",
             "tests/integration/test_notifications_api.py",
+            "tests/integration/test_group_commit.py",
             "tests/integration/test_hostile_input.py",
             "tests/integration/test_races.py",
         ),

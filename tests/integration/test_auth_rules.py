@@ -1,0 +1,134 @@
+"""The API-key rules of app/api/auth.py, each where a break would show (issue 21: the
+mutation run of auth.py found them unguarded): the bootstrap key is an admin, a send
+key is not; the key cache answers for its time to live and no longer (a revoked key
+stops); a caller over its failure limit is told only about keys already known;
+``last_used_at`` is written at most once a minute; the metrics token opens /metrics
+and nothing else."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+
+from postbell.app.api.auth import KeyPrincipal, KeyStore
+from postbell.app.api.main import create_app
+from postbell.app.core import db, keys
+from tests.conftest import ADMIN, ADMIN_KEY, api_client, make_settings, query, unique
+
+METRICS_TOKEN = "metrics-token-0123456789abcdef"
+
+
+@pytest.fixture
+async def own_api(fresh_database_url: str) -> AsyncIterator[tuple[httpx.AsyncClient, db.Pool]]:
+    pool = db.create_pool(fresh_database_url, max_size=4)
+    await pool.open(wait=True)
+    settings = make_settings(fresh_database_url, POSTBELL_METRICS_TOKEN=METRICS_TOKEN)
+    try:
+        async with api_client(create_app(settings, pool=pool)) as client:
+            yield client, pool
+    finally:
+        await pool.close()
+
+
+async def _stored(pool: db.Pool, role: keys.Role) -> tuple[int, str]:
+    async with pool.connection() as conn:
+        return await keys.create_key(conn, role, unique("k"))
+
+
+async def test_the_bootstrap_key_is_an_admin_and_a_send_key_only_sends(
+    own_api: tuple[httpx.AsyncClient, db.Pool],
+) -> None:
+    api, pool = own_api
+    _, send_key = await _stored(pool, "send")
+    _, admin_key = await _stored(pool, "admin")
+    category = {"name": "Events", "default_channels": ["IN_APP"]}
+    for headers, expected in (
+        (ADMIN, 200),
+        ({"Authorization": f"Bearer {admin_key}"}, 200),
+        ({"Authorization": f"Bearer {send_key}"}, 403),
+    ):
+        answer = await api.put(f"/api/categories/{unique('c')}", headers=headers, json=category)
+        assert answer.status_code == expected, answer.text
+    sent = await api.post(
+        "/api/notifications",
+        headers={"Authorization": f"Bearer {send_key}"},
+        json={"to": ["someone"], "message": "hi"},
+    )
+    assert sent.status_code == 202, sent.text
+
+
+async def test_the_key_cache_answers_for_its_ttl_and_a_revoked_key_then_stops(
+    fresh_database_url: str,
+) -> None:
+    """Within the time to live a known key answers from the cache (even once revoked);
+    after it, the database says the key is revoked."""
+    pool = db.create_pool(fresh_database_url, max_size=2)
+    await pool.open(wait=True)
+    try:
+        key_id, key = await _stored(pool, "send")
+        store = KeyStore(pool, ADMIN_KEY, ttl=0.5)
+        first = await store.lookup(key)
+        assert first == KeyPrincipal(role="send", key_id=key_id)
+        async with pool.connection() as conn:
+            await db.execute(conn, "api_keys_revoke", {"id": key_id})
+        assert await store.lookup(key) == first  # the cache, within its ttl
+        assert await store.lookup(key, ask_database=False) == first
+        await asyncio.sleep(0.6)
+        assert await store.lookup(key) is None
+        assert await store.lookup(ADMIN_KEY) == KeyPrincipal(role="admin", key_id=None)
+    finally:
+        await pool.close()
+
+
+async def test_over_its_failure_limit_a_caller_learns_only_of_keys_already_known(
+    fresh_database_url: str,
+) -> None:
+    pool = db.create_pool(fresh_database_url, max_size=2)
+    await pool.open(wait=True)
+    try:
+        key_id, key = await _stored(pool, "admin")
+        _, unseen = await _stored(pool, "send")
+        store = KeyStore(pool, ADMIN_KEY)
+        assert await store.lookup(unseen, ask_database=False) is None
+        assert await store.lookup(key) == KeyPrincipal(role="admin", key_id=key_id)
+        assert await store.lookup(key, ask_database=False) == KeyPrincipal(
+            role="admin", key_id=key_id
+        )
+        assert await store.lookup(ADMIN_KEY, ask_database=False) == KeyPrincipal(
+            role="admin", key_id=None
+        )
+    finally:
+        await pool.close()
+
+
+async def test_last_used_at_is_written_at_most_once_a_minute_per_process(
+    fresh_database_url: str,
+) -> None:
+    pool = db.create_pool(fresh_database_url, max_size=2)
+    await pool.open(wait=True)
+    try:
+        key_id, key = await _stored(pool, "send")
+        store = KeyStore(pool, None, ttl=0.0)
+        await store.lookup(key)
+        used = await query(pool, "SELECT last_used_at FROM api_keys WHERE id = %s", (key_id,))
+        assert used[0]["last_used_at"] is not None
+        await query(pool, "UPDATE api_keys SET last_used_at = NULL WHERE id = %s", (key_id,))
+        await store.lookup(key)  # again, from the database (ttl 0), within the minute
+        again = await query(pool, "SELECT last_used_at FROM api_keys WHERE id = %s", (key_id,))
+        assert again[0]["last_used_at"] is None
+    finally:
+        await pool.close()
+
+
+async def test_the_metrics_token_opens_metrics_and_nothing_else(
+    own_api: tuple[httpx.AsyncClient, db.Pool],
+) -> None:
+    api, _ = own_api
+    bearer = {"Authorization": f"Bearer {METRICS_TOKEN}"}
+    assert (await api.get("/metrics", headers=bearer)).status_code == 200
+    refused = await api.get("/api/notifications", headers=bearer)
+    assert refused.status_code == 401, refused.text
+    assert (await api.get("/metrics")).status_code == 401

@@ -526,7 +526,8 @@ async def _deliver(
 ) -> None:
     started = time.perf_counter()
     batch = runtime.settings.batch_size_for(channel_name)
-    limit = runtime.hold_limit(channel_name, batch)
+    pace = getattr(runtime.channels.get(channel_name), "pace", None)  # HTTP channels' gate
+    limit = runtime.hold_limit(channel_name, batch, *(pace(job.priority) if pace else ()))
     claimed = await claims.claim_more(
         runtime.pool, job, limit=batch, max_items=max(limit - len(ids), 0)
     )

@@ -21,6 +21,10 @@ SEND_HORIZON_SECONDS = 0.5
 #: What a run of a channel not measured yet may hold, and the least any run holds.
 FIRST_HOLD = 64
 MIN_HOLD = 8
+#: Rounds of its share of the channel's requests in flight a run holds at least: two,
+#: so that a round waits at the gate while one is out (the adaptive gate grows only
+#: while requests wait for it).
+ROUNDS_HELD = 2
 
 
 @dataclasses.dataclass(slots=True)
@@ -85,12 +89,33 @@ class Runtime:
             return self.spare_slots[channel]
         return slots
 
-    def hold_limit(self, channel: str, batch: int) -> int:
+    def hold_limit(
+        self,
+        channel: str,
+        batch: int,
+        in_flight: int | None = None,
+        latency: float | None = None,
+    ) -> int:
         """How many deliveries a run of ``channel`` may hold: what it sends in
         ``SEND_HORIZON_SECONDS`` at the rate runs of the channel reached recently
-        (before any was measured: ``FIRST_HOLD``), between ``MIN_HOLD`` and ``batch``."""
+        (before any was measured: ``FIRST_HOLD``), between ``MIN_HOLD`` and ``batch``.
+
+        ``in_flight`` is how many requests the channel lets out at once now (its
+        gate's limit) and ``latency`` its receivers' answer time (the gate's least
+        median). When fewer than ``ROUNDS_HELD`` rounds of answers fit in the horizon,
+        a run holds ``ROUNDS_HELD`` rounds of its share of ``in_flight`` at least.
+        Otherwise, against a receiver slower than the horizon, the rate shrinks the
+        hold to ``MIN_HOLD`` (a run of 64 that takes 4 s is 16/s, a hold of 8), the
+        runs keep the gate nearly empty, nobody waits for it and it never grows: 4 runs
+        x 8 in flight whatever the receivers could take. Holding rounds costs no
+        preemption: urgent work takes a spare slot and enters the gate ahead of every
+        waiting request. Against fast receivers the rate decides alone (more held would
+        only open more connections where the CPU is the limit)."""
         rate = self.send_rates.get(channel)
         wanted = FIRST_HOLD if rate is None else int(rate * SEND_HORIZON_SECONDS)
+        if in_flight and latency is not None and latency * ROUNDS_HELD >= SEND_HORIZON_SECONDS:
+            runs = max(1, self.concurrency // 2)  # the channel's ordinary slots
+            wanted = max(wanted, ROUNDS_HELD * -(-in_flight // runs))
         return max(min(MIN_HOLD, batch), min(wanted, batch))
 
     def observe_send(self, channel: str, deliveries: int, seconds: float) -> None:

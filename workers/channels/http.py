@@ -152,6 +152,15 @@ class HttpChannel:
             )
         return self._session
 
+    def pace(self, priority: int) -> tuple[int, float | None]:
+        """How many requests of ``priority`` (a job priority) may be in flight at once
+        now (the gate's limit; for ``low`` at most ``LOW_IN_FLIGHT``), and the
+        receivers' answer time without queueing (None until measured)."""
+        limit = self._limit.limit
+        if priority < RANKS["normal"]:
+            limit = min(limit, LOW_IN_FLIGHT)
+        return limit, self._limit.least
+
     def request(self, delivery: Delivery) -> tuple[str, bytes, dict[str, str]]:
         raise NotImplementedError
 

@@ -721,6 +721,9 @@ CREATE OR REPLACE FUNCTION postbell.deliveries_rollup_delete()
  RETURNS trigger
  LANGUAGE plpgsql
  SET search_path TO 'pg_catalog', 'postbell'
+ SET enable_seqscan TO 'off'
+ SET enable_hashjoin TO 'off'
+ SET enable_mergejoin TO 'off'
 AS $function$
 BEGIN
     INSERT INTO metric_counts (metric, channel, label, value)
@@ -738,6 +741,9 @@ CREATE OR REPLACE FUNCTION postbell.deliveries_rollup_insert()
  RETURNS trigger
  LANGUAGE plpgsql
  SET search_path TO 'pg_catalog', 'postbell'
+ SET enable_seqscan TO 'off'
+ SET enable_hashjoin TO 'off'
+ SET enable_mergejoin TO 'off'
 AS $function$
 BEGIN
     WITH g AS (
@@ -776,6 +782,9 @@ CREATE OR REPLACE FUNCTION postbell.deliveries_rollup_update()
  RETURNS trigger
  LANGUAGE plpgsql
  SET search_path TO 'pg_catalog', 'postbell'
+ SET enable_seqscan TO 'off'
+ SET enable_hashjoin TO 'off'
+ SET enable_mergejoin TO 'off'
 AS $function$
 BEGIN
     WITH c AS (
@@ -1086,6 +1095,9 @@ $function$;
 CREATE OR REPLACE FUNCTION postbell.notification_counts_forget()
  RETURNS trigger
  LANGUAGE plpgsql
+ SET enable_seqscan TO 'off'
+ SET enable_hashjoin TO 'off'
+ SET enable_mergejoin TO 'off'
 AS $function$
 BEGIN
     DELETE FROM notification_counts AS c USING old_rows AS o WHERE c.notification_id = o.id;

@@ -18,6 +18,8 @@ from procrastinate import sql as procrastinate_sql
 
 from postbell.app.core import db
 from postbell.app.core.channels import QUEUES, ROUTE_QUEUE
+from postbell.workers.channels.registry import Channels
+from postbell.workers.router import DEFAULT_CHANNELS
 from tests.conftest import make_settings, query, running_worker, wait_until
 
 BACKLOG = 20_000
@@ -185,3 +187,86 @@ async def test_a_worker_planned_on_an_empty_table_drains_a_backlog(
         assert rows == [{"n": backlog}]
     finally:
         await pool.close()
+
+
+GROWN_NOTIFICATIONS = 200_000
+ROUTE_BATCH = 200
+TABLE_READS = """
+SELECT relname, coalesce(seq_tup_read, 0) AS seq, coalesce(idx_tup_fetch, 0) AS idx
+  FROM pg_stat_xact_user_tables
+ WHERE relname IN ('notifications', 'recipients', 'preferences')
+"""
+
+
+async def _table_reads(conn: db.Conn) -> dict[str, tuple[int, int]]:
+    cursor = await conn.execute(TABLE_READS)
+    return {r["relname"]: (int(r["seq"]), int(r["idx"])) for r in await cursor.fetchall()}
+
+
+async def _route_direct(conn: db.Conn, spec: dict[str, Any], prefix: str, n: int) -> Any:
+    """Route ``n`` new direct notifications (one recipient each) as a routing batch
+    does: ensure the recipients, then fan out; answer the rows read in doing so."""
+    cursor = await conn.execute(
+        "INSERT INTO notifications (status, recipients, body, channels)"
+        " SELECT 'queued', ARRAY[%s || i], 'x', ARRAY['IN_APP', 'WEBHOOK']"
+        "   FROM generate_series(1, %s) AS i RETURNING id",
+        (prefix, n),
+    )
+    ids = [r["id"] for r in await cursor.fetchall()]
+    params = {"ids": ids, "after": 0, "chunk": 0, "default_channels": DEFAULT_CHANNELS, **spec}
+    async with conn.transaction():
+        before = await _table_reads(conn)
+        await db.fetch_all(conn, "route_lock_notifications", {"ids": ids})
+        await db.execute(conn, "route_ensure_recipients", {"ids": ids})
+        result = await db.fetch_one(conn, "route_deliveries", params)
+        await db.execute(conn, "route_mark_routed", {"ids": ids})
+        after = await _table_reads(conn)
+    assert result and int(result["deliveries"]) == 2 * n
+    return {
+        table: (
+            after[table][0] - before.get(table, (0, 0))[0],
+            after[table][1] - before.get(table, (0, 0))[1],
+        )
+        for table in after
+    }
+
+
+@pytest.mark.slow
+async def test_routing_reads_by_index_after_the_tables_grew(fresh_database_url: str) -> None:
+    """A connection that routed batches of 100 while the tables were small and
+    analyzed (autovacuum off, or between its runs), then 200,000 notifications and as
+    many recipients later: a routing batch of 200 reads its own rows by index, never a
+    whole table. The statement triggers on deliveries (0026) were the part that kept a
+    plan made on the small tables: a hash join over a sequential scan of
+    ``notifications``, one full read of it (200,000 rows) per batch, every time."""
+    settings = make_settings(fresh_database_url)
+    spec = Channels.from_settings(settings).routing_spec()
+    pool = db.create_pool(fresh_database_url, max_size=1)
+    await pool.open(wait=True)
+    try:
+        async with pool.connection() as conn:
+            await conn.execute(
+                "ANALYZE notifications, recipients, preferences, deliveries, topic_subscribers"
+            )
+            for k in range(8):  # past psycopg's prepare threshold and Postgres' five customs
+                await _route_direct(conn, spec, f"small-{k}-", 100)
+            await conn.execute(
+                "INSERT INTO recipients (external_id)"
+                " SELECT 'grown-' || i FROM generate_series(1, %s) AS i",
+                (GROWN_NOTIFICATIONS,),
+            )
+            await conn.execute("INSERT INTO preferences (recipient_id) SELECT id FROM recipients")
+            await conn.execute(
+                "INSERT INTO notifications (status, recipients, body, routed_at)"
+                " SELECT 'routed', ARRAY['grown-' || i], 'x', now()"
+                "   FROM generate_series(1, %s) AS i",
+                (GROWN_NOTIFICATIONS,),
+            )
+            reads = await _route_direct(conn, spec, "grown-", ROUTE_BATCH)
+    finally:
+        await pool.close()
+    assert {table: seq for table, (seq, _) in reads.items() if seq} == {}, reads
+    # the four statements look up their 200 notifications by index (and routing its
+    # 200 recipients and preferences), the rollup trigger its notifications: a few
+    # reads per row
+    assert all(idx <= 10 * ROUTE_BATCH for _, idx in reads.values()), reads

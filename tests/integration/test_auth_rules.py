@@ -15,8 +15,16 @@ import pytest
 
 from postbell.app.api.auth import KeyPrincipal, KeyStore
 from postbell.app.api.main import create_app
-from postbell.app.core import db, keys
-from tests.conftest import ADMIN, ADMIN_KEY, api_client, make_settings, query, unique
+from postbell.app.core import db, keys, tokens
+from tests.conftest import (
+    ADMIN,
+    ADMIN_KEY,
+    INBOX_SECRET,
+    api_client,
+    make_settings,
+    query,
+    unique,
+)
 
 METRICS_TOKEN = "metrics-token-0123456789abcdef"
 
@@ -132,3 +140,80 @@ async def test_the_metrics_token_opens_metrics_and_nothing_else(
     refused = await api.get("/api/notifications", headers=bearer)
     assert refused.status_code == 401, refused.text
     assert (await api.get("/metrics")).status_code == 401
+
+
+MISSING = "missing credential: send 'Authorization: Bearer <key>'"
+INVALID = (
+    "invalid credential: neither an API key this server knows (revoked keys stop"
+    " working) nor a recipient token (hex HMAC-SHA256, or <unix_exp>.<hex>)"
+)
+
+
+async def test_each_refusal_says_what_was_wrong(
+    own_api: tuple[httpx.AsyncClient, db.Pool],
+) -> None:
+    """No credential, a credential of another scheme, an empty bearer, an unknown key,
+    an API key in a stream's URL, a recipient token on a server endpoint: each gets
+    its own status and words (what a client developer reads to fix the call)."""
+    api, _ = own_api
+    answers = {
+        "none": await api.get("/api/categories"),
+        "basic": await api.get("/api/categories", headers={"Authorization": "Basic YWRtaW4="}),
+        "empty bearer": await api.get("/api/categories", headers={"Authorization": "Bearer  "}),
+        "unknown key": await api.get(
+            "/api/categories", headers={"Authorization": "Bearer pb_not-a-key"}
+        ),
+        "key in url": await api.get(f"/api/inbox/u-1/stream?token={ADMIN_KEY}"),
+        "token on a server endpoint": await api.get(
+            "/api/categories",
+            headers={"Authorization": f"Bearer {tokens.recipient_token(INBOX_SECRET, 'u-1')}"},
+        ),
+    }
+    seen = {name: (a.status_code, a.json()["detail"]) for name, a in answers.items()}
+    assert seen == {
+        "none": (401, MISSING),
+        "basic": (401, MISSING),
+        "empty bearer": (401, MISSING),
+        "unknown key": (401, INVALID),
+        "key in url": (
+            401,
+            "'token' in the URL must be a recipient token;"
+            " send API keys as 'Authorization: Bearer <key>'",
+        ),
+        "token on a server endpoint": (
+            403,
+            "a recipient token opens only its own inbox and preferences",
+        ),
+    }
+
+
+async def test_over_the_failure_limit_a_stored_key_not_seen_yet_is_not_looked_up(
+    fresh_database_url: str,
+) -> None:
+    """A client that spent its failed-authentication allowance guessing is refused
+    even a real key this process has not seen yet (no database lookup for a guesser),
+    while the bootstrap key still works; the allowance is the client's: before it ran
+    out, the same key would have been looked up and accepted."""
+    pool = db.create_pool(fresh_database_url, max_size=2)
+    await pool.open(wait=True)
+    settings = make_settings(fresh_database_url, POSTBELL_RATE_LIMIT_AUTH_FAILURES="1/min")
+    try:
+        _, unseen = await _stored(pool, "admin")
+        async with api_client(create_app(settings, pool=pool)) as api:
+            statuses = [
+                (
+                    await api.get("/api/categories", headers={"Authorization": f"Bearer g-{n}"})
+                ).status_code
+                for n in range(12)
+            ]
+            assert statuses[0] == 401 and statuses[-1] == 429
+            real = await api.get("/api/categories", headers={"Authorization": f"Bearer {unseen}"})
+            assert real.status_code in (401, 429), real.text
+            assert (await api.get("/api/categories", headers=ADMIN)).status_code == 200
+        async with api_client(create_app(settings, pool=pool)) as fresh:  # a new process
+            first = await fresh.get(
+                "/api/categories", headers={"Authorization": f"Bearer {unseen}"}
+            )
+            assert first.status_code == 200, first.text
+    finally:
+        await pool.close()

@@ -62,6 +62,8 @@ TARGETS = (
             "tests/integration/test_controls.py::test_idempotency_under_concurrent_repeats",
             "tests/integration/test_notifications_api.py",
             "tests/integration/test_group_commit.py",
+            "tests/integration/test_templated_sending.py",
+            "tests/integration/test_experiment_templates.py",
             "tests/integration/test_hostile_input.py",
             "tests/integration/test_races.py",
         ),

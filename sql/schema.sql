@@ -742,8 +742,6 @@ CREATE OR REPLACE FUNCTION postbell.deliveries_rollup_insert()
  LANGUAGE plpgsql
  SET search_path TO 'pg_catalog', 'postbell'
  SET enable_seqscan TO 'off'
- SET enable_hashjoin TO 'off'
- SET enable_mergejoin TO 'off'
 AS $function$
 BEGIN
     WITH g AS (
@@ -754,14 +752,17 @@ BEGIN
     ),
     sent AS (
         SELECT s.channel,
-               greatest(extract(epoch FROM s.sent_at - greatest(n.send_at, n.created_at)), 0)
+               -- a lookup by primary key per group, never a join the planner could
+               -- turn into a scan of notifications
+               greatest(extract(epoch FROM s.sent_at - (SELECT greatest(n.send_at, n.created_at)
+                                                         FROM notifications AS n
+                                                        WHERE n.id = s.notification_id)), 0)
                    AS seconds,
                s.n
           FROM (SELECT notification_id, channel, sent_at, count(*)::double precision AS n
                   FROM new_rows
                  WHERE status = 'sent' AND sent_at IS NOT NULL
                  GROUP BY 1, 2, 3) AS s
-          JOIN notifications AS n ON n.id = s.notification_id
     )
     INSERT INTO metric_counts (metric, channel, label, value)
     SELECT 'deliveries', channel, status, sum(n) FROM g GROUP BY channel, status
@@ -783,8 +784,6 @@ CREATE OR REPLACE FUNCTION postbell.deliveries_rollup_update()
  LANGUAGE plpgsql
  SET search_path TO 'pg_catalog', 'postbell'
  SET enable_seqscan TO 'off'
- SET enable_hashjoin TO 'off'
- SET enable_mergejoin TO 'off'
 AS $function$
 BEGIN
     WITH c AS (
@@ -812,7 +811,11 @@ BEGIN
     ),
     sent AS (
         SELECT s.channel,
-               greatest(extract(epoch FROM s.sent_at - greatest(n.send_at, n.created_at)), 0)
+               -- a lookup by primary key per group, never a join the planner could
+               -- turn into a scan of notifications
+               greatest(extract(epoch FROM s.sent_at - (SELECT greatest(n.send_at, n.created_at)
+                                                         FROM notifications AS n
+                                                        WHERE n.id = s.notification_id)), 0)
                    AS seconds,
                s.n
           FROM (SELECT notification_id, channel, sent_at, count(*)::double precision AS n
@@ -820,7 +823,6 @@ BEGIN
                  WHERE new_status = 'sent' AND sent_at IS NOT NULL
                    AND replay_id IS NULL   -- a replay's resend is not a time to send
                  GROUP BY 1, 2, 3) AS s
-          JOIN notifications AS n ON n.id = s.notification_id
     )
     INSERT INTO metric_counts (metric, channel, label, value)
     SELECT metric, channel, label, sum(n) FROM moves GROUP BY metric, channel, label HAVING sum(n) <> 0
@@ -836,6 +838,7 @@ $function$;
 CREATE OR REPLACE FUNCTION postbell.delivery_counts_apply()
  RETURNS trigger
  LANGUAGE plpgsql
+ SET search_path TO 'pg_catalog', 'postbell'
 AS $function$
 DECLARE
     source text := CASE TG_OP
@@ -876,6 +879,7 @@ $function$;
 CREATE OR REPLACE FUNCTION postbell.delivery_counts_truncate()
  RETURNS trigger
  LANGUAGE plpgsql
+ SET search_path TO 'pg_catalog', 'postbell'
 AS $function$
 BEGIN
     DELETE FROM inbox_counts;
@@ -1098,6 +1102,7 @@ CREATE OR REPLACE FUNCTION postbell.notification_counts_forget()
  SET enable_seqscan TO 'off'
  SET enable_hashjoin TO 'off'
  SET enable_mergejoin TO 'off'
+ SET search_path TO 'pg_catalog', 'postbell'
 AS $function$
 BEGIN
     DELETE FROM notification_counts AS c USING old_rows AS o WHERE c.notification_id = o.id;

@@ -13,6 +13,7 @@ import datetime as dt
 from typing import Any
 
 import httpx
+import psycopg
 
 from postbell.app.core import db
 from postbell.workers import maintenance
@@ -189,3 +190,50 @@ async def test_a_fan_out_counts_per_statement(
     await query(pool, "UPDATE deliveries SET read_at = now() WHERE notification_id = %s", (nid,))
     assert await _counts(api, members[7]) == (0, 1)
     await _agree(pool)
+
+
+def test_an_operator_session_without_postbell_on_its_path_can_change_deliveries(
+    fresh_database_url: str,
+) -> None:
+    """psql as an operator (search_path "$user", public): an UPDATE and a DELETE of
+    postbell.deliveries, a DELETE of a notification and a TRUNCATE all run, and the
+    counts follow (the counts' triggers name their schema, 0026; before, each failed
+    with 'relation "inbox_counts" does not exist')."""
+    with psycopg.connect(fresh_database_url, autocommit=True) as conn:
+        assert "postbell" not in str(conn.execute("SHOW search_path").fetchone())
+        conn.execute("INSERT INTO postbell.recipients (external_id) VALUES ('op-1'), ('op-2')")
+        nid = conn.execute(
+            "INSERT INTO postbell.notifications (status, recipients, body)"
+            " VALUES ('routed', ARRAY['op-1', 'op-2'], 'x') RETURNING id"
+        ).fetchone()
+        assert nid
+        conn.execute(
+            "INSERT INTO postbell.deliveries (notification_id, recipient_id, channel, status)"
+            " SELECT %s, id, 'IN_APP', 'sent' FROM postbell.recipients",
+            (nid[0],),
+        )
+
+        def unread() -> list[Any]:
+            return conn.execute(
+                "SELECT r.external_id, c.unread FROM postbell.inbox_counts AS c"
+                " JOIN postbell.recipients AS r ON r.id = c.recipient_id"
+                " WHERE c.unread <> 0 ORDER BY 1"
+            ).fetchall()
+
+        assert unread() == [("op-1", 1), ("op-2", 1)]
+        conn.execute(
+            "UPDATE postbell.deliveries SET read_at = now() WHERE recipient_id ="
+            " (SELECT id FROM postbell.recipients WHERE external_id = 'op-1')"
+        )
+        assert unread() == [("op-2", 1)]
+        conn.execute(
+            "DELETE FROM postbell.deliveries WHERE recipient_id ="
+            " (SELECT id FROM postbell.recipients WHERE external_id = 'op-2')"
+        )
+        assert unread() == []
+        kept = "SELECT count(*) FROM postbell.notification_counts WHERE notification_id = %s"
+        assert conn.execute(kept, (nid[0],)).fetchone() == (1,)  # op-1's, read
+        conn.execute("DELETE FROM postbell.notifications WHERE id = %s", (nid[0],))
+        assert conn.execute(kept, (nid[0],)).fetchone() == (0,)
+        conn.execute("TRUNCATE postbell.deliveries")
+        assert conn.execute("SELECT count(*) FROM postbell.notification_counts").fetchone() == (0,)

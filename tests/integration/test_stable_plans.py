@@ -205,7 +205,8 @@ async def _table_reads(conn: db.Conn) -> dict[str, tuple[int, int]]:
 
 async def _route_direct(conn: db.Conn, spec: dict[str, Any], prefix: str, n: int) -> Any:
     """Route ``n`` new direct notifications (one recipient each) as a routing batch
-    does: ensure the recipients, then fan out; answer the rows read in doing so."""
+    does (ensure the recipients, then fan out), then record their webhooks sent;
+    answer the rows read in doing so, per table."""
     cursor = await conn.execute(
         "INSERT INTO notifications (status, recipients, body, channels)"
         " SELECT 'queued', ARRAY[%s || i], 'x', ARRAY['IN_APP', 'WEBHOOK']"
@@ -220,6 +221,13 @@ async def _route_direct(conn: db.Conn, spec: dict[str, Any], prefix: str, n: int
         await db.execute(conn, "route_ensure_recipients", {"ids": ids})
         result = await db.fetch_one(conn, "route_deliveries", params)
         await db.execute(conn, "route_mark_routed", {"ids": ids})
+        # the webhooks recorded sent, as a deliver run does (the rollup's update
+        # trigger looks their notifications up)
+        await conn.execute(
+            "UPDATE deliveries SET status = 'sent', sent_at = now(), attempts = 1"
+            " WHERE notification_id = ANY(%s::uuid[]) AND status = 'pending'",
+            (ids,),
+        )
         after = await _table_reads(conn)
     assert result and int(result["deliveries"]) == 2 * n
     return {

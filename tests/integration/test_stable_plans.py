@@ -10,6 +10,7 @@ worker, planned on the empty table, drains a backlog.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import psycopg
@@ -278,3 +279,47 @@ async def test_routing_reads_by_index_after_the_tables_grew(fresh_database_url: 
     # 200 recipients and preferences), the rollup trigger its notifications: a few
     # reads per row
     assert all(idx <= 10 * ROUTE_BATCH for _, idx in reads.values()), reads
+
+
+@pytest.mark.slow
+async def test_a_worker_routing_a_backlog_reads_recipients_by_index_as_they_grow(
+    fresh_database_url: str,
+) -> None:
+    """W8's state, the part 0013 did not cover: 5,000 notifications queued to
+    recipients nobody registered, drained by a real worker with its own pool; routing
+    creates the recipients, so `recipients` grows under the worker's connections.
+    psycopg prepares the fan-out after five runs and Postgres then takes a generic
+    plan made on the small table (10 notifications a batch, a hash join over a
+    sequential scan of `recipients`) and keeps it: each batch read every recipient
+    made so far, quadratic in the backlog (W8: batches of 200 from 52 ms to 320 ms).
+    The worker's pool plans each execution (``custom_plans``): over the whole drain
+    the sequential scans of `recipients` read fewer rows than the backlog has."""
+    backlog = 5_000
+    settings = make_settings(fresh_database_url, POSTBELL_POLL_INTERVAL="0.05")
+    with psycopg.connect(fresh_database_url, autocommit=True) as admin:
+        admin.execute("SET search_path = postbell, public")
+        admin.execute(
+            "SELECT notify(ARRAY['w8r-' || i], '{\"message\": \"backlog\"}')"
+            " FROM generate_series(1, %s) AS i",
+            (backlog,),
+        )
+        async with running_worker(settings):  # its own pool, as `postbell worker`
+
+            async def drained() -> bool:
+                row = admin.execute(
+                    "SELECT count(*) FROM notifications WHERE status = 'routed'"
+                ).fetchone()
+                return bool(row and row[0] == backlog)
+
+            await wait_until(drained, timeout=300, interval=0.2)
+        # the worker's connections are closed: their table statistics are flushed
+        await asyncio.sleep(1.5)
+        row = admin.execute(
+            "SELECT coalesce(seq_tup_read, 0), coalesce(idx_tup_fetch, 0)"
+            "  FROM pg_stat_user_tables WHERE relname = 'recipients'"
+        ).fetchone()
+        created = admin.execute("SELECT count(*) FROM recipients").fetchone()
+    assert created == (backlog,)
+    assert row is not None
+    seq_read, index_read = row
+    assert seq_read == 0 and index_read <= 5 * backlog, row

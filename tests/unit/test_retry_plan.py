@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 
 from postbell.app.core.settings import Settings
 from postbell.workers.channels.base import Outcome
@@ -72,7 +73,9 @@ def test_error_classes_are_few_and_named_from_the_outcome() -> None:
         Outcome.retry("Webhook answered HTTP 429", retry_after=3): "http_429",
         Outcome.retry("SMTP 451 4.7.1 later"): "smtp_4xx",
         Outcome.retry("Webhook: ServerTimeoutError: Timeout on reading data"): "timeout",
+        Outcome.retry("Twilio: HTTPSConnectionPool: Read timed out."): "timeout",
         Outcome.retry("SMTP connection: ConnectionRefusedError: refused"): "connection",
+        Outcome("fail", error="no reason given"): "permanent_error",
         Outcome.retry("internal error in EMAIL"): "internal",
         Outcome.retry("not attempted"): "not_attempted",
         Outcome.retry("Discord rate limit", retry_after=2): "rate_limited",
@@ -81,3 +84,47 @@ def test_error_classes_are_few_and_named_from_the_outcome() -> None:
         Outcome.skip("no_address"): None,
     }
     assert [error_class(o) for o in cases] == list(cases.values())
+
+
+def test_a_wait_keeps_the_delivery_pending_until_the_time_it_names() -> None:
+    """A provider's pace (``wait``): the delivery stays ``pending`` with its reason,
+    not attempted, due at ``until``; it goes back to the queue in a job of its own
+    priority that runs at ``until`` (retry_groups is what deliveries_defer_retries
+    reads: ids, priority, run_at)."""
+    until = NOW + dt.timedelta(seconds=7)
+    plan = plan_outcomes(
+        SETTINGS,
+        "SMS",
+        [row(1, priority=30), row(2)],
+        [Outcome.wait("rate_limited", until), Outcome.sent("m-2")],
+        NOW,
+    )
+    assert plan.statuses == ["pending", "sent"]
+    assert plan.reasons == ["rate_limited", None]
+    assert plan.attempted == [False, True]
+    assert plan.next_attempt_at == [until, None]
+    assert plan.retries == {(30, until): [1]}
+    assert json.loads(plan.retry_groups()) == [
+        {"ids": [1], "priority": 30, "run_at": until.isoformat()}
+    ]
+
+
+def test_only_a_missing_device_or_address_or_a_permanent_failure_falls_back() -> None:
+    """A send-time skip for want of a device or an address, and a permanent failure,
+    are the candidates for the notification's fallback channel; any other skip and a
+    transient failure are not."""
+    plan = plan_outcomes(
+        SETTINGS,
+        "PUSH",
+        [row(1), row(2), row(3), row(4), row(5)],
+        [
+            Outcome.skip("no_device"),
+            Outcome.skip("no_address"),
+            Outcome.skip("opted_out"),
+            Outcome.fail("FCM: invalid registration"),
+            Outcome.retry("FCM: HTTP 503"),
+        ],
+        NOW,
+    )
+    assert plan.statuses == ["skipped", "skipped", "skipped", "dead", "failed"]
+    assert plan.fallback_candidates == [1, 2, 4]

@@ -217,3 +217,44 @@ async def test_over_the_failure_limit_a_stored_key_not_seen_yet_is_not_looked_up
             assert first.status_code == 200, first.text
     finally:
         await pool.close()
+
+
+async def test_the_failure_allowance_belongs_to_the_clients_address(
+    fresh_database_url: str,
+) -> None:
+    """Failed authentications are counted per client address (its host, not its
+    port): a guesser that spent its allowance is refused from a new connection of the
+    same host too, while another host still gets the plain 401."""
+    settings = make_settings(fresh_database_url, POSTBELL_RATE_LIMIT_AUTH_FAILURES="1/min")
+    app = create_app(settings)
+
+    def client_from(host: str, port: int) -> httpx.AsyncClient:
+        transport = httpx.ASGITransport(app=app, client=(host, port))
+        return httpx.AsyncClient(transport=transport, base_url="http://testserver")
+
+    async def guess(client: httpx.AsyncClient) -> int:
+        headers = {"Authorization": f"Bearer {unique('guess')}"}
+        return (await client.get("/api/categories", headers=headers)).status_code
+
+    async with (
+        api_client(app),
+        client_from("198.51.100.7", 40001) as first,
+        client_from("198.51.100.7", 40002) as same_host,
+        client_from("198.51.100.8", 40001) as other_host,
+    ):
+        statuses = [await guess(first) for _ in range(12)]
+        assert statuses[0] == 401 and statuses[-1] == 429
+        assert await guess(same_host) == 429
+        assert await guess(other_host) == 401
+
+
+async def test_a_send_key_on_an_admin_endpoint_is_told_it_needs_an_admin_key(
+    own_api: tuple[httpx.AsyncClient, db.Pool],
+) -> None:
+    api, pool = own_api
+    _, send_key = await _stored(pool, "send")
+    answer = await api.get("/api/dead-letters", headers={"Authorization": f"Bearer {send_key}"})
+    assert (answer.status_code, answer.json()["detail"]) == (
+        403,
+        "this endpoint needs an admin key",
+    )

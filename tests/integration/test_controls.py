@@ -282,6 +282,7 @@ async def test_idempotency_under_concurrent_repeats(api: httpx.AsyncClient, pool
         "idempotency_conflict",
         "Idempotency-Key",
     )
+    assert conflict.json()["detail"] == "this Idempotency-Key was used with a different request"
     # Same key, other API keys: each its own scope (the bootstrap admin key's, and one
     # per stored key: two stored keys never share one).
     async with pool.connection() as conn:

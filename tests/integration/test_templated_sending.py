@@ -307,3 +307,28 @@ async def test_delete_refused_while_scheduled(api: httpx.AsyncClient) -> None:
     assert nid in response.json()["detail"]
     assert (await api.post(f"/api/notifications/{nid}/cancel", headers=ADMIN)).status_code == 200
     assert (await api.delete(f"/api/templates/{key}", headers=ADMIN)).status_code == 204
+
+
+async def test_a_notification_without_a_category_takes_its_templates(
+    api: httpx.AsyncClient,
+) -> None:
+    """A template's category stands for notifications that use it and name none; one
+    that names its own keeps it. The notification's fallback is stored as given."""
+    categories = [unique("cat-t"), unique("cat-n")]
+    for category in categories:
+        answer = await api.put(
+            f"/api/categories/{category}", headers=ADMIN, json={"name": category}
+        )
+        assert answer.status_code in (200, 201), answer.text
+    key = await put_template(api, {**TEMPLATE, "category": categories[0]})
+    rid = await recipient(api)
+    fallback = {"PUSH": "EMAIL"}
+    inherited = await send(api, to=[rid], template=key, data=EXAMPLE, fallback=fallback)
+    own = await send(api, to=[rid], template=key, data=EXAMPLE, category=categories[1])
+    got = {
+        nid: (await api.get(f"/api/notifications/{nid}", headers=ADMIN)).json()
+        for nid in (inherited, own)
+    }
+    assert got[inherited]["category"] == categories[0]
+    assert got[inherited]["fallback"] == fallback
+    assert got[own]["category"] == categories[1]

@@ -195,3 +195,13 @@ def test_variants_carry_the_text_when_the_notification_has_none() -> None:
         "data",
         "data: larger than 65536 bytes as JSON",
     )
+
+
+def test_with_text_and_template_variants_the_first_text_stands_for_the_message() -> None:
+    """Variants that mix a template and a text, and no message: the text variant's
+    body stands in for the notification's (the list view, the SQL console)."""
+    mixed = [
+        {"name": "a", "weight": 1, "template": "t-a"},
+        {"name": "b", "weight": 1, "body": "from b"},
+    ]
+    assert check(experiment="e", variants=mixed) == ("from b", ["u-1"])

@@ -2,6 +2,7 @@
 # W8 by hand: N notify() calls to recipients nobody registered, then one worker of TREE
 # (a checkout with its own .venv) drains them for 60 s; prints routed/s and the rows
 # sequential scans read from recipients.   bench/w8_drain.sh TREE DBNAME N
+T=$1; D=$2; N=$3
 psql -h 127.0.0.1 -U root -d postgres -qc "DROP DATABASE IF EXISTS $D" -c "CREATE DATABASE $D" 2>/dev/null
 cd $T && DATABASE_URL=postgresql://root@127.0.0.1:5432/$D .venv/bin/postbell migrate >/dev/null 2>&1
 psql -h 127.0.0.1 -U root -d $D -qc "SET search_path=postbell,public" -c "SELECT count(notify(ARRAY['w8-' || i], '{\"message\": \"backlog\"}')) FROM generate_series(1, $N) i" >/dev/null

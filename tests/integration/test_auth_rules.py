@@ -8,6 +8,7 @@ and nothing else."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 
 import httpx
@@ -258,3 +259,46 @@ async def test_a_send_key_on_an_admin_endpoint_is_told_it_needs_an_admin_key(
         403,
         "this endpoint needs an admin key",
     )
+
+
+async def test_a_recipient_tokens_refusals_say_why(
+    own_api: tuple[httpx.AsyncClient, db.Pool], fresh_database_url: str
+) -> None:
+    """Another recipient's inbox (403, naming the id asked for), an expired token (401),
+    a server that signs no tokens (403): each says what to do."""
+    api, _ = own_api
+    token = tokens.recipient_token(INBOX_SECRET, "u-1")
+    other = await api.get("/api/inbox/u-2", headers={"Authorization": f"Bearer {token}"})
+    assert (other.status_code, other.json()["detail"]) == (
+        403,
+        "this token does not open 'u-2''s inbox: a recipient token is computed for one"
+        " recipient id with POSTBELL_INBOX_SECRET (see docs/inbox.md)",
+    )
+    expired = tokens.recipient_token(INBOX_SECRET, "u-1", int(time.time()) - 60)
+    late = await api.get("/api/inbox/u-1", headers={"Authorization": f"Bearer {expired}"})
+    assert (late.status_code, late.json()["detail"]) == (
+        401,
+        "the recipient token has expired: issue a new one",
+    )
+    unsigned = make_settings(fresh_database_url, POSTBELL_INBOX_SECRET="")
+    async with api_client(create_app(unsigned)) as off:
+        answer = await off.get("/api/inbox/u-1", headers={"Authorization": f"Bearer {token}"})
+    assert (answer.status_code, answer.json()["detail"]) == (
+        403,
+        "recipient tokens are off on this server: set POSTBELL_INBOX_SECRET to sign them",
+    )
+
+
+async def test_wrong_recipient_tokens_spend_the_failure_allowance(
+    fresh_database_url: str,
+) -> None:
+    """A token that is not the recipient's counts as a failed authentication: one who
+    tries tokens against an inbox meets the limit like one who guesses keys."""
+    settings = make_settings(fresh_database_url, POSTBELL_RATE_LIMIT_AUTH_FAILURES="1/min")
+    async with api_client(create_app(settings)) as api:
+        statuses = []
+        for n in range(12):
+            token = tokens.recipient_token(INBOX_SECRET, f"someone-{n}")
+            answer = await api.get("/api/inbox/u-1", headers={"Authorization": f"Bearer {token}"})
+            statuses.append(answer.status_code)
+        assert statuses[0] == 403 and 429 in statuses, statuses

@@ -128,3 +128,22 @@ def test_only_a_missing_device_or_address_or_a_permanent_failure_falls_back() ->
     )
     assert plan.statuses == ["skipped", "skipped", "skipped", "dead", "failed"]
     assert plan.fallback_candidates == [1, 2, 4]
+
+
+def test_a_retry_waits_by_its_own_attempt_count_and_a_retry_after_is_honoured() -> None:
+    """Deliveries of one priority but different attempt counts wait their own backoff
+    (a first failure 5-10 s, a fifth 80-160 s), and a provider's Retry-After sets the
+    wait from now, never before it."""
+    plan = plan_outcomes(
+        SETTINGS,
+        "WEBHOOK",
+        [row(1), row(2, attempts=4), row(3)],
+        [Outcome.retry("x"), Outcome.retry("x"), Outcome.retry("HTTP 429", retry_after=30)],
+        NOW,
+    )
+    first, fifth, told = plan.next_attempt_at
+    assert first is not None and fifth is not None and told is not None
+    assert NOW + dt.timedelta(seconds=5) <= first <= NOW + dt.timedelta(seconds=10)
+    assert NOW + dt.timedelta(seconds=80) <= fifth <= NOW + dt.timedelta(seconds=160)
+    assert told >= NOW + dt.timedelta(seconds=30)
+    assert len(plan.retries) == 3

@@ -10,7 +10,6 @@ worker, planned on the empty table, drains a backlog.
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import psycopg
@@ -312,14 +311,18 @@ async def test_a_worker_routing_a_backlog_reads_recipients_by_index_as_they_grow
                 return bool(row and row[0] == backlog)
 
             await wait_until(drained, timeout=300, interval=0.2)
-        # the worker's connections are closed: their table statistics are flushed
-        await asyncio.sleep(1.5)
-        row = admin.execute(
-            "SELECT coalesce(seq_tup_read, 0), coalesce(idx_tup_fetch, 0)"
-            "  FROM pg_stat_user_tables WHERE relname = 'recipients'"
-        ).fetchone()
+
+        # The worker's connections are closed, so their table statistics are flushed:
+        # wait for the positive sign of it (at least a row read per recipient, by scan
+        # or by index) before reading what sequential scans read.
+        async def flushed() -> tuple[int, int] | None:
+            row = admin.execute(
+                "SELECT coalesce(seq_tup_read, 0), coalesce(idx_tup_fetch, 0)"
+                "  FROM pg_stat_user_tables WHERE relname = 'recipients'"
+            ).fetchone()
+            return (int(row[0]), int(row[1])) if row and row[0] + row[1] >= backlog else None
+
+        seq_read, index_read = await wait_until(flushed, timeout=30, interval=0.2)
         created = admin.execute("SELECT count(*) FROM recipients").fetchone()
     assert created == (backlog,)
-    assert row is not None
-    seq_read, index_read = row
-    assert seq_read == 0 and index_read <= 5 * backlog, row
+    assert seq_read == 0 and index_read <= 5 * backlog, (seq_read, index_read)

@@ -892,7 +892,7 @@ CREATE OR REPLACE FUNCTION postbell.delivery_skip_reason(p_channel text, p_confi
  RETURNS text
  LANGUAGE sql
  STABLE
-RETURN CASE WHEN (p_expires_at <= now()) THEN 'expired'::text WHEN (p_configured IS NOT TRUE) THEN 'channel_not_configured'::text WHEN ((p_required IS NOT TRUE) AND ((((p_preferences).channels ->> p_channel) = 'false'::text) OR ((((p_preferences).categories -> p_category) ->> p_channel) = 'false'::text) OR (((p_preferences).topics -> p_topic) = 'false'::jsonb) OR ((((p_preferences).topics -> p_topic) ->> p_channel) = 'false'::text))) THEN 'opted_out'::text WHEN (p_address_field IS NULL) THEN NULL::text WHEN (p_address_field = '@devices'::text) THEN CASE WHEN (EXISTS (SELECT 1 FROM devices d WHERE ((d.recipient_id = (delivery_skip_reason.p_recipient).id) AND (d.disabled_at IS NULL)))) THEN NULL::text ELSE 'no_device'::text END WHEN ((to_jsonb(p_recipient) ->> p_address_field) IS NULL) THEN CASE WHEN category_address(p_category, p_address_field) THEN NULL::text ELSE 'no_address'::text END WHEN ((to_jsonb(p_recipient) ->> p_inactive_field) IS NOT NULL) THEN 'address_inactive'::text ELSE NULL::text END;
+RETURN CASE WHEN (p_expires_at <= now()) THEN 'expired'::text WHEN (p_configured IS NOT TRUE) THEN 'channel_not_configured'::text WHEN ((p_required IS NOT TRUE) AND ((((p_preferences).channels ->> p_channel) = 'false'::text) OR ((((p_preferences).categories -> p_category) ->> p_channel) = 'false'::text) OR (((p_preferences).topics -> p_topic) = 'false'::jsonb) OR ((((p_preferences).topics -> p_topic) ->> p_channel) = 'false'::text))) THEN 'opted_out'::text WHEN (p_address_field IS NULL) THEN NULL::text WHEN (p_address_field = '@devices'::text) THEN CASE WHEN has_active_device((p_recipient).id) THEN NULL::text ELSE 'no_device'::text END WHEN ((to_jsonb(p_recipient) ->> p_address_field) IS NULL) THEN CASE WHEN category_address(p_category, p_address_field) THEN NULL::text ELSE 'no_address'::text END WHEN ((to_jsonb(p_recipient) ->> p_inactive_field) IS NOT NULL) THEN 'address_inactive'::text ELSE NULL::text END;
 
 CREATE OR REPLACE FUNCTION postbell.digest_due_at(p_setting jsonb, p_zone text, p_now timestamp with time zone)
  RETURNS timestamp with time zone
@@ -1053,6 +1053,13 @@ AS $function$
      ORDER BY w.i
      LIMIT 1
 $function$;
+
+CREATE OR REPLACE FUNCTION postbell.has_active_device(p_recipient_id bigint)
+ RETURNS boolean
+ LANGUAGE sql
+ STABLE
+ SET search_path TO 'pg_catalog', 'postbell'
+RETURN (EXISTS (SELECT 1 FROM devices d WHERE ((d.recipient_id = has_active_device.p_recipient_id) AND (d.disabled_at IS NULL))));
 
 CREATE OR REPLACE FUNCTION postbell.inbox_content(p_content jsonb, p_rendered jsonb, p_locale text)
  RETURNS jsonb

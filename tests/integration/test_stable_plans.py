@@ -326,3 +326,40 @@ async def test_a_worker_routing_a_backlog_reads_recipients_by_index_as_they_grow
         created = admin.execute("SELECT count(*) FROM recipients").fetchone()
     assert created == (backlog,)
     assert seq_read == 0 and index_read <= 5 * backlog, (seq_read, index_read)
+
+
+async def test_routing_decides_each_delivery_inline_without_a_call_per_row(
+    fresh_database_url: str,
+) -> None:
+    """delivery_skip_reason() is inlined into the fan-out (0027): no plan of a direct
+    batch or a topic chunk calls it per row (its call was ~half a topic chunk's time
+    while a sub-select in its body kept Postgres from inlining it). Its answers are
+    the routing tests' (test_routing, test_controls, test_topic_mutes)."""
+    settings = make_settings(fresh_database_url)
+    spec = Channels.from_settings(settings).routing_spec()
+    async with await db.connect(fresh_database_url) as conn:
+        for topic, recipients in ((None, ["a", "b"]), ("community", None)):
+            if topic:
+                await conn.execute("INSERT INTO topics (key) VALUES (%s)", (topic,))
+            cursor = await conn.execute(
+                "INSERT INTO notifications (status, recipients, topic, body, channels)"
+                " VALUES ('queued', %s, %s, 'x', ARRAY['IN_APP', 'PUSH', 'EMAIL'])"
+                " RETURNING id",
+                (recipients, topic),
+            )
+            row = await cursor.fetchone()
+            assert row
+            params = {
+                "ids": [row["id"]],
+                "after": 0,
+                "chunk": 50_000 if topic else 0,
+                "default_channels": DEFAULT_CHANNELS,
+                **spec,
+            }
+            cursor = await conn.execute(
+                b"EXPLAIN (VERBOSE) " + db.queries["route_deliveries"], params
+            )
+            plan = "\n".join(r["QUERY PLAN"] for r in await cursor.fetchall())
+            assert "delivery_skip_reason" not in plan, plan
+            # the inlined expression's own calls are there instead
+            assert "has_active_device" in plan and "category_address" in plan, plan

@@ -786,13 +786,16 @@ def _connections(database: Database) -> dict[str, int]:
     return {str(name): int(count) for name, count in rows}
 
 
-def w9_footprint(members: int, tick: Tick = _noop) -> dict[str, Any]:
+def w9_footprint(
+    members: int, tick: Tick = _noop, fanout_parallel: int | None = None
+) -> dict[str, Any]:
     """What a delivery costs Postgres, on a private embedded server (so the WAL and
     CPU counted are this workload's alone, not other databases' on a shared server):
     an IN_APP topic fan-out to ``members`` (every tenth opted out) and a WEBHOOK
     fan-out to a tenth of them (at most 10,000); for each, WAL bytes (``pg_current_wal_lsn``), table +
     index bytes of ``deliveries`` (``pg_total_relation_size``) and Postgres CPU
-    seconds per delivery; and the connections each process holds."""
+    seconds per delivery; and the connections each process holds. ``fanout_parallel``:
+    the worker's POSTBELL_FANOUT_PARALLEL (unset: postbell's default)."""
     import shutil
 
     from postbell.app.core import embedded
@@ -814,7 +817,12 @@ def w9_footprint(members: int, tick: Tick = _noop) -> dict[str, Any]:
             populate(database, "w9h-", webhooks, topic="w9h", webhook_url=f"{receiver}/hook")
             database.execute("CHECKPOINT")
             api = start_api(started, database.url)
-            start_worker(started, database.url)
+            lanes = (
+                {}
+                if fanout_parallel is None
+                else {"POSTBELL_FANOUT_PARALLEL": str(fanout_parallel)}
+            )
+            start_worker(started, database.url, **lanes)
             time.sleep(1.0)
             connections = _connections(database)
             tick(0.2)
@@ -870,5 +878,6 @@ def w9_footprint(members: int, tick: Tick = _noop) -> dict[str, Any]:
         "connections_idle": connections,
         "connections_busy": connections_busy,
         "worker_peak_rss_mb": worker_rss >> 20,
+        "fanout_parallel": fanout_parallel,
         "server_settings": settings,
     }

@@ -311,6 +311,18 @@ CREATE TABLE templates (
 ALTER TABLE templates ADD CONSTRAINT templates_pkey PRIMARY KEY (key);
 ALTER TABLE templates ADD CONSTRAINT templates_key_check CHECK (((key ~ '^[A-Za-z0-9][A-Za-z0-9._:-]*$'::text) AND (length(key) <= 100)));
 
+CREATE TABLE topic_ranges (
+    notification_id uuid NOT NULL,
+    lo bigint NOT NULL,
+    hi bigint,
+    routed_through bigint NOT NULL,
+    done boolean DEFAULT false NOT NULL
+);
+ALTER TABLE topic_ranges ADD CONSTRAINT topic_ranges_pkey PRIMARY KEY (notification_id, lo);
+ALTER TABLE topic_ranges ADD CONSTRAINT topic_ranges_notification_id_fkey FOREIGN KEY (notification_id) REFERENCES notifications(id) ON DELETE CASCADE;
+ALTER TABLE topic_ranges ADD CONSTRAINT topic_ranges_check CHECK (((hi IS NULL) OR (hi > lo)));
+ALTER TABLE topic_ranges ADD CONSTRAINT topic_ranges_check1 CHECK ((routed_through >= lo));
+
 CREATE TABLE topic_subscribers (
     topic_key text NOT NULL,
     recipient_id bigint NOT NULL,

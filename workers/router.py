@@ -10,14 +10,17 @@ transaction marks the notifications ``routed`` and removes the routing jobs it
 handled: a crash leaves all of it or none, and a rerun is a no-op.
 
 A topic notification fans out in chunks of ``TOPIC_CHUNK`` subscribers, one
-transaction each, walking the subscribers in recipient-id order, so a 100,000-member
-community never sits in Python's memory and never holds one huge transaction. The
-notification records how far it got; its routing job is removed with the last
-chunk, so a crash mid-way resumes where it stopped.
+transaction each, so a 100,000-member community never sits in Python's memory and
+never holds one huge transaction. Its members are first split into ranges of a chunk
+(``topic_ranges``, 0028), which ``fanout_parallel`` connections then route side by
+side, each range recorded done in its chunk's transaction; the routing job is
+removed with the notification marked routed, after the last range, so a crash
+mid-way resumes the ranges not done.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import time
 import uuid
@@ -98,15 +101,30 @@ def _jobs_by_notification(claimed: claims.Claimed) -> dict[uuid.UUID, int]:
     }
 
 
-def _params(
-    runtime: Runtime, ids: list[uuid.UUID], *, after: int = 0, chunk: int = 0
+#: A topic chunk's upper bound when its range has none.
+NO_BOUND = 2**63 - 1
+
+
+def route_params(
+    spec: dict[str, Any],
+    ids: list[uuid.UUID],
+    *,
+    topic: str | None = None,
+    after: int = 0,
+    until: int | None = None,
+    chunk: int = 0,
 ) -> dict[str, Any]:
+    """``route_deliveries``' parameters: direct notifications (``ids``), or one chunk
+    of a topic notification, its members in (``after``, ``until``], ``chunk`` of them
+    at most; ``spec`` is the channels' ``routing_spec()``."""
     return {
         "ids": ids,
+        "topic": topic,
         "after": after,
+        "until": NO_BOUND if until is None else until,
         "chunk": chunk,
         "default_channels": DEFAULT_CHANNELS,
-        **runtime.channels.routing_spec(),
+        **spec,
     }
 
 
@@ -123,7 +141,9 @@ async def _route_batch(
         counts: dict[str, int] = {}
         if direct:
             await db.execute(conn, "route_ensure_recipients", {"ids": direct})
-            result = await db.fetch_one(conn, "route_deliveries", _params(runtime, direct))
+            result = await db.fetch_one(
+                conn, "route_deliveries", route_params(runtime.channels.routing_spec(), direct)
+            )
             assert result is not None
             counts = {k: int(result[k]) for k in ("deliveries", "pending", "jobs")}
             await templating.render_in_app(conn, direct)
@@ -156,45 +176,102 @@ async def route_topics(runtime: Runtime, work: Sequence[TopicWork]) -> None:
 async def _route_topic(
     runtime: Runtime, notification_id: uuid.UUID, claimed: claims.Claimed
 ) -> None:
+    """Split the topic's members into ranges of a chunk (once: a rerun resumes the
+    ranges a crash left), route the ranges from ``fanout_parallel`` connections at
+    once, one transaction per chunk, then mark the notification routed."""
     started = time.perf_counter()
+    async with runtime.pool.connection() as conn, conn.transaction():
+        locked = await db.fetch_all(conn, "route_lock_notifications", {"ids": [notification_id]})
+        if not locked:  # routed meanwhile by another run, or cancelled
+            await claims.finish(conn, claimed)
+            return
+        topic = locked[0]["topic"]
+        await db.execute(
+            conn,
+            "route_plan_ranges",
+            {
+                "id": notification_id,
+                "topic": topic,
+                "after": int(locked[0]["routed_through"]),
+                "chunk": TOPIC_CHUNK,
+            },
+        )
+        # Before the chunks: a text shared by every member is rendered and stored on
+        # the notification here, so no chunk writes the row the others share-lock.
+        await templating.render_in_app(conn, [notification_id])
     totals = {"deliveries": 0, "pending": 0, "jobs": 0, "chunks": 0}
+    lanes = runtime.fanout_parallel
+    running = [
+        asyncio.create_task(_route_ranges(runtime, notification_id, topic, totals))
+        for _ in range(lanes)
+    ]
+    try:
+        await asyncio.gather(*running)
+    except BaseException:
+        # one lane failed (a lost connection): the others stop too, their chunks
+        # rolled back; the rerun resumes every range not done
+        for lane in running:
+            lane.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
+        raise
+    async with runtime.pool.connection() as conn, conn.transaction():
+        locked = await db.fetch_all(conn, "route_lock_notifications", {"ids": [notification_id]})
+        if locked:
+            row = await db.fetch_one(conn, "route_ranges_open", {"id": notification_id})
+            assert row is not None and int(row["n"]) == 0, "a range was left open"
+            await db.execute(conn, "route_mark_routed", {"ids": [notification_id]})
+            await db.execute(conn, "route_forget_ranges", {"id": notification_id})
+        await claims.finish(conn, claimed)
+    log.info(
+        "routed_topic",
+        notification_id=str(notification_id),
+        **totals,
+        lanes=lanes,
+        ms=round((time.perf_counter() - started) * 1000, 1),
+    )
+
+
+async def _route_ranges(
+    runtime: Runtime, notification_id: uuid.UUID, topic: str, totals: dict[str, int]
+) -> None:
+    """One lane of a fan-out: route ranges no other lane holds, a chunk per
+    transaction, until every range is done (waiting for the ones other lanes, or
+    another run, hold)."""
     while True:
         async with runtime.pool.connection() as conn, conn.transaction():
-            locked = await db.fetch_all(
-                conn, "route_lock_notifications", {"ids": [notification_id]}
-            )
-            if not locked:  # routed meanwhile by another run, or cancelled
-                await claims.finish(conn, claimed)
-                return
-            after = int(locked[0]["routed_through"])
+            if not await db.fetch_one(conn, "route_share_notification", {"id": notification_id}):
+                return  # routed meanwhile by another run
+            taken = await db.fetch_one(conn, "route_take_range", {"id": notification_id})
+            if taken is None:
+                if not await db.fetch_one(conn, "route_wait_range", {"id": notification_id}):
+                    return  # every range is done
+                continue  # one was done, or is free again: take it next time round
+            through = int(taken["routed_through"])
             result = await db.fetch_one(
                 conn,
                 "route_deliveries",
-                _params(runtime, [notification_id], after=after, chunk=TOPIC_CHUNK),
+                route_params(
+                    runtime.channels.routing_spec(),
+                    [notification_id],
+                    topic=topic,
+                    after=through,
+                    until=taken["hi"],
+                    chunk=TOPIC_CHUNK,
+                ),
             )
             assert result is not None
             for key in ("deliveries", "pending", "jobs"):
                 totals[key] += int(result[key])
             totals["chunks"] += 1
             await templating.render_in_app(conn, [notification_id])
-            done = int(result["members"]) < TOPIC_CHUNK
-            if done:
-                await db.execute(conn, "route_mark_routed", {"ids": [notification_id]})
-                await claims.finish(conn, claimed)
-            else:
-                await db.execute(
-                    conn,
-                    "route_mark_progress",
-                    {"id": notification_id, "through": int(result["last_recipient"])},
-                )
-        if done:
-            break
-    log.info(
-        "routed_topic",
-        notification_id=str(notification_id),
-        **totals,
-        ms=round((time.perf_counter() - started) * 1000, 1),
-    )
+            members = int(result["members"])
+            last = int(result["last_recipient"]) if members else through
+            done = members < TOPIC_CHUNK or (taken["hi"] is not None and last >= taken["hi"])
+            await db.execute(
+                conn,
+                "route_range_progress",
+                {"id": notification_id, "lo": taken["lo"], "through": last, "done": done},
+            )
 
 
 async def _index_plans_only(conn: db.Conn) -> None:

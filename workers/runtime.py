@@ -53,6 +53,12 @@ class Runtime:
     #: per channel: deliveries a run sent per second, recently (see ``hold_limit``)
     send_rates: dict[str, float] = dataclasses.field(default_factory=dict)
 
+    @property
+    def fanout_parallel(self) -> int:
+        """Connections a topic fan-out routes its chunks on at once: the setting, at
+        most half the pool, so that deliver runs and other routing keep the rest."""
+        return max(1, min(self.settings.fanout_parallel, self.settings.db_pool_size // 2))
+
     @contextlib.contextmanager
     def running(self, job: Any) -> Iterator[Callable[[Sequence[int]], None]]:
         """Mark ``job`` as running for the block; the callable it gives adds the jobs

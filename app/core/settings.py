@@ -191,6 +191,9 @@ class Settings:
     retention_days: int | None
     poll_interval: float
     worker_concurrency: int
+    #: POSTBELL_FANOUT_PARALLEL: connections one big topic fan-out routes its chunks
+    #: on at once (at most half the pool; see Runtime.fanout_parallel)
+    fanout_parallel: int
     #: WEB_CONCURRENCY: server processes of ``postbell serve`` (Heroku's buildpack sets it)
     web_concurrency: int
     heartbeat_seconds: float
@@ -298,6 +301,7 @@ class Settings:
             worker_concurrency=env.integer(
                 "POSTBELL_WORKER_CONCURRENCY", 16, minimum=1, maximum=MAX_WORKER_CONCURRENCY
             ),
+            fanout_parallel=env.integer("POSTBELL_FANOUT_PARALLEL", 2, minimum=1, maximum=64),
             web_concurrency=env.integer("WEB_CONCURRENCY", 1, minimum=1, maximum=MAX_WEB_WORKERS),
             heartbeat_seconds=env.number("POSTBELL_HEARTBEAT_SECONDS", 10.0, minimum=0.2),
             data_dir=Path(env.text("POSTBELL_DATA_DIR") or ".data"),

@@ -24,7 +24,8 @@ SELECT DISTINCT x
 -- name: route_deliveries
 -- Fan notifications out to deliveries, in one statement. Targets are each direct
 -- notification's recipient list, or one chunk of a topic notification's subscribers
--- (recipient_id > %(after)s, %(chunk)s of them, in id order). For every target x
+-- (topic %(topic)s, recipient_id in (%(after)s, %(until)s], %(chunk)s of them at most,
+-- in id order). For every target x
 -- channel (the notification's, else its category's defaults, else IN_APP),
 -- delivery_skip_reason() decides: skipped with a reason (expired, opted out of the
 -- channel, the category or the topic, no address ...), or sent at once for IN_APP,
@@ -58,11 +59,15 @@ members AS (
       JOIN recipients AS r ON r.external_id = x.external_id
      WHERE n.topic IS NULL
     UNION ALL
+    -- by the topic's key as a parameter, so that the plan walks the topic's own
+    -- members (its primary key index, in id order) and not every subscription of
+    -- every topic filtered by topic
     (SELECT n.id, s.recipient_id
        FROM n
        JOIN topic_subscribers AS s ON s.topic_key = n.topic
-      WHERE n.topic IS NOT NULL
+      WHERE s.topic_key = %(topic)s::text
         AND s.recipient_id > %(after)s
+        AND s.recipient_id <= %(until)s
       ORDER BY s.recipient_id
       LIMIT %(chunk)s)
 ),
@@ -169,8 +174,73 @@ UPDATE notifications
    SET status = CASE WHEN status = 'cancelled' THEN 'cancelled' ELSE 'routed' END, routed_at = now()
  WHERE id = ANY(%(ids)s::uuid[])
 
--- name: route_mark_progress
-UPDATE notifications SET routed_through = %(through)s WHERE id = %(id)s
+-- name: route_share_notification
+-- A topic notification still to route, locked against change (a cancel waits) but
+-- not against the other chunks of its fan-out, which run beside this one.
+SELECT id, topic
+  FROM notifications
+ WHERE id = %(id)s
+   AND (status IN ('queued', 'scheduled') OR (status = 'cancelled' AND routed_at IS NULL))
+   FOR SHARE
+
+-- name: route_plan_ranges
+-- A topic notification's members still to route (past routed_through, where a
+-- router from before 0028 left it) split into ranges of %(chunk)s, the last one
+-- open-ended: the chunks its fan-out routes side by side (0028). Nothing when its
+-- ranges exist already (a rerun resumes them). The split reads the members' ids once,
+-- from the topic's primary key.
+WITH cuts AS (
+    SELECT recipient_id
+      FROM (SELECT recipient_id, row_number() OVER (ORDER BY recipient_id) AS k
+              FROM topic_subscribers
+             WHERE topic_key = %(topic)s
+               AND recipient_id > %(after)s) AS s
+     WHERE k %% %(chunk)s = 0
+),
+bounds AS (
+    SELECT lag(recipient_id, 1, %(after)s::bigint) OVER (ORDER BY recipient_id) AS lo,
+           recipient_id AS hi
+      FROM cuts
+    UNION ALL
+    SELECT coalesce(max(recipient_id), %(after)s::bigint), NULL FROM cuts
+)
+INSERT INTO topic_ranges (notification_id, lo, hi, routed_through)
+SELECT %(id)s, lo, hi, lo
+  FROM bounds
+ WHERE NOT EXISTS (SELECT 1 FROM topic_ranges WHERE notification_id = %(id)s)
+    ON CONFLICT DO NOTHING
+
+-- name: route_take_range
+-- A range of this fan-out that no other chunk holds, locked for this chunk's
+-- transaction.
+SELECT lo, hi, routed_through
+  FROM topic_ranges
+ WHERE notification_id = %(id)s AND NOT done
+ ORDER BY lo
+ LIMIT 1
+   FOR UPDATE SKIP LOCKED
+
+-- name: route_wait_range
+-- When every range not done is held by another chunk: wait for one of them to
+-- commit (a lock wait, not a poll); answers a range still open, if any.
+SELECT lo
+  FROM topic_ranges
+ WHERE notification_id = %(id)s AND NOT done
+ ORDER BY lo
+ LIMIT 1
+   FOR UPDATE
+
+-- name: route_range_progress
+UPDATE topic_ranges
+   SET routed_through = %(through)s, done = %(done)s
+ WHERE notification_id = %(id)s AND lo = %(lo)s
+
+-- name: route_ranges_open
+-- The ranges of a fan-out not yet done (0: the fan-out is complete).
+SELECT count(*) AS n FROM topic_ranges WHERE notification_id = %(id)s AND NOT done
+
+-- name: route_forget_ranges
+DELETE FROM topic_ranges WHERE notification_id = %(id)s
 
 -- name: route_templated
 -- The templated notifications of a routing batch: their IN_APP text is rendered here.

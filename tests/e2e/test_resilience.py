@@ -243,7 +243,8 @@ def test_postgres_restart_mid_send_and_mid_route_loses_nothing(pg_dir: Path) -> 
                 def half_routed() -> bool:
                     with psycopg.connect(url) as conn:
                         row = conn.execute(
-                            "SELECT routed_through, routed_at FROM postbell.notifications WHERE id = %s",
+                            "SELECT EXISTS (SELECT FROM postbell.deliveries WHERE notification_id = n.id),"
+                            " routed_at FROM postbell.notifications AS n WHERE id = %s",
                             (topic_id,),
                         ).fetchone()
                     return bool(row and row[0] and row[1] is None)

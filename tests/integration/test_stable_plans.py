@@ -19,7 +19,7 @@ from procrastinate import sql as procrastinate_sql
 from postbell.app.core import db
 from postbell.app.core.channels import QUEUES, ROUTE_QUEUE
 from postbell.workers.channels.registry import Channels
-from postbell.workers.router import DEFAULT_CHANNELS
+from postbell.workers.router import route_params
 from tests.conftest import make_settings, query, running_worker, wait_until
 
 BACKLOG = 20_000
@@ -214,7 +214,7 @@ async def _route_direct(conn: db.Conn, spec: dict[str, Any], prefix: str, n: int
         (prefix, n),
     )
     ids = [r["id"] for r in await cursor.fetchall()]
-    params = {"ids": ids, "after": 0, "chunk": 0, "default_channels": DEFAULT_CHANNELS, **spec}
+    params = route_params(spec, ids)
     async with conn.transaction():
         before = await _table_reads(conn)
         await db.fetch_all(conn, "route_lock_notifications", {"ids": ids})
@@ -349,13 +349,7 @@ async def test_routing_decides_each_delivery_inline_without_a_call_per_row(
             )
             row = await cursor.fetchone()
             assert row
-            params = {
-                "ids": [row["id"]],
-                "after": 0,
-                "chunk": 50_000 if topic else 0,
-                "default_channels": DEFAULT_CHANNELS,
-                **spec,
-            }
+            params = route_params(spec, [row["id"]], topic=topic, chunk=50_000 if topic else 0)
             cursor = await conn.execute(
                 b"EXPLAIN (VERBOSE) " + db.queries["route_deliveries"], params
             )

@@ -723,6 +723,37 @@ BEGIN ATOMIC
                    GROUP BY g.channel, g.priority, g.run_at, g.grp) b))), 0) AS "coalesce";
 END;
 
+CREATE OR REPLACE FUNCTION postbell.defer_route(p_id uuid, p_priority text, p_run_at timestamp with time zone, p_join boolean)
+ RETURNS void
+ LANGUAGE plpgsql
+ SET search_path TO 'pg_catalog', 'postbell'
+AS $function$
+DECLARE
+    v_open text := 'postbell.route_open_' || coalesce(p_priority, 'normal');
+    v_job  bigint;
+    v_ids  text;
+    v_new  procrastinate_job_to_defer_v1 := route_job(p_id, p_priority, p_run_at);
+BEGIN
+    IF p_run_at IS NOT NULL OR NOT p_join THEN
+        PERFORM procrastinate_defer_jobs_v1(ARRAY[v_new]);
+        RETURN;
+    END IF;
+    v_job := nullif(current_setting(v_open, true), '')::bigint;
+    IF v_job IS NOT NULL THEN
+        v_ids := current_setting('postbell.route_ids_' || v_job, true);
+        -- ids are 36 characters and a comma: fewer than 200 so far
+        IF length(v_ids) < 200 * 37 - 1 THEN
+            PERFORM set_config('postbell.route_ids_' || v_job, v_ids || ',' || p_id, true);
+            RETURN;
+        END IF;
+    END IF;
+    v_new.args := v_new.args || '{"joining": true}';
+    v_job := (procrastinate_defer_jobs_v1(ARRAY[v_new]))[1];
+    PERFORM set_config('postbell.route_ids_' || v_job, p_id::text, true);
+    PERFORM set_config(v_open, v_job::text, true);
+END;
+$function$;
+
 CREATE OR REPLACE FUNCTION postbell.deliver_job(p_channel text, p_ids jsonb, p_priority integer, p_run_at timestamp with time zone)
  RETURNS procrastinate_job_to_defer_v1
  LANGUAGE sql
@@ -957,9 +988,8 @@ BEGIN
     IF NOT p_wakeup THEN
         PERFORM set_config('postbell.quiet_defer', 'on', true);
     END IF;
-    PERFORM procrastinate_defer_jobs_v1(ARRAY[
-        route_job(v_id, coalesce(p_priority, 'normal'), CASE WHEN v_status = 'scheduled' THEN p_send_at END)
-    ]);
+    PERFORM defer_route(v_id, coalesce(p_priority, 'normal'),
+                        CASE WHEN v_status = 'scheduled' THEN p_send_at END, p_topic IS NULL);
     IF NOT p_wakeup THEN
         PERFORM set_config('postbell.quiet_defer', 'off', true);
     END IF;
@@ -1585,6 +1615,31 @@ CREATE OR REPLACE FUNCTION postbell.route_job(p_notification_id uuid, p_priority
  LANGUAGE sql
  IMMUTABLE
 RETURN ROW('route'::character varying, 'postbell.route'::character varying, job_priority(p_priority), NULL::text, NULL::text, jsonb_build_object('notification_id', p_notification_id), p_run_at)::procrastinate_job_to_defer_v1;
+
+CREATE OR REPLACE FUNCTION postbell.route_job_ids_write()
+ RETURNS trigger
+ LANGUAGE plpgsql
+ SET search_path TO 'pg_catalog', 'postbell'
+AS $function$
+DECLARE
+    v_ids      text[] := string_to_array(
+                             nullif(current_setting('postbell.route_ids_' || NEW.id, true), ''), ',');
+    v_priority text;
+BEGIN
+    FOREACH v_priority IN ARRAY ARRAY['low', 'normal', 'high', 'urgent'] LOOP
+        IF current_setting('postbell.route_open_' || v_priority, true) = NEW.id::text THEN
+            PERFORM set_config('postbell.route_open_' || v_priority, '', true);
+        END IF;
+    END LOOP;
+    UPDATE procrastinate_jobs AS j
+       SET args = CASE WHEN cardinality(v_ids) > 1
+                       THEN jsonb_build_object('notification_id', NEW.args -> 'notification_id',
+                                               'ids', to_jsonb(v_ids))
+                       ELSE jsonb_build_object('notification_id', NEW.args -> 'notification_id') END
+     WHERE j.id = NEW.id;
+    RETURN NULL;
+END;
+$function$;
 
 CREATE OR REPLACE FUNCTION postbell.start_workflow(p_workflow text, p_recipients text[], p_topic text, p_data jsonb, p_cancel_key text, p_idempotency_scope text, p_idempotency_key text, p_request_hash bytea, p_idempotency_ttl interval)
  RETURNS TABLE(id uuid, created boolean, request_hash bytea, version integer)
@@ -2283,3 +2338,4 @@ CREATE TRIGGER procrastinate_trigger_delete_jobs_v1 BEFORE DELETE ON procrastina
 CREATE TRIGGER procrastinate_trigger_scheduled_events_v1 AFTER INSERT OR UPDATE ON procrastinate_jobs FOR EACH ROW WHEN (new.scheduled_at IS NOT NULL AND new.status = 'todo'::procrastinate_job_status) EXECUTE FUNCTION procrastinate_trigger_function_scheduled_events_v1();
 CREATE TRIGGER procrastinate_trigger_status_events_insert_v1 AFTER INSERT ON procrastinate_jobs FOR EACH ROW WHEN (new.status = 'todo'::procrastinate_job_status) EXECUTE FUNCTION procrastinate_trigger_function_status_events_insert_v1();
 CREATE TRIGGER procrastinate_trigger_status_events_update_v1 AFTER UPDATE OF status ON procrastinate_jobs FOR EACH ROW EXECUTE FUNCTION procrastinate_trigger_function_status_events_update_v1();
+CREATE CONSTRAINT TRIGGER route_job_ids AFTER INSERT ON procrastinate_jobs DEFERRABLE INITIALLY DEFERRED FOR EACH ROW WHEN (new.args ? 'joining'::text) EXECUTE FUNCTION route_job_ids_write();

@@ -21,6 +21,7 @@ mid-way resumes the ranges not done.
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import time
 import uuid
@@ -77,10 +78,18 @@ async def route(
                 raise
             log.warning("route_batch_failed", notifications=len(ids), error=str(exc))
     job_of = _jobs_by_notification(claimed)
+    # A job may carry several notifications (0029): it is finished with the last of
+    # them routed (in that one's transaction), failed after the loop if any failed.
+    left = collections.Counter(job_of[n] for n in ids if n in job_of)
+    failed_jobs: set[int] = set()
     routed = Routed([], {})
     for notification_id in ids:
         job_id = job_of.get(notification_id)
-        own = claimed.only({job_id}) if job_id is not None else claims.Claimed.none()
+        last = False
+        if job_id is not None:
+            left[job_id] -= 1
+            last = left[job_id] == 0 and job_id not in failed_jobs
+        own = claimed.only({job_id}) if last and job_id is not None else claims.Claimed.none()
         try:
             routed.topics += await _route_batch(runtime, [notification_id], own)
         except Exception as exc:
@@ -90,15 +99,25 @@ async def route(
             if job_id is None:
                 routed.failed[str(notification_id)] = exc
             else:
-                await claims.fail(runtime.pool, own)
+                failed_jobs.add(job_id)
+    if failed_jobs:
+        await claims.fail(runtime.pool, claimed.only(failed_jobs))
     return routed
 
 
 def _jobs_by_notification(claimed: claims.Claimed) -> dict[uuid.UUID, int]:
     return {
-        uuid.UUID(a["notification_id"]): job_id
+        uuid.UUID(n): job_id
         for job_id, a in zip(claimed.job_ids, claimed.args, strict=True)
+        for n in notification_ids(a)
     }
+
+
+def notification_ids(args: dict[str, Any]) -> list[str]:
+    """The notifications a route job carries: ``ids`` (several, 0029), else its one
+    ``notification_id``."""
+    ids = args.get("ids")
+    return [str(n) for n in ids] if ids else [str(args["notification_id"])]
 
 
 #: A topic chunk's upper bound when its range has none.
@@ -149,12 +168,9 @@ async def _route_batch(
             await templating.render_in_app(conn, direct)
             await db.execute(conn, "route_mark_routed", {"ids": direct})
         # Jobs of topic notifications stay until their last chunk is routed.
-        await claims.finish(
-            conn,
-            claims.Claimed(
-                claimed.worker_id, [j for n, j in job_of.items() if n not in topics], []
-            ),
-        )
+        topic_jobs = {job_of[n] for n in topics if n in job_of}
+        done = [j for j in dict.fromkeys(job_of.values()) if j not in topic_jobs]
+        await claims.finish(conn, claims.Claimed(claimed.worker_id, done, []))
     if direct:
         log.info(
             "routed",

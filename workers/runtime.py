@@ -41,10 +41,10 @@ class Runtime:
     #: requeues jobs left 'doing' under these ids that no task is running any more
     active_jobs: set[int] = dataclasses.field(default_factory=set)
     #: held by the routing run in progress, and the runs waiting for it, by job id:
-    #: (notification id, job priority, a future the batch that adopts them settles);
+    #: (notification ids, job priority, a future the batch that adopts them settles);
     #: see tasks.route
     routing: asyncio.Lock = dataclasses.field(default_factory=asyncio.Lock)
-    waiting_routes: dict[int, tuple[str, int, asyncio.Future[Any]]] = dataclasses.field(
+    waiting_routes: dict[int, tuple[list[str], int, asyncio.Future[Any]]] = dataclasses.field(
         default_factory=dict
     )
     worker_ids: set[int] = dataclasses.field(default_factory=set)

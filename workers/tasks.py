@@ -41,8 +41,12 @@ DATABASE_RETRY = RetryStrategy(
 
 
 @app.task(name="postbell.route", queue=ROUTE_QUEUE, pass_context=True, retry=DATABASE_RETRY)
-async def route(context: Any, notification_id: str) -> None:
-    """Route this job's notification, with every other one ready to go.
+async def route(context: Any, notification_id: str, ids: list[str] | None = None) -> None:
+    """Route this job's notifications, with every other one ready to go.
+
+    A job carries one notification (``notification_id``), or several (``ids``, which
+    includes it): ``postbell.notify()`` called many times in one host transaction
+    defers one job for them all (``defer_route``, migration 0029).
 
     One routing batch runs at a time per process. Jobs procrastinate fetched while a
     batch ran wait in ``runtime.waiting_routes``; the next batch adopts them all and
@@ -53,7 +57,8 @@ async def route(context: Any, notification_id: str) -> None:
     waiter: asyncio.Future[list[router.TopicWork] | None] = (
         asyncio.get_running_loop().create_future()
     )
-    runtime.waiting_routes[context.job.id] = (notification_id, context.job.priority, waiter)
+    own = router.notification_ids({"notification_id": notification_id, "ids": ids})
+    runtime.waiting_routes[context.job.id] = (own, context.job.priority, waiter)
     with runtime.running(context.job) as track:
         async with runtime.routing:
             runtime.waiting_routes.pop(context.job.id, None)
@@ -61,14 +66,10 @@ async def route(context: Any, notification_id: str) -> None:
             if waiter.done():
                 topics = waiter.result()  # a batch took it
                 if topics is None:  # that batch failed: route it here, alone
-                    topics, error = await _route_batch(
-                        runtime, context.job, [notification_id], {}, track
-                    )
+                    topics, error = await _route_batch(runtime, context.job, own, {}, track)
             else:
                 adopted, runtime.waiting_routes = runtime.waiting_routes, {}
-                topics, error = await _route_batch(
-                    runtime, context.job, [notification_id], adopted, track
-                )
+                topics, error = await _route_batch(runtime, context.job, own, adopted, track)
         # The topic work this run claimed is fanned out even when its own notification
         # failed: those jobs are held by this run and would wait for the stall check.
         await router.route_topics(runtime, topics)
@@ -80,7 +81,7 @@ async def _route_batch(
     runtime: Runtime,
     job: Any,
     own: list[str],
-    adopted: dict[int, tuple[str, int, asyncio.Future[list[router.TopicWork] | None]]],
+    adopted: dict[int, tuple[list[str], int, asyncio.Future[list[router.TopicWork] | None]]],
     track: Callable[[Sequence[int]], None],
 ) -> tuple[list[router.TopicWork], Exception | None]:
     """Route this run's notification, the adopted runs' and claimed queued ones, in
@@ -90,14 +91,15 @@ async def _route_batch(
     topic work (its own and the claimed jobs'), and its notification's error if it
     failed."""
     await asyncio.sleep(ROUTE_GATHER_SECONDS)
-    room = max(ROUTE_BATCH - len(own) - len(adopted), 0)
+    room = max(ROUTE_BATCH - len(own) - sum(len(ids) for ids, _, _ in adopted.values()), 0)
     claimed = await claim_more(runtime.pool, job, limit=room, max_items=room)
     track(claimed.job_ids)
     entries: list[tuple[str, int, int | None]] = [(n, job.priority, None) for n in own]
-    entries += [(n, priority, None) for n, priority, _ in adopted.values()]
+    entries += [(n, priority, None) for ids, priority, _ in adopted.values() for n in ids]
     entries += [
-        (a["notification_id"], p, job_id)
+        (n, p, job_id)
         for job_id, a, p in zip(claimed.job_ids, claimed.args, claimed.priorities, strict=True)
+        for n in router.notification_ids(a)
     ]
     topics: list[router.TopicWork] = []
     failed: dict[str, Exception] = {}
@@ -116,12 +118,14 @@ async def _route_batch(
                 future.set_result(None)
         raise
     by_notification = {str(n): (n, c) for n, c in topics}
-    for adopted_id, _, future in adopted.values():
-        if adopted_id in failed:
-            future.set_exception(failed.pop(adopted_id))
+    for adopted_ids, _, future in adopted.values():
+        errors = [failed.pop(n) for n in adopted_ids if n in failed]
+        if errors:
+            # its run fails with the first error; the topic work of its others is
+            # still fanned out, by this run
+            future.set_exception(errors[0])
         else:
-            work = by_notification.pop(adopted_id, None)
-            future.set_result([work] if work else [])
+            future.set_result([w for n in adopted_ids if (w := by_notification.pop(n, None))])
     error = next((failed[n] for n in own if n in failed), None)
     return list(by_notification.values()), error
 

@@ -40,7 +40,8 @@ WITH stuck AS (
                SELECT 1 FROM procrastinate_jobs AS j
                 WHERE j.task_name = 'postbell.route'
                   AND j.status IN ('todo', 'doing')
-                  AND j.args ->> 'notification_id' = n.id::text)
+                  -- one notification's job, or a job of several (0029)
+                  AND (j.args ->> 'notification_id' = n.id::text OR j.args -> 'ids' ? n.id::text))
      LIMIT %(limit)s
 )
 SELECT coalesce(cardinality(procrastinate_defer_jobs_v1(ARRAY(

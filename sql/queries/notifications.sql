@@ -48,7 +48,7 @@ job AS (
        SET scheduled_at = NULL
      WHERE task_name = 'postbell.route'
        AND status = 'todo'
-       AND args ->> 'notification_id' = %(id)s::text
+       AND (args ->> 'notification_id' = %(id)s::text OR args -> 'ids' ? %(id)s::text)
     RETURNING 1
 )
 SELECT coalesce(cardinality(n.recipients),

@@ -52,6 +52,18 @@ async def _counts(pool: db.Pool, notification_id: str) -> dict[str, Any]:
     return rows[0]
 
 
+async def _planned(settings: Any, pool: db.Pool) -> str:
+    """A topic notification to MEMBERS whose ranges are planned (as a router's first
+    transaction plans them) before any worker runs."""
+    await _topic(pool, MEMBERS)
+    nid = await _notify(settings, pool, {"topic": "club", "message": "hi"})
+    async with pool.connection() as conn:
+        await db.execute(
+            conn, "route_plan_ranges", {"id": nid, "topic": "club", "after": 0, "chunk": CHUNK}
+        )
+    return nid
+
+
 @pytest.fixture
 def small_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(router, "TOPIC_CHUNK", CHUNK)
@@ -118,14 +130,7 @@ async def test_the_other_ranges_route_while_one_is_held_and_the_fan_out_waits_fo
     pool = db.create_pool(fresh_database_url, max_size=8)
     await pool.open(wait=True)
     try:
-        await _topic(pool, MEMBERS)
-        nid = await _notify(settings, pool, {"topic": "club", "message": "hi"})
-        async with pool.connection() as conn:
-            await db.execute(
-                conn,
-                "route_plan_ranges",
-                {"id": nid, "topic": "club", "after": 0, "chunk": CHUNK},
-            )
+        nid = await _planned(settings, pool)
         ranges = await query(pool, "SELECT lo, hi FROM topic_ranges ORDER BY lo")
         assert len(ranges) == MEMBERS // CHUNK + 1
         assert ranges[-1]["hi"] is None
@@ -167,14 +172,8 @@ async def test_a_rerun_routes_only_the_ranges_not_done(fresh_database_url: str) 
     pool = db.create_pool(fresh_database_url, max_size=8)
     await pool.open(wait=True)
     try:
-        await _topic(pool, MEMBERS)
-        nid = await _notify(settings, pool, {"topic": "club", "message": "hi"})
+        nid = await _planned(settings, pool)
         async with pool.connection() as conn:
-            await db.execute(
-                conn,
-                "route_plan_ranges",
-                {"id": nid, "topic": "club", "after": 0, "chunk": CHUNK},
-            )
             await conn.execute(
                 "UPDATE topic_ranges SET done = true, routed_through = hi"
                 " WHERE lo = (SELECT lo FROM topic_ranges ORDER BY lo OFFSET 2 LIMIT 1)"

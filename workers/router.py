@@ -214,7 +214,7 @@ async def _route_topic(
         )
         # Before the chunks: a text shared by every member is rendered and stored on
         # the notification here, so no chunk writes the row the others share-lock.
-        await templating.render_in_app(conn, [notification_id])
+        await templating.render_in_app(conn, [notification_id], templating.SHARED_ONLY)
     totals = {"deliveries": 0, "pending": 0, "jobs": 0, "chunks": 0}
     lanes = runtime.fanout_parallel
     running = [
@@ -279,8 +279,12 @@ async def _route_ranges(
             for key in ("deliveries", "pending", "jobs"):
                 totals[key] += int(result[key])
             totals["chunks"] += 1
-            await templating.render_in_app(conn, [notification_id])
             members = int(result["members"])
+            await templating.render_in_app(
+                conn,
+                [notification_id],
+                (through, int(result["last_recipient"]) if members else through),
+            )
             last = int(result["last_recipient"]) if members else through
             done = members < TOPIC_CHUNK or (taken["hi"] is not None and last >= taken["hi"])
             await db.execute(

@@ -74,9 +74,19 @@ def notification_vars(row: Mapping[str, Any], notification_id: Any) -> dict[str,
     return {"id": str(notification_id), "category": row["category"], "priority": row["priority"]}
 
 
-async def render_in_app(conn: db.Conn, ids: Sequence[uuid.UUID]) -> None:
+#: The recipient ids ``render_in_app`` looks at when it is given no range: all.
+ALL_RECIPIENTS = (0, 2**63 - 1)
+#: None: only a text shared by every recipient is rendered (and stored).
+SHARED_ONLY = (0, 0)
+
+
+async def render_in_app(
+    conn: db.Conn, ids: Sequence[uuid.UUID], recipients: tuple[int, int] = ALL_RECIPIENTS
+) -> None:
     """The IN_APP text of the batch's templated notifications, in the routing
-    transaction (so an inbox never shows an item before its text). An experiment's
+    transaction (so an inbox never shows an item before its text). ``recipients``:
+    the range (after, until] a topic chunk routed, so that a chunk reads its own
+    deliveries, not every earlier chunk's again (quadratic in the fan-out). An experiment's
     template variants first, per recipient: their deliveries then hold their own text,
     so the notification's template (if any) renders only the others."""
     rows = await db.fetch_all(conn, "route_templated", {"ids": list(ids)})
@@ -91,7 +101,7 @@ async def render_in_app(conn: db.Conn, ids: Sequence[uuid.UUID]) -> None:
                 )
             except templates.TemplateError:
                 template = None
-            await _render_each(conn, template, v, variant=v["variant"])
+            await _render_each(conn, template, v, recipients, variant=v["variant"])
     notifications = [n for n in rows if n["variant"] is None]
     for n in notifications:
         key, version = n["template_key"], n["template_version"]
@@ -108,7 +118,7 @@ async def render_in_app(conn: db.Conn, ids: Sequence[uuid.UUID]) -> None:
                     conn, "route_store_rendered", {"id": n["id"], "rendered": json.dumps(shared)}
                 )
                 continue
-        await _render_each(conn, template, n)
+        await _render_each(conn, template, n, recipients)
 
 
 def _render_shared(template: templates.Compiled, n: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -136,16 +146,22 @@ async def _render_each(
     conn: db.Conn,
     template: templates.Compiled | None,
     n: Mapping[str, Any],
+    recipients: tuple[int, int],
     variant: str | None = None,
 ) -> None:
     """Per recipient: the notification's IN_APP deliveries still without text, or
     those of one template ``variant`` of its experiment."""
     key, version = n["template_key"], n["template_version"]
+    after, until = recipients
     if variant is None:
-        rows = await db.fetch_all(conn, "route_unrendered_in_app", {"id": n["id"]})
+        rows = await db.fetch_all(
+            conn, "route_unrendered_in_app", {"id": n["id"], "after": after, "until": until}
+        )
     else:
         rows = await db.fetch_all(
-            conn, "route_unrendered_variant_in_app", {"id": n["id"], "variant": variant}
+            conn,
+            "route_unrendered_variant_in_app",
+            {"id": n["id"], "variant": variant, "after": after, "until": until},
         )
     done: dict[tuple[Any, ...], tuple[dict[str, str] | None, str | None]] = {}
     for start in range(0, len(rows), RENDER_BATCH):

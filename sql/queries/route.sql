@@ -268,11 +268,14 @@ UPDATE notifications SET rendered = %(rendered)s::jsonb WHERE id = %(id)s
 
 -- name: route_unrendered_in_app
 -- IN_APP deliveries of a templated notification still without their own text (the
--- part shows the recipient): rendered per recipient, in batches.
+-- part shows the recipient): rendered per recipient, in batches; of a topic chunk,
+-- those of its members (recipient_id in (%(after)s, %(until)s]), read by the
+-- (notification_id, recipient_id, channel) index.
 SELECT d.id, r.external_id, r.name, r.email, r.locale, r.timezone, r.metadata
   FROM deliveries AS d
   JOIN recipients AS r ON r.id = d.recipient_id
  WHERE d.notification_id = %(id)s
+   AND d.recipient_id > %(after)s AND d.recipient_id <= %(until)s
    AND d.channel = 'IN_APP'
    AND d.status = 'sent'
    AND d.content IS NULL
@@ -297,6 +300,7 @@ SELECT d.id, r.external_id, r.name, r.email, r.locale, r.timezone, r.metadata
   FROM deliveries AS d
   JOIN recipients AS r ON r.id = d.recipient_id
  WHERE d.notification_id = %(id)s
+   AND d.recipient_id > %(after)s AND d.recipient_id <= %(until)s
    AND d.channel = 'IN_APP'
    AND d.status = 'sent'
    AND d.content IS NULL

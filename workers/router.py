@@ -280,12 +280,8 @@ async def _route_ranges(
                 totals[key] += int(result[key])
             totals["chunks"] += 1
             members = int(result["members"])
-            await templating.render_in_app(
-                conn,
-                [notification_id],
-                (through, int(result["last_recipient"]) if members else through),
-            )
             last = int(result["last_recipient"]) if members else through
+            await templating.render_in_app(conn, [notification_id], (through, last))
             done = members < TOPIC_CHUNK or (taken["hi"] is not None and last >= taken["hi"])
             await db.execute(
                 conn,

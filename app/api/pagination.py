@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as dt
+import re
 import uuid
 
 from postbell.app.core.errors import InvalidParameter
@@ -13,6 +14,8 @@ from postbell.app.core.validation import MAX_ID
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 500
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+#: what a pair cursor's name may be (a channel's name)
+_NAME = re.compile(r"[A-Z][A-Z0-9_]{0,63}")
 
 
 def encode_cursor(kind: str, position: int) -> str:
@@ -32,6 +35,27 @@ def decode_cursor(kind: str, cursor: str | None) -> int | None:
         if not 0 <= position <= MAX_ID:
             raise ValueError(value)
         return position
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise InvalidParameter(
+            "the cursor is not one this list handed out", field="cursor"
+        ) from None
+
+
+def encode_pair_cursor(kind: str, number: int, name: str) -> str:
+    """A cursor for lists ordered by (an id, a name): a notification's deliveries by
+    (recipient, channel)."""
+    return base64.urlsafe_b64encode(f"{kind}:{number}:{name}".encode()).decode().rstrip("=")
+
+
+def decode_pair_cursor(kind: str, cursor: str) -> tuple[int, str]:
+    """The (id, name) position inside ``cursor``."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        prefix, number, name = raw.split(":")
+        position = int(number)
+        if prefix != kind or not 0 <= position <= MAX_ID or not _NAME.fullmatch(name):
+            raise ValueError(raw)
+        return position, name
     except (ValueError, binascii.Error, UnicodeDecodeError):
         raise InvalidParameter(
             "the cursor is not one this list handed out", field="cursor"

@@ -24,14 +24,25 @@ SELECT status, n
  WHERE notification_id = %(id)s AND n <> 0
 
 -- name: notifications_deliveries_page
+-- A page of a notification's deliveries in (recipient, channel) order: keyset
+-- pagination on the (notification_id, recipient_id, channel) unique index, so a page
+-- reads its own rows whatever the size of the fan-out or of the table. (In id order
+-- the planner walked the primary key from the table's first row, filtering by
+-- notification: the page of a recent 50,000-member notification read 350,000 rows
+-- of older ones, 97 ms, and more as the table grew.)
 SELECT d.id, d.channel, r.external_id AS recipient, d.status, d.reason, d.attempts,
-       d.last_error, d.next_attempt_at, d.sent_at, d.created_at, d.fallback_for, d.fallback_reason
+       d.last_error, d.next_attempt_at, d.sent_at, d.created_at, d.fallback_for, d.fallback_reason,
+       d.recipient_id
   FROM deliveries d
   JOIN recipients r ON r.id = d.recipient_id
  WHERE d.notification_id = %(id)s
-   AND d.id > %(after)s
- ORDER BY d.id
+   AND (d.recipient_id, d.channel) > (%(after_recipient)s::bigint, %(after_channel)s::text)
+ ORDER BY d.recipient_id, d.channel
  LIMIT %(limit)s
+
+-- name: notifications_delivery_position
+-- Where a cursor of the id-ordered pages (before the keyset above) stands now.
+SELECT recipient_id, channel FROM deliveries WHERE id = %(id)s AND notification_id = %(notification)s
 
 -- name: notifications_lock
 SELECT id, status, routed_at FROM notifications WHERE id = %(id)s FOR UPDATE

@@ -31,13 +31,29 @@ async def delivery_counts(conn: db.Conn, notification_id: uuid.UUID) -> dict[str
 
 
 async def deliveries_page(
-    conn: db.Conn, notification_id: uuid.UUID, after: int, limit: int
+    conn: db.Conn, notification_id: uuid.UUID, after: tuple[int, str], limit: int
 ) -> list[DictRow]:
     return await db.fetch_all(
         conn,
         "notifications_deliveries_page",
-        {"id": notification_id, "after": after, "limit": limit},
+        {
+            "id": notification_id,
+            "after_recipient": after[0],
+            "after_channel": after[1],
+            "limit": limit,
+        },
     )
+
+
+async def delivery_position(
+    conn: db.Conn, notification_id: uuid.UUID, delivery_id: int
+) -> tuple[int, str] | None:
+    row = await db.fetch_one(
+        conn,
+        "notifications_delivery_position",
+        {"id": delivery_id, "notification": notification_id},
+    )
+    return (int(row["recipient_id"]), str(row["channel"])) if row else None
 
 
 async def target_check(conn: db.Conn, *, category: str | None, topic: str | None) -> DictRow:

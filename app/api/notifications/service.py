@@ -24,8 +24,9 @@ from postbell.app.api.notifications.schemas import (
 )
 from postbell.app.api.pagination import (
     decode_cursor,
+    decode_pair_cursor,
     decode_time_cursor,
-    encode_cursor,
+    encode_pair_cursor,
     encode_time_cursor,
 )
 from postbell.app.api.wakeups import Waker
@@ -413,11 +414,11 @@ async def cancel(pool: db.Pool, notification_id: uuid.UUID) -> Cancelled:
 async def read(
     pool: db.Pool, notification_id: uuid.UUID, *, cursor: str | None, limit: int
 ) -> NotificationOut:
-    after = decode_cursor("d", cursor) or 0
     async with pool.connection() as conn:
         row = await repo.get(conn, notification_id)
         if row is None:
             raise NotFound(f"no notification {notification_id}")
+        after = await _delivery_cursor(conn, notification_id, cursor)
         counts = await repo.delivery_counts(conn, notification_id)
         page = await repo.deliveries_page(conn, notification_id, after, limit + 1)
     more = len(page) > limit
@@ -441,13 +442,34 @@ async def read(
         routed_at=row["routed_at"],
         delivery_counts=counts,
         deliveries=[msgspec.convert(d, DeliveryOut) for d in page],
-        next_cursor=encode_cursor("d", page[-1]["id"]) if more and page else None,
+        next_cursor=encode_pair_cursor("r", page[-1]["recipient_id"], page[-1]["channel"])
+        if more and page
+        else None,
         template=row["template_key"],
         template_version=row["template_version"],
         data=row["template_data"],
         experiment=row["experiment"],
         variants=row["variants"],
     )
+
+
+async def _delivery_cursor(
+    conn: db.Conn, notification_id: uuid.UUID, cursor: str | None
+) -> tuple[int, str]:
+    """Where a page of the notification's deliveries starts: after the (recipient,
+    channel) in ``cursor``. A cursor handed out before the pages were in that order
+    (a delivery id) continues from that delivery's place."""
+    if not cursor:
+        return (0, "")
+    try:
+        return decode_pair_cursor("r", cursor)
+    except InvalidParameter:
+        delivery_id = decode_cursor("d", cursor)  # raises for what is neither
+        assert delivery_id is not None
+        position = await repo.delivery_position(conn, notification_id, delivery_id)
+        if position is None:
+            raise
+        return position
 
 
 NOTIFICATION_STATUSES = ("scheduled", "queued", "routed", "cancelled")

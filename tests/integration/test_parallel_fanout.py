@@ -64,6 +64,28 @@ async def _planned(settings: Any, pool: db.Pool) -> str:
     return nid
 
 
+async def _route_all(settings: Any, pool: db.Pool, nid: str) -> dict[str, Any]:
+    """A real worker runs until the notification is routed; answers its counts."""
+    async with running_worker(settings, pool):
+
+        async def routed() -> dict[str, Any] | None:
+            counts = await _counts(pool, nid)
+            return counts if counts["routed"] else None
+
+        result: dict[str, Any] = await wait_until(routed, timeout=30)
+    return result
+
+
+async def _templated(settings: Any, pool: db.Pool) -> str:
+    """A topic notification to MEMBERS with a template whose IN_APP part names the
+    recipient (PER_RECIPIENT)."""
+    await _topic(pool, MEMBERS)
+    async with api_client(create_app(settings, pool=pool)) as client:
+        put = await client.put("/api/templates/hello", headers=ADMIN, json=PER_RECIPIENT)
+        assert put.status_code == 200, put.text
+    return await _notify(settings, pool, {"topic": "club", "template": "hello"})
+
+
 @pytest.fixture
 def small_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(router, "TOPIC_CHUNK", CHUNK)
@@ -84,13 +106,7 @@ async def test_a_topic_fans_out_from_several_lanes_once_per_member(
         nid = await _notify(
             settings, pool, {"topic": "club", "message": "hi", "channels": ["IN_APP", "EMAIL"]}
         )
-        async with running_worker(settings, pool):
-
-            async def routed() -> dict[str, Any] | None:
-                counts = await _counts(pool, nid)
-                return counts if counts["routed"] else None
-
-            counts = await wait_until(routed, timeout=30)
+        counts = await _route_all(settings, pool, nid)
         assert counts == {
             "deliveries": 2 * MEMBERS,
             "members": MEMBERS,
@@ -178,13 +194,7 @@ async def test_a_rerun_routes_only_the_ranges_not_done(fresh_database_url: str) 
                 "UPDATE topic_ranges SET done = true, routed_through = hi"
                 " WHERE lo = (SELECT lo FROM topic_ranges ORDER BY lo OFFSET 2 LIMIT 1)"
             )
-        async with running_worker(settings, pool):
-
-            async def routed() -> dict[str, Any] | None:
-                counts = await _counts(pool, nid)
-                return counts if counts["routed"] else None
-
-            counts = await wait_until(routed, timeout=30)
+        counts = await _route_all(settings, pool, nid)
         assert counts == {
             "deliveries": MEMBERS - CHUNK,
             "members": MEMBERS - CHUNK,
@@ -261,18 +271,8 @@ async def test_a_per_recipient_template_renders_every_member_once_across_lanes(
     pool = db.create_pool(fresh_database_url, max_size=8)
     await pool.open(wait=True)
     try:
-        await _topic(pool, MEMBERS)
-        async with api_client(create_app(settings, pool=pool)) as client:
-            put = await client.put("/api/templates/hello", headers=ADMIN, json=PER_RECIPIENT)
-            assert put.status_code == 200, put.text
-        nid = await _notify(settings, pool, {"topic": "club", "template": "hello"})
-        async with running_worker(settings, pool):
-
-            async def routed() -> dict[str, Any] | None:
-                counts = await _counts(pool, nid)
-                return counts if counts["routed"] else None
-
-            await wait_until(routed, timeout=30)
+        nid = await _templated(settings, pool)
+        await _route_all(settings, pool, nid)
         rows = await query(
             pool,
             "SELECT count(*) AS n, count(*) FILTER (WHERE d.content ->> 'body'"
@@ -297,11 +297,7 @@ async def test_a_chunk_renders_only_its_own_members(fresh_database_url: str) -> 
     pool = db.create_pool(fresh_database_url, max_size=8)
     await pool.open(wait=True)
     try:
-        await _topic(pool, MEMBERS)
-        async with api_client(create_app(settings, pool=pool)) as client:
-            put = await client.put("/api/templates/hello", headers=ADMIN, json=PER_RECIPIENT)
-            assert put.status_code == 200, put.text
-        nid = await _notify(settings, pool, {"topic": "club", "template": "hello"})
+        nid = await _templated(settings, pool)
         async with pool.connection() as conn:
             await conn.execute(
                 "WITH r AS (INSERT INTO recipients (external_id) VALUES ('outsider') RETURNING id)"
@@ -309,13 +305,7 @@ async def test_a_chunk_renders_only_its_own_members(fresh_database_url: str) -> 
                 " SELECT %s, r.id, 'IN_APP', 'sent', now() FROM r",
                 (nid,),
             )
-        async with running_worker(settings, pool):
-
-            async def routed() -> dict[str, Any] | None:
-                counts = await _counts(pool, nid)
-                return counts if counts["routed"] else None
-
-            await wait_until(routed, timeout=30)
+        await _route_all(settings, pool, nid)
         rows = await query(
             pool,
             "SELECT r.external_id = 'outsider' AS outsider, count(*) AS n,"

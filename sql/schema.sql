@@ -726,7 +726,6 @@ END;
 CREATE OR REPLACE FUNCTION postbell.defer_route(p_id uuid, p_priority text, p_run_at timestamp with time zone, p_join boolean)
  RETURNS void
  LANGUAGE plpgsql
- SET search_path TO 'pg_catalog', 'postbell'
 AS $function$
 DECLARE
     -- Two settings per priority, whatever the number of jobs: a setting's name made
@@ -748,13 +747,19 @@ BEGIN
         v_ids := current_setting(v_list, true);
         -- ids are 36 characters and a comma: fewer than 200 so far
         IF length(v_ids) < 200 * 37 - 1 THEN
+            IF strpos(v_ids, ',') = 0 THEN
+                -- the job's first companion: mark the job, which queues the trigger
+                -- that writes its ids at commit (a transaction of one call marks
+                -- nothing and pays for no trigger)
+                UPDATE procrastinate_jobs AS j SET args = j.args || '{"joining": true}'
+                 WHERE j.id = v_job;
+            END IF;
             PERFORM set_config(v_list, v_ids || ',' || p_id, true);
             RETURN;
         END IF;
         -- that job is full: its ids are written now, and a new job starts
         PERFORM route_job_ids_store(v_job, v_ids);
     END IF;
-    v_new.args := v_new.args || '{"joining": true}';
     v_job := (procrastinate_defer_jobs_v1(ARRAY[v_new]))[1];
     PERFORM set_config(v_open, v_job::text, true);
     PERFORM set_config(v_list, p_id::text, true);
@@ -2353,4 +2358,4 @@ CREATE TRIGGER procrastinate_trigger_delete_jobs_v1 BEFORE DELETE ON procrastina
 CREATE TRIGGER procrastinate_trigger_scheduled_events_v1 AFTER INSERT OR UPDATE ON procrastinate_jobs FOR EACH ROW WHEN (new.scheduled_at IS NOT NULL AND new.status = 'todo'::procrastinate_job_status) EXECUTE FUNCTION procrastinate_trigger_function_scheduled_events_v1();
 CREATE TRIGGER procrastinate_trigger_status_events_insert_v1 AFTER INSERT ON procrastinate_jobs FOR EACH ROW WHEN (new.status = 'todo'::procrastinate_job_status) EXECUTE FUNCTION procrastinate_trigger_function_status_events_insert_v1();
 CREATE TRIGGER procrastinate_trigger_status_events_update_v1 AFTER UPDATE OF status ON procrastinate_jobs FOR EACH ROW EXECUTE FUNCTION procrastinate_trigger_function_status_events_update_v1();
-CREATE CONSTRAINT TRIGGER route_job_ids AFTER INSERT ON procrastinate_jobs DEFERRABLE INITIALLY DEFERRED FOR EACH ROW WHEN (new.args ? 'joining'::text) EXECUTE FUNCTION route_job_ids_write();
+CREATE CONSTRAINT TRIGGER route_job_ids AFTER UPDATE OF args ON procrastinate_jobs DEFERRABLE INITIALLY DEFERRED FOR EACH ROW WHEN (new.args ? 'joining'::text AND NOT old.args ? 'joining'::text) EXECUTE FUNCTION route_job_ids_write();

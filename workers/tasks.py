@@ -57,7 +57,7 @@ async def route(context: Any, notification_id: str, ids: list[str] | None = None
     waiter: asyncio.Future[list[router.TopicWork] | None] = (
         asyncio.get_running_loop().create_future()
     )
-    own = router.notification_ids({"notification_id": notification_id, "ids": ids})
+    own = ids or [notification_id]
     runtime.waiting_routes[context.job.id] = (own, context.job.priority, waiter)
     with runtime.running(context.job) as track:
         async with runtime.routing:

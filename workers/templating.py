@@ -20,6 +20,7 @@ import structlog
 from psycopg.types.json import Jsonb
 
 from postbell.app.core import db, templates
+from postbell.app.core.validation import MAX_ID
 from postbell.workers.channels.base import Delivery
 
 log = structlog.get_logger("postbell.templates")
@@ -75,8 +76,8 @@ def notification_vars(row: Mapping[str, Any], notification_id: Any) -> dict[str,
 
 
 #: The recipient ids ``render_in_app`` looks at when it is given no range: all.
-ALL_RECIPIENTS = (0, 2**63 - 1)
-#: None: only a text shared by every recipient is rendered (and stored).
+ALL_RECIPIENTS = (0, MAX_ID)
+#: No recipient: only a text shared by every recipient is rendered (and stored).
 SHARED_ONLY = (0, 0)
 
 

@@ -18,8 +18,18 @@ _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _NAME = re.compile(r"[A-Z][A-Z0-9_]{0,63}")
 
 
+def _pack(raw: str) -> str:
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def _unpack(cursor: str) -> str:
+    """The text inside a cursor (raises ValueError, binascii.Error or
+    UnicodeDecodeError for one that is not base64 of UTF-8)."""
+    return base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+
+
 def encode_cursor(kind: str, position: int) -> str:
-    return base64.urlsafe_b64encode(f"{kind}:{position}".encode()).decode().rstrip("=")
+    return _pack(f"{kind}:{position}")
 
 
 def decode_cursor(kind: str, cursor: str | None) -> int | None:
@@ -27,7 +37,7 @@ def decode_cursor(kind: str, cursor: str | None) -> int | None:
     if not cursor:
         return None
     try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        raw = _unpack(cursor)
         prefix, _, value = raw.partition(":")
         if prefix != kind:
             raise ValueError(prefix)
@@ -44,13 +54,13 @@ def decode_cursor(kind: str, cursor: str | None) -> int | None:
 def encode_pair_cursor(kind: str, number: int, name: str) -> str:
     """A cursor for lists ordered by (an id, a name): a notification's deliveries by
     (recipient, channel)."""
-    return base64.urlsafe_b64encode(f"{kind}:{number}:{name}".encode()).decode().rstrip("=")
+    return _pack(f"{kind}:{number}:{name}")
 
 
 def decode_pair_cursor(kind: str, cursor: str) -> tuple[int, str]:
     """The (id, name) position inside ``cursor``."""
     try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        raw = _unpack(cursor)
         prefix, number, name = raw.split(":")
         position = int(number)
         if prefix != kind or not 0 <= position <= MAX_ID or not _NAME.fullmatch(name):
@@ -71,8 +81,7 @@ def clamp_limit(limit: int | None) -> int:
 def encode_time_cursor(kind: str, at: dt.datetime, row_id: uuid.UUID) -> str:
     """A cursor for lists ordered by (time, uuid): newest-first keyset pages."""
     micros = (at - _EPOCH) // dt.timedelta(microseconds=1)
-    raw = f"{kind}:{micros}:{row_id.hex}"
-    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+    return _pack(f"{kind}:{micros}:{row_id.hex}")
 
 
 def decode_time_cursor(kind: str, cursor: str | None) -> tuple[dt.datetime, uuid.UUID] | None:
@@ -80,7 +89,7 @@ def decode_time_cursor(kind: str, cursor: str | None) -> tuple[dt.datetime, uuid
     if not cursor:
         return None
     try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        raw = _unpack(cursor)
         prefix, micros, hex_id = raw.split(":")
         if prefix != kind:
             raise ValueError(prefix)

@@ -235,10 +235,6 @@ UPDATE topic_ranges
    SET routed_through = %(through)s, done = %(done)s
  WHERE notification_id = %(id)s AND lo = %(lo)s
 
--- name: route_ranges_open
--- The ranges of a fan-out not yet done (0: the fan-out is complete).
-SELECT count(*) AS n FROM topic_ranges WHERE notification_id = %(id)s AND NOT done
-
 -- name: route_forget_ranges
 DELETE FROM topic_ranges WHERE notification_id = %(id)s
 

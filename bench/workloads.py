@@ -748,7 +748,9 @@ def _postgres_cpu(postmaster: int) -> float:
 def _footprint(database: Database, postmaster: int) -> dict[str, float]:
     with database.connect() as conn:
         row = conn.execute(
-            "SELECT pg_current_wal_lsn()::text, pg_total_relation_size('deliveries'),"
+            # deliveries is partitioned (0030): the sum of its partitions
+            "SELECT pg_current_wal_lsn()::text,"
+            " (SELECT sum(pg_total_relation_size(relid)) FROM pg_partition_tree('deliveries')),"
             " pg_total_relation_size('notifications'),"
             " (SELECT count(*) FROM deliveries)"
         ).fetchone()
@@ -793,7 +795,7 @@ def w9_footprint(
     CPU counted are this workload's alone, not other databases' on a shared server):
     an IN_APP topic fan-out to ``members`` (every tenth opted out) and a WEBHOOK
     fan-out to a tenth of them (at most 10,000); for each, WAL bytes (``pg_current_wal_lsn``), table +
-    index bytes of ``deliveries`` (``pg_total_relation_size``) and Postgres CPU
+    index bytes of ``deliveries`` (``pg_total_relation_size`` of its partitions) and Postgres CPU
     seconds per delivery; and the connections each process holds. ``fanout_parallel``:
     the worker's POSTBELL_FANOUT_PARALLEL (unset: postbell's default)."""
     import shutil

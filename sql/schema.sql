@@ -55,7 +55,7 @@ ALTER TABLE dashboard_sessions ADD CONSTRAINT dashboard_sessions_pkey PRIMARY KE
 CREATE INDEX dashboard_sessions_expires_idx ON postbell.dashboard_sessions USING btree (expires_at);
 
 CREATE TABLE deliveries (
-    id bigint GENERATED ALWAYS AS IDENTITY NOT NULL,
+    id bigint DEFAULT nextval('deliveries_id_seq'::regclass) NOT NULL,
     notification_id uuid NOT NULL,
     recipient_id bigint NOT NULL,
     channel text NOT NULL,
@@ -76,15 +76,15 @@ CREATE TABLE deliveries (
     content jsonb,
     replay_id uuid,
     variant text
-);
-ALTER TABLE deliveries ADD CONSTRAINT deliveries_pkey PRIMARY KEY (id);
+) PARTITION BY RANGE (created_at);
+ALTER TABLE deliveries ADD CONSTRAINT deliveries_pkey PRIMARY KEY (id, created_at);
 ALTER TABLE deliveries ADD CONSTRAINT deliveries_status_check CHECK ((status = ANY (ARRAY['pending'::text, 'failed'::text, 'sent'::text, 'delivered'::text, 'bounced'::text, 'complained'::text, 'undelivered'::text, 'dead'::text, 'skipped'::text, 'cancelled'::text])));
-CREATE INDEX deliveries_created_brin_idx ON postbell.deliveries USING brin (created_at);
-CREATE INDEX deliveries_dead_idx ON postbell.deliveries USING btree (id) WHERE (status = 'dead'::text);
-CREATE UNIQUE INDEX deliveries_notification_recipient_channel_idx ON postbell.deliveries USING btree (notification_id, recipient_id, channel);
-CREATE INDEX deliveries_recipient_channel_idx ON postbell.deliveries USING btree (recipient_id, channel, id);
-CREATE INDEX deliveries_recipient_channel_sent_idx ON postbell.deliveries USING btree (recipient_id, channel, sent_at) WHERE ((sent_at IS NOT NULL) AND (channel <> 'IN_APP'::text));
-CREATE INDEX deliveries_unsent_idx ON postbell.deliveries USING btree (next_attempt_at) WHERE (status = ANY (ARRAY['pending'::text, 'failed'::text]));
+CREATE INDEX deliveries_created_brin_idx ON ONLY postbell.deliveries USING brin (created_at);
+CREATE INDEX deliveries_dead_idx ON ONLY postbell.deliveries USING btree (id) WHERE (status = 'dead'::text);
+CREATE UNIQUE INDEX deliveries_notification_recipient_channel_idx ON ONLY postbell.deliveries USING btree (notification_id, recipient_id, channel, created_at);
+CREATE INDEX deliveries_recipient_channel_idx ON ONLY postbell.deliveries USING btree (recipient_id, channel, id);
+CREATE INDEX deliveries_recipient_channel_sent_idx ON ONLY postbell.deliveries USING btree (recipient_id, channel, sent_at) WHERE ((sent_at IS NOT NULL) AND (channel <> 'IN_APP'::text));
+CREATE INDEX deliveries_unsent_idx ON ONLY postbell.deliveries USING btree (next_attempt_at) WHERE (status = ANY (ARRAY['pending'::text, 'failed'::text]));
 
 CREATE TABLE delivery_engagements (
     delivery_id bigint NOT NULL,
@@ -940,6 +940,149 @@ BEGIN
     DELETE FROM inbox_counts;
     DELETE FROM notification_counts;
     RETURN NULL;
+END;
+$function$;
+
+CREATE OR REPLACE FUNCTION postbell.delivery_month(p_at timestamp with time zone)
+ RETURNS timestamp with time zone
+ LANGUAGE sql
+ IMMUTABLE PARALLEL SAFE
+RETURN (date_trunc('month'::text, (p_at AT TIME ZONE 'UTC'::text)) AT TIME ZONE 'UTC'::text);
+
+CREATE OR REPLACE FUNCTION postbell.delivery_partition_drop(p_name text, p_cutoff timestamp with time zone)
+ RETURNS bigint
+ LANGUAGE plpgsql
+ SET search_path TO 'pg_catalog', 'postbell'
+AS $function$
+DECLARE
+    v_hi timestamptz;
+    v_unsent boolean;
+    v_rows bigint;
+    v_changed timestamptz;
+BEGIN
+    SELECT p.hi INTO v_hi FROM delivery_partitions() AS p WHERE p.name = p_name;
+    IF v_hi IS NULL OR v_hi > p_cutoff THEN
+        RAISE NOTICE 'partition %: not a bounded partition ending before the cutoff', p_name;
+        RETURN NULL;
+    END IF;
+    IF EXISTS (SELECT 1 FROM notifications AS n
+                WHERE n.status IN ('queued', 'scheduled')
+                  AND greatest(n.created_at, n.send_at) < v_hi) THEN
+        RAISE NOTICE 'partition %: a notification due in it is not routed yet', p_name;
+        RETURN NULL;
+    END IF;
+    EXECUTE format('LOCK TABLE %I IN SHARE MODE', p_name);
+    EXECUTE format('SELECT EXISTS (SELECT 1 FROM %I WHERE status IN (''pending'', ''failed''))',
+                   p_name) INTO STRICT v_unsent;
+    IF v_unsent THEN
+        RAISE NOTICE 'partition %: it holds unsent deliveries', p_name;
+        RETURN NULL;
+    END IF;
+    EXECUTE format('SELECT count(*), max(updated_at) FROM %I', p_name)
+       INTO STRICT v_rows, v_changed;
+    IF v_changed >= p_cutoff THEN
+        RAISE NOTICE 'partition %: a delivery in it changed after the cutoff', p_name;
+        RETURN NULL;
+    END IF;
+    -- What the DELETE triggers would have done (delivery_counts_apply,
+    -- deliveries_rollup_delete), for the whole month at once.
+    EXECUTE format($q$
+        WITH inbox AS (
+            SELECT recipient_id,
+                   count(*) FILTER (WHERE read_at IS NULL) AS unread,
+                   count(*) FILTER (WHERE seen_at IS NULL) AS unseen
+              FROM %1$I
+             WHERE channel = 'IN_APP' AND status = 'sent' AND archived_at IS NULL
+               AND (read_at IS NULL OR seen_at IS NULL)
+             GROUP BY recipient_id
+        )
+        UPDATE inbox_counts AS c
+           SET unread = c.unread - inbox.unread, unseen = c.unseen - inbox.unseen
+          FROM inbox
+         WHERE c.recipient_id = inbox.recipient_id
+    $q$, p_name);
+    EXECUTE format($q$
+        WITH g AS (SELECT notification_id, status, count(*) AS n FROM %1$I
+                    GROUP BY notification_id, status),
+        kept AS (
+            UPDATE notification_counts AS c SET n = c.n - g.n
+              FROM g
+             WHERE c.notification_id = g.notification_id AND c.status = g.status
+            RETURNING c.notification_id, c.status, c.n
+        )
+        DELETE FROM notification_counts AS c
+         USING kept
+         WHERE kept.n = 0 AND c.notification_id = kept.notification_id AND c.status = kept.status
+    $q$, p_name);
+    EXECUTE format($q$
+        INSERT INTO metric_counts (metric, channel, label, value)
+        SELECT 'deliveries', channel, status, -count(*) FROM %1$I GROUP BY channel, status
+        UNION ALL
+        SELECT 'dead', channel, coalesce(reason, ''), -count(*)
+          FROM %1$I WHERE status = 'dead' GROUP BY channel, coalesce(reason, '')
+    $q$, p_name);
+    EXECUTE format($q$
+        DELETE FROM delivery_events AS e USING %1$I AS d WHERE e.delivery_id = d.id
+    $q$, p_name);
+    EXECUTE format('DROP TABLE %I', p_name);
+    RETURN v_rows;
+END;
+$function$;
+
+CREATE OR REPLACE FUNCTION postbell.delivery_partitions()
+ RETURNS TABLE(name text, lo timestamp with time zone, hi timestamp with time zone)
+ LANGUAGE sql
+ STABLE
+ SET search_path TO 'pg_catalog', 'postbell'
+AS $function$
+    SELECT c.relname::text,
+           substring(pg_get_expr(c.relpartbound, c.oid) FROM $r$FROM \('([^']+)'\)$r$)::timestamptz,
+           substring(pg_get_expr(c.relpartbound, c.oid) FROM $r$TO \('([^']+)'\)$r$)::timestamptz
+      FROM pg_inherits AS i
+      JOIN pg_class AS c ON c.oid = i.inhrelid
+     WHERE i.inhparent = 'postbell.deliveries'::regclass
+     ORDER BY 2 NULLS FIRST
+$function$;
+
+CREATE OR REPLACE FUNCTION postbell.delivery_partitions_ensure(p_until timestamp with time zone)
+ RETURNS integer
+ LANGUAGE plpgsql
+ SET search_path TO 'pg_catalog', 'postbell'
+AS $function$
+DECLARE
+    v_target timestamptz := delivery_month(p_until) + interval '1 month';
+    v_lo timestamptz;
+    v_hi timestamptz;
+    v_last timestamptz;
+    v_made integer := 0;
+BEGIN
+    SELECT p.lo INTO v_lo FROM delivery_partitions() AS p WHERE p.hi IS NULL;
+    IF v_lo >= v_target THEN
+        RETURN 0;
+    END IF;
+    LOCK TABLE deliveries IN ACCESS EXCLUSIVE MODE;
+    LOOP
+        SELECT p.lo INTO v_lo FROM delivery_partitions() AS p WHERE p.hi IS NULL;
+        EXIT WHEN v_lo >= v_target;
+        SELECT max(created_at) INTO v_last FROM deliveries_future;
+        v_hi := greatest(v_lo + interval '1 month', delivery_month(v_last) + interval '1 month');
+        IF v_last IS NULL THEN
+            DROP TABLE deliveries_future;
+            EXECUTE format('CREATE TABLE postbell.%I PARTITION OF postbell.deliveries FOR VALUES FROM (%L) TO (%L)'
+                           ' WITH (fillfactor = 90)',
+                           to_char(v_lo AT TIME ZONE 'UTC', '"deliveries_y"YYYY"m"MM'), v_lo, v_hi);
+        ELSE
+            ALTER TABLE deliveries DETACH PARTITION deliveries_future;
+            EXECUTE format('ALTER TABLE deliveries_future RENAME TO %I',
+                           to_char(v_lo AT TIME ZONE 'UTC', '"deliveries_y"YYYY"m"MM'));
+            EXECUTE format('ALTER TABLE deliveries ATTACH PARTITION %I FOR VALUES FROM (%L) TO (%L)',
+                           to_char(v_lo AT TIME ZONE 'UTC', '"deliveries_y"YYYY"m"MM'), v_lo, v_hi);
+        END IF;
+        EXECUTE format('CREATE TABLE postbell.deliveries_future PARTITION OF postbell.deliveries'
+                       ' FOR VALUES FROM (%L) TO (MAXVALUE) WITH (fillfactor = 90)', v_hi);
+        v_made := v_made + 1;
+    END LOOP;
+    RETURN v_made;
 END;
 $function$;
 

@@ -13,9 +13,13 @@ hold back); an advisory lock lets one process at a time do each round.
   its tasks runs (a run lost the database while recording its end), seen so on two
   rounds in a row, go back to the queue. The heartbeat cannot catch these: the
   worker is alive.
-* ``purge_expired``: with ``POSTBELL_RETENTION_DAYS`` set, final deliveries older than
-  that, then notifications left with no delivery, are deleted in small batches (each
-  its own transaction), hourly; a round that has more to do goes on at the next tick.
+* ``ensure_partitions``: the monthly partitions of ``deliveries`` (migration 0030) are
+  made three months ahead, checked every reconcile round.
+* ``purge_expired``: with ``POSTBELL_RETENTION_DAYS`` set, hourly, each month whose
+  deliveries have all aged out is dropped whole (its partition, in one short
+  transaction); then final deliveries older than that left in other months, then
+  notifications left with no delivery, are deleted in small batches (each its own
+  transaction); a round that has more to do goes on at the next tick.
 * ``purge_provider_events``: provider event ids (the callbacks' dedupe) older than
   the freshness window plus clock skew are deleted, in small batches, every
   reconcile round (whatever the retention setting: the table must stay bounded).
@@ -27,6 +31,7 @@ import asyncio
 import contextlib
 from typing import Any
 
+import psycopg
 import structlog
 
 from postbell.app.core import db
@@ -50,6 +55,13 @@ PURGE_EVERY_SECONDS = 3600.0
 PURGE_BATCH = 5_000
 PURGE_BATCHES_PER_ROUND = 20
 _LOCK_KEY = 7_415_100_002  # pg_try_advisory_lock key owned by the maintenance loop
+#: Months of partitions kept made ahead of now.
+PARTITION_MONTHS_AHEAD = 3
+#: How long a partition's DDL waits for the table lock before it gives up until the
+#: next round: statements behind it wait that long too, and it stays below
+#: Postgres's default deadlock_timeout (1 s), so that a deadlock costs this step,
+#: never a worker's or a request's transaction.
+PARTITION_LOCK_TIMEOUT_MS = 200
 
 
 async def reap_stalled(job_manager: Any, seconds: float) -> int:
@@ -96,18 +108,69 @@ async def reconcile(
     return result
 
 
+async def _partition_step(pool: db.Pool, query: str, params: dict[str, Any]) -> Any:
+    """One partition DDL step in its own transaction under a short lock_timeout;
+    answers its one value, or None when the table lock was not free in time."""
+    async with pool.connection() as conn:
+        try:
+            async with conn.transaction():
+                await db.execute(
+                    conn, "maintenance_lock_timeout", {"ms": PARTITION_LOCK_TIMEOUT_MS}
+                )
+                row = await db.fetch_one(conn, query, params)
+        except psycopg.errors.LockNotAvailable:
+            log.info("partition_step_postponed", step=query, reason="table busy")
+            return None
+    return next(iter(row.values())) if row else None
+
+
+async def ensure_partitions(pool: db.Pool, months: int = PARTITION_MONTHS_AHEAD) -> int:
+    """Make the deliveries partitions ``months`` ahead; answers how many were made."""
+    made = await _partition_step(pool, "maintenance_partitions_ensure", {"months": months})
+    if made:
+        log.info("partitions_made", partitions=made)
+    return int(made or 0)
+
+
+async def drop_expired_partitions(pool: db.Pool, days: int) -> dict[str, int]:
+    """Drop every partition whose deliveries have all aged out past ``days``; answers
+    the partitions and rows dropped."""
+    async with pool.connection() as conn:
+        names = [
+            r["name"]
+            for r in await db.fetch_all(conn, "maintenance_partitions_expired", {"days": days})
+        ]
+    dropped = {"partitions": 0, "rows": 0}
+    for name in names:
+        rows = await _partition_step(
+            pool, "maintenance_partition_drop", {"name": name, "days": days}
+        )
+        if rows is not None:
+            dropped["partitions"] += 1
+            dropped["rows"] += int(rows)
+            log.info("partition_dropped", partition=name, deliveries=int(rows))
+    return dropped
+
+
 async def purge_expired(
     pool: db.Pool,
     days: int,
     *,
     batch: int = PURGE_BATCH,
     max_batches: int = PURGE_BATCHES_PER_ROUND,
+    whole_months: bool = True,
 ) -> dict[str, int | bool]:
-    """Delete final deliveries older than ``days``, then notifications left without
-    deliveries; at most ``max_batches`` batches of ``batch`` rows this round.
+    """Drop the months whose deliveries have all aged out past ``days``, then delete
+    the final deliveries older than that left elsewhere, then notifications left
+    without deliveries; at most ``max_batches`` batches of ``batch`` rows this round.
 
-    Answers the counts and ``more``: whether the round stopped with work left.
+    Answers the counts (``deliveries`` counts the rows of dropped months too) and
+    ``more``: whether the round stopped with work left. ``whole_months=False``: the
+    row-by-row purge alone.
     """
+    whole = (
+        await drop_expired_partitions(pool, days) if whole_months else {"partitions": 0, "rows": 0}
+    )
     deleted = {"deliveries": 0, "notifications": 0}
     batches, more = 0, False
     for name, query in (
@@ -126,7 +189,8 @@ async def purge_expired(
                 break
     if any(deleted.values()):
         log.info("retention_purged", days=days, more=more, **deleted)
-    return {**deleted, "more": more}
+    deleted["deliveries"] += whole["rows"]
+    return {**deleted, "partitions": whole["partitions"], "more": more}
 
 
 async def compact_metrics(pool: db.Pool) -> dict[str, int]:
@@ -218,6 +282,7 @@ async def loop(
                     if clock() >= next_reconcile:
                         next_reconcile = clock() + reconcile_every
                         await reconcile(runtime)
+                        await ensure_partitions(runtime.pool)
                         await compact_metrics(runtime.pool)
                         dedupe = await purge_provider_events(
                             runtime.pool, runtime.settings.provider_event_keep_seconds

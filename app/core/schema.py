@@ -5,6 +5,8 @@ reader. It is generated from a migrated database's catalog (no pg_dump needed) a
 a test regenerates it from a freshly migrated database and compares, so it never
 drifts from the migrations. postbell's own objects come first; procrastinate's
 (applied by migration 0001 into the same schema) follow in their own section.
+The partitions of a partitioned table (deliveries' months, 0030) are left out: they
+change with the calendar, and ``delivery_partitions()`` lists them.
 """
 
 from __future__ import annotations
@@ -42,13 +44,15 @@ SELECT c.relname AS name,
                              ELSE '' END
                      || CASE WHEN a.attnotnull THEN ' NOT NULL' ELSE '' END,
                      ',' || E'\\n' ORDER BY a.attnum)
-       || E'\\n' || ');' AS ddl
+       || E'\\n' || ')'
+       || CASE WHEN c.relkind = 'p' THEN ' PARTITION BY ' || pg_get_partkeydef(c.oid) ELSE '' END
+       || ';' AS ddl
   FROM pg_class AS c
   JOIN pg_namespace AS n ON n.oid = c.relnamespace
   JOIN pg_attribute AS a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
   LEFT JOIN pg_attrdef AS d ON d.adrelid = c.oid AND d.adnum = a.attnum
- WHERE n.nspname = %(schema)s AND c.relkind IN ('r', 'p')
- GROUP BY c.relname
+ WHERE n.nspname = %(schema)s AND c.relkind IN ('r', 'p') AND NOT c.relispartition
+ GROUP BY c.relname, c.relkind, c.oid
  ORDER BY c.relname
 """
 
@@ -60,6 +64,7 @@ SELECT cl.relname AS name,
   JOIN pg_class AS cl ON cl.oid = co.conrelid
   JOIN pg_namespace AS n ON n.oid = cl.relnamespace
  WHERE n.nspname = %(schema)s AND co.contype IN ('p', 'u', 'f', 'c', 'x')
+   AND NOT cl.relispartition
  ORDER BY cl.relname, co.contype DESC, co.conname
 """
 
@@ -67,6 +72,8 @@ _INDEXES = """
 SELECT i.tablename AS name, i.indexdef || ';' AS ddl
   FROM pg_indexes AS i
  WHERE i.schemaname = %(schema)s
+   AND NOT (quote_ident(i.schemaname) || '.' || quote_ident(i.tablename))::regclass::oid
+           IN (SELECT inhrelid FROM pg_inherits)
    AND NOT EXISTS (SELECT 1 FROM pg_constraint AS co
                     WHERE co.conindid = (quote_ident(i.schemaname) || '.'
                                          || quote_ident(i.indexname))::regclass)
@@ -96,7 +103,7 @@ SELECT c.relname AS name, pg_get_triggerdef(t.oid, true) || ';' AS ddl
   FROM pg_trigger AS t
   JOIN pg_class AS c ON c.oid = t.tgrelid
   JOIN pg_namespace AS n ON n.oid = c.relnamespace
- WHERE n.nspname = %(schema)s AND NOT t.tgisinternal
+ WHERE n.nspname = %(schema)s AND NOT t.tgisinternal AND NOT c.relispartition
  ORDER BY c.relname, t.tgname
 """
 

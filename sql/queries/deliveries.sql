@@ -121,7 +121,7 @@ WITH spec AS (
            AS s(channel, address_field, inactive_field, configured)
 ),
 f AS (
-    SELECT d.notification_id, r.id AS recipient_id, fb.channel,
+    SELECT d.notification_id, d.created_at, r.id AS recipient_id, fb.channel,
            job_priority(n.priority) AS priority, d.id AS fallback_for,
            d.channel || ' ' || CASE WHEN d.status = 'dead' THEN 'dead' ELSE d.reason END
                AS fallback_reason,
@@ -141,9 +141,10 @@ f AS (
        AND fb.channel IS NOT NULL
 ),
 ins AS (
-    INSERT INTO deliveries (notification_id, recipient_id, channel, status, reason,
+    -- in its original's partition, under the same key (0030)
+    INSERT INTO deliveries (notification_id, created_at, recipient_id, channel, status, reason,
                             next_attempt_at, fallback_for, fallback_reason)
-    SELECT notification_id, recipient_id, channel,
+    SELECT notification_id, created_at, recipient_id, channel,
            CASE WHEN reason IS NULL THEN 'pending' ELSE 'skipped' END, reason,
            CASE WHEN reason IS NULL THEN now() END, fallback_for, fallback_reason
       FROM f

@@ -101,3 +101,23 @@ WITH old AS (
 DELETE FROM provider_events AS e
  USING old
  WHERE e.provider = old.provider AND e.event_key = old.event_key
+
+-- name: maintenance_lock_timeout
+-- For this transaction only: a DDL step that waits no longer than this for the table
+-- lock (the statements queued behind it wait as long), shorter than deadlock_timeout.
+SELECT set_config('lock_timeout', %(ms)s::integer || 'ms', true)
+
+-- name: maintenance_partitions_ensure
+-- Months of deliveries partitions made ahead (0030); answers how many were made.
+SELECT delivery_partitions_ensure(now() + make_interval(months => %(months)s)) AS made
+
+-- name: maintenance_partitions_expired
+-- Partitions whose months end before the retention cutoff, oldest first.
+SELECT name FROM delivery_partitions()
+ WHERE hi <= now() - make_interval(days => %(days)s)
+ ORDER BY hi
+
+-- name: maintenance_partition_drop
+-- One expired partition dropped whole, if all of it has aged out (0030); answers its
+-- rows, or NULL when it stays (the row-by-row purge then takes what it can).
+SELECT delivery_partition_drop(%(name)s, now() - make_interval(days => %(days)s)) AS dropped

@@ -42,6 +42,9 @@ WITH spec AS (
 n AS (
     SELECT n.id, n.recipients, n.topic, n.priority, n.expires_at, n.category,
            n.status = 'cancelled' AS cancelled,
+           -- every delivery of a notification carries the time it was due: the
+           -- partition key, and part of the idempotency key (0030)
+           greatest(n.created_at, n.send_at) AS due_at,
            coalesce(n.channels, c.default_channels, %(default_channels)s::text[]) AS channels,
            coalesce(n.fallback, c.fallback, '{}') AS fallback,
            coalesce(c.required, false) AS required, n.experiment, n.variants,
@@ -72,7 +75,7 @@ members AS (
       LIMIT %(chunk)s)
 ),
 targets AS (
-    SELECT m.notification_id, n.priority, n.expires_at, n.category, n.channels, n.fallback,
+    SELECT m.notification_id, n.due_at, n.priority, n.expires_at, n.category, n.channels, n.fallback,
            n.required, n.cancelled, n.mute_topic, r AS recipient, p AS preferences, n.variants,
            -- an experiment's variant for this recipient (0021: a hash, the same every time)
            CASE WHEN n.experiment IS NOT NULL
@@ -83,7 +86,8 @@ targets AS (
       LEFT JOIN preferences AS p ON p.recipient_id = m.recipient_id
 ),
 decided AS (
-    SELECT t.notification_id, (t.recipient).id AS recipient_id, c.channel, t.cancelled, t.variant,
+    SELECT t.notification_id, t.due_at, (t.recipient).id AS recipient_id, c.channel, t.cancelled,
+           t.variant,
            t.variants,
            delivery_skip_reason(c.channel, s.configured, s.address_field, s.inactive_field,
                                 t.expires_at, t.recipient, t.preferences, t.category,
@@ -96,9 +100,9 @@ decided AS (
       LEFT JOIN spec AS s ON s.channel = c.channel
 ),
 ins AS (
-    INSERT INTO deliveries (notification_id, recipient_id, channel, status, reason, sent_at,
-                            next_attempt_at, variant, content)
-    SELECT notification_id, recipient_id, channel,
+    INSERT INTO deliveries (notification_id, created_at, recipient_id, channel, status, reason,
+                            sent_at, next_attempt_at, variant, content)
+    SELECT notification_id, due_at, recipient_id, channel,
            CASE WHEN cancelled THEN 'cancelled'
                 WHEN reason IS NOT NULL THEN 'skipped'
                 WHEN channel = 'IN_APP' THEN 'sent'
@@ -114,17 +118,19 @@ ins AS (
                 THEN experiment_content(variants, variant) END
       FROM decided
         ON CONFLICT DO NOTHING
-    RETURNING id, notification_id, recipient_id, channel, status, reason, next_attempt_at, variant
+    RETURNING id, notification_id, created_at, recipient_id, channel, status, reason,
+              next_attempt_at, variant
 ),
 fallback AS (
-    INSERT INTO deliveries (notification_id, recipient_id, channel, status, reason,
+    INSERT INTO deliveries (notification_id, created_at, recipient_id, channel, status, reason,
                             next_attempt_at, fallback_for, fallback_reason, variant)
-    SELECT f.notification_id, f.recipient_id, f.channel,
+    SELECT f.notification_id, f.created_at, f.recipient_id, f.channel,
            CASE WHEN f.reason IS NULL THEN 'pending' ELSE 'skipped' END,
            f.reason,
            CASE WHEN f.reason IS NULL THEN now() END,
            f.fallback_for, f.fallback_reason, f.variant
-      FROM (SELECT i.notification_id, i.recipient_id, t.fallback ->> i.channel AS channel,
+      FROM (SELECT i.notification_id, i.created_at, i.recipient_id,
+                   t.fallback ->> i.channel AS channel,
                    i.variant,
                    i.id AS fallback_for, i.channel || ' ' || i.reason AS fallback_reason,
                    delivery_skip_reason(t.fallback ->> i.channel, s.configured, s.address_field,

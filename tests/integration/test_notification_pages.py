@@ -109,7 +109,8 @@ async def test_a_cursor_it_did_not_hand_out_is_a_400_naming_it(
 
 
 def _scans_of(node: dict[str, Any], table: str) -> Any:
-    if node.get("Relation Name") == table:
+    """The scans of ``table``'s partitions (deliveries', 0030) under ``node``."""
+    if str(node.get("Relation Name", "")).startswith(table):
         yield node
     for child in node.get("Plans", []):
         yield from _scans_of(child, table)
@@ -119,7 +120,7 @@ async def test_a_page_of_a_recent_notification_reads_its_own_rows(
     fresh_database_url: str,
 ) -> None:
     """20,000 deliveries of an older notification, then a 5,000-delivery one, analyzed:
-    a page of 51 of the recent one reads 51 rows of deliveries (the id-ordered page
+    a page of 51 of the recent one reads its 51 rows of deliveries (the id-ordered page
     walked the older notification's 20,000 first)."""
     with psycopg.connect(fresh_database_url, autocommit=True) as conn:
         _routed(conn, 10_000, "old-")
@@ -137,4 +138,6 @@ async def test_a_page_of_a_recent_notification_reads_its_own_rows(
     read = [
         (n["Actual Rows"] + n.get("Rows Removed by Filter", 0)) * n["Actual Loops"] for n in scans
     ]
-    assert read == [51], scans
+    # every month of deliveries is looked at; only this month's holds rows, and the
+    # merge of the months reads at most one row ahead in each
+    assert 51 <= sum(read) <= 51 + len(scans), scans

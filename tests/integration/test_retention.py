@@ -107,7 +107,13 @@ async def test_only_old_final_deliveries_and_emptied_notifications_go(fresh_pool
 
     result = await maintenance.purge_expired(fresh_pool, 7)
 
-    assert result == {"deliveries": len(FINAL) + 1, "notifications": 2, "more": False}
+    # (no whole month can go: the oldest holds unsent deliveries, the newest recent ones)
+    assert result == {
+        "deliveries": len(FINAL) + 1,
+        "notifications": 2,
+        "partitions": 0,
+        "more": False,
+    }
     deliveries, notifications = await remaining(fresh_pool)
     assert deliveries.isdisjoint(old_final) and waiting_sent not in deliveries
     assert deliveries == {waiting_pending, waiting_failed, changed_dead, recent_sent}
@@ -117,11 +123,14 @@ async def test_only_old_final_deliveries_and_emptied_notifications_go(fresh_pool
     assert await maintenance.purge_expired(fresh_pool, 7) == {
         "deliveries": 0,
         "notifications": 0,
+        "partitions": 0,
         "more": False,
     }
 
 
 async def test_a_large_purge_goes_in_bounded_rounds(fresh_pool: db.Pool) -> None:
+    """The row-by-row purge (what a whole month cannot take; whole months are
+    test_partitions.py's) goes in rounds of bounded size."""
     old = await notification(fresh_pool, age_days=3)
     await query(
         fresh_pool,
@@ -131,12 +140,18 @@ async def test_a_large_purge_goes_in_bounded_rounds(fresh_pool: db.Pool) -> None
         {"n": old},
     )
 
-    first = await maintenance.purge_expired(fresh_pool, 1, batch=50, max_batches=3)
-    assert first == {"deliveries": 150, "notifications": 0, "more": True}
-    second = await maintenance.purge_expired(fresh_pool, 1, batch=50, max_batches=3)
-    assert second == {"deliveries": 100, "notifications": 0, "more": True}
-    third = await maintenance.purge_expired(fresh_pool, 1, batch=50, max_batches=3)
-    assert third == {"deliveries": 0, "notifications": 1, "more": False}
+    first = await maintenance.purge_expired(
+        fresh_pool, 1, batch=50, max_batches=3, whole_months=False
+    )
+    assert first == {"deliveries": 150, "notifications": 0, "partitions": 0, "more": True}
+    second = await maintenance.purge_expired(
+        fresh_pool, 1, batch=50, max_batches=3, whole_months=False
+    )
+    assert second == {"deliveries": 100, "notifications": 0, "partitions": 0, "more": True}
+    third = await maintenance.purge_expired(
+        fresh_pool, 1, batch=50, max_batches=3, whole_months=False
+    )
+    assert third == {"deliveries": 0, "notifications": 1, "partitions": 0, "more": False}
     assert await remaining(fresh_pool) == (set(), set())
 
 

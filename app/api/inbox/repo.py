@@ -15,7 +15,8 @@ async def recipient_id(conn: db.Conn, external_id: str) -> int | None:
 
 
 async def page(conn: db.Conn, **params: Any) -> list[DictRow]:
-    return await db.fetch_all(conn, "inbox_page", params)
+    # planned for this recipient every time (sql/queries/inbox.sql says why)
+    return await db.fetch_all(conn, "inbox_page", params, prepare=False)
 
 
 async def counts(conn: db.Conn, recipient: int) -> tuple[int, int]:

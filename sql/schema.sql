@@ -965,8 +965,12 @@ BEGIN
         RAISE NOTICE 'partition %: not a bounded partition ending before the cutoff', p_name;
         RETURN NULL;
     END IF;
+    -- (one cancelled before it was routed is routed too, all its deliveries
+    -- 'cancelled'; created_at bounds the search, through the unrouted and BRIN indexes)
     IF EXISTS (SELECT 1 FROM notifications AS n
-                WHERE n.status IN ('queued', 'scheduled')
+                WHERE n.created_at < v_hi
+                  AND (n.status IN ('queued', 'scheduled')
+                       OR (n.status = 'cancelled' AND n.routed_at IS NULL))
                   AND greatest(n.created_at, n.send_at) < v_hi) THEN
         RAISE NOTICE 'partition %: a notification due in it is not routed yet', p_name;
         RETURN NULL;
@@ -1057,6 +1061,11 @@ DECLARE
     v_made integer := 0;
 BEGIN
     SELECT p.lo INTO v_lo FROM delivery_partitions() AS p WHERE p.hi IS NULL;
+    IF v_lo IS NULL THEN
+        RAISE EXCEPTION 'deliveries has no catch-all partition (deliveries_future, to MAXVALUE)'
+            USING HINT = 'Make it again: CREATE TABLE postbell.deliveries_future PARTITION OF'
+                         ' postbell.deliveries FOR VALUES FROM (<the last month''s end>) TO (MAXVALUE)';
+    END IF;
     IF v_lo >= v_target THEN
         RETURN 0;
     END IF;

@@ -285,7 +285,14 @@ async def test_a_month_with_a_notification_still_to_route_stays(fresh_pool: db.P
     )
     rows = await query(fresh_pool, "SELECT delivery_partition_drop(%s, now()) AS d", (JAN_2020,))
     assert rows[0]["d"] is None
+    # one cancelled before it was routed is still routed (every delivery 'cancelled')
+    await query(fresh_pool, "UPDATE notifications SET status = 'cancelled' WHERE body = 'late'")
+    rows = await query(fresh_pool, "SELECT delivery_partition_drop(%s, now()) AS d", (JAN_2020,))
+    assert rows[0]["d"] is None
     assert JAN_2020 in {p["name"] for p in await partitions(fresh_pool)}
+    await query(fresh_pool, "UPDATE notifications SET routed_at = now() WHERE body = 'late'")
+    rows = await query(fresh_pool, "SELECT delivery_partition_drop(%s, now()) AS d", (JAN_2020,))
+    assert rows[0]["d"] == 8
 
 
 async def test_a_month_changed_lately_stays(fresh_pool: db.Pool) -> None:

@@ -229,16 +229,23 @@ SELECT delivery_partitions_ensure(now() + interval '3 months');
 --
 -- The partition is share-locked first, so no row in it changes while its counts are
 -- taken out; dropping it then takes the whole table's lock, briefly. The caller sets
--- a short lock_timeout (shorter than deadlock_timeout) and tries again later.
+-- a short lock_timeout (shorter than deadlock_timeout) and tries again later. Two
+-- passes over the month's rows, each a hash aggregate in memory (work_mem below):
+-- one for everything but the inbox (per notification, channel, status and reason:
+-- its size, its last change, its id range), one per recipient for the inbox.
 CREATE FUNCTION delivery_partition_drop(p_name text, p_cutoff timestamptz) RETURNS bigint
     LANGUAGE plpgsql
     SET search_path = pg_catalog, postbell
+    SET work_mem = '256MB'
+    SET enable_indexscan = off          -- the passes read a whole month: in heap order
 AS $$
 DECLARE
     v_hi timestamptz;
     v_unsent boolean;
     v_rows bigint;
     v_changed timestamptz;
+    v_lo_id bigint;
+    v_hi_id bigint;
 BEGIN
     SELECT p.hi INTO v_hi FROM delivery_partitions() AS p WHERE p.name = p_name;
     IF v_hi IS NULL OR v_hi > p_cutoff THEN
@@ -256,14 +263,24 @@ BEGIN
         RETURN NULL;
     END IF;
     EXECUTE format('LOCK TABLE %I IN SHARE MODE', p_name);
+    -- through the partial index of unsent deliveries (a bitmap scan)
     EXECUTE format('SELECT EXISTS (SELECT 1 FROM %I WHERE status IN (''pending'', ''failed''))',
                    p_name) INTO STRICT v_unsent;
     IF v_unsent THEN
         RAISE NOTICE 'partition %: it holds unsent deliveries', p_name;
         RETURN NULL;
     END IF;
-    EXECUTE format('SELECT count(*), max(updated_at) FROM %I', p_name)
-       INTO STRICT v_rows, v_changed;
+    DROP TABLE IF EXISTS pg_temp.delivery_month_groups;
+    EXECUTE format($q$
+        CREATE TEMPORARY TABLE delivery_month_groups ON COMMIT DROP AS
+        SELECT notification_id, channel, status, reason, count(*) AS n,
+               max(updated_at) AS changed, min(id) AS lo_id, max(id) AS hi_id
+          FROM %I
+         GROUP BY notification_id, channel, status, reason
+    $q$, p_name);
+    SELECT coalesce(sum(n), 0), max(changed), min(lo_id), max(hi_id)
+      INTO v_rows, v_changed, v_lo_id, v_hi_id
+      FROM pg_temp.delivery_month_groups;
     IF v_changed >= p_cutoff THEN
         RAISE NOTICE 'partition %: a delivery in it changed after the cutoff', p_name;
         RETURN NULL;
@@ -285,29 +302,32 @@ BEGIN
           FROM inbox
          WHERE c.recipient_id = inbox.recipient_id
     $q$, p_name);
+    WITH g AS (SELECT notification_id, status, sum(n) AS n FROM pg_temp.delivery_month_groups
+                GROUP BY notification_id, status),
+    kept AS (
+        UPDATE notification_counts AS c SET n = c.n - g.n
+          FROM g
+         WHERE c.notification_id = g.notification_id AND c.status = g.status
+        RETURNING c.notification_id, c.status, c.n
+    )
+    DELETE FROM notification_counts AS c
+     USING kept
+     WHERE kept.n = 0 AND c.notification_id = kept.notification_id AND c.status = kept.status;
+    INSERT INTO metric_counts (metric, channel, label, value)
+    SELECT 'deliveries', channel, status, -sum(n) FROM pg_temp.delivery_month_groups
+     GROUP BY channel, status
+    UNION ALL
+    SELECT 'dead', channel, coalesce(reason, ''), -sum(n) FROM pg_temp.delivery_month_groups
+     WHERE status = 'dead' GROUP BY channel, coalesce(reason, '');
+    -- the timelines, within the month's id range (through the events' index; most
+    -- months' IN_APP deliveries have none)
+    SET LOCAL enable_indexscan = on;
     EXECUTE format($q$
-        WITH g AS (SELECT notification_id, status, count(*) AS n FROM %1$I
-                    GROUP BY notification_id, status),
-        kept AS (
-            UPDATE notification_counts AS c SET n = c.n - g.n
-              FROM g
-             WHERE c.notification_id = g.notification_id AND c.status = g.status
-            RETURNING c.notification_id, c.status, c.n
-        )
-        DELETE FROM notification_counts AS c
-         USING kept
-         WHERE kept.n = 0 AND c.notification_id = kept.notification_id AND c.status = kept.status
-    $q$, p_name);
-    EXECUTE format($q$
-        INSERT INTO metric_counts (metric, channel, label, value)
-        SELECT 'deliveries', channel, status, -count(*) FROM %1$I GROUP BY channel, status
-        UNION ALL
-        SELECT 'dead', channel, coalesce(reason, ''), -count(*)
-          FROM %1$I WHERE status = 'dead' GROUP BY channel, coalesce(reason, '')
-    $q$, p_name);
-    EXECUTE format($q$
-        DELETE FROM delivery_events AS e USING %1$I AS d WHERE e.delivery_id = d.id
-    $q$, p_name);
+        DELETE FROM delivery_events AS e
+         WHERE e.delivery_id BETWEEN %2$L AND %3$L
+           AND EXISTS (SELECT 1 FROM %1$I AS d WHERE d.id = e.delivery_id)
+    $q$, p_name, v_lo_id, v_hi_id);
+    DROP TABLE pg_temp.delivery_month_groups;
     EXECUTE format('DROP TABLE %I', p_name);
     RETURN v_rows;
 END;

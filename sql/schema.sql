@@ -79,7 +79,6 @@ CREATE TABLE deliveries (
 ) PARTITION BY RANGE (created_at);
 ALTER TABLE deliveries ADD CONSTRAINT deliveries_pkey PRIMARY KEY (id, created_at);
 ALTER TABLE deliveries ADD CONSTRAINT deliveries_status_check CHECK ((status = ANY (ARRAY['pending'::text, 'failed'::text, 'sent'::text, 'delivered'::text, 'bounced'::text, 'complained'::text, 'undelivered'::text, 'dead'::text, 'skipped'::text, 'cancelled'::text])));
-CREATE INDEX deliveries_created_brin_idx ON ONLY postbell.deliveries USING brin (created_at);
 CREATE INDEX deliveries_dead_idx ON ONLY postbell.deliveries USING btree (id) WHERE (status = 'dead'::text);
 CREATE UNIQUE INDEX deliveries_notification_recipient_channel_idx ON ONLY postbell.deliveries USING btree (notification_id, recipient_id, channel, created_at);
 CREATE INDEX deliveries_recipient_channel_idx ON ONLY postbell.deliveries USING btree (recipient_id, channel, id);
@@ -1290,6 +1289,40 @@ CREATE OR REPLACE FUNCTION postbell.inbox_content(p_content jsonb, p_rendered js
  IMMUTABLE PARALLEL SAFE
  SET search_path TO 'pg_catalog'
 RETURN COALESCE(p_content, ((p_rendered -> 'locales'::text) -> lower(replace(p_locale, '_'::text, '-'::text))), ((p_rendered -> 'locales'::text) -> regexp_replace(lower(replace(p_locale, '_'::text, '-'::text)), '-[^-]*$'::text, ''::text)), ((p_rendered -> 'locales'::text) -> split_part(lower(replace(p_locale, '_'::text, '-'::text)), '-'::text, 1)), ((p_rendered -> 'locales'::text) -> (p_rendered ->> 'default'::text)));
+
+CREATE OR REPLACE FUNCTION postbell.inbox_page(p_recipient_id bigint, p_before bigint, p_unread_only boolean, p_archived boolean, p_category text, p_limit integer)
+ RETURNS TABLE(id bigint, notification_id uuid, title text, body text, action_url text, category text, metadata jsonb, priority text, created_at timestamp with time zone, read_at timestamp with time zone, seen_at timestamp with time zone, archived_at timestamp with time zone)
+ LANGUAGE plpgsql
+ STABLE
+ SET search_path TO 'pg_catalog', 'postbell'
+ SET plan_cache_mode TO 'force_generic_plan'
+ SET enable_sort TO 'off'
+AS $function$
+BEGIN
+    RETURN QUERY
+    SELECT d.id, d.notification_id, coalesce(t.content ->> 'title', n.title),
+           coalesce(t.content ->> 'body', n.body),
+           coalesce(t.content ->> 'action_url', n.action_url), n.category, n.metadata,
+           n.priority, d.created_at, d.read_at, d.seen_at, d.archived_at
+      FROM deliveries AS d
+      JOIN notifications AS n ON n.id = d.notification_id
+      LEFT JOIN LATERAL (
+            -- a templated notification: the text rendered for this recipient's locale
+            SELECT inbox_content(d.content, n.rendered,
+                                 (SELECT r.locale FROM recipients AS r WHERE r.id = d.recipient_id))
+                       AS content
+             WHERE n.template_key IS NOT NULL OR d.content IS NOT NULL) AS t ON true
+     WHERE d.recipient_id = ANY(ARRAY[p_recipient_id])
+       AND d.channel = 'IN_APP'
+       AND d.status = 'sent'           -- not the skipped (opted out) or cancelled ones
+       AND d.id < p_before
+       AND (NOT p_unread_only OR d.read_at IS NULL)
+       AND (p_archived IS NULL OR (d.archived_at IS NOT NULL) = p_archived)
+       AND (p_category IS NULL OR n.category = p_category)
+     ORDER BY d.recipient_id DESC, d.id DESC
+     LIMIT p_limit;
+END;
+$function$;
 
 CREATE OR REPLACE FUNCTION postbell.job_priority(p_priority text)
  RETURNS integer

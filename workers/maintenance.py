@@ -14,7 +14,7 @@ hold back); an advisory lock lets one process at a time do each round.
   rounds in a row, go back to the queue. The heartbeat cannot catch these: the
   worker is alive.
 * ``ensure_partitions``: the monthly partitions of ``deliveries`` (migration 0030) are
-  made three months ahead, checked every reconcile round.
+  made through next month, checked every reconcile round.
 * ``purge_expired``: with ``POSTBELL_RETENTION_DAYS`` set, hourly, each month whose
   deliveries have all aged out is dropped whole (its partition, in one short
   transaction); then final deliveries older than that left in other months, then
@@ -55,8 +55,9 @@ PURGE_EVERY_SECONDS = 3600.0
 PURGE_BATCH = 5_000
 PURGE_BATCHES_PER_ROUND = 20
 _LOCK_KEY = 7_415_100_002  # pg_try_advisory_lock key owned by the maintenance loop
-#: Months of partitions kept made ahead of now.
-PARTITION_MONTHS_AHEAD = 3
+#: Months of partitions kept made ahead of now (the catch-all past them takes any
+#: row meanwhile; each empty month is one more that queries without a month probe).
+PARTITION_MONTHS_AHEAD = 1
 #: How long a partition's DDL waits for the table lock before it gives up until the
 #: next round: statements behind it wait that long too, and it stays below
 #: Postgres's default deadlock_timeout (1 s), so that a deadlock costs this step,

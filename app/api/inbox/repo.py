@@ -15,8 +15,7 @@ async def recipient_id(conn: db.Conn, external_id: str) -> int | None:
 
 
 async def page(conn: db.Conn, **params: Any) -> list[DictRow]:
-    # planned for this recipient every time (sql/queries/inbox.sql says why)
-    return await db.fetch_all(conn, "inbox_page", params, prepare=False)
+    return await db.fetch_all(conn, "inbox_page", params)
 
 
 async def counts(conn: db.Conn, recipient: int) -> tuple[int, int]:

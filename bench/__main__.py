@@ -45,6 +45,7 @@ SIZES = {
     "W10": 20_000,
     "W10_fan_out": 100_000,
     "W11": 10_000,
+    "W12": 10_000_000,
     "W6": 20_000,
     "W7": 100_000,
     "W7_recipients": 1_000,
@@ -66,6 +67,7 @@ GOALS = {
     "W8": "≥ 3,000 routed/s after ANALYZE of the empty job table",
     "W10": "inbox p99 ≤ 3 ms at 20,000 items; counts O(1) in inbox and fan-out size",
     "W11": "≥ 3,000/s from one worker to a 200 ms receiver; fast receiver not slower",
+    "W12": "drop a month < 1 s; inbox and routing unchanged at 10,000,000 rows",
     "W6": "EMAILs = the unread half, exactly",
     "W7": "digests ≤ recipients × windows; every event in one digest",
 }
@@ -87,6 +89,7 @@ ALL = (
     "W9",
     "W10",
     "W11",
+    "W12",
     "W6",
     "W7",
     "CELERY",
@@ -162,6 +165,12 @@ def main(argv: list[str] | None = None) -> int:
                 ),
             ),
             ("W11", lambda t: w11(admin, size["W11"], t)),
+            (
+                "W12",
+                lambda t: scale.w12_partitioned(
+                    fresh(admin), size["W12"], members=max(size["W12"] // 100, 100), tick=t
+                ),
+            ),
             ("W6", lambda t: flows.w6_unread_email(fresh(admin), size["W6"], t)),
             (
                 "W7",
@@ -392,6 +401,23 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                 f" notification p50/p99 {detail.get('p50')}/{detail.get('p99')} ms",
                 "",
                 GOALS["W10"],
+            )
+        )
+    if "W12" in results:
+        r = results["W12"]
+        before, after = r["before"], r["after"]
+        out.append(
+            (
+                f"W12 deliveries at {after['deliveries']:,} rows in {after['partitions']} partitions",
+                f"drop a month ({r['drop']['rows']:,} rows) {r['drop']['s']} s,"
+                f" {r['drop']['wal_bytes'] / 1e6:,.1f} MB WAL; row-by-row purge of the next"
+                f" {r['row_purge']['s']} s, {r['row_purge']['wal_bytes'] / 1e6:,.0f} MB WAL;"
+                f" inbox p50/p99 {before['inbox_ms']['p50']}/{before['inbox_ms']['p99']} →"
+                f" {after['inbox_ms']['p50']}/{after['inbox_ms']['p99']} ms;"
+                f" {r['members']:,}-member fan-out {before['fan_out_s']} → {after['fan_out_s']} s;"
+                f" counts agree: {r['counts_agree']}",
+                "",
+                GOALS["W12"],
             )
         )
     if "W11" in results:

@@ -303,3 +303,201 @@ def w10_inbox(
         "fan_out": fan_out,
         "notification_ms": percentiles(detail) if detail else None,
     }
+
+
+# -- W12: deliveries at 10,000,000 rows, partitioned by month ----------------------------
+
+
+def _wal(database: Database) -> int:
+    return int(database.scalar("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn"))
+
+
+def _fan_out(database: Database, api: str, topic: str) -> float:
+    """Seconds from the POST of a topic notification (IN_APP) to its routed state."""
+    import httpx
+
+    from bench.workloads import HEADERS
+
+    began = time.perf_counter()
+    nid = httpx.post(
+        f"{api}/api/notifications",
+        headers=HEADERS,
+        timeout=30,
+        json={"topic": topic, "message": "everyone", "channels": ["IN_APP"]},
+    ).json()["id"]
+    wait(
+        lambda: (
+            database.scalar("SELECT status FROM notifications WHERE id = %s", (nid,)) == "routed"
+        ),
+        timeout=1200,
+        every=0.05,
+    )
+    return time.perf_counter() - began
+
+
+def _inbox_gets(api: str, gets: int) -> dict[str, float]:
+    import httpx
+
+    from bench.workloads import HEADERS, percentiles
+
+    latencies: list[float] = []
+    with httpx.Client(base_url=api, headers=HEADERS, timeout=30) as client:
+        client.get("/api/inbox/w12-reader").raise_for_status()
+        for _ in range(gets):
+            began = time.perf_counter()
+            client.get("/api/inbox/w12-reader").raise_for_status()
+            latencies.append(time.perf_counter() - began)
+    return percentiles(latencies)
+
+
+def w12_partitioned(
+    database: Database,
+    rows: int,
+    months: int = 10,
+    members: int = 100_000,
+    reader_items: int = 20_000,
+    gets: int = 500,
+    tick: Tick = _noop,
+) -> dict[str, Any]:
+    """``deliveries`` grown to ``rows`` over ``months`` past months (migration 0030: one
+    partition each), beside a ``members``-member topic and a reader whose
+    ``reader_items`` inbox items are spread over those months. Measured before the
+    growth and after it, in the same database: the reader's ``GET /api/inbox`` p50/p99
+    and the topic's fan-out (POST to routed) into this month. Then retention: the
+    oldest month dropped whole (seconds, WAL), against the next month purged row by
+    row by the batched DELETE retention used before 0030 (seconds, WAL), and the
+    kept counts checked against a recount after both."""
+    from bench.env import start_api
+    from bench.workloads import populate
+
+    per_month = max(rows // months, 1)
+    fan_outs = max(per_month // members, 1)
+    database.execute("DROP TABLE deliveries_history")  # empty in a new database
+    first = database.scalar("SELECT min(lo) FROM delivery_partitions()")
+    with database.connect() as conn:
+        statements = conn.execute(
+            "SELECT format('CREATE TABLE postbell.%%I PARTITION OF postbell.deliveries"
+            " FOR VALUES FROM (%%L) TO (%%L) WITH (fillfactor = 90)',"
+            " to_char(m AT TIME ZONE 'UTC', '\"deliveries_y\"YYYY\"m\"MM'), m, m + interval '1 month')"
+            " FROM generate_series(%s::timestamptz - make_interval(months => %s),"
+            "                      %s::timestamptz - interval '1 month', interval '1 month') AS m",
+            (first, months, first),
+        ).fetchall()
+        for (statement,) in statements:
+            conn.execute(statement)
+        conn.commit()
+    populate(database, "w12-", members, topic="w12")
+    database.execute("INSERT INTO recipients (external_id) VALUES ('w12-reader')")
+    reader = database.scalar("SELECT id FROM recipients WHERE external_id = 'w12-reader'")
+    # the reader's items: one notification each, spread over the months
+    database.execute(
+        "WITH n AS ("
+        " INSERT INTO notifications (status, body, recipients, created_at, routed_at)"
+        " SELECT 'routed', 'item ' || i, ARRAY['w12-reader'], t, t"
+        "   FROM generate_series(1, %s) AS i,"
+        "        LATERAL (SELECT %s::timestamptz - make_interval(months => %s)"
+        "                        + (i::float8 / %s) * make_interval(months => %s) AS t) AS x"
+        " RETURNING id, created_at)"
+        " INSERT INTO deliveries (notification_id, created_at, updated_at, recipient_id, channel,"
+        "                         status, sent_at, read_at, seen_at)"
+        " SELECT id, created_at, created_at, %s, 'IN_APP', 'sent', created_at,"
+        "        CASE WHEN random() < 0.1 THEN created_at END,"
+        "        CASE WHEN random() < 0.1 THEN created_at END FROM n",
+        (reader_items, first, months, reader_items + 1, months, reader),
+    )
+    database.execute("VACUUM (ANALYZE)")
+    result: dict[str, Any] = {"rows": rows, "months": months, "members": members}
+    with processes() as started:
+        api = start_api(started, database.url)
+        start_worker(started, database.url)
+        result["before"] = {
+            "deliveries": int(database.scalar("SELECT count(*) FROM deliveries")),
+            "fan_out_s": round(_fan_out(database, api, "w12"), 2),
+            "inbox_ms": _inbox_gets(api, gets),
+        }
+        tick(0.1)
+        # grow: per month, fan_outs notifications to every member, as routing would
+        # write them (IN_APP, sent, one in ten read), final, last changed that month
+        began = time.perf_counter()
+        for m in range(months):
+            for _ in range(fan_outs):
+                database.execute(
+                    "WITH n AS ("
+                    " INSERT INTO notifications (status, body, recipients, topic, created_at,"
+                    "                            routed_at)"
+                    " SELECT 'routed', 'history', NULL, 'w12', t, t"
+                    "   FROM (SELECT %s::timestamptz - make_interval(months => %s)"
+                    "                + random() * interval '27 days' AS t) AS x"
+                    " RETURNING id, created_at)"
+                    " INSERT INTO deliveries (notification_id, created_at, updated_at,"
+                    "                         recipient_id, channel, status, sent_at, read_at)"
+                    " SELECT n.id, n.created_at, n.created_at, s.recipient_id, 'IN_APP', 'sent',"
+                    "        n.created_at,"
+                    "        CASE WHEN s.recipient_id %% 10 = 0 THEN n.created_at END"
+                    "   FROM n, topic_subscribers AS s WHERE s.topic_key = 'w12'",
+                    (first, months - m),
+                )
+            tick(0.1 + 0.5 * (m + 1) / months)
+        result["grow_s"] = round(time.perf_counter() - began, 1)
+        database.execute("VACUUM (ANALYZE)")
+        database.execute("CHECKPOINT")
+        result["after"] = {
+            "deliveries": int(database.scalar("SELECT count(*) FROM deliveries")),
+            "partitions": int(database.scalar("SELECT count(*) FROM delivery_partitions()")),
+            "fan_out_s": round(_fan_out(database, api, "w12"), 2),
+            "inbox_ms": _inbox_gets(api, gets),
+        }
+        tick(0.7)
+    oldest, second = (
+        database.scalar("SELECT name FROM delivery_partitions() ORDER BY lo NULLS FIRST LIMIT 1"),
+        database.scalar(
+            "SELECT name FROM delivery_partitions() ORDER BY lo NULLS FIRST OFFSET 1 LIMIT 1"
+        ),
+    )
+    month_rows = int(database.scalar(f"SELECT count(*) FROM {oldest}"))
+    database.execute("CHECKPOINT")
+    wal, began = _wal(database), time.perf_counter()
+    dropped = database.scalar(
+        "SELECT delivery_partition_drop(%s, (SELECT hi FROM delivery_partitions() WHERE name = %s))",
+        (oldest, oldest),
+    )
+    result["drop"] = {
+        "partition": oldest,
+        "rows": int(dropped or 0),
+        "s": round(time.perf_counter() - began, 3),
+        "wal_bytes": _wal(database) - wal,
+    }
+    tick(0.8)
+    # the same retention row by row (before 0030): batches of 5,000, each a transaction
+    second_rows = int(database.scalar(f"SELECT count(*) FROM {second}"))
+    database.execute("CHECKPOINT")
+    wal, began, deleted = _wal(database), time.perf_counter(), 0
+    with database.connect() as conn:
+        conn.autocommit = True
+        while True:
+            n = conn.execute(
+                f"WITH old AS (SELECT d.id FROM {second} AS d"
+                "               WHERE d.status NOT IN ('pending', 'failed') LIMIT 5000)"
+                " DELETE FROM deliveries AS d USING old WHERE d.id = old.id"
+            ).rowcount
+            deleted += n
+            if n < 5000:
+                break
+    result["row_purge"] = {
+        "partition": second,
+        "rows": deleted,
+        "s": round(time.perf_counter() - began, 2),
+        "wal_bytes": _wal(database) - wal,
+    }
+    result["month_rows"] = [month_rows, second_rows]
+    result["counts_agree"] = bool(
+        database.scalar(
+            "SELECT (SELECT coalesce(sum(unread), 0) FROM inbox_counts)"
+            " = (SELECT count(*) FROM deliveries WHERE channel = 'IN_APP' AND status = 'sent'"
+            "     AND archived_at IS NULL AND read_at IS NULL)"
+            " AND (SELECT coalesce(sum(value), 0) FROM metric_counts WHERE metric = 'deliveries')"
+            " = (SELECT count(*) FROM deliveries)"
+        )
+    )
+    tick(1.0)
+    return result

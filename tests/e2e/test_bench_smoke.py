@@ -151,6 +151,18 @@ def test_w10_inbox(bench_database: Database) -> None:
     assert result["notification_ms"] is not None
 
 
+def test_w12_partitioned(bench_database: Database) -> None:
+    """Deliveries grown over two past months: the oldest dropped whole, the next purged
+    row by row, and the kept counts agree with a recount after both."""
+    result = scale.w12_partitioned(
+        bench_database, 400, months=2, members=100, reader_items=20, gets=3
+    )
+    assert result["after"]["deliveries"] == result["before"]["deliveries"] + 400 + 100
+    assert result["drop"]["rows"] == result["month_rows"][0] > 0
+    assert result["row_purge"]["rows"] == result["month_rows"][1] > 0
+    assert result["counts_agree"] is True
+
+
 def test_w6_unread_email(bench_database: Database) -> None:
     from bench import flows
 

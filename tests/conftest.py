@@ -130,6 +130,15 @@ def fresh_database_url(admin_url: str, template_db: str) -> Iterator[str]:
     drop_database(admin_url, name)
 
 
+@pytest.fixture
+async def fresh_pool(fresh_database_url: str) -> AsyncIterator[db.Pool]:
+    """A small pool on the test's own database."""
+    pool = db.create_pool(fresh_database_url, max_size=4, name="postbell-test-fresh")
+    await pool.open(wait=True)
+    yield pool
+    await pool.close()
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _logging() -> None:
     logs.configure(fmt="console", level=os.environ.get("POSTBELL_TEST_LOG_LEVEL", "warning"))

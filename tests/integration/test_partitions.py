@@ -9,27 +9,17 @@ The tests that drop months lay out their own partitions in a database of their o
 from __future__ import annotations
 
 import itertools
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
 import psycopg
-import pytest
 
 from postbell.app.core import db
 from postbell.workers import maintenance
 from tests.conftest import ADMIN, query, unique, wait_until
 
 JAN_2020 = "deliveries_y2020m01"
-
-
-@pytest.fixture
-async def fresh_pool(fresh_database_url: str) -> AsyncIterator[db.Pool]:
-    pool = db.create_pool(fresh_database_url, max_size=4, name="postbell-test-partitions")
-    await pool.open(wait=True)
-    yield pool
-    await pool.close()
 
 
 async def partitions(pool: db.Pool) -> list[dict[str, Any]]:

@@ -5,9 +5,6 @@ callbacks' provider event ids are kept for the freshness window, then deleted.""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-
-import pytest
 
 from postbell.app.core import db
 from postbell.app.core.settings import Settings
@@ -26,14 +23,6 @@ FINAL = [
     "skipped",
     "cancelled",
 ]
-
-
-@pytest.fixture
-async def fresh_pool(fresh_database_url: str) -> AsyncIterator[db.Pool]:
-    pool = db.create_pool(fresh_database_url, max_size=4, name="postbell-test-retention")
-    await pool.open(wait=True)
-    yield pool
-    await pool.close()
 
 
 async def notification(pool: db.Pool, *, age_days: float, routed: bool = True) -> str:

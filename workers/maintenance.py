@@ -111,7 +111,8 @@ async def reconcile(
 
 async def _partition_step(pool: db.Pool, query: str, params: dict[str, Any]) -> Any:
     """One partition DDL step in its own transaction under a short lock_timeout;
-    answers its one value, or None when the table lock was not free in time."""
+    answers its one value, or None when the table lock was not free in time (or the
+    wait ended in a deadlock): the next round tries again."""
     async with pool.connection() as conn:
         try:
             async with conn.transaction():
@@ -119,8 +120,9 @@ async def _partition_step(pool: db.Pool, query: str, params: dict[str, Any]) -> 
                     conn, "maintenance_lock_timeout", {"ms": PARTITION_LOCK_TIMEOUT_MS}
                 )
                 row = await db.fetch_one(conn, query, params)
-        except psycopg.errors.LockNotAvailable:
-            log.info("partition_step_postponed", step=query, reason="table busy")
+        except (psycopg.errors.LockNotAvailable, psycopg.errors.DeadlockDetected) as exc:
+            reason = "deadlock" if isinstance(exc, psycopg.errors.DeadlockDetected) else "busy"
+            log.info("partition_step_postponed", step=query, reason=reason)
             return None
     return next(iter(row.values())) if row else None
 

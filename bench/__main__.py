@@ -415,6 +415,7 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                 f" inbox p50/p99 {before['inbox_ms']['p50']}/{before['inbox_ms']['p99']} →"
                 f" {after['inbox_ms']['p50']}/{after['inbox_ms']['p99']} ms;"
                 f" {r['members']:,}-member fan-out {before['fan_out_s']} → {after['fan_out_s']} s;"
+                f" webhooks {before['webhooks_per_s']:,}/s → {after['webhooks_per_s']:,}/s;"
                 f" counts agree: {r['counts_agree']}",
                 "",
                 GOALS["W12"],

@@ -335,6 +335,28 @@ def _fan_out(database: Database, api: str, topic: str) -> float:
     return time.perf_counter() - began
 
 
+def _webhook_fan_out(database: Database, api: str, receiver: str, topic: str, n: int) -> float:
+    """Webhooks/s from the POST of a WEBHOOK notification to ``topic``'s ``n`` members
+    to the last of them received."""
+    import httpx
+
+    from bench.workloads import HEADERS
+
+    def received() -> int:
+        return int(httpx.get(f"{receiver}/stats").json()["count"])
+
+    start = received()
+    began = time.perf_counter()
+    httpx.post(
+        f"{api}/api/notifications",
+        headers=HEADERS,
+        timeout=30,
+        json={"topic": topic, "message": "webhooks", "channels": ["WEBHOOK"]},
+    ).raise_for_status()
+    wait(lambda: received() - start >= n, timeout=1200, every=0.05)
+    return n / (time.perf_counter() - began)
+
+
 def _inbox_gets(api: str, gets: int) -> dict[str, float]:
     import httpx
 
@@ -357,17 +379,20 @@ def w12_partitioned(
     members: int = 100_000,
     reader_items: int = 20_000,
     gets: int = 500,
+    webhooks: int = 10_000,
     tick: Tick = _noop,
 ) -> dict[str, Any]:
     """``deliveries`` grown to ``rows`` over ``months`` past months (migration 0030: one
     partition each), beside a ``members``-member topic and a reader whose
     ``reader_items`` inbox items are spread over those months. Measured before the
-    growth and after it, in the same database: the reader's ``GET /api/inbox`` p50/p99
-    and the topic's fan-out (POST to routed) into this month. Then retention: the
+    growth and after it, in the same database: the reader's ``GET /api/inbox`` p50/p99,
+    the topic's fan-out (POST to routed) into this month, and a WEBHOOK fan-out to
+    ``webhooks`` other members through the local receiver (webhooks/s: its sends look
+    their deliveries up by id, in every month). Then retention: the
     oldest month dropped whole (seconds, WAL), against the next month purged row by
     row by the batched DELETE retention used before 0030 (seconds, WAL), and the
     kept counts checked against a recount after both."""
-    from bench.env import start_api
+    from bench.env import start_api, start_receiver
     from bench.workloads import populate
 
     per_month = max(rows // months, 1)
@@ -408,12 +433,15 @@ def w12_partitioned(
     database.execute("VACUUM (ANALYZE)")
     result: dict[str, Any] = {"rows": rows, "months": months, "members": members}
     with processes() as started:
+        receiver = start_receiver(started)
+        populate(database, "w12w-", webhooks, topic="w12w", webhook_url=f"{receiver}/hook")
         api = start_api(started, database.url)
         start_worker(started, database.url)
         result["before"] = {
             "deliveries": int(database.scalar("SELECT count(*) FROM deliveries")),
             "fan_out_s": round(_fan_out(database, api, "w12"), 2),
             "inbox_ms": _inbox_gets(api, gets),
+            "webhooks_per_s": round(_webhook_fan_out(database, api, receiver, "w12w", webhooks)),
         }
         tick(0.1)
         # grow: per month, fan_outs notifications to every member, as routing would
@@ -446,6 +474,7 @@ def w12_partitioned(
             "partitions": int(database.scalar("SELECT count(*) FROM delivery_partitions()")),
             "fan_out_s": round(_fan_out(database, api, "w12"), 2),
             "inbox_ms": _inbox_gets(api, gets),
+            "webhooks_per_s": round(_webhook_fan_out(database, api, receiver, "w12w", webhooks)),
         }
         tick(0.7)
     oldest, second = (

@@ -155,9 +155,11 @@ def test_w12_partitioned(bench_database: Database) -> None:
     """Deliveries grown over two past months: the oldest dropped whole, the next purged
     row by row, and the kept counts agree with a recount after both."""
     result = scale.w12_partitioned(
-        bench_database, 400, months=2, members=100, reader_items=20, gets=3
+        bench_database, 400, months=2, members=100, reader_items=20, gets=3, webhooks=20
     )
-    assert result["after"]["deliveries"] == result["before"]["deliveries"] + 400 + 100
+    # the growth, and the fan-outs before it (IN_APP to the members, WEBHOOK to 20)
+    assert result["after"]["deliveries"] == result["before"]["deliveries"] + 400 + 100 + 20
+    assert result["before"]["webhooks_per_s"] > 0 and result["after"]["webhooks_per_s"] > 0
     assert result["drop"]["rows"] == result["month_rows"][0] > 0
     assert result["row_purge"]["rows"] == result["month_rows"][1] > 0
     assert result["counts_agree"] is True

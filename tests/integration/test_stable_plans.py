@@ -334,7 +334,12 @@ async def test_routing_decides_each_delivery_inline_without_a_call_per_row(
     """delivery_skip_reason() is inlined into the fan-out (0027): no plan of a direct
     batch or a topic chunk calls it per row (its call was ~half a topic chunk's time
     while a sub-select in its body kept Postgres from inlining it). Its answers are
-    the routing tests' (test_routing, test_controls, test_topic_mutes)."""
+    the routing tests' (test_routing, test_controls, test_topic_mutes).
+
+    And inlined once: the decisions are a subquery of their own, so the insert of
+    the deliveries does not write the expression out again at each use of its
+    result (it did four times, to_jsonb() of the recipient twice in each: 10,000
+    webhooks routed in 0.99 s rather than 0.37 s)."""
     settings = make_settings(fresh_database_url)
     spec = Channels.from_settings(settings).routing_spec()
     async with await db.connect(fresh_database_url) as conn:
@@ -357,3 +362,7 @@ async def test_routing_decides_each_delivery_inline_without_a_call_per_row(
             assert "delivery_skip_reason" not in plan, plan
             # the inlined expression's own calls are there instead
             assert "has_active_device" in plan and "category_address" in plan, plan
+            inserted = plan.split("CTE ins", 1)[1].split("CTE fallback", 1)[0]
+            assert inserted.count("to_jsonb(") == 2, inserted
+            assert inserted.count("has_active_device(") == 1, inserted
+

@@ -692,15 +692,23 @@ AS $function$
            AND (j.scheduled_at IS NULL OR j.scheduled_at <= now())
          ORDER BY j.priority DESC, j.id
          LIMIT p_limit
-           FOR UPDATE SKIP LOCKED
     ),
     within AS (
         SELECT c.id, sum(c.items) OVER (ORDER BY c.priority DESC, c.id) AS running
           FROM candidates AS c
+    ),
+    taken AS (
+        SELECT j.id
+          FROM procrastinate_jobs AS j
+         WHERE j.id = ANY (ARRAY(SELECT w.id FROM within AS w WHERE w.running <= p_max_items))
+           AND j.status = 'todo'
+           AND j.lock IS NULL
+           AND (j.scheduled_at IS NULL OR j.scheduled_at <= now())
+           FOR UPDATE SKIP LOCKED
     )
     UPDATE procrastinate_jobs AS j
        SET status = 'doing', worker_id = p_worker_id
-     WHERE j.id = ANY (ARRAY(SELECT w.id FROM within AS w WHERE w.running <= p_max_items))
+     WHERE j.id = ANY (ARRAY(SELECT t.id FROM taken AS t))
     RETURNING j.id, j.args, j.priority
 $function$;
 

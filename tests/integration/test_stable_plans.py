@@ -117,8 +117,9 @@ async def test_fetch_and_claim_read_a_few_rows_after_an_empty_table_analyze(
             read["claim"] = await _rows_read(conn) - before
         assert len(claimed) == 100
         assert fetched == {"route": {"route"}, "channels": {"webhook"}, "all": {"route"}}
-        # A fetch reads its job (twice: to lock it, to update it); a claim its jobs.
-        assert {k: v <= (60 if k != "claim" else 300) for k, v in read.items()} == {
+        # A fetch reads its job (twice: to lock it, to update it); a claim its jobs
+        # (to choose them, to lock them, to update them: 0031), never the backlog.
+        assert {k: v <= (60 if k != "claim" else 500) for k, v in read.items()} == {
             "route": True,
             "channels": True,
             "all": True,
@@ -366,3 +367,55 @@ async def test_routing_decides_each_delivery_inline_without_a_call_per_row(
             assert inserted.count("to_jsonb(") == 2, inserted
             assert inserted.count("has_active_device(") == 1, inserted
 
+
+async def test_a_claim_locks_only_the_jobs_it_takes(fresh_database_url: str) -> None:
+    """A bulk claim that takes one of three queued deliver jobs (its items fit only
+    one) leaves the other two unlocked while its transaction is open: procrastinate's
+    fetch on another connection gets one of them. Before 0031 the claim locked every
+    candidate, the fetch found nothing, and the worker slot waited for its next poll
+    (W11's last runs started a second apart)."""
+    claimer = await db.connect(fresh_database_url)
+    fetcher = await db.connect(fresh_database_url)
+    try:
+        await claimer.execute(
+            "INSERT INTO procrastinate_jobs (queue_name, task_name, priority, args)"
+            " SELECT 'webhook', 'postbell.deliver', 0,"
+            "        jsonb_build_object('channel', 'WEBHOOK',"
+            "                           'ids', (SELECT jsonb_agg(k) FROM generate_series(1, 300) k))"
+            "   FROM generate_series(1, 3)"
+        )
+        worker_id = await _worker_id(claimer)
+        await claimer.commit()
+        async with claimer.transaction():
+            taken = await db.fetch_all(
+                claimer,
+                "jobs_claim_more",
+                {
+                    "worker_id": worker_id,
+                    "queue": "webhook",
+                    "task_name": "postbell.deliver",
+                    "limit": 500,
+                    "max_items": 400,
+                },
+            )
+            assert len(taken) == 1
+            async with fetcher.transaction():
+                fetched = await _fetch(fetcher, CHANNEL_QUEUES, worker_id)
+            assert fetched is not None and fetched != taken[0]["id"]
+        # nothing is taken twice: the third job is the only one left to claim
+        async with claimer.transaction():
+            rest = await db.fetch_all(
+                claimer,
+                "jobs_claim_more",
+                {
+                    "worker_id": worker_id,
+                    "queue": "webhook",
+                    "task_name": "postbell.deliver",
+                    "limit": 500,
+                    "max_items": 10_000,
+                },
+            )
+        assert len(rest) == 1 and rest[0]["id"] not in {fetched, taken[0]["id"]}
+    finally:
+        await claimer.close()
+        await fetcher.close()

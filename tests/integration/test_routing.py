@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from psycopg.types.json import Jsonb
+
 from postbell.app.api.main import create_app
 from postbell.app.core import db
 from tests.conftest import ADMIN, api_client, make_settings, query, running_worker, wait_until
@@ -95,3 +97,61 @@ async def test_a_poisoned_notification_fails_alone(fresh_database_url: str) -> N
         assert sorted(r["id"] for r in failed) == sorted(poisoned)
     finally:
         await pool.close()
+
+
+async def test_skip_reasons_read_each_channels_address_as_the_row_holds_it(
+    fresh_database_url: str,
+) -> None:
+    """delivery_skip_reason() reads the address columns directly (0032), not through
+    to_jsonb() of the recipient: for every channel with an address, recipients with no
+    address, with only one of them, with all of them, and with all of them and one
+    marked inactive get the answer the row-as-jsonb rule gives; a field no column holds
+    counts as no address."""
+    from postbell.workers.channels.registry import REGISTRY
+
+    fields = [
+        (c.address_field, c.inactive_field)
+        for c in REGISTRY.values()
+        if c.address_field not in (None, "@devices")
+    ] + [("no_such_field", None), ("webhook_url", "no_such_inactive")]
+    addresses = sorted({a for a, _ in fields if a != "no_such_field"} - {"apprise_urls"})
+    inactive = sorted({i for _, i in fields if i and i != "no_such_inactive"})
+    every = {a: f"{a}-value" for a in addresses}
+    shapes = [("none", {})]
+    shapes += [(f"only-{a}", {a: f"{a}-value"}) for a in addresses]
+    shapes += [("all", every)]
+    shapes += [(f"inactive-{i}", {**every, i: "2026-01-01T00:00:00Z"}) for i in inactive]
+    async with await db.connect(fresh_database_url) as conn:
+        await conn.execute(
+            "INSERT INTO recipients (external_id, email, phone, webhook_url, slack_webhook_url,"
+            "  discord_webhook_url, teams_webhook_url, whatsapp, telegram_chat_id,"
+            "  email_inactive_at, phone_inactive_at, whatsapp_inactive_at, telegram_inactive_at)"
+            " SELECT x.external_id, x.email, x.phone, x.webhook_url, x.slack_webhook_url,"
+            "        x.discord_webhook_url, x.teams_webhook_url, x.whatsapp, x.telegram_chat_id,"
+            "        x.email_inactive_at, x.phone_inactive_at, x.whatsapp_inactive_at,"
+            "        x.telegram_inactive_at"
+            "   FROM unnest(%s::text[], %s::jsonb[]) AS s(name, fields),"
+            "        jsonb_populate_record(NULL::recipients,"
+            "                              s.fields || jsonb_build_object('external_id', s.name)) AS x",
+            ([n for n, _ in shapes], [Jsonb(f) for _, f in shapes]),
+        )
+        cursor = await conn.execute(
+            "SELECT r.external_id, f.address, f.inactive,"
+            "       delivery_skip_reason('X', true, f.address, f.inactive, NULL, r,"
+            "                            NULL::preferences, NULL, false) AS reason,"
+            "       CASE WHEN to_jsonb(r) ->> f.address IS NULL THEN 'no_address'"
+            "            WHEN to_jsonb(r) ->> f.inactive IS NOT NULL THEN 'address_inactive'"
+            "       END AS expected"
+            "  FROM recipients AS r,"
+            "       unnest(%s::text[], %s::text[]) AS f(address, inactive)",
+            ([a for a, _ in fields], [i for _, i in fields]),
+        )
+        rows = await cursor.fetchall()
+    assert len(rows) == len(shapes) * len(fields)
+    assert [r for r in rows if r["reason"] != r["expected"]] == []
+    answers = {(r["external_id"], r["address"]): r["reason"] for r in rows}
+    assert answers[("only-telegram_chat_id", "telegram_chat_id")] is None
+    assert answers[("only-telegram_chat_id", "whatsapp")] == "no_address"
+    assert answers[("inactive-email_inactive_at", "email")] == "address_inactive"
+    assert answers[("inactive-email_inactive_at", "phone")] is None
+    assert answers[("all", "no_such_field")] == "no_address"

@@ -368,6 +368,21 @@ async def test_routing_decides_each_delivery_inline_without_a_call_per_row(
             assert inserted.count("has_active_device(") == 1, inserted
 
 
+async def _claim_deliveries(conn: db.Conn, worker_id: int, max_items: int) -> list[dict[str, Any]]:
+    """A deliver run's top-up claim on the webhook queue."""
+    return await db.fetch_all(
+        conn,
+        "jobs_claim_more",
+        {
+            "worker_id": worker_id,
+            "queue": "webhook",
+            "task_name": "postbell.deliver",
+            "limit": 500,
+            "max_items": max_items,
+        },
+    )
+
+
 async def test_a_claim_locks_only_the_jobs_it_takes(fresh_database_url: str) -> None:
     """A bulk claim that takes one of three queued deliver jobs (its items fit only
     one) leaves the other two unlocked while its transaction is open: procrastinate's
@@ -387,34 +402,14 @@ async def test_a_claim_locks_only_the_jobs_it_takes(fresh_database_url: str) -> 
         worker_id = await _worker_id(claimer)
         await claimer.commit()
         async with claimer.transaction():
-            taken = await db.fetch_all(
-                claimer,
-                "jobs_claim_more",
-                {
-                    "worker_id": worker_id,
-                    "queue": "webhook",
-                    "task_name": "postbell.deliver",
-                    "limit": 500,
-                    "max_items": 400,
-                },
-            )
+            taken = await _claim_deliveries(claimer, worker_id, 400)
             assert len(taken) == 1
             async with fetcher.transaction():
                 fetched = await _fetch(fetcher, CHANNEL_QUEUES, worker_id)
             assert fetched is not None and fetched != taken[0]["id"]
         # nothing is taken twice: the third job is the only one left to claim
         async with claimer.transaction():
-            rest = await db.fetch_all(
-                claimer,
-                "jobs_claim_more",
-                {
-                    "worker_id": worker_id,
-                    "queue": "webhook",
-                    "task_name": "postbell.deliver",
-                    "limit": 500,
-                    "max_items": 10_000,
-                },
-            )
+            rest = await _claim_deliveries(claimer, worker_id, 10_000)
         assert len(rest) == 1 and rest[0]["id"] not in {fetched, taken[0]["id"]}
     finally:
         await claimer.close()

@@ -776,7 +776,7 @@ $function$;
 CREATE OR REPLACE FUNCTION postbell.deliver_job(p_channel text, p_ids jsonb, p_priority integer, p_run_at timestamp with time zone)
  RETURNS procrastinate_job_to_defer_v1
  LANGUAGE sql
- IMMUTABLE
+ STABLE
 RETURN ROW((lower(p_channel))::character varying, 'postbell.deliver'::character varying, p_priority, NULL::text, NULL::text, jsonb_build_object('channel', p_channel, 'ids', p_ids), p_run_at)::procrastinate_job_to_defer_v1;
 
 CREATE OR REPLACE FUNCTION postbell.deliveries_rollup_delete()
@@ -1432,11 +1432,19 @@ BEGIN
         RAISE EXCEPTION 'postbell.notify: at most 10000 recipients per call'
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    IF EXISTS (SELECT 1 FROM unnest(recipients) AS r WHERE r IS NULL OR r = '' OR length(r) > 255) THEN
+    -- The ids' rules as expressions on the whole array (plpgsql evaluates those
+    -- without a query); the per-id query only when the ids together are long.
+    IF array_position(recipients, NULL) IS NOT NULL OR '' = ANY (recipients) THEN
         RAISE EXCEPTION 'postbell.notify: recipient ids must be 1 to 255 characters'
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    IF EXISTS (SELECT 1 FROM unnest(recipients) AS r WHERE r ~ '[[:cntrl:]]') THEN
+    IF length(array_to_string(recipients, ',')) > 255 THEN
+        IF EXISTS (SELECT 1 FROM unnest(recipients) AS r WHERE length(r) > 255) THEN
+            RAISE EXCEPTION 'postbell.notify: recipient ids must be 1 to 255 characters'
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+    END IF;
+    IF array_to_string(recipients, ',') ~ '[[:cntrl:]]' THEN
         RAISE EXCEPTION 'postbell.notify: recipient ids may not hold control characters'
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
@@ -1602,12 +1610,15 @@ BEGIN
         RAISE EXCEPTION 'postbell.notify: title and action_url may not hold control characters'
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    BEGIN
-        v_expires := (body ->> 'expires_at')::timestamptz;
-    EXCEPTION WHEN others THEN
-        RAISE EXCEPTION 'postbell.notify: expires_at is not a time (give RFC 3339 with an offset)'
-            USING ERRCODE = 'invalid_parameter_value';
-    END;
+    IF body ? 'expires_at' THEN
+        -- (a block with an EXCEPTION clause is a subtransaction: entered only when needed)
+        BEGIN
+            v_expires := (body ->> 'expires_at')::timestamptz;
+        EXCEPTION WHEN others THEN
+            RAISE EXCEPTION 'postbell.notify: expires_at is not a time (give RFC 3339 with an offset)'
+                USING ERRCODE = 'invalid_parameter_value';
+        END;
+    END IF;
     IF send_at > now() + interval '3650 days' OR v_expires > now() + interval '3650 days' THEN
         RAISE EXCEPTION 'postbell.notify: send_at and expires_at must be within ten years'
             USING ERRCODE = 'invalid_parameter_value';
@@ -1616,11 +1627,14 @@ BEGIN
         RAISE EXCEPTION 'postbell.notify: expires_at must be after the send time'
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    SELECT c INTO v_unknown FROM unnest(channels) AS c
-     WHERE c <> ALL (channel_names()) LIMIT 1;
-    IF v_unknown IS NOT NULL OR cardinality(channels) = 0 THEN
-        RAISE EXCEPTION 'postbell.notify: unknown channel %', coalesce(v_unknown, '(empty list)')
-            USING ERRCODE = 'invalid_parameter_value';
+    IF (channels IS NOT NULL AND NOT channels <@ channel_names()) OR cardinality(channels) = 0 THEN
+        -- (the containment is an expression; the query that names the culprit runs only then)
+        SELECT c INTO v_unknown FROM unnest(channels) AS c
+         WHERE c <> ALL (channel_names()) LIMIT 1;
+        IF v_unknown IS NOT NULL OR cardinality(channels) = 0 THEN
+            RAISE EXCEPTION 'postbell.notify: unknown channel %', coalesce(v_unknown, '(empty list)')
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
     END IF;
     IF coalesce(priority, 'normal') NOT IN ('low', 'normal', 'high', 'urgent') THEN
         RAISE EXCEPTION 'postbell.notify: priority must be low, normal, high or urgent'
@@ -1635,13 +1649,19 @@ BEGIN
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
 
-    v_hash := sha256(convert_to(jsonb_build_array(recipients, body, channels, priority, category,
-                                                  send_at)::text, 'UTF8'));
+    IF idempotency_key IS NOT NULL THEN
+        v_hash := sha256(convert_to(jsonb_build_array(recipients, body, channels, priority,
+                                                      category, send_at)::text, 'UTF8'));
+    END IF;
     SELECT * INTO v_result
       FROM enqueue_notification(
-               (SELECT array_agg(DISTINCT r) FROM unnest(recipients) AS r), NULL,
+               CASE WHEN cardinality(recipients) > 1
+                    THEN (SELECT array_agg(DISTINCT r) FROM unnest(recipients) AS r)
+                    ELSE recipients END, NULL,
                body ->> 'title', v_text, body ->> 'action_url', body -> 'metadata',
-               (SELECT array_agg(DISTINCT c) FROM unnest(channels) AS c), coalesce(priority, 'normal'),
+               CASE WHEN cardinality(channels) > 1
+                    THEN (SELECT array_agg(DISTINCT c) FROM unnest(channels) AS c)
+                    ELSE channels END, coalesce(priority, 'normal'),
                category, body -> 'fallback', send_at, v_expires,
                CASE WHEN idempotency_key IS NOT NULL THEN 'sql' END, idempotency_key,
                CASE WHEN idempotency_key IS NOT NULL THEN v_hash END, interval '24 hours',
@@ -1835,7 +1855,7 @@ RETURN ARRAY['sent'::text, 'delivered'::text, 'undelivered'::text, 'dead'::text]
 CREATE OR REPLACE FUNCTION postbell.route_job(p_notification_id uuid, p_priority text, p_run_at timestamp with time zone)
  RETURNS procrastinate_job_to_defer_v1
  LANGUAGE sql
- IMMUTABLE
+ STABLE
 RETURN ROW('route'::character varying, 'postbell.route'::character varying, job_priority(p_priority), NULL::text, NULL::text, jsonb_build_object('notification_id', p_notification_id), p_run_at)::procrastinate_job_to_defer_v1;
 
 CREATE OR REPLACE FUNCTION postbell.route_job_ids_store(p_job bigint, p_ids text)

@@ -86,6 +86,27 @@ def test_notify_from_plain_sql_and_sync_helper(database_url: str) -> None:
             "postbell.notify(ARRAY['a'], '{\"message\": \"x\"}', send_at => now() - interval '1 hour')",
             "past",
         ),
+        # the recipient ids' rules (0033 checks them on the whole array)
+        ("postbell.notify(ARRAY['a', NULL], '{\"message\": \"x\"}')", "1 to 255 characters"),
+        ("postbell.notify(ARRAY['a', ''], '{\"message\": \"x\"}')", "1 to 255 characters"),
+        (
+            "postbell.notify(ARRAY['a', repeat('b', 256)], '{\"message\": \"x\"}')",
+            "1 to 255 characters",
+        ),
+        ("postbell.notify(ARRAY['a', E'b\\nc'], '{\"message\": \"x\"}')", "control characters"),
+        ("postbell.notify(ARRAY[E'a\\tb'], '{\"message\": \"x\"}')", "control characters"),
+        (
+            "postbell.notify(ARRAY['a'], '{\"message\": \"x\"}', ARRAY['EMAIL', 'FAX'])",
+            "unknown channel FAX",
+        ),
+        (
+            "postbell.notify(ARRAY['a'], '{\"message\": \"x\"}', ARRAY[]::text[])",
+            "unknown channel \\(empty list\\)",
+        ),
+        (
+            "postbell.notify(ARRAY['a'], '{\"message\": \"x\", \"expires_at\": \"soon\"}')",
+            "expires_at is not a time",
+        ),
     ],
 )
 def test_notify_rejects_bad_arguments_clearly(database_url: str, call: str, message: str) -> None:
@@ -149,3 +170,48 @@ async def test_console_views_on_real_traffic(fresh_database_url: str, smtp: Smtp
         assert await query(pool, "SELECT * FROM postbell.stalled_jobs") == []
     finally:
         await pool.close()
+
+
+def test_notify_keeps_what_it_was_given(database_url: str) -> None:
+    """Ids and channels de-duplicated, long ids that are each within the limit
+    accepted, an expires_at stored: what 0033's shorter paths must still do."""
+    long_ids = [f"{unique('long')}-{'x' * 200}", f"{unique('long')}-{'y' * 200}"]
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        rows = []
+        for recipients, channels in (
+            (["dup", "dup", "other"], ["EMAIL", "EMAIL", "IN_APP"]),
+            (["one"], ["PUSH"]),
+            (long_ids, None),
+        ):
+            made = conn.execute(
+                "SELECT postbell.notify(%s, '{\"message\": \"x\","
+                " \"expires_at\": \"2030-01-01T00:00:00Z\"}', %s::text[])",
+                (recipients, channels),
+            ).fetchone()
+            assert made
+            rows.append(
+                conn.execute(
+                    "SELECT recipients, channels, expires_at IS NOT NULL, request_hash"
+                    " FROM postbell.notifications WHERE id = %s",
+                    made,
+                ).fetchone()
+            )
+    assert rows[0] == (["dup", "other"], ["EMAIL", "IN_APP"], True, None)
+    assert rows[1] == (["one"], ["PUSH"], True, None)
+    assert rows[2] is not None and sorted(rows[2][0]) == sorted(long_ids)
+    assert rows[2][1] is None
+
+
+def test_job_builders_are_inlined(database_url: str) -> None:
+    """route_job() and deliver_job() inline into the statements that defer jobs (each
+    was a SQL function call per job while declared IMMUTABLE around the STABLE
+    jsonb_build_object(); 0033)."""
+    with psycopg.connect(database_url) as conn:
+        for call in (
+            "postbell.route_job(gen_random_uuid(), 'normal', NULL)",
+            "postbell.deliver_job('EMAIL', '[1]', 10, NULL)",
+        ):
+            plan = "\n".join(
+                r[0] for r in conn.execute(f"EXPLAIN (VERBOSE) SELECT {call}").fetchall()
+            )
+            assert "_job(" not in plan and "jsonb_build_object" in plan, plan

@@ -1314,12 +1314,13 @@ BEGIN
            n.priority, d.created_at, d.read_at, d.seen_at, d.archived_at
       FROM deliveries AS d
       JOIN notifications AS n ON n.id = d.notification_id
-      LEFT JOIN LATERAL (
-            -- a templated notification: the text rendered for this recipient's locale
-            SELECT inbox_content(d.content, n.rendered,
-                                 (SELECT r.locale FROM recipients AS r WHERE r.id = d.recipient_id))
-                       AS content
-             WHERE n.template_key IS NOT NULL OR d.content IS NOT NULL) AS t ON true
+      CROSS JOIN LATERAL (
+            -- a templated notification: the text rendered for the recipient's locale
+            SELECT CASE WHEN n.template_key IS NOT NULL OR d.content IS NOT NULL
+                        THEN inbox_content(d.content, n.rendered,
+                                           (SELECT r.locale FROM recipients AS r
+                                             WHERE r.id = p_recipient_id)) END AS content
+            OFFSET 0) AS t
      WHERE d.recipient_id = ANY(ARRAY[p_recipient_id])
        AND d.channel = 'IN_APP'
        AND d.status = 'sent'           -- not the skipped (opted out) or cancelled ones

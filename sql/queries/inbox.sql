@@ -1,11 +1,19 @@
 -- name: inbox_recipient_id
 SELECT id FROM recipients WHERE external_id = %(external_id)s
 
--- name: inbox_page
--- Newest first; keyset pagination on the delivery id. In a function for its plan
--- (migration 0030 says why).
-SELECT * FROM inbox_page(%(recipient_id)s, %(before)s, %(unread_only)s, %(archived)s,
-                         %(category)s, %(limit)s)
+-- name: inbox_view
+-- GET /api/inbox/{id} in one round trip, one snapshot: the recipient, its counts
+-- (kept by the triggers of migration 0013) and a page, newest first, keyset on the
+-- delivery id, from inbox_page() (a function for its plan: migration 0030 says why).
+-- No row: never notified. One row whose id is NULL: an empty page.
+SELECT x.recipient_id, coalesce(c.unread, 0) AS unread_count,
+       coalesce(c.unseen, 0) AS unseen_count, p.*
+  FROM (SELECT r.id AS recipient_id FROM recipients AS r
+         WHERE r.external_id = %(external_id)s) AS x
+  LEFT JOIN inbox_counts AS c ON c.recipient_id = x.recipient_id
+  LEFT JOIN LATERAL inbox_page(x.recipient_id, %(before)s, %(unread_only)s, %(archived)s,
+                               %(category)s, %(limit)s) AS p ON true
+ ORDER BY p.id DESC
 
 -- name: inbox_counts
 -- One row, kept by the deliveries triggers of migration 0013 (no recount).
@@ -56,11 +64,13 @@ SELECT d.id, d.recipient_id, d.notification_id, coalesce(t.content ->> 'title', 
        n.metadata, n.priority, d.created_at, d.read_at, d.seen_at, d.archived_at
   FROM deliveries AS d
   JOIN notifications AS n ON n.id = d.notification_id
-  LEFT JOIN LATERAL (
-        SELECT inbox_content(d.content, n.rendered,
-                             (SELECT r.locale FROM recipients AS r WHERE r.id = d.recipient_id))
-                   AS content
-         WHERE n.template_key IS NOT NULL OR d.content IS NOT NULL) AS t ON true
+  CROSS JOIN LATERAL (
+        -- rendered text only for a templated item (migration 0034 says why)
+        SELECT CASE WHEN n.template_key IS NOT NULL OR d.content IS NOT NULL
+                    THEN inbox_content(d.content, n.rendered,
+                                       (SELECT r.locale FROM recipients AS r
+                                         WHERE r.id = d.recipient_id)) END AS content
+        OFFSET 0) AS t
  WHERE d.recipient_id = ANY(%(recipient_ids)s::bigint[])
    AND d.channel = 'IN_APP'
    AND d.status = 'sent'
@@ -87,11 +97,13 @@ SELECT d.id, d.recipient_id, d.notification_id, coalesce(t.content ->> 'title', 
        n.metadata, n.priority, d.created_at, d.read_at, d.seen_at, d.archived_at
   FROM deliveries AS d
   JOIN notifications AS n ON n.id = d.notification_id
-  LEFT JOIN LATERAL (
-        SELECT inbox_content(d.content, n.rendered,
-                             (SELECT r.locale FROM recipients AS r WHERE r.id = d.recipient_id))
-                   AS content
-         WHERE n.template_key IS NOT NULL OR d.content IS NOT NULL) AS t ON true
+  CROSS JOIN LATERAL (
+        -- rendered text only for a templated item (migration 0034 says why)
+        SELECT CASE WHEN n.template_key IS NOT NULL OR d.content IS NOT NULL
+                    THEN inbox_content(d.content, n.rendered,
+                                       (SELECT r.locale FROM recipients AS r
+                                         WHERE r.id = %(recipient_id)s)) END AS content
+        OFFSET 0) AS t
  WHERE d.recipient_id = %(recipient_id)s
    AND d.channel = 'IN_APP'
    AND d.status = 'sent'

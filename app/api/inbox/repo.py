@@ -14,8 +14,9 @@ async def recipient_id(conn: db.Conn, external_id: str) -> int | None:
     return int(row["id"]) if row else None
 
 
-async def page(conn: db.Conn, **params: Any) -> list[DictRow]:
-    return await db.fetch_all(conn, "inbox_page", params)
+async def view(conn: db.Conn, **params: Any) -> list[DictRow]:
+    """The recipient's counts and a page, one row per item (``inbox_view``)."""
+    return await db.fetch_all(conn, "inbox_view", params)
 
 
 async def counts(conn: db.Conn, recipient: int) -> tuple[int, int]:

@@ -25,19 +25,20 @@ async def list_items(
 ) -> InboxPage:
     before = decode_cursor("i", cursor) or _NO_CURSOR
     async with pool.connection() as conn:
-        recipient = await repo.recipient_id(conn, external_id)
-        if recipient is None:  # never notified yet: an empty inbox, not an error
-            return InboxPage(items=[], next_cursor=None, unread_count=0, unseen_count=0)
-        rows = await repo.page(
+        rows = await repo.view(
             conn,
-            recipient_id=recipient,
+            external_id=external_id,
             before=before,
             limit=limit + 1,
             unread_only=unread,
             archived=archived,
             category=category,
         )
-        unread_count, unseen_count = await repo.counts(conn, recipient)
+    if not rows:  # never notified yet: an empty inbox, not an error
+        return InboxPage(items=[], next_cursor=None, unread_count=0, unseen_count=0)
+    unread_count, unseen_count = int(rows[0]["unread_count"]), int(rows[0]["unseen_count"])
+    if rows[0]["id"] is None:  # the page is empty
+        rows = []
     items = [msgspec.convert(r, InboxItem) for r in rows[:limit]]
     more = len(rows) > limit
     return InboxPage(

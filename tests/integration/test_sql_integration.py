@@ -104,7 +104,7 @@ def test_notify_from_plain_sql_and_sync_helper(database_url: str) -> None:
             "unknown channel \\(empty list\\)",
         ),
         (
-            "postbell.notify(ARRAY['a'], '{\"message\": \"x\", \"expires_at\": \"soon\"}')",
+            'postbell.notify(ARRAY[\'a\'], \'{"message": "x", "expires_at": "soon"}\')',
             "expires_at is not a time",
         ),
     ],
@@ -184,8 +184,8 @@ def test_notify_keeps_what_it_was_given(database_url: str) -> None:
             (long_ids, None),
         ):
             made = conn.execute(
-                "SELECT postbell.notify(%s, '{\"message\": \"x\","
-                " \"expires_at\": \"2030-01-01T00:00:00Z\"}', %s::text[])",
+                'SELECT postbell.notify(%s, \'{"message": "x",'
+                ' "expires_at": "2030-01-01T00:00:00Z"}\', %s::text[])',
                 (recipients, channels),
             ).fetchone()
             assert made

@@ -138,12 +138,14 @@ ALTER TABLE digest_preferences ADD CONSTRAINT digest_preferences_frequency_check
 ALTER TABLE digest_preferences ADD CONSTRAINT digest_preferences_hour_check CHECK (((hour >= 0) AND (hour <= 23)));
 ALTER TABLE digest_preferences ADD CONSTRAINT digest_preferences_weekday_check CHECK ((weekday = ANY (ARRAY['monday'::text, 'tuesday'::text, 'wednesday'::text, 'thursday'::text, 'friday'::text, 'saturday'::text, 'sunday'::text])));
 
-CREATE TABLE inbox_counts (
+CREATE TABLE inbox_month_counts (
     recipient_id bigint NOT NULL,
+    month timestamp with time zone NOT NULL,
     unread integer DEFAULT 0 NOT NULL,
     unseen integer DEFAULT 0 NOT NULL
 );
-ALTER TABLE inbox_counts ADD CONSTRAINT inbox_counts_pkey PRIMARY KEY (recipient_id);
+ALTER TABLE inbox_month_counts ADD CONSTRAINT inbox_month_counts_pkey PRIMARY KEY (recipient_id, month);
+CREATE INDEX inbox_month_counts_month_idx ON postbell.inbox_month_counts USING btree (month);
 
 CREATE TABLE metric_counts (
     metric text NOT NULL,
@@ -567,6 +569,13 @@ CREATE VIEW experiment_stats AS
         END AS p_value
    FROM tested;
 
+CREATE VIEW inbox_counts AS
+ SELECT inbox_month_counts.recipient_id,
+    sum(inbox_month_counts.unread)::integer AS unread,
+    sum(inbox_month_counts.unseen)::integer AS unseen
+   FROM inbox_month_counts
+  GROUP BY inbox_month_counts.recipient_id;
+
 CREATE VIEW queue_depth AS
  SELECT j.queue_name AS queue,
     j.status::text AS status,
@@ -912,19 +921,19 @@ BEGIN
     EXECUTE format($q$
         WITH d AS (%s),
         inbox AS (
-            SELECT recipient_id,
+            SELECT recipient_id, delivery_month(created_at) AS month,
                    coalesce(sum(s) FILTER (WHERE read_at IS NULL), 0) AS unread,
                    coalesce(sum(s) FILTER (WHERE seen_at IS NULL), 0) AS unseen
               FROM d
              WHERE channel = 'IN_APP' AND status = 'sent' AND archived_at IS NULL
-             GROUP BY recipient_id
+             GROUP BY 1, 2
         ),
         inbox_written AS (
-            INSERT INTO inbox_counts AS c (recipient_id, unread, unseen)
-            SELECT recipient_id, unread, unseen FROM inbox
+            INSERT INTO inbox_month_counts AS c (recipient_id, month, unread, unseen)
+            SELECT recipient_id, month, unread, unseen FROM inbox
              WHERE unread <> 0 OR unseen <> 0
-             ORDER BY recipient_id
-                ON CONFLICT (recipient_id) DO UPDATE
+             ORDER BY recipient_id, month
+                ON CONFLICT (recipient_id, month) DO UPDATE
                SET unread = c.unread + excluded.unread, unseen = c.unseen + excluded.unseen
         )
         INSERT INTO notification_counts AS c (notification_id, status, n)
@@ -944,7 +953,7 @@ CREATE OR REPLACE FUNCTION postbell.delivery_counts_truncate()
  SET search_path TO 'pg_catalog', 'postbell'
 AS $function$
 BEGIN
-    DELETE FROM inbox_counts;
+    DELETE FROM inbox_month_counts;
     DELETE FROM notification_counts;
     RETURN NULL;
 END;
@@ -964,6 +973,7 @@ CREATE OR REPLACE FUNCTION postbell.delivery_partition_drop(p_name text, p_cutof
  SET enable_indexscan TO 'off'
 AS $function$
 DECLARE
+    v_lo timestamptz;
     v_hi timestamptz;
     v_unsent boolean;
     v_rows bigint;
@@ -971,9 +981,15 @@ DECLARE
     v_lo_id bigint;
     v_hi_id bigint;
 BEGIN
-    SELECT p.hi INTO v_hi FROM delivery_partitions() AS p WHERE p.name = p_name;
+    SELECT p.lo, p.hi INTO v_lo, v_hi FROM delivery_partitions() AS p WHERE p.name = p_name;
     IF v_hi IS NULL OR v_hi > p_cutoff THEN
         RAISE NOTICE 'partition %: not a bounded partition ending before the cutoff', p_name;
+        RETURN NULL;
+    END IF;
+    -- (its inbox counts are whole months: a partition whose bounds cut a month, made
+    -- by hand, goes row by row instead)
+    IF v_hi <> delivery_month(v_hi) OR v_lo <> delivery_month(v_lo) THEN
+        RAISE NOTICE 'partition %: its bounds are not the starts of months', p_name;
         RETURN NULL;
     END IF;
     -- (one cancelled before it was routed is routed too, all its deliveries
@@ -1010,22 +1026,10 @@ BEGIN
         RETURN NULL;
     END IF;
     -- What the DELETE triggers would have done (delivery_counts_apply,
-    -- deliveries_rollup_delete), for the whole month at once.
-    EXECUTE format($q$
-        WITH inbox AS (
-            SELECT recipient_id,
-                   count(*) FILTER (WHERE read_at IS NULL) AS unread,
-                   count(*) FILTER (WHERE seen_at IS NULL) AS unseen
-              FROM %1$I
-             WHERE channel = 'IN_APP' AND status = 'sent' AND archived_at IS NULL
-               AND (read_at IS NULL OR seen_at IS NULL)
-             GROUP BY recipient_id
-        )
-        UPDATE inbox_counts AS c
-           SET unread = c.unread - inbox.unread, unseen = c.unseen - inbox.unseen
-          FROM inbox
-         WHERE c.recipient_id = inbox.recipient_id
-    $q$, p_name);
+    -- deliveries_rollup_delete), for the whole month at once. The inbox's counts of
+    -- the month are rows of their own: they go whole, through the month index.
+    DELETE FROM inbox_month_counts AS c
+     WHERE c.month < v_hi AND (v_lo IS NULL OR c.month >= v_lo);
     WITH g AS (SELECT notification_id, status, sum(n) AS n FROM pg_temp.delivery_month_groups
                 GROUP BY notification_id, status),
     kept AS (

@@ -195,6 +195,9 @@ async def test_retention_drops_an_aged_month_whole_and_the_counts_follow(
     assert await _counts_agree(fresh_pool)
     events_before = await query(fresh_pool, "SELECT count(*) AS n FROM delivery_events")
     assert events_before[0]["n"] == 3 * 4
+    # the inbox's counts are kept per month (0035): January's rows and this month's
+    months = "SELECT DISTINCT month FROM inbox_month_counts ORDER BY 1"
+    assert len(await query(fresh_pool, months)) == 2
 
     result = await maintenance.purge_expired(fresh_pool, 30)
 
@@ -203,6 +206,8 @@ async def test_retention_drops_an_aged_month_whole_and_the_counts_follow(
     assert await _counts_agree(fresh_pool)
     inbox = await query(fresh_pool, "SELECT sum(unread) AS u, sum(unseen) AS s FROM inbox_counts")
     assert (inbox[0]["u"], inbox[0]["s"]) == (4, 4)  # this month's four items
+    this_month = await query(fresh_pool, "SELECT delivery_month(now()) AS month")
+    assert await query(fresh_pool, months) == this_month  # January's went with its month
     assert (await query(fresh_pool, "SELECT count(*) AS n FROM delivery_events"))[0]["n"] == 0
     # the notifications left empty go in the same round
     left = await query(fresh_pool, "SELECT id::text FROM notifications")
@@ -229,6 +234,30 @@ async def test_a_month_holding_work_stays_and_the_rows_purge_takes_what_it_can(
     left = await query(fresh_pool, "SELECT id FROM deliveries")
     assert [r["id"] for r in left] == [pending[0]["id"]]
     assert await _counts_agree(fresh_pool)
+
+
+async def test_a_partition_cutting_a_month_goes_row_by_row(fresh_pool: db.Pool) -> None:
+    """The inbox's counts are kept per calendar month (0035), so a partition made by
+    hand with bounds inside a month is not dropped whole: retention takes its rows
+    one by one, and the counts still follow."""
+    await query(fresh_pool, "DROP TABLE deliveries_history")
+    first = await query(
+        fresh_pool, "SELECT min(lo) AS lo FROM delivery_partitions() WHERE lo > '2020-02-01'"
+    )
+    for name, lo, hi in (
+        ("deliveries_early_jan_2020", "2020-01-01 00:00+00", "2020-01-20 00:00+00"),
+        ("deliveries_late_jan_2020", "2020-01-20 00:00+00", first[0]["lo"].isoformat()),
+    ):
+        await query(
+            fresh_pool,
+            f"CREATE TABLE postbell.{name} PARTITION OF deliveries FOR VALUES FROM ('{lo}') TO ('{hi}')",
+        )
+    await _month_of_2020(fresh_pool)
+    result = await maintenance.purge_expired(fresh_pool, 30)
+    assert result["partitions"] == 0 and result["deliveries"] == 3 * 4 * 2
+    assert [p["name"] for p in await partitions(fresh_pool)][:1] == ["deliveries_early_jan_2020"]
+    assert await _counts_agree(fresh_pool)
+    assert await query(fresh_pool, "SELECT * FROM inbox_month_counts WHERE unread <> 0") == []
 
 
 async def test_a_month_with_a_notification_still_to_route_stays(fresh_pool: db.Pool) -> None:

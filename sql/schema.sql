@@ -1302,6 +1302,28 @@ CREATE OR REPLACE FUNCTION postbell.inbox_content(p_content jsonb, p_rendered js
  SET search_path TO 'pg_catalog'
 RETURN COALESCE(p_content, ((p_rendered -> 'locales'::text) -> lower(replace(p_locale, '_'::text, '-'::text))), ((p_rendered -> 'locales'::text) -> regexp_replace(lower(replace(p_locale, '_'::text, '-'::text)), '-[^-]*$'::text, ''::text)), ((p_rendered -> 'locales'::text) -> split_part(lower(replace(p_locale, '_'::text, '-'::text)), '-'::text, 1)), ((p_rendered -> 'locales'::text) -> (p_rendered ->> 'default'::text)));
 
+CREATE OR REPLACE FUNCTION postbell.inbox_counts_of(p_recipient_ids bigint[])
+ RETURNS TABLE(recipient_id bigint, unread bigint, unseen bigint)
+ LANGUAGE plpgsql
+ STABLE
+ SET search_path TO 'pg_catalog', 'postbell'
+ SET plan_cache_mode TO 'force_generic_plan'
+ SET enable_seqscan TO 'off'
+AS $function$
+BEGIN
+    -- (a sub-select per recipient: joined, the plan for a small table was a full scan
+    -- of the key, materialized, under a join filter)
+    RETURN QUERY
+    SELECT x.id, s.unread, s.unseen
+      FROM (SELECT DISTINCT unnest(p_recipient_ids) AS id) AS x
+     CROSS JOIN LATERAL (
+            SELECT coalesce(sum(c.unread), 0)::bigint AS unread,
+                   coalesce(sum(c.unseen), 0)::bigint AS unseen
+              FROM inbox_month_counts AS c
+             WHERE c.recipient_id = x.id) AS s;
+END;
+$function$;
+
 CREATE OR REPLACE FUNCTION postbell.inbox_page(p_recipient_id bigint, p_before bigint, p_unread_only boolean, p_archived boolean, p_category text, p_limit integer)
  RETURNS TABLE(id bigint, notification_id uuid, title text, body text, action_url text, category text, metadata jsonb, priority text, created_at timestamp with time zone, read_at timestamp with time zone, seen_at timestamp with time zone, archived_at timestamp with time zone)
  LANGUAGE plpgsql

@@ -52,6 +52,35 @@ SELECT recipient_id, sum(unread)::integer AS unread, sum(unseen)::integer AS uns
 COMMENT ON VIEW inbox_counts IS
     'Unread and unseen inbox items per recipient: the sum of inbox_month_counts';
 
+-- A recipient's counts are the sum of its months: a few rows of the primary key.
+-- Read through this function, whose plan is a probe of that key per recipient
+-- whatever the statistics say: a plan made while the table was small (a generic plan
+-- cached by a connection, or statistics gathered when it held a few recipients) would
+-- otherwise read the whole table on every call once it has grown (a sequential scan
+-- is the better plan for one page, and a sample of one recipient says every row is
+-- that recipient's). With one row per recipient, before, the unique key kept the
+-- second case away; the first was there already.
+CREATE FUNCTION inbox_counts_of(p_recipient_ids bigint[])
+    RETURNS TABLE (recipient_id bigint, unread bigint, unseen bigint)
+    LANGUAGE plpgsql STABLE
+    SET search_path = pg_catalog, postbell
+    SET plan_cache_mode = force_generic_plan
+    SET enable_seqscan = off
+AS $$
+BEGIN
+    -- (a sub-select per recipient: joined, the plan for a small table was a full scan
+    -- of the key, materialized, under a join filter)
+    RETURN QUERY
+    SELECT x.id, s.unread, s.unseen
+      FROM (SELECT DISTINCT unnest(p_recipient_ids) AS id) AS x
+     CROSS JOIN LATERAL (
+            SELECT coalesce(sum(c.unread), 0)::bigint AS unread,
+                   coalesce(sum(c.unseen), 0)::bigint AS unseen
+              FROM inbox_month_counts AS c
+             WHERE c.recipient_id = x.id) AS s;
+END;
+$$;
+
 CREATE OR REPLACE FUNCTION delivery_counts_apply() RETURNS trigger
     LANGUAGE plpgsql
     SET search_path = pg_catalog, postbell

@@ -3,29 +3,25 @@ SELECT id FROM recipients WHERE external_id = %(external_id)s
 
 -- name: inbox_view
 -- GET /api/inbox/{id} in one round trip, one snapshot: the recipient, its counts
--- (kept per month by the triggers of migrations 0013 and 0035, summed here) and a
--- page, newest first, keyset on the delivery id, from inbox_page() (a function for
--- its plan: migration 0030 says why).
+-- (kept per month by the triggers of migrations 0013 and 0035, summed by
+-- inbox_counts_of(): 0035 says why a function) and a page, newest first, keyset on
+-- the delivery id, from inbox_page() (a function for its plan: migration 0030 says
+-- why).
 -- No row: never notified. One row whose id is NULL: an empty page.
 SELECT x.recipient_id, coalesce(c.unread, 0) AS unread_count,
        coalesce(c.unseen, 0) AS unseen_count, p.*
   FROM (SELECT r.id AS recipient_id FROM recipients AS r
          WHERE r.external_id = %(external_id)s) AS x
-  LEFT JOIN LATERAL (SELECT sum(m.unread) AS unread, sum(m.unseen) AS unseen
-                      FROM inbox_month_counts AS m
-                     WHERE m.recipient_id = x.recipient_id) AS c ON true
+  LEFT JOIN LATERAL inbox_counts_of(ARRAY[x.recipient_id]) AS c ON true
   LEFT JOIN LATERAL inbox_page(x.recipient_id, %(before)s, %(unread_only)s, %(archived)s,
                                %(category)s, %(limit)s) AS p ON true
  ORDER BY p.id DESC
 
 -- name: inbox_counts
--- One row: the recipient's months, kept by the deliveries triggers (0013, 0035; no
--- recount).
-SELECT coalesce(c.unread, 0) AS unread_count, coalesce(c.unseen, 0) AS unseen_count
-  FROM (SELECT %(recipient_id)s::bigint AS recipient_id) AS x
-  LEFT JOIN LATERAL (SELECT sum(m.unread) AS unread, sum(m.unseen) AS unseen
-                      FROM inbox_month_counts AS m
-                     WHERE m.recipient_id = x.recipient_id) AS c ON true
+-- One row: the sum of the recipient's months, kept by the deliveries triggers (0013,
+-- 0035; no recount).
+SELECT c.unread AS unread_count, c.unseen AS unseen_count
+  FROM inbox_counts_of(ARRAY[%(recipient_id)s::bigint]) AS c
 
 -- name: inbox_mark
 -- read, unread, seen, archive or unarchive some (ids) or all of a recipient's inbox
@@ -88,12 +84,8 @@ SELECT d.id, d.recipient_id, d.notification_id, coalesce(t.content ->> 'title', 
  ORDER BY d.id
 
 -- name: inbox_live_counts
-SELECT x.recipient_id, coalesce(c.unread, 0) AS unread_count,
-       coalesce(c.unseen, 0) AS unseen_count
-  FROM (SELECT DISTINCT unnest(%(recipient_ids)s::bigint[]) AS recipient_id) AS x
-  LEFT JOIN LATERAL (SELECT sum(m.unread) AS unread, sum(m.unseen) AS unseen
-                      FROM inbox_month_counts AS m
-                     WHERE m.recipient_id = x.recipient_id) AS c ON true
+SELECT recipient_id, unread AS unread_count, unseen AS unseen_count
+  FROM inbox_counts_of(%(recipient_ids)s::bigint[])
 
 -- name: inbox_replay
 -- What a reconnecting stream missed: items after its Last-Event-ID, oldest first.

@@ -414,3 +414,84 @@ async def test_a_claim_locks_only_the_jobs_it_takes(fresh_database_url: str) -> 
     finally:
         await claimer.close()
         await fetcher.close()
+
+
+INBOX_COUNT_READS = """
+SELECT coalesce(seq_tup_read, 0) + coalesce(idx_tup_fetch, 0) AS n
+  FROM pg_stat_xact_user_tables WHERE relname = 'inbox_month_counts'
+"""
+GROWN_READERS = 20_000
+
+
+async def _inbox_count_reads(conn: db.Conn, calls: int) -> dict[str, int]:
+    """Rows of ``inbox_month_counts`` the last of ``calls`` inbox reads of each kind
+    (the GET's ``inbox_view``, the live streams' ``inbox_live_counts``) read."""
+    reads = {}
+    for name, params in (
+        (
+            "inbox_view",
+            {
+                "external_id": "reader",
+                "before": 2**63 - 1,
+                "limit": 51,
+                "unread_only": False,
+                "archived": False,
+                "category": None,
+            },
+        ),
+        ("inbox_live_counts", {"recipient_ids": [1, 1, 10**9]}),  # the reader, and nobody
+    ):
+        for _ in range(calls - 1):
+            await db.fetch_all(conn, name, params)
+        async with conn.transaction():
+            before = (await (await conn.execute(INBOX_COUNT_READS)).fetchone() or {"n": 0})["n"]
+            await db.fetch_all(conn, name, params)
+            after = (await (await conn.execute(INBOX_COUNT_READS)).fetchone() or {"n": 0})["n"]
+        reads[name] = int(after) - int(before)
+    return reads
+
+
+@pytest.mark.slow
+async def test_inbox_counts_read_a_few_rows_however_the_table_grew(
+    fresh_database_url: str,
+) -> None:
+    """A reader with items in twelve months; ``inbox_month_counts`` analyzed while the
+    reader is all it holds; a connection that read the inbox then (its plans cached
+    for a table of one page), and one that reads it first once 20,000 other
+    recipients have items: every read of the counts takes the reader's twelve rows,
+    never the table. (Summed in the query itself, 0035's first version read the whole
+    table: a sequential scan is the better plan for one page, and a sample of one
+    recipient says every row is that recipient's.)"""
+    early = await db.connect(fresh_database_url)
+    try:
+        await early.execute(
+            """WITH r AS (INSERT INTO recipients (external_id) VALUES ('reader') RETURNING id),
+               n AS (INSERT INTO notifications (status, recipients, body, created_at, routed_at)
+                     SELECT 'routed', ARRAY['reader'], 'x', now() - k * interval '31 days', now()
+                       FROM generate_series(0, 11) AS k RETURNING id, created_at)
+               INSERT INTO deliveries (notification_id, created_at, recipient_id, channel,
+                                       status, sent_at)
+               SELECT n.id, n.created_at, r.id, 'IN_APP', 'sent', n.created_at FROM n, r"""
+        )
+        await early.execute("ANALYZE inbox_month_counts")
+        reads = {"small": await _inbox_count_reads(early, 8)}
+        await early.execute(
+            """WITH r AS (INSERT INTO recipients (external_id)
+                          SELECT 'grown-' || i FROM generate_series(1, %s) AS i RETURNING id),
+               n AS (INSERT INTO notifications (status, recipients, body, routed_at)
+                     VALUES ('routed', '{}', 'x', now()) RETURNING id, created_at)
+               INSERT INTO deliveries (notification_id, created_at, recipient_id, channel,
+                                       status, sent_at)
+               SELECT n.id, n.created_at, r.id, 'IN_APP', 'sent', now() FROM n, r""",
+            (GROWN_READERS,),
+        )
+        reads["grown, planned small"] = await _inbox_count_reads(early, 2)
+    finally:
+        await early.close()
+    late = await db.connect(fresh_database_url)
+    try:
+        reads["grown, planned grown"] = await _inbox_count_reads(late, 8)
+    finally:
+        await late.close()
+    twelve = {"inbox_view": 12, "inbox_live_counts": 12}
+    assert reads == {k: twelve for k in reads}, reads

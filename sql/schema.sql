@@ -1305,7 +1305,7 @@ RETURN COALESCE(p_content, ((p_rendered -> 'locales'::text) -> lower(replace(p_l
 CREATE OR REPLACE FUNCTION postbell.inbox_counts_of(p_recipient_ids bigint[])
  RETURNS TABLE(recipient_id bigint, unread bigint, unseen bigint)
  LANGUAGE plpgsql
- STABLE
+ STABLE ROWS 1
  SET search_path TO 'pg_catalog', 'postbell'
  SET plan_cache_mode TO 'force_generic_plan'
  SET enable_seqscan TO 'off'

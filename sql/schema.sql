@@ -795,6 +795,7 @@ CREATE OR REPLACE FUNCTION postbell.deliveries_rollup_delete()
  SET enable_seqscan TO 'off'
  SET enable_hashjoin TO 'off'
  SET enable_mergejoin TO 'off'
+ SET work_mem TO '32MB'
 AS $function$
 BEGIN
     INSERT INTO metric_counts (metric, channel, label, value)
@@ -813,6 +814,7 @@ CREATE OR REPLACE FUNCTION postbell.deliveries_rollup_insert()
  LANGUAGE plpgsql
  SET search_path TO 'pg_catalog', 'postbell'
  SET enable_seqscan TO 'off'
+ SET work_mem TO '32MB'
 AS $function$
 BEGIN
     WITH g AS (
@@ -855,6 +857,7 @@ CREATE OR REPLACE FUNCTION postbell.deliveries_rollup_update()
  LANGUAGE plpgsql
  SET search_path TO 'pg_catalog', 'postbell'
  SET enable_seqscan TO 'off'
+ SET work_mem TO '32MB'
 AS $function$
 BEGIN
     WITH c AS (
@@ -910,6 +913,7 @@ CREATE OR REPLACE FUNCTION postbell.delivery_counts_apply()
  RETURNS trigger
  LANGUAGE plpgsql
  SET search_path TO 'pg_catalog', 'postbell'
+ SET work_mem TO '32MB'
 AS $function$
 DECLARE
     source text := CASE TG_OP

@@ -142,12 +142,16 @@ fallback AS (
                    i.variant,
                    i.id AS fallback_for, i.channel || ' ' || i.reason AS fallback_reason,
                    delivery_skip_reason(t.fallback ->> i.channel, s.configured, s.address_field,
-                                        s.inactive_field, t.expires_at, t.recipient,
-                                        t.preferences, t.category, t.required,
-                                        t.mute_topic) AS reason
+                                        s.inactive_field, t.expires_at, r, p, t.category,
+                                        t.required, t.mute_topic) AS reason
               FROM ins AS i
-              JOIN targets AS t
-                ON t.notification_id = i.notification_id AND (t.recipient).id = i.recipient_id
+              -- the recipient and preferences looked up again for these few rows, not
+              -- read back from targets: a second use of targets would make Postgres
+              -- keep all of it (a 50,000-member chunk's recipients and preferences
+              -- rows, ~12 MB written to a temporary file) for the rare fallback
+              JOIN n AS t ON t.id = i.notification_id
+              JOIN recipients AS r ON r.id = i.recipient_id
+              LEFT JOIN preferences AS p ON p.recipient_id = i.recipient_id
               LEFT JOIN spec AS s ON s.channel = t.fallback ->> i.channel
              WHERE i.status = 'skipped'
                AND i.reason IN ('no_device', 'no_address')

@@ -975,6 +975,7 @@ CREATE OR REPLACE FUNCTION postbell.delivery_partition_drop(p_name text, p_cutof
  SET search_path TO 'pg_catalog', 'postbell'
  SET work_mem TO '256MB'
  SET enable_indexscan TO 'off'
+ SET enable_seqscan TO 'on'
 AS $function$
 DECLARE
     v_lo timestamptz;
@@ -1032,8 +1033,13 @@ BEGIN
     -- What the DELETE triggers would have done (delivery_counts_apply,
     -- deliveries_rollup_delete), for the whole month at once. The inbox's counts of
     -- the month are rows of their own: they go whole, through the month index.
+    -- (through the index whatever the statistics say: gathered when the table held one
+    -- month, they would make every row look like this month's, and the table has a row
+    -- per recipient for every month kept)
+    SET LOCAL enable_seqscan = off;
     DELETE FROM inbox_month_counts AS c
      WHERE c.month < v_hi AND (v_lo IS NULL OR c.month >= v_lo);
+    SET LOCAL enable_seqscan = on;
     WITH g AS (SELECT notification_id, status, sum(n) AS n FROM pg_temp.delivery_month_groups
                 GROUP BY notification_id, status),
     kept AS (

@@ -435,10 +435,12 @@ INBOX_VIEW_PARAMS = {
 async def _inbox_count_reads(conn: db.Conn, calls: int) -> dict[str, int]:
     """Rows of ``inbox_month_counts`` the last of ``calls`` inbox reads of each kind
     (the GET's ``inbox_view``, the live streams' ``inbox_live_counts``) read."""
+    cursor = await conn.execute("SELECT id FROM recipients WHERE external_id = 'reader'")
+    reader = (await cursor.fetchone() or {"id": None})["id"]
     reads = {}
     for name, params in (
         ("inbox_view", INBOX_VIEW_PARAMS),
-        ("inbox_live_counts", {"recipient_ids": [1, 1, 10**9]}),  # the reader, and nobody
+        ("inbox_live_counts", {"recipient_ids": [reader, reader, -1]}),  # and nobody
     ):
         for _ in range(calls - 1):
             await db.fetch_all(conn, name, params)
